@@ -1,0 +1,263 @@
+"""The benchmark table of ``python -m cujit bench``: ratios measured side by side in one run, on one GPU.
+
+Sections: host time per call (torch, CuPy and cujit side by side), the matcher against reading attributes by
+hand, memory bandwidth on 1 GiB, and first-call / warm-start times in fresh processes. Each prints its rows as
+it goes; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _per_call_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2000, rounds: int = 9) -> float:
+    """Median over ``rounds`` of the host time per call of ``fn``, in microseconds."""
+    for _ in range(200):
+        fn()
+    sync()
+    samples = []
+    for _ in range(rounds):
+        sync()
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter_ns() - start) / calls / 1e3)
+    sync()
+    return statistics.median(samples)
+
+
+def _row(name: str, value: float, unit: str, ratio: float | None = None, against: str = "") -> dict[str, Any]:
+    extra = f"  {ratio:5.2f} x {against}" if ratio is not None else ""
+    print(f"  {name:<58s} {value:9.2f} {unit}{extra}", flush=True)
+    return {"name": name, "value": value, "unit": unit, "ratio": ratio, "against": against}
+
+
+def host_section(rows: list[dict[str, Any]]) -> None:
+    import cupy
+    import torch
+
+    import cujit
+    from cujit.add_constant import add_constant, module
+
+    print("host time per call, 4096 int32 (median of 9 rounds of 2000 calls)", flush=True)
+    sync = torch.cuda.synchronize
+    x = torch.randint(-1000, 1000, (4096,), dtype=torch.int32, device="cuda")
+    y = torch.empty_like(x)
+    xc, yc = cupy.asarray(x.cpu().numpy()), cupy.empty(4096, dtype=cupy.int32)
+
+    kernel = module(3).add_constant
+    add_constant(x, 3, out=y)
+    source = (Path(cujit.__file__).parent / "kernels" / "add_constant.cuh").read_text()
+    include = str(Path(cujit.__file__).parent / "include")
+    raw_module = cupy.RawModule(code=source, options=("-std=c++17", f"-I{include}"),
+                                name_expressions=["add_constant_kernel<3>"])
+    raw = raw_module.get_function("add_constant_kernel<3>")
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    px, py, n = x.data_ptr(), y.data_ptr(), x.numel()
+    u64 = cupy.uint64(n)
+
+    def raw_call() -> None:
+        raw((1,), (256,), (py, px, u64), stream=stream)
+
+    launch = cujit.LaunchKernel(1, 256)
+    torch_out = _per_call_us(lambda: torch.add(x, 3, out=y), sync)
+    rows.append(_row("torch.add(x, 3, out=y)", torch_out, "us"))
+    plus = _per_call_us(lambda: x + 3, sync)
+    rows.append(_row("x + 3", plus, "us"))
+    rows.append(_row("CuPy RawKernel call, pointers pre-extracted", _per_call_us(raw_call, sync), "us"))
+    ours_out = _per_call_us(lambda: add_constant(x, 3, out=y), sync)
+    rows.append(_row("cujit add_constant(x, 3, out=y), full checks", ours_out, "us", ours_out / torch_out,
+                     "torch.add(out=)"))
+    ours = _per_call_us(lambda: add_constant(x, 3), sync)
+    rows.append(_row("cujit add_constant(x, 3), allocates", ours, "us", ours / plus, "x + 3"))
+    bare = _per_call_us(lambda: launch(kernel, y, x, n), sync)
+    rows.append(_row("cujit LaunchKernel(1, 256)(kernel, y, x, n), no checks", bare, "us", bare / torch_out,
+                     "torch.add(out=)"))
+    ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
+    rows.append(_row("cujit add_constant(cupy x, 3, out=y)", ours_cupy, "us"))
+    empty = _per_call_us(lambda: torch.empty_like(x), sync)
+    rows.append(_row("torch.empty_like(x) alone", empty, "us"))
+
+
+def matcher_section(rows: list[dict[str, Any]], device: str) -> None:
+    import torch
+
+    import cujit
+
+    print(f"TensorCheck, two {device} tensors, two symbols, a dtype and a device", flush=True)
+    d, n = cujit.SymbolicSize("D"), cujit.SymbolicSize("N")
+    dev = cujit.SymbolicDevice()
+    matcher = cujit.TensorMatcher([-1, d]).with_strides([n, 1]).with_dtype(torch.float32).with_device(
+        device, symbol=dev)
+    check = cujit.TensorCheck(k=matcher, v=matcher)
+    k = torch.zeros(100, 256, device=device)
+    v = torch.zeros(100, 256, device=device)
+
+    def by_hand() -> Any:
+        out = []
+        for t in (k, v):
+            out.append((t.shape, t.stride(), t.dtype, t.device, t.data_ptr()))
+        return out
+
+    def noop() -> None:
+        return None
+
+    hand = _per_call_us(by_hand, noop, calls=20000)
+    rows.append(_row("reading shape, stride, dtype, device, data_ptr by hand", hand, "us"))
+    ours = _per_call_us(lambda: check(k, v), noop, calls=20000)
+    rows.append(_row("TensorCheck(k=..., v=...)(k, v)", ours, "us", ours / hand, "by hand"))
+
+    def chain() -> None:
+        d2, n2, dev2 = cujit.SymbolicSize("D"), cujit.SymbolicSize("N"), cujit.SymbolicDevice()
+        (cujit.TensorMatcher([-1, d2]).with_strides([n2, 1]).with_dtype(torch.float32)
+         .with_device(device, symbol=dev2).verify(k, "k").verify(v, "v"))
+
+    chained = _per_call_us(chain, noop, calls=2000)
+    rows.append(_row("the chain of API.md, built and verified per call", chained, "us", chained / hand, "by hand"))
+
+
+def bandwidth_section(rows: list[dict[str, Any]]) -> None:
+    import torch
+
+    from cujit.add_constant import add_constant
+
+    print("bandwidth, 1 GiB int32 in + 1 GiB out (CUDA events, median of 20)", flush=True)
+    n = 2**28
+    x = torch.randint(-(2**30), 2**30, (n,), dtype=torch.int32, device="cuda")
+    y = torch.empty_like(x)
+
+    def gbps(fn: Callable[[], Any], elements: int = n) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return 2 * 4 * elements / statistics.median(times) / 1e9
+
+    copy = gbps(lambda: y.copy_(x))
+    rows.append(_row("y.copy_(x)", copy, "GB/s"))
+    add = gbps(lambda: torch.add(x, 3, out=y))
+    rows.append(_row("torch.add(x, 3, out=y)", add, "GB/s", add / copy, "copy_"))
+    ours = gbps(lambda: add_constant(x, 3, out=y))
+    rows.append(_row("cujit add_constant(x, 3, out=y)", ours, "GB/s", ours / copy, "copy_"))
+    torch.testing.assert_close(y, x + 3)
+    xs, ys = x[1:], y[1:]
+    unaligned = gbps(lambda: add_constant(xs, 3, out=ys), n - 1)
+    rows.append(_row("cujit add_constant on a view 4 bytes off alignment", unaligned, "GB/s", unaligned / copy,
+                     "copy_"))
+
+
+_CHILD = r"""
+import json, os, sys, time
+import torch, cupy
+import cujit
+from cujit.add_constant import module
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+from cupy_backends.cuda.libs import nvrtc  # imports only; the library loads on first use below
+x = torch.arange(4096, dtype=torch.int32, device="cuda"); y = torch.empty_like(x)
+times = []
+for c in CONSTANTS:
+    k = module(c).add_constant
+    t0 = time.perf_counter()
+    cujit.LaunchKernel(1, 256)(k, y, x, 4096)
+    torch.cuda.synchronize()
+    times.append((time.perf_counter() - t0) * 1e3)
+    assert torch.equal(y, x + c), c
+print(json.dumps({"ms": times, "stats": dict(cujit.cache_stats())}))
+"""
+
+_CUPY_CHILD = r"""
+import json, sys, time
+import cupy, torch
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+src = open(sys.argv[1]).read()
+times = []
+for c in CONSTANTS:
+    t0 = time.perf_counter()
+    m = cupy.RawModule(code=src, options=("-std=c++17", "-I" + sys.argv[2]), name_expressions=[f"add_constant_kernel<{c}>"])
+    f = m.get_function(f"add_constant_kernel<{c}>")
+    times.append((time.perf_counter() - t0) * 1e3)
+print(json.dumps({"ms": times}))
+"""
+
+
+def _child(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def startup_section(rows: list[dict[str, Any]]) -> None:
+    import cujit
+
+    print("first call and warm start in new processes (after imports and CUDA context creation)", flush=True)
+    constants = [11, 12, 13, 14]
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "CUJIT_CACHE_DIR": str(Path(folder) / "cujit"), "CUPY_CACHE_DIR": str(Path(folder) / "cupy")}
+        code = _CHILD.replace("CONSTANTS", repr(constants))
+        cold = _child(code, env)
+        warm = _child(code, env)
+        rows.append(_row("first call, empty cache: compile + load + launch (1st module)", cold["ms"][0], "ms"))
+        rows.append(_row("first call, empty cache, later modules (median)", statistics.median(cold["ms"][1:]), "ms"))
+        rows.append(_row("warm start from disk, 1st module (loads NVRTC's version)", warm["ms"][0], "ms"))
+        per_module = statistics.median(warm["ms"][1:])
+        source = str(Path(cujit.__file__).parent / "kernels" / "add_constant.cuh")
+        include = str(Path(cujit.__file__).parent / "include")
+        cupy_code = _CUPY_CHILD.replace("CONSTANTS", repr(constants))
+        _child(cupy_code, env, source, include)
+        cupy_warm = _child(cupy_code, env, source, include)
+        cupy_per_module = statistics.median(cupy_warm["ms"][1:])
+        rows.append(_row("CuPy RawModule disk-cache hit, later modules (median)", cupy_per_module, "ms"))
+        rows.append(_row("cujit warm start from disk, later modules (median)", per_module, "ms",
+                         per_module / cupy_per_module, "CuPy's disk hit"))
+        if warm["stats"]["compiles"]:
+            print(f"  warning: the warm process compiled {warm['stats']['compiles']} times", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every section; with ``--json PATH`` also write the rows there."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cujit bench", description=__doc__)
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--only", choices=["host", "matcher", "bandwidth", "startup"], action="append")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("cujit bench needs a CUDA GPU; none is visible here. The matcher section runs on CPU tensors:")
+        rows: list[dict[str, Any]] = []
+        matcher_section(rows, "cpu")
+        return 0
+    print(f"cujit benchmarks on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
+    rows = []
+    sections = args.only or ["host", "matcher", "bandwidth", "startup"]
+    if "host" in sections:
+        host_section(rows)
+    if "matcher" in sections:
+        matcher_section(rows, "cpu")
+        matcher_section(rows, "cuda")
+    if "bandwidth" in sections:
+        bandwidth_section(rows)
+    if "startup" in sections:
+        startup_section(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    return 0

@@ -1,0 +1,59 @@
+"""The exception hierarchy of cujit: one base class, one subclass per failing stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["CompileError", "CujitError", "LaunchError", "TensorMatchError"]
+
+
+class CujitError(Exception):
+    """Base class of every error that cujit raises on purpose."""
+
+
+class TensorMatchError(CujitError, ValueError):
+    """A tensor argument does not match what a :class:`TensorMatcher` expects."""
+
+
+class LaunchError(CujitError):
+    """A kernel could not be launched, or a launched kernel failed."""
+
+
+class CompileError(CujitError):
+    """NVRTC rejected a module.
+
+    Attributes:
+        log: NVRTC's log, with locations in the real ``.cuh`` files.
+        options: the NVRTC options used.
+        name_expressions: the C++ name expressions that were requested.
+        source: the generated top-level source (it includes the kernel files).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        log: str = "",
+        options: Sequence[str] = (),
+        name_expressions: Sequence[str] = (),
+        source: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.log = log
+        self.options = tuple(options)
+        self.name_expressions = tuple(name_expressions)
+        self.source = source
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the details when the error crosses a process boundary.
+        return (_rebuild_compile_error, (self.args[0], self.log, self.options, self.name_expressions, self.source))
+
+    def numbered_source(self) -> str:
+        """The generated source with line numbers, for reports."""
+        return "\n".join(f"{i:5d}  {line}" for i, line in enumerate(self.source.splitlines(), 1))
+
+
+def _rebuild_compile_error(
+    message: str, log: str, options: tuple[str, ...], names: tuple[str, ...], source: str
+) -> CompileError:
+    return CompileError(message, log=log, options=options, name_expressions=names, source=source)

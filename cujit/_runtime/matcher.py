@@ -1,0 +1,451 @@
+"""Symbolic tensor checks: ``TensorMatcher``, the ``Symbolic*`` types and the compiled ``TensorCheck``.
+
+Two ways to use them:
+
+* the chain of the guide, ``TensorMatcher([N]).with_dtype(...).verify(a).verify(b)``, which binds the symbols
+  themselves and suits code that builds its symbols per call;
+* ``TensorCheck(dst=matcher, src=matcher)``, built once per op, whose call verifies all tensors and returns the
+  bound values. For torch and CuPy tensors it runs generated code (a few attribute reads and comparisons); on any
+  mismatch, and for every other producer, it runs the generic verifier, which is the reference and the only
+  place that words errors. The two therefore give the same verdicts, values and messages.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, Union
+
+from .dtypes import DType, as_dtype
+from .errors import CujitError, TensorMatchError
+from .tensors import DEVICE_CODES, Device, TensorInfo, describe, device, is_contiguous, tensor_info
+
+__all__ = ["SymbolicDType", "SymbolicDevice", "SymbolicSize", "TensorCheck", "TensorMatcher"]
+
+_UNBOUND = object()
+
+
+class _Symbol:
+    """A value that binds at its first match and must match the same value afterwards."""
+
+    __slots__ = ("_by", "_value", "name")
+    _kind = "symbol"
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self._kind
+        self._value: Any = _UNBOUND
+        self._by = ""
+
+    def unwrap(self) -> Any:
+        """The bound value. Raises ``CujitError`` if nothing has bound it yet."""
+        if self._value is _UNBOUND:
+            raise CujitError(f"{self._kind} {self.name!r} is not bound: verify a tensor that matches it first")
+        return self._value
+
+    @property
+    def is_bound(self) -> bool:
+        return self._value is not _UNBOUND
+
+    def reset(self) -> None:
+        """Forget the bound value, so the symbol can be used for another call."""
+        self._value = _UNBOUND
+        self._by = ""
+
+    def __repr__(self) -> str:
+        value = "unbound" if self._value is _UNBOUND else repr(self._value)
+        return f"{type(self).__name__}({self.name!r}: {value})"
+
+
+class SymbolicSize(_Symbol):
+    """A dimension size or stride, shared between tensors and dimensions."""
+
+    __slots__ = ()
+    _kind = "size"
+
+    def unwrap(self) -> int:
+        return int(super().unwrap())
+
+
+class SymbolicDType(_Symbol):
+    """A dtype shared between tensors; ``unwrap()`` gives a :class:`~cujit.DType`."""
+
+    __slots__ = ()
+    _kind = "dtype"
+
+    def unwrap(self) -> DType:
+        value: DType = super().unwrap()
+        return value
+
+
+class SymbolicDevice(_Symbol):
+    """A device shared between tensors; ``unwrap()`` gives an object with ``.type`` and ``.index``."""
+
+    __slots__ = ()
+    _kind = "device"
+
+    def unwrap(self) -> Device:
+        value: Device = super().unwrap()
+        return value
+
+
+Dim = Union[int, SymbolicSize]
+
+
+class _Spec:
+    """An immutable snapshot of one matcher's requirements."""
+
+    __slots__ = ("align", "device_kinds", "device_symbol", "dtype_symbol", "dtypes", "shape", "strides")
+
+    def __init__(self, matcher: TensorMatcher) -> None:
+        self.shape: tuple[Dim, ...] = tuple(matcher._shape)
+        self.strides: tuple[Dim, ...] | None = None if matcher._strides is None else tuple(matcher._strides)
+        self.dtypes: tuple[DType, ...] | None = matcher._dtypes
+        self.dtype_symbol = matcher._dtype_symbol
+        self.device_kinds: tuple[str, ...] | None = matcher._device_kinds
+        self.device_symbol = matcher._device_symbol
+        self.align = matcher._align
+
+    def symbols(self) -> list[_Symbol]:
+        out: list[_Symbol] = [d for d in (*self.shape, *(self.strides or ())) if isinstance(d, SymbolicSize)]
+        out += [s for s in (self.dtype_symbol, self.device_symbol) if s is not None]
+        return out
+
+
+def _check_dims(values: Sequence[object], what: str) -> list[Dim]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{what}: expected a list of ints, -1 or SymbolicSize, got {type(values).__name__}")
+    out: list[Dim] = []
+    for i, v in enumerate(values):
+        if isinstance(v, SymbolicSize):
+            out.append(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if what == "shape" and v < -1:
+                raise ValueError(f"{what}[{i}]: expected a size >= 0 or -1 (any), got {v}")
+            out.append(v)
+        else:
+            raise TypeError(f"{what}[{i}]: expected an int, -1 or SymbolicSize, got {v!r} of type {type(v).__name__}")
+    return out
+
+
+class TensorMatcher:
+    """What a tensor argument must look like; see ``API.md`` section 4.
+
+    Args:
+        shape: one entry per dimension: an int (that size), ``-1`` (any size) or a :class:`SymbolicSize`.
+    """
+
+    def __init__(self, shape: Sequence[Dim]) -> None:
+        self._shape = _check_dims(shape, "shape")
+        self._strides: list[Dim] | None = None
+        self._dtypes: tuple[DType, ...] | None = None
+        self._dtype_symbol: SymbolicDType | None = None
+        self._device_kinds: tuple[str, ...] | None = None
+        self._device_symbol: SymbolicDevice | None = None
+        self._align = 1
+        self._verified = 0
+
+    def with_strides(self, strides: Sequence[Dim]) -> TensorMatcher:
+        """Require these strides (in elements) instead of contiguity; ``-1`` is any stride."""
+        values = _check_dims(strides, "strides")
+        if len(values) != len(self._shape):
+            raise ValueError(f"with_strides: expected {len(self._shape)} strides (one per dimension), got {len(values)}")
+        self._strides = values
+        return self
+
+    def with_dtype(self, *dtypes: object, symbol: SymbolicDType | None = None) -> TensorMatcher:
+        """Allow only these dtypes (none given: any); ``symbol`` binds the dtype found."""
+        if symbol is not None and not isinstance(symbol, SymbolicDType):
+            raise TypeError(f"with_dtype: symbol must be a SymbolicDType, got {type(symbol).__name__}")
+        self._dtypes = tuple(as_dtype(d) for d in dtypes) or None
+        self._dtype_symbol = symbol
+        return self
+
+    def with_device(self, *kinds: str, symbol: SymbolicDevice | None = None) -> TensorMatcher:
+        """Allow only these device kinds (``"cuda"``, ``"cpu"``, ...; none given: any); ``symbol`` binds the device."""
+        if symbol is not None and not isinstance(symbol, SymbolicDevice):
+            raise TypeError(f"with_device: symbol must be a SymbolicDevice, got {type(symbol).__name__}")
+        for kind in kinds:
+            if kind not in DEVICE_CODES:
+                raise ValueError(f"with_device: expected a device kind such as 'cuda' or 'cpu', got {kind!r}")
+        self._device_kinds = tuple(kinds) or None
+        self._device_symbol = symbol
+        return self
+
+    def with_alignment(self, nbytes: int) -> TensorMatcher:
+        """Require the data pointer to be a multiple of ``nbytes`` (a power of two), as vector loads need."""
+        if not isinstance(nbytes, int) or nbytes < 1 or nbytes & (nbytes - 1):
+            raise ValueError(f"with_alignment: expected a power of two, got {nbytes!r}")
+        self._align = nbytes
+        return self
+
+    def verify(self, tensor: Any, name: str | None = None) -> TensorMatcher:
+        """Check ``tensor``; bind the symbols it meets. Returns the matcher, so calls chain.
+
+        Raises:
+            TensorMatchError: the tensor does not match; nothing is bound then.
+            TypeError: ``tensor`` is not a tensor.
+        """
+        self._verified += 1
+        label = repr(name) if name is not None else f"tensor #{self._verified}"
+        spec = _Spec(self)
+        info = tensor_info(tensor)
+        bindings = {s: (s._value, s._by) for s in spec.symbols() if s.is_bound}
+        verify_info(spec, info, label, bindings)
+        for sym, (value, by) in bindings.items():
+            sym._value, sym._by = value, by
+        return self
+
+
+def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbol, tuple[Any, str]]) -> None:
+    """The reference verifier: check ``info`` against ``spec``, adding new bindings to ``bindings``."""
+
+    def fail(what: str, want: str, got: object) -> TensorMatchError:
+        return TensorMatchError(f"{label}: {what}: expected {want}, got {got}; {describe(info)}")
+
+    def want_symbol(sym: _Symbol) -> str:
+        value, by = bindings[sym]
+        return f"{sym.name} = {value} (bound by {by})"
+
+    def match(sym: _Symbol, value: Any, what: str) -> None:
+        if sym in bindings:
+            if bindings[sym][0] != value:
+                raise fail(what, want_symbol(sym), value)
+        else:
+            bindings[sym] = (value, f"{label} {what}")
+
+    if len(info.shape) != len(spec.shape):
+        raise fail("rank", f"{len(spec.shape)} dimensions", f"{len(info.shape)}")
+    for i, (want, got) in enumerate(zip(spec.shape, info.shape)):
+        if isinstance(want, SymbolicSize):
+            match(want, got, f"dimension {i}")
+        elif want != -1 and want != got:
+            raise fail(f"dimension {i}", str(want), got)
+    if spec.strides is None:
+        if not is_contiguous(info.shape, info.strides):
+            from .tensors import contiguous_strides
+
+            want_strides = "<" + ", ".join(map(str, contiguous_strides(info.shape))) + ">"
+            got_strides = "<" + ", ".join(map(str, info.strides)) + ">"
+            raise fail("layout", f"contiguous strides {want_strides}", got_strides)
+    else:
+        for i, (want, got) in enumerate(zip(spec.strides, info.strides)):
+            if isinstance(want, SymbolicSize):
+                match(want, got, f"stride {i}")
+            elif want != -1 and want != got:
+                raise fail(f"stride {i}", str(want), got)
+    if spec.dtypes is not None and info.dtype not in spec.dtypes:
+        raise fail("dtype", " or ".join(d.name for d in spec.dtypes), info.dtype.name)
+    if spec.dtype_symbol is not None:
+        match(spec.dtype_symbol, info.dtype, "dtype")
+    if spec.device_kinds is not None and info.device.type not in spec.device_kinds:
+        raise fail("device", " or ".join(spec.device_kinds), info.device)
+    if spec.device_symbol is not None:
+        match(spec.device_symbol, info.device, "device")
+    if spec.align > 1 and info.ptr % spec.align:
+        raise fail("alignment", f"a data pointer aligned to {spec.align} bytes",
+                   f"{info.ptr:#x} ({info.ptr % spec.align} bytes past a multiple of {spec.align})")
+
+
+class TensorCheck:
+    """Matchers for an op's tensor arguments, compiled once; a call verifies them all and returns the symbols.
+
+    ``TensorCheck(dst=m1, src=m2)(y, x)`` verifies ``y`` with ``m1`` and ``x`` with ``m2`` (keyword order is
+    argument order) and returns the values of :attr:`symbols`, in order of first appearance, as a tuple. The
+    symbols themselves are not bound, so one check serves any number of threads at once.
+    """
+
+    def __init__(self, **matchers: TensorMatcher) -> None:
+        if not matchers:
+            raise ValueError("TensorCheck: expected at least one named TensorMatcher")
+        for name, m in matchers.items():
+            if not isinstance(m, TensorMatcher):
+                raise TypeError(f"TensorCheck: {name} must be a TensorMatcher, got {type(m).__name__}")
+        self.names = tuple(matchers)
+        self._specs = tuple(_Spec(m) for m in matchers.values())
+        symbols: list[_Symbol] = []
+        for spec in self._specs:
+            symbols += [s for s in spec.symbols() if s not in symbols]
+        self.symbols: tuple[_Symbol, ...] = tuple(symbols)
+        self._torch = _generate(self, "torch")
+        self._cupy = _generate(self, "cupy")
+
+    def __call__(self, *tensors: Any) -> tuple[Any, ...]:
+        """Verify ``tensors`` (one per matcher, in order); return the bound symbol values."""
+        if len(tensors) == len(self._specs):
+            first = type(tensors[0])
+            if first is _torch_type():
+                found = self._torch(*tensors)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+            elif first is _cupy_type():
+                found = self._cupy(*tensors)
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+        return self.generic(*tensors)
+
+    def generic(self, *tensors: Any) -> tuple[Any, ...]:
+        """The reference path: any DLPack producer, and the error messages."""
+        if len(tensors) != len(self._specs):
+            raise TypeError(f"TensorCheck: expected {len(self._specs)} tensors ({', '.join(self.names)}), "
+                            f"got {len(tensors)}")
+        bindings: dict[_Symbol, tuple[Any, str]] = {}
+        for name, spec, tensor in zip(self.names, self._specs, tensors):
+            verify_info(spec, tensor_info(tensor), repr(name), bindings)
+        return tuple(bindings[s][0] for s in self.symbols)
+
+
+def _torch_type() -> type | None:
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def _cupy_type() -> type | None:
+    cupy = sys.modules.get("cupy")
+    return None if cupy is None else cupy.ndarray
+
+
+def _generate(check: TensorCheck, flavour: str) -> Any:
+    """Generate a function that verifies ``check``'s tensors of one flavour or returns ``None``.
+
+    The generated code answers only "matches, with these values" or "don't know"; the generic verifier then
+    produces the verdict and the message. It must never accept what the generic path rejects.
+    """
+    env: dict[str, Any] = {"_device": device, "_DT": _DTypeMemo()}
+    lines: list[str] = []
+    args = [f"t{i}" for i in range(len(check._specs))]
+    lines.append(f"def fast({', '.join(args)}):")
+    env["_T"] = None
+    body: list[str] = []
+    body.append("T = _T[0]")
+    body.append("if T is None: return None")
+    body += [f"if type({a}) is not T: return None" for a in args]
+    sym_var: dict[_Symbol, str] = {}
+    for i, spec in enumerate(check._specs):
+        t = f"t{i}"
+        # dtype
+        if spec.dtypes is not None or spec.dtype_symbol is not None:
+            body.append(f"dt{i} = {t}.dtype")
+            if spec.dtypes is not None:
+                env[f"_allowed{i}"] = _native_dtypes(spec.dtypes, flavour)
+                body.append(f"if dt{i} not in _allowed{i}: return None")
+            sym = spec.dtype_symbol
+            if sym is not None:
+                if sym in sym_var:
+                    body.append(f"if dt{i} != {sym_var[sym]}: return None")
+                else:
+                    sym_var[sym] = f"dt{i}"
+        # device
+        if spec.device_kinds is not None or spec.device_symbol is not None:
+            if flavour == "cupy":
+                body.append(f"dk{i} = 'cuda'")
+                body.append(f"di{i} = {t}.device.id")
+            elif spec.device_kinds == ("cuda",):
+                body.append(f"if not {t}.is_cuda: return None")
+                body.append(f"dk{i} = 'cuda'")
+                body.append(f"di{i} = {t}.get_device()")
+            else:
+                body.append(f"dv{i} = {t}.device")
+                body.append(f"dk{i} = dv{i}.type")
+                body.append(f"di{i} = dv{i}.index or 0")
+            if spec.device_kinds is not None:
+                body.append(f"if dk{i} not in {spec.device_kinds!r}: return None")
+            sym = spec.device_symbol
+            if sym is not None:
+                if sym in sym_var:
+                    body.append(f"if dk{i} != {sym_var[sym]}[0] or di{i} != {sym_var[sym]}[1]: return None")
+                else:
+                    body.append(f"dev{i} = (dk{i}, di{i})")
+                    sym_var[sym] = f"dev{i}"
+        # shape
+        body.append(f"s{i} = {t}.shape")
+        body.append(f"if len(s{i}) != {len(spec.shape)}: return None")
+        for d, want in enumerate(spec.shape):
+            _emit_dim(body, sym_var, want, f"s{i}[{d}]", f"sz{i}_{d}")
+        # layout
+        if spec.strides is None:
+            if flavour == "torch":
+                body.append(f"if not {t}.is_contiguous(): return None")
+            else:
+                env["_is_contiguous"] = is_contiguous
+                body.append(f"if not _is_contiguous(s{i}, tuple(x // {t}.itemsize for x in {t}.strides)): "
+                            "return None")
+        else:
+            if flavour == "torch":
+                body.append(f"st{i} = {t}.stride()")
+            else:
+                body.append(f"st{i} = tuple(x // {t}.itemsize for x in {t}.strides)")
+            for d, want in enumerate(spec.strides):
+                _emit_dim(body, sym_var, want, f"st{i}[{d}]", f"sd{i}_{d}")
+        if spec.align > 1:
+            ptr = f"{t}.data_ptr()" if flavour == "torch" else f"{t}.data.ptr"
+            body.append(f"if {ptr} % {spec.align}: return None")
+    outs = []
+    for sym in check.symbols:
+        var = sym_var[sym]
+        if isinstance(sym, SymbolicDType):
+            outs.append(f"_DT[{var}]")
+        elif isinstance(sym, SymbolicDevice):
+            outs.append(f"_device(*{var})")
+        else:
+            outs.append(var)
+    body.append(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
+    lines += ["    " + b for b in body]
+    source = "\n".join(lines)
+    env["_T"] = _LazyType(flavour)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<cujit TensorCheck {flavour}>", "exec"), env, namespace)
+    return namespace["fast"]
+
+
+def _emit_dim(body: list[str], sym_var: dict[_Symbol, str], want: Dim, expr: str, var: str) -> None:
+    if isinstance(want, SymbolicSize):
+        if want in sym_var:
+            body.append(f"if {expr} != {sym_var[want]}: return None")
+        else:
+            body.append(f"{var} = {expr}")
+            sym_var[want] = var
+    elif want != -1:
+        body.append(f"if {expr} != {want}: return None")
+
+
+class _LazyType:
+    """``[0]`` is the tensor type of a flavour once its library is imported (no import is forced)."""
+
+    __slots__ = ("_flavour", "_type")
+
+    def __init__(self, flavour: str) -> None:
+        self._flavour = flavour
+        self._type: type | None = None
+
+    def __getitem__(self, _: int) -> type | None:
+        if self._type is None:
+            self._type = _torch_type() if self._flavour == "torch" else _cupy_type()
+        return self._type
+
+
+class _DTypeMemo(dict):  # type: ignore[type-arg]
+    """Native dtype object -> :class:`DType`, filled on first sight."""
+
+    def __missing__(self, key: Any) -> DType:
+        value = as_dtype(key)
+        self[key] = value
+        return value
+
+
+def _native_dtypes(dtypes: tuple[DType, ...], flavour: str) -> frozenset[Any]:
+    if flavour == "torch":
+        out = set()
+        for d in dtypes:
+            try:
+                out.add(d.torch)
+            except (ImportError, AttributeError):
+                pass
+        return frozenset(out)
+    import numpy
+
+    found = set()
+    for d in dtypes:
+        if d.numpy_name is not None:
+            found.add(numpy.dtype(d.numpy_name))
+    return frozenset(found)
+

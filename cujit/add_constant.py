@@ -1,0 +1,101 @@
+"""``add_constant(x, c)``: ``x + c`` for int32 tensors, with ``c`` a template argument (the guide's example)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+from ._runtime.cpp_args import make_cpp_args
+from ._runtime.launch import LaunchKernel
+from ._runtime.matcher import SymbolicDevice, SymbolicSize, TensorCheck, TensorMatcher
+from ._runtime.module import JitModule, Kernel, load_jit
+
+__all__ = ["PRECOMPILE", "add_constant", "module"]
+
+_BLOCK = 256  # add_constant_detail::kBlock
+_PER_BLOCK = _BLOCK * 4 * 4  # threads x vectors per thread x int32 per vector
+_INT32 = (-(2**31), 2**31 - 1)
+
+#: The constants whose instantiations `python -m cujit precompile` builds ahead of time.
+PRECOMPILE: tuple[int, ...] = (-1, 1, 2, 3)
+
+
+@functools.cache
+def module(constant: int) -> JitModule:
+    """The module instantiating ``add_constant_kernel<constant>``."""
+    args = make_cpp_args(constant)
+    return load_jit(
+        "add_constant",
+        *args,
+        cuda_files=["add_constant.cuh"],
+        cuda_wrappers=[("add_constant", f"add_constant_kernel<{args}>")],
+    )
+
+
+_KERNELS: dict[int, Kernel] = {}
+
+
+def _new_kernel(constant: object) -> Kernel:
+    if isinstance(constant, bool) or not isinstance(constant, int):
+        raise TypeError(f"add_constant: constant must be an int, got {type(constant).__name__}")
+    if not _INT32[0] <= constant <= _INT32[1]:
+        raise ValueError(f"add_constant: constant must fit in int32, got {constant}")
+    kernel = _KERNELS[int(constant)] = module(int(constant)).add_constant
+    return kernel
+
+
+@functools.cache
+def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
+    """(check of src alone, check of dst and src) for tensors of ``ndim`` dimensions."""
+    dims = [SymbolicSize(f"D{i}") for i in range(ndim)]
+    device = SymbolicDevice("device")
+
+    def matcher() -> TensorMatcher:
+        return TensorMatcher(dims).with_dtype("int32").with_device("cuda", symbol=device)
+
+    return TensorCheck(src=matcher()), TensorCheck(out=matcher(), src=matcher())
+
+
+def _empty_like(x: Any) -> Any:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    import cupy
+
+    return cupy.empty_like(x, order="C")
+
+
+def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
+    """Return ``src + constant`` for a contiguous int32 CUDA tensor (torch) or array (CuPy).
+
+    Args:
+        src: the input, of any shape.
+        constant: a Python int in the int32 range; each distinct value compiles its own instantiation once.
+        out: where to write the result (same shape, dtype, device and kind as ``src``; may be ``src``).
+
+    Returns:
+        ``out``, or a new tensor of the same kind, device and shape as ``src``.
+
+    Raises:
+        TensorMatchError: ``src`` or ``out`` has the wrong dtype, device, shape or layout; nothing is launched.
+        TypeError / ValueError: ``constant`` is not an int in the int32 range.
+    """
+    kernel = _KERNELS.get(constant) if type(constant) is int else None
+    if kernel is None:
+        kernel = _new_kernel(constant)
+    ndim = getattr(src, "ndim", 0)
+    if type(ndim) is not int:
+        ndim = 0
+    src_check, pair_check = _checks(ndim)
+    if out is None:
+        dims = src_check(src)
+        out = _empty_like(src)
+    else:
+        dims = pair_check(out, src)
+    n = 1
+    for size in dims[:-1]:
+        n *= size
+    if n:
+        LaunchKernel((n // 4 + _PER_BLOCK // 4 - 1) // (_PER_BLOCK // 4) or 1, _BLOCK)(kernel, out, src, n)
+    return out

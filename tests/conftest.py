@@ -1,0 +1,41 @@
+"""Shared fixtures: a fresh cache folder per test, and the GPU marker that skips with a reason."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    count = gpu_count()
+    for item in items:
+        marker = item.get_closest_marker("gpu")
+        if marker is None:
+            continue
+        need = marker.kwargs.get("count", 1)
+        if count < need:
+            reason = "no CUDA GPU is visible" if count == 0 else f"needs {need} GPUs, {count} visible"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own cache folder and starts with an empty in-memory cache."""
+    from cujit._runtime import cache
+
+    folder = tmp_path_factory.mktemp("cache")
+    folder.chmod(0o700)
+    monkeypatch.setenv("CUJIT_CACHE_DIR", str(folder / "cujit"))
+    for var in ("CUJIT_OFFLINE", "CUJIT_DISK_CACHE", "CUJIT_DUMP_SOURCE", "CUJIT_DEFAULT_ARCH"):
+        monkeypatch.delenv(var, raising=False)
+    cache.clear_memory()

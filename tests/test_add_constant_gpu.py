@@ -1,0 +1,120 @@
+"""add_constant on the GPU against torch's `x + c`, on torch tensors and CuPy arrays."""
+
+from __future__ import annotations
+
+import pytest
+
+import cujit
+from cujit.add_constant import add_constant
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+SIZES = [0, 1, 3, 4, 5, 255, 4097, 2**20 + 3]
+
+
+def _random(n: int, device: str = "cuda") -> torch.Tensor:
+    return torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int32, device=device)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("c", [3, -7, 2**31 - 1])
+def test_torch_matches_reference(n: int, c: int) -> None:
+    x = _random(n)
+    y = add_constant(x, c)
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape and y.device == x.device
+    torch.testing.assert_close(y, x + c, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 7), (0, 4), ()])
+def test_any_shape(shape: tuple[int, ...]) -> None:
+    x = torch.randint(-100, 100, shape, dtype=torch.int32, device="cuda")
+    torch.testing.assert_close(add_constant(x, 5), x + 5, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 255, 4097, 2**20 + 3])
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_unaligned_views(n: int, offset: int) -> None:
+    base = _random(n + offset)
+    out = torch.full((n + offset,), 7, dtype=torch.int32, device="cuda")
+    add_constant(base[offset:], 9, out=out[offset:])
+    torch.testing.assert_close(out[offset:], base[offset:] + 9, rtol=0, atol=0)
+    assert (out[:offset] == 7).all()  # nothing before the view was written
+
+
+def test_out_and_in_place() -> None:
+    x = _random(10_001)
+    expect = x + 4
+    y = torch.full_like(x, -5)
+    assert add_constant(x, 4, out=y) is y
+    torch.testing.assert_close(y, expect, rtol=0, atol=0)
+    add_constant(x, 4, out=x)
+    torch.testing.assert_close(x, expect, rtol=0, atol=0)
+
+
+def test_non_default_stream() -> None:
+    s = torch.cuda.Stream()
+    x = _random(2**20 + 3)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        y = add_constant(x, 11)
+    s.synchronize()
+    torch.testing.assert_close(y, x + 11, rtol=0, atol=0)
+
+
+def test_cupy_arrays() -> None:
+    cupy = pytest.importorskip("cupy")
+    for n in SIZES:
+        x = cupy.random.randint(-(2**31), 2**31 - 1, size=n, dtype=cupy.int32)
+        y = add_constant(x, 6)
+        assert isinstance(y, cupy.ndarray) and y.shape == x.shape and y.dtype == x.dtype
+        cupy.testing.assert_array_equal(y, x + cupy.int32(6))
+
+
+def test_cupy_stream_context() -> None:
+    cupy = pytest.importorskip("cupy")
+    x = cupy.arange(100_003, dtype=cupy.int32)
+    with cupy.cuda.Stream(non_blocking=True) as s:
+        y = add_constant(x, 2)
+        s.synchronize()
+    cupy.testing.assert_array_equal(y, x + 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda: torch.zeros(8, dtype=torch.int64, device="cuda"), "dtype: expected int32, got int64"),
+        (lambda: torch.zeros(8, dtype=torch.int32), "device: expected cuda, got cpu"),
+        (lambda: torch.zeros(8, 2, dtype=torch.int32, device="cuda").t(), "layout: expected contiguous"),
+    ],
+)
+def test_bad_inputs_raise_and_launch_nothing(make, fragment: str) -> None:
+    x = make()
+    before = cujit.cache_stats()["compiles"]
+    with pytest.raises(cujit.TensorMatchError, match=fragment):
+        add_constant(x, 3)
+    assert cujit.cache_stats()["compiles"] == before
+
+
+def test_out_shape_mismatch() -> None:
+    x = _random(10)
+    with pytest.raises(cujit.TensorMatchError, match=r"'src': dimension 0: expected D0 = 11"):
+        add_constant(x, 1, out=_random(11))
+
+
+def test_constant_validation() -> None:
+    x = _random(4)
+    with pytest.raises(TypeError, match="constant must be an int, got float"):
+        add_constant(x, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got bool"):
+        add_constant(x, True)
+    with pytest.raises(ValueError, match="must fit in int32, got 2147483648"):
+        add_constant(x, 2**31)
+
+
+def test_compiles_once_for_many_calls() -> None:
+    x = _random(1000)
+    before = cujit.cache_stats()["compiles"]
+    for _ in range(10):
+        add_constant(x, 123)
+    assert cujit.cache_stats()["compiles"] == before + 1
