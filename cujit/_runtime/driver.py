@@ -21,6 +21,11 @@ __all__ = [
 ]
 
 
+# cudaDeviceAttr values that CuPy does not name.
+_ATTR_CC_MAJOR = 75
+_ATTR_CC_MINOR = 76
+
+
 @functools.cache
 def cupy_driver() -> Any:
     from cupy.cuda import driver
@@ -55,8 +60,8 @@ def device_count() -> int:
 def arch_of(device: int) -> str:
     """``sm_XY`` of a device, memoised."""
     runtime = cupy_runtime()
-    major = runtime.deviceGetAttribute(runtime.cudaDevAttrComputeCapabilityMajor, device)
-    minor = runtime.deviceGetAttribute(runtime.cudaDevAttrComputeCapabilityMinor, device)
+    major = runtime.deviceGetAttribute(_ATTR_CC_MAJOR, device)
+    minor = runtime.deviceGetAttribute(_ATTR_CC_MINOR, device)
     return f"sm_{major}{minor}"
 
 
