@@ -71,11 +71,22 @@ def host_section(rows: list[dict[str, Any]]) -> None:
         raw((1,), (256,), (py, px, u64), stream=stream)
 
     launch = cujit.LaunchKernel(1, 256)
+    loaded = kernel.on(x.get_device())
+    buf, addr = loaded.buffer()
+    loaded.pack_into(buf, 0, py, px, n)
+    from cupy.cuda import driver
+
+    stream_handle = torch.cuda.current_stream().cuda_stream
+
+    def driver_only() -> None:
+        driver.launchKernel(loaded.function, 1, 1, 1, 256, 1, 1, 0, stream_handle, addr, 0)
+
     torch_out = _per_call_us(lambda: torch.add(x, 3, out=y), sync)
     rows.append(_row("torch.add(x, 3, out=y)", torch_out, "us"))
     plus = _per_call_us(lambda: x + 3, sync)
     rows.append(_row("x + 3", plus, "us"))
     rows.append(_row("CuPy RawKernel call, pointers pre-extracted", _per_call_us(raw_call, sync), "us"))
+    rows.append(_row("cuLaunchKernel through CuPy, everything prebuilt (floor)", _per_call_us(driver_only, sync), "us"))
     ours_out = _per_call_us(lambda: add_constant(x, 3, out=y), sync)
     rows.append(_row("cujit add_constant(x, 3, out=y), full checks", ours_out, "us", ours_out / torch_out,
                      "torch.add(out=)"))

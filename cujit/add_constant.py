@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from ._runtime.cpp_args import make_cpp_args
-from ._runtime.launch import LaunchKernel
 from ._runtime.matcher import SymbolicDevice, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
 
@@ -97,5 +96,5 @@ def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
     for size in dims[:-1]:
         n *= size
     if n:
-        LaunchKernel((n // 4 + _PER_BLOCK // 4 - 1) // (_PER_BLOCK // 4) or 1, _BLOCK)(kernel, out, src, n)
+        kernel.launch((n + _PER_BLOCK - 1) // _PER_BLOCK, _BLOCK, out, src, n)
     return out

@@ -59,54 +59,40 @@ class LoadedKernel:
             offset += struct.calcsize("=" + code)
         self._struct = struct.Struct("".join(fmt))
         self._offsets = tuple(offsets)
-        self._pack_into = self._struct.pack_into
-        self._tls = threading.local()
-        self._smem_ok = _DEFAULT_SMEM
+        self.pack_into = self._struct.pack_into
+        self.tls = threading.local()
+        self.smem_ok = _DEFAULT_SMEM
         drv = driver.cupy_driver()
         self._launch_kernel = drv.launchKernel
-        self._ctx_get = drv.ctxGetCurrent
         self._driver_error = drv.CUDADriverError
         self.max_threads = int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function))
         self.static_smem = int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function))
 
-    def _buffer(self) -> tuple[Any, int]:
-        size = max(self._struct.size, 1)
-        buf = ctypes.create_string_buffer(size)
+    def buffer(self) -> tuple[Any, int]:
+        """This thread's parameter buffer and the address of its pointer array (built once per thread)."""
+        buf = ctypes.create_string_buffer(max(self._struct.size, 1))
         base = ctypes.addressof(buf)
         pointers = (ctypes.c_void_p * max(len(self._offsets), 1))(*(base + o for o in self._offsets))
-        self._tls.keep = (buf, pointers)
-        self._tls.buf = buf
-        self._tls.addr = ctypes.addressof(pointers)
-        return buf, self._tls.addr
+        pair = (buf, ctypes.addressof(pointers))
+        self.tls.keep = pointers
+        self.tls.pair = pair
+        return pair
 
-    def launch(self, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int, stream: int,
-               values: tuple[Any, ...]) -> None:
-        """Pack ``values`` (pointers already resolved) and launch on ``stream``."""
-        tls = self._tls
-        try:
-            buf, addr = tls.buf, tls.addr
-        except AttributeError:
-            buf, addr = self._buffer()
-        try:
-            self._pack_into(buf, 0, *values)
-        except (struct.error, OverflowError, TypeError, ValueError):
-            raise self._pack_error(values) from None
-        if smem > self._smem_ok:
-            self._allow_smem(smem)
-        if self._ctx_get() != self.ctx:
-            with driver.current_context(self.ctx):
-                self._launch(gx, gy, gz, bx, by, bz, smem, stream, addr)
-            return
-        self._launch(gx, gy, gz, bx, by, bz, smem, stream, addr)
+    def launch_elsewhere(self, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int, stream: int,
+                         addr: int) -> None:
+        """Launch with this kernel's context made current for the call (another device's was current)."""
+        with driver.current_context(self.ctx):
+            self.launch_packed(gx, gy, gz, bx, by, bz, smem, stream, addr)
 
-    def _launch(self, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int, stream: int,
-                addr: int) -> None:
+    def launch_packed(self, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int, stream: int,
+                      addr: int) -> None:
+        """Launch with parameters already packed at ``addr``; the slow path of the generated launcher."""
         try:
             self._launch_kernel(self.function, gx, gy, gz, bx, by, bz, smem, stream, addr, 0)
         except (self._driver_error, OverflowError, TypeError) as exc:
-            raise self._launch_error(exc, (gx, gy, gz), (bx, by, bz), smem) from None
+            raise self.launch_error(exc, (gx, gy, gz), (bx, by, bz), smem) from None
 
-    def _allow_smem(self, smem: int) -> None:
+    def allow_smem(self, smem: int) -> None:
         limit = driver.device_attribute(driver.cupy_runtime().cudaDevAttrMaxSharedMemoryPerBlockOptin, self.device)
         if smem + self.static_smem > limit:
             raise LaunchError(
@@ -115,9 +101,9 @@ class LoadedKernel:
             )
         drv = driver.cupy_driver()
         drv.funcSetAttribute(self.function, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
-        self._smem_ok = smem
+        self.smem_ok = smem
 
-    def _pack_error(self, values: Sequence[Any]) -> LaunchError:
+    def pack_error(self, values: Sequence[Any]) -> LaunchError:
         for i, (param, value) in enumerate(zip(self.params, values)):
             code, _ = _param_slot(param)
             try:
@@ -129,7 +115,7 @@ class LoadedKernel:
                 )
         return LaunchError(f"{self.kernel.expression}: arguments could not be packed")
 
-    def _launch_error(self, exc: BaseException, grid: tuple[int, int, int], block: tuple[int, int, int],
+    def launch_error(self, exc: BaseException, grid: tuple[int, int, int], block: tuple[int, int, int],
                       smem: int) -> LaunchError:
         problems = []
         threads = block[0] * block[1] * block[2]
@@ -304,6 +290,9 @@ def make_launcher(kernel: Kernel) -> Callable[[Any, Any, int, Any, tuple[Any, ..
         "_dim3": _dim3, "_current_device": _current_device, "_resolve_stream": resolve_stream,
         "_cupy_stream": _cupy_stream, "_default_stream": _default_stream,
         "_torch_stream": _torch_stream_getter() or _default_stream,
+        "_PACK_ERRORS": (struct.error, OverflowError, TypeError, ValueError),
+        "_LAUNCH_ERRORS": (driver.cupy_driver().CUDADriverError, OverflowError, TypeError),
+        "_ctx_get": driver.cupy_driver().ctxGetCurrent, "_launch_kernel": driver.cupy_driver().launchKernel,
     }
     names = [f"a{i}" for i in range(n)]
     body = [f"if len(args) != {n}: raise _count_error(_kernel, args)"]
@@ -332,6 +321,7 @@ def make_launcher(kernel: Kernel) -> Callable[[Any, Any, int, Any, tuple[Any, ..
         else:
             body.append(f"{v} = {a}")
         values.append(v)
+    packed = ", ".join(values)
     body += [
         "if dev == -1: dev = _current_device()",
         "loaded = _table.get(dev)",
@@ -345,12 +335,27 @@ def make_launcher(kernel: Kernel) -> Callable[[Any, Any, int, Any, tuple[Any, ..
         "else: gx, gy, gz = _dim3(grid, 'grid')",
         "if block.__class__ is int: bx = block; by = bz = 1",
         "else: bx, by, bz = _dim3(block, 'block')",
-        f"loaded.launch(gx, gy, gz, bx, by, bz, smem, s, ({', '.join(values)}{',' if n == 1 else ''}))",
+        "try: buf, addr = loaded.tls.pair",
+        "except AttributeError: buf, addr = loaded.buffer()",
+        f"try: loaded.pack_into(buf, 0{', ' if n else ''}{packed})",
+        f"except _PACK_ERRORS: raise loaded.pack_error(({packed}{',' if n == 1 else ''})) from None",
+        "if smem > loaded.smem_ok: loaded.allow_smem(smem)",
+        "if _ctx_get() != loaded.ctx: loaded.launch_elsewhere(gx, gy, gz, bx, by, bz, smem, s, addr)",
+        "else:",
+        "    try: _launch_kernel(loaded.function, gx, gy, gz, bx, by, bz, smem, s, addr, 0)",
+        "    except _LAUNCH_ERRORS as exc: raise loaded.launch_error(exc, (gx, gy, gz), (bx, by, bz), smem) from None",
     ]
     source = "def launch(grid, block, smem, stream, args):\n" + "\n".join("    " + line for line in body)
+    code = _LAUNCHER_CODE.get(source)
+    if code is None:
+        code = _LAUNCHER_CODE[source] = compile(source, "<cujit launcher>", "exec")
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<cujit launcher {kernel.expression}>", "exec"), env, namespace)
+    exec(code, env, namespace)
     return namespace["launch"]  # type: ignore[no-any-return]
+
+
+# Generated launcher source -> compiled code: kernels with the same parameter kinds share one compile.
+_LAUNCHER_CODE: dict[str, Any] = {}
 
 
 class LaunchKernel:

@@ -266,18 +266,22 @@ class TensorCheck:
         for spec in self._specs:
             symbols += [s for s in spec.symbols() if s not in symbols]
         self.symbols: tuple[_Symbol, ...] = tuple(symbols)
+        self._count = len(self._specs)
         self._torch = _generate(self, "torch")
         self._cupy = _generate(self, "cupy")
+        self._torch_type: type | None = None
+        self._cupy_type: type | None = None
+        self._bind_types()
 
     def __call__(self, *tensors: Any) -> tuple[Any, ...]:
         """Verify ``tensors`` (one per matcher, in order); return the bound symbol values."""
-        if len(tensors) == len(self._specs):
+        if len(tensors) == self._count:
             first = type(tensors[0])
-            if first is _torch_type():
+            if first is self._torch_type:
                 found = self._torch(*tensors)
                 if found is not None:
                     return found  # type: ignore[no-any-return]
-            elif first is _cupy_type():
+            elif first is self._cupy_type:
                 found = self._cupy(*tensors)
                 if found is not None:
                     return found  # type: ignore[no-any-return]
@@ -285,6 +289,7 @@ class TensorCheck:
 
     def generic(self, *tensors: Any) -> tuple[Any, ...]:
         """The reference path: any DLPack producer, and the error messages."""
+        self._bind_types()
         if len(tensors) != len(self._specs):
             raise TypeError(f"TensorCheck: expected {len(self._specs)} tensors ({', '.join(self.names)}), "
                             f"got {len(tensors)}")
@@ -292,6 +297,15 @@ class TensorCheck:
         for name, spec, tensor in zip(self.names, self._specs, tensors):
             verify_info(spec, tensor_info(tensor), repr(name), bindings)
         return tuple(bindings[s][0] for s in self.symbols)
+
+    def _bind_types(self) -> None:
+        """Point the fast paths at torch.Tensor / cupy.ndarray once those libraries are imported."""
+        if self._torch_type is None:
+            self._torch_type = _torch_type()
+            self._torch.__globals__["T"] = self._torch_type
+        if self._cupy_type is None:
+            self._cupy_type = _cupy_type()
+            self._cupy.__globals__["T"] = self._cupy_type
 
 
 def _torch_type() -> type | None:
@@ -310,15 +324,11 @@ def _generate(check: TensorCheck, flavour: str) -> Any:
     The generated code answers only "matches, with these values" or "don't know"; the generic verifier then
     produces the verdict and the message. It must never accept what the generic path rejects.
     """
-    env: dict[str, Any] = {"_device": device, "_DT": _DTypeMemo()}
+    env: dict[str, Any] = {"_DEV": _DeviceMemo(), "_DT": _DTypeMemo(), "T": None}
     lines: list[str] = []
     args = [f"t{i}" for i in range(len(check._specs))]
     lines.append(f"def fast({', '.join(args)}):")
-    env["_T"] = None
-    body: list[str] = []
-    body.append("T = _T[0]")
-    body.append("if T is None: return None")
-    body += [f"if type({a}) is not T: return None" for a in args]
+    body: list[str] = [f"if type({a}) is not T: return None" for a in args]
     sym_var: dict[_Symbol, str] = {}
     for i, spec in enumerate(check._specs):
         t = f"t{i}"
@@ -385,13 +395,12 @@ def _generate(check: TensorCheck, flavour: str) -> Any:
         if isinstance(sym, SymbolicDType):
             outs.append(f"_DT[{var}]")
         elif isinstance(sym, SymbolicDevice):
-            outs.append(f"_device(*{var})")
+            outs.append(f"_DEV[{var}]")
         else:
             outs.append(var)
     body.append(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
     lines += ["    " + b for b in body]
     source = "\n".join(lines)
-    env["_T"] = _LazyType(flavour)
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<cujit TensorCheck {flavour}>", "exec"), env, namespace)
     return namespace["fast"]
@@ -408,19 +417,13 @@ def _emit_dim(body: list[str], sym_var: dict[_Symbol, str], want: Dim, expr: str
         body.append(f"if {expr} != {want}: return None")
 
 
-class _LazyType:
-    """``[0]`` is the tensor type of a flavour once its library is imported (no import is forced)."""
+class _DeviceMemo(dict):  # type: ignore[type-arg]
+    """(type, index) -> shared :class:`Device`, filled on first sight."""
 
-    __slots__ = ("_flavour", "_type")
-
-    def __init__(self, flavour: str) -> None:
-        self._flavour = flavour
-        self._type: type | None = None
-
-    def __getitem__(self, _: int) -> type | None:
-        if self._type is None:
-            self._type = _torch_type() if self._flavour == "torch" else _cupy_type()
-        return self._type
+    def __missing__(self, key: tuple[str, int]) -> Device:
+        value = device(*key)
+        self[key] = value
+        return value
 
 
 class _DTypeMemo(dict):  # type: ignore[type-arg]
