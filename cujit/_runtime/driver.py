@@ -125,7 +125,7 @@ def load_module(device: int, cubin: bytes, names: list[str]) -> tuple[int, int, 
     """Load a cubin into ``device``'s primary context; return (context, module, function handles)."""
     driver = cupy_driver()
     ctx = primary_context(device)
-    with capture_relaxed(), current_context(ctx):
+    with current_context(ctx):
         try:
             module = driver.moduleLoadData(cubin)
             functions = [int(driver.moduleGetFunction(module, name)) for name in names]

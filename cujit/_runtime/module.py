@@ -70,7 +70,10 @@ class Kernel:
             if device < 0 or device >= driver.device_count():
                 raise LaunchError(f"{self.expression}: no CUDA device {device} (this process sees "
                                   f"{driver.device_count()})")
-            self.module._load_on(device)
+            # Loading is no stream work, but the global capture mode forbids it while any stream of the process
+            # is being captured; relaxing it for this thread lets a first launch happen inside a CUDA graph.
+            with driver.capture_relaxed():
+                self.module._load_on(device)
             return self._table[device]
 
 
