@@ -1,14 +1,144 @@
-"""The command line: write .clangd, run the demo, precompile, inspect the cache, benchmark."""
+"""The command line of ``python -m cujit``: write .clangd, run the demo, precompile, manage the cache, benchmark."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
 import sys
+import time
+from pathlib import Path
+
+from ._runtime import cache, config, driver, toolchain
+from ._runtime.errors import CujitError
+
+__all__ = ["SHIPPED_OPS", "main"]
+
+#: The op modules shipped with cujit; each has `precompile_modules()`.
+SHIPPED_OPS: tuple[str, ...] = ("cujit.add_constant",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cujit",
+        description="cujit: CUDA kernels compiled at run time with NVRTC. With no command, write ./.clangd so "
+        "that clangd understands .cuh files.",
+    )
+    parser.add_argument("--arch", help="GPU arch for .clangd, e.g. sm_90 (default: this GPU's, else "
+                        "CUJIT_DEFAULT_ARCH)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing .clangd")
+    parser.add_argument("--output", default=".clangd", help="where to write the file (default: ./.clangd)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="compile add_constant, run it on torch and CuPy, time it",
+                          description="Compile add_constant with NVRTC and, on a GPU, run it on a torch tensor and "
+                          "a CuPy array, check both results and time it next to torch.add. Without a GPU it "
+                          "only compiles.")
+    demo.add_argument("--arch", dest="demo_arch", help="arch to compile for when there is no GPU")
+
+    pre = sub.add_parser("precompile", help="fill the cache for the shipped kernels (no GPU needed)",
+                         description="Compile every instantiation that the shipped ops declare, for each --arch, "
+                         "into the disk cache (CUJIT_CACHE_DIR).")
+    pre.add_argument("--arch", dest="archs", action="append", required=True, help="e.g. sm_90; repeat for more")
+
+    cache_cmd = sub.add_parser("cache", help="show or clear the on-disk cache",
+                               description="Show (info) or delete (clear) the compiled kernels in CUJIT_CACHE_DIR.")
+    cache_sub = cache_cmd.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = cache_sub.add_parser("info", help="folder, entries and sizes", description="Show the cache folder.")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    cache_sub.add_parser("clear", help="delete every entry", description="Delete every compiled kernel.")
+
+    bench = sub.add_parser("bench", help="the benchmark table (GPU)", add_help=False,
+                           description="Per-call host time, matcher cost, bandwidth and start-up, side by side.")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _write_clangd(args: argparse.Namespace) -> int:
+    from ._runtime.clangd import clangd_config
+
+    arch = config.check_arch(args.arch, "--arch") if args.arch else _local_arch()
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        print(f"error: {target} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    target.write_text(clangd_config(arch))
+    print(f"wrote {target} for {arch} (CUDA headers: {toolchain.cuda_include_dir()}); restart clangd to use it")
+    return 0
+
+
+def _local_arch() -> str:
+    return driver.arch_of(int(driver.cupy_runtime().getDevice())) if driver.device_count() else config.default_arch()
+
+
+def _precompile(archs: list[str]) -> int:
+    archs = [config.check_arch(a, "--arch") for a in archs]
+    modules = []
+    for name in SHIPPED_OPS:
+        modules += importlib.import_module(name).precompile_modules()
+    total = len(modules) * len(archs)
+    done = 0
+    start = time.perf_counter()
+    for arch in archs:
+        for module in modules:
+            done += 1
+            before = cache.cache_stats()["compiles"]
+            t0 = time.perf_counter()
+            module.compile(arch)
+            how = "compiled" if cache.cache_stats()["compiles"] > before else "cached"
+            print(f"[{done}/{total}] {module.name} for {arch}: {how} in {(time.perf_counter() - t0) * 1e3:.0f} ms",
+                  flush=True)
+    folder = cache.disk_dir()
+    where = f"into {folder}" if folder else "in memory only (the disk cache is off or unusable)"
+    print(f"precompiled {total} modules {where} in {time.perf_counter() - start:.1f} s")
+    return 0 if folder else 1
+
+
+def _cache(action: str, as_json: bool) -> int:
+    root = config.cache_dir()
+    if action == "clear":
+        removed = cache.clear_disk(root) if root.is_dir() else 0
+        print(f"removed {removed} files from {root}")
+        return 0
+    folder = root / cache.SCHEMA
+    entries = cache.describe_entries(folder) if folder.is_dir() else []
+    summary = {
+        "folder": str(folder), "disk_cache": config.disk_cache_enabled(), "offline": config.offline(),
+        "entries": len(entries), "bytes": sum(int(e["bytes"]) for e in entries),  # type: ignore[call-overload]
+        "modules": entries,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"cache folder: {folder}{'' if folder.is_dir() else ' (not created yet)'}")
+    print(f"disk cache: {'on' if summary['disk_cache'] else 'off (CUJIT_DISK_CACHE=0)'}; "
+          f"offline: {'yes' if summary['offline'] else 'no'}")
+    print(f"{summary['entries']} entries, {summary['bytes'] / 1024:.1f} KiB")
+    for e in entries:
+        state = "" if e["valid"] else "  (unreadable: will be recompiled)"
+        print(f"  {e['name']:<32} {e['arch']:<8} {int(e['bytes']) / 1024:7.1f} KiB  {Path(str(e['file'])).name}{state}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["bench"]:
-        from cujit._bench import main as bench
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command is None:
+            return _write_clangd(args)
+        if args.command == "demo":
+            from ._demo import demo
 
-        return bench(args[1:])
-    raise SystemExit("not yet")
+            return demo(args.demo_arch)
+        if args.command == "precompile":
+            return _precompile(args.archs)
+        if args.command == "cache":
+            return _cache(args.action, getattr(args, "json", False))
+        if args.command == "bench":
+            from ._bench import main as bench
+
+            return bench(args.rest)
+    except CujitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2

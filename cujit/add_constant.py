@@ -10,10 +10,10 @@ from ._runtime.cpp_args import make_cpp_args
 from ._runtime.matcher import SymbolicDevice, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
 
-__all__ = ["PRECOMPILE", "add_constant", "module"]
+__all__ = ["PRECOMPILE", "add_constant", "module", "precompile_modules"]
 
 _BLOCK = 256  # add_constant_detail::kBlock
-_PER_BLOCK = _BLOCK * 4 * 4  # threads x vectors per thread x int32 per vector
+_PER_BLOCK = _BLOCK * 4  # threads x int32 per 16-byte vector
 _INT32 = (-(2**31), 2**31 - 1)
 
 #: The constants whose instantiations `python -m cujit precompile` builds ahead of time.
@@ -44,6 +44,11 @@ def _new_kernel(constant: object) -> Kernel:
     return kernel
 
 
+def precompile_modules() -> list[JitModule]:
+    """The modules that `python -m cujit precompile` builds for this op."""
+    return [module(c) for c in PRECOMPILE]
+
+
 @functools.cache
 def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
     """(check of src alone, check of dst and src) for tensors of ``ndim`` dimensions."""
@@ -59,10 +64,10 @@ def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
 def _empty_like(x: Any) -> Any:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return torch.empty_like(x)  # x is contiguous (checked), so the result is too
     import cupy
 
-    return cupy.empty_like(x, order="C")
+    return cupy.empty_like(x)
 
 
 def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:

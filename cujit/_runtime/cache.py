@@ -141,9 +141,10 @@ def disk_dir() -> Path | None:
     return folder
 
 
-def _encode(compiled: Compiled, key: str) -> bytes:
+def _encode(compiled: Compiled, key: str, name: str) -> bytes:
     meta = {
         "key": key,
+        "name": name,
         "arch": compiled.arch,
         "lowered": compiled.lowered,
         "params": {k: None if v is None else [asdict(p) for p in v] for k, v in compiled.params.items()},
@@ -180,10 +181,10 @@ def _read(folder: Path, key: str) -> Compiled | None:
     return _decode(blob, key)
 
 
-def _publish(folder: Path, key: str, compiled: Compiled) -> None:
+def _publish(folder: Path, key: str, compiled: Compiled, name: str) -> None:
     final = folder / (key + _SUFFIX)
     tmp = folder / f"{key}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-    data = _encode(compiled, key)
+    data = _encode(compiled, key, name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -242,7 +243,7 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
                     found = _read(folder, key)
                     if found is None:
                         found = _compile(sources, arch, key)
-                        _publish(folder, key, found)
+                        _publish(folder, key, found, sources.name)
                         _MEMORY[key] = found
                         return key, found
             _count("disk_hits")
@@ -268,6 +269,36 @@ def clear_memory() -> None:
     _MEMORY.clear()
 
 
-def entries(folder: Path) -> list[Path]:
-    """The cache files in ``folder``."""
-    return sorted(folder.glob("*" + _SUFFIX))
+def describe_entries(folder: Path) -> list[dict[str, object]]:
+    """What the cache folder holds: one dict per entry (file, bytes, module name, arch, valid)."""
+    out: list[dict[str, object]] = []
+    for path in sorted(folder.glob("*" + _SUFFIX)):
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            continue
+        key = path.name[: -len(_SUFFIX)]
+        decoded = _decode(blob, key)
+        meta: dict[str, object] = {}
+        if decoded is not None:
+            size = int.from_bytes(blob[len(_MAGIC) + 32 : len(_MAGIC) + 36], "little")
+            meta = json.loads(blob[len(_MAGIC) + 36 : len(_MAGIC) + 36 + size])
+        out.append({
+            "file": str(path), "bytes": len(blob), "valid": decoded is not None,
+            "name": meta.get("name", "?"), "arch": meta.get("arch", "?"),
+            "kernels": sorted(meta.get("lowered", {})) if isinstance(meta.get("lowered"), dict) else [],
+        })
+    return out
+
+
+def clear_disk(root: Path) -> int:
+    """Delete every cache folder of every schema under ``root``; return how many files were removed."""
+    removed = 0
+    for folder in root.glob("cujit-cache-*"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.suffix in (_SUFFIX, ".lock") or ".tmp." in path.name:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
