@@ -23,18 +23,26 @@ __all__ = ["main"]
 
 def _per_call_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2000, rounds: int = 9) -> float:
     """Median over ``rounds`` of the host time per call of ``fn``, in microseconds."""
-    for _ in range(200):
-        fn()
-    sync()
-    samples = []
-    for _ in range(rounds):
-        sync()
-        start = time.perf_counter_ns()
-        for _ in range(calls):
+    return _interleaved({"fn": fn}, sync, calls, rounds)["fn"]
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], calls: int = 2000,
+                 rounds: int = 15) -> dict[str, float]:
+    """Host time per call of each function, in microseconds: the median over ``rounds`` rounds, each round
+    timing every function once, so that drift of a noisy host weighs on all of them alike."""
+    for fn in fns.values():
+        for _ in range(200):
             fn()
-        samples.append((time.perf_counter_ns() - start) / calls / 1e3)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter_ns() - start) / calls / 1e3)
     sync()
-    return statistics.median(samples)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _row(name: str, value: float, unit: str, ratio: float | None = None, against: str = "") -> dict[str, Any]:
@@ -81,24 +89,36 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     def driver_only() -> None:
         driver.launchKernel(loaded.function, 1, 1, 1, 256, 1, 1, 0, stream_handle, addr, 0)
 
-    torch_out = _per_call_us(lambda: torch.add(x, 3, out=y), sync)
+    times = _interleaved({
+        "torch_out": lambda: torch.add(x, 3, out=y),
+        "plus": lambda: x + 3,
+        "raw": raw_call,
+        "floor": driver_only,
+        "ours_out": lambda: add_constant(x, 3, out=y),
+        "ours": lambda: add_constant(x, 3),
+        "bare": lambda: launch(kernel, y, x, n),
+        "direct": lambda: kernel.launch(1, 256, y, x, n),
+        "empty": lambda: torch.empty_like(x),
+    }, sync)
+    torch_out, plus, ours_out, ours = times["torch_out"], times["plus"], times["ours_out"], times["ours"]
     rows.append(_row("torch.add(x, 3, out=y)", torch_out, "us"))
-    plus = _per_call_us(lambda: x + 3, sync)
     rows.append(_row("x + 3", plus, "us"))
-    rows.append(_row("CuPy RawKernel call, pointers pre-extracted", _per_call_us(raw_call, sync), "us"))
-    rows.append(_row("cuLaunchKernel through CuPy, everything prebuilt (floor)", _per_call_us(driver_only, sync), "us"))
-    ours_out = _per_call_us(lambda: add_constant(x, 3, out=y), sync)
+    rows.append(_row("CuPy RawKernel call, pointers pre-extracted", times["raw"], "us", times["raw"] / torch_out,
+                     "torch.add(out=)"))
+    rows.append(_row("cuLaunchKernel through CuPy, everything prebuilt (floor)", times["floor"], "us",
+                     times["floor"] / torch_out, "torch.add(out=)"))
     rows.append(_row("cujit add_constant(x, 3, out=y), full checks", ours_out, "us", ours_out / torch_out,
                      "torch.add(out=)"))
-    ours = _per_call_us(lambda: add_constant(x, 3), sync)
+    rows.append(_row("   the same, against the CuPy RawKernel call", ours_out, "us", ours_out / times["raw"],
+                     "RawKernel"))
     rows.append(_row("cujit add_constant(x, 3), allocates", ours, "us", ours / plus, "x + 3"))
-    bare = _per_call_us(lambda: launch(kernel, y, x, n), sync)
-    rows.append(_row("cujit LaunchKernel(1, 256)(kernel, y, x, n), no checks", bare, "us", bare / torch_out,
-                     "torch.add(out=)"))
+    rows.append(_row("cujit LaunchKernel(1, 256)(kernel, y, x, n), no checks", times["bare"], "us",
+                     times["bare"] / torch_out, "torch.add(out=)"))
+    rows.append(_row("cujit kernel.launch(1, 256, y, x, n), no checks", times["direct"], "us",
+                     times["direct"] / torch_out, "torch.add(out=)"))
+    rows.append(_row("torch.empty_like(x) alone", times["empty"], "us"))
     ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
     rows.append(_row("cujit add_constant(cupy x, 3, out=y)", ours_cupy, "us"))
-    empty = _per_call_us(lambda: torch.empty_like(x), sync)
-    rows.append(_row("torch.empty_like(x) alone", empty, "us"))
 
 
 def matcher_section(rows: list[dict[str, Any]], device: str) -> None:

@@ -279,8 +279,8 @@ def _dim3(value: Any, what: str) -> tuple[int, int, int]:
     raise LaunchError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {value!r}")
 
 
-def make_launcher(kernel: Kernel) -> Callable[[Any, Any, int, Any, tuple[Any, ...]], None]:
-    """Generate ``launch(grid, block, shared_mem, stream, args)`` for ``kernel``'s parameter list."""
+def make_launcher(kernel: Kernel) -> Callable[..., None]:
+    """Generate ``launch(grid, block, *args, shared_mem=0, stream=None)`` for ``kernel``'s parameter list."""
     params = kernel.params
     n = len(params)
     torch_type = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
@@ -339,13 +339,14 @@ def make_launcher(kernel: Kernel) -> Callable[[Any, Any, int, Any, tuple[Any, ..
         "except AttributeError: buf, addr = loaded.buffer()",
         f"try: loaded.pack_into(buf, 0{', ' if n else ''}{packed})",
         f"except _PACK_ERRORS: raise loaded.pack_error(({packed}{',' if n == 1 else ''})) from None",
-        "if smem > loaded.smem_ok: loaded.allow_smem(smem)",
-        "if _ctx_get() != loaded.ctx: loaded.launch_elsewhere(gx, gy, gz, bx, by, bz, smem, s, addr)",
+        "if shared_mem > loaded.smem_ok: loaded.allow_smem(shared_mem)",
+        "if _ctx_get() != loaded.ctx: loaded.launch_elsewhere(gx, gy, gz, bx, by, bz, shared_mem, s, addr)",
         "else:",
-        "    try: _launch_kernel(loaded.function, gx, gy, gz, bx, by, bz, smem, s, addr, 0)",
-        "    except _LAUNCH_ERRORS as exc: raise loaded.launch_error(exc, (gx, gy, gz), (bx, by, bz), smem) from None",
+        "    try: _launch_kernel(loaded.function, gx, gy, gz, bx, by, bz, shared_mem, s, addr, 0)",
+        "    except _LAUNCH_ERRORS as exc:",
+        "        raise loaded.launch_error(exc, (gx, gy, gz), (bx, by, bz), shared_mem) from None",
     ]
-    source = "def launch(grid, block, smem, stream, args):\n" + "\n".join("    " + line for line in body)
+    source = "def launch(grid, block, *args, shared_mem=0, stream=None):\n" + "\n".join("    " + line for line in body)
     code = _LAUNCHER_CODE.get(source)
     if code is None:
         code = _LAUNCHER_CODE[source] = compile(source, "<cujit launcher>", "exec")
@@ -377,11 +378,11 @@ class LaunchKernel:
 
     def __call__(self, kernel: Kernel, *args: Any) -> None:
         try:
-            launch = kernel._launch
+            launch = kernel.launch
         except AttributeError:
             raise TypeError(f"LaunchKernel: expected a kernel of a JitModule (module.<name>), got "
                             f"{type(kernel).__name__}") from None
-        launch(self.grid, self.block, self.shared_mem, self.stream, args)
+        launch(self.grid, self.block, *args, shared_mem=self.shared_mem, stream=self.stream)
 
     @staticmethod
     def resolve_device(device: Any) -> int:

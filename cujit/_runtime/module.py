@@ -33,7 +33,8 @@ class Kernel:
         self.expression = expression
         self._table: dict[int, LoadedKernel] = {}
         self._params: tuple[Param, ...] | None = None
-        self._launch = self._first_launch
+        # Replaced, on the first load, by a launcher generated for this kernel's parameter list.
+        self.launch = self._first_launch  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<cujit kernel {self.name} = {self.expression} of module {self.module.name}>"
@@ -47,20 +48,25 @@ class Kernel:
         return self._params
 
     def launch(self, grid: Any, block: Any, *args: Any, shared_mem: int = 0, stream: Any = None) -> None:
-        """Launch with ``args``; the same as ``LaunchKernel(grid, block, shared_mem, stream)(self, *args)``."""
-        self._launch(grid, block, shared_mem, stream, args)
+        """Launch with ``args``; the same as ``LaunchKernel(grid, block, shared_mem, stream)(self, *args)``.
+
+        ``grid`` and ``block`` are ints or tuples of up to three ints. Tensors go in as device pointers,
+        scalars are packed to the kernel's parameter types. The instance attribute that replaces this method
+        after the first launch is generated for the kernel's parameter list.
+        """
+        self._first_launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
 
     def on(self, device: int) -> LoadedKernel:
         """This kernel loaded on ``device`` (compiling and loading on first use)."""
         found = self._table.get(device)
         return found if found is not None else self._load(device)
 
-    def _first_launch(self, grid: Any, block: Any, smem: int, stream: Any, args: tuple[Any, ...]) -> None:
+    def _first_launch(self, grid: Any, block: Any, *args: Any, shared_mem: int = 0, stream: Any = None) -> None:
         from .launch import _current_device
 
         device = _first_device(args)
         self._load(_current_device() if device is None else device)
-        self._launch(grid, block, smem, stream, args)
+        self.launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
 
     def _load(self, device: int) -> LoadedKernel:
         with _LOAD_LOCK:
@@ -178,8 +184,8 @@ class JitModule:
             if kernel._params is None or any(p.kind == "record" and not p.size for p in kernel._params):
                 kernel._params = _params_of(compiled, kernel.expression, driver.param_sizes(function))
             kernel._table[device] = LoadedKernel(kernel, device, ctx, function, kernel._params)
-            if kernel._launch == kernel._first_launch:
-                kernel._launch = make_launcher(kernel)
+            if kernel.launch == kernel._first_launch:
+                kernel.launch = make_launcher(kernel)  # type: ignore[method-assign]
 
 
 def _resolve_file(path: str | Path) -> Path:
