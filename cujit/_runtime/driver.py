@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import CujitError, LaunchError
+from .errors import LaunchError
 
 __all__ = [
     "arch_of", "capture_relaxed", "cupy_driver", "cupy_runtime", "device_attribute", "device_count",
@@ -153,5 +153,5 @@ def param_sizes(function: int) -> list[int] | None:
 def require_gpu() -> None:
     """Raise a clear error where no CUDA device can be used."""
     if device_count() == 0:
-        raise CujitError("no CUDA device is available: launching needs an NVIDIA GPU and driver "
-                         "(JitModule.compile(arch=...) works without one)")
+        raise LaunchError("no CUDA device is available: launching needs an NVIDIA GPU and driver "
+                          "(JitModule.compile(arch=...) works without one)")

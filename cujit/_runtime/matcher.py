@@ -266,26 +266,19 @@ class TensorCheck:
         for spec in self._specs:
             symbols += [s for s in spec.symbols() if s not in symbols]
         self.symbols: tuple[_Symbol, ...] = tuple(symbols)
-        self._count = len(self._specs)
-        self._torch = _generate(self, "torch")
-        self._cupy = _generate(self, "cupy")
-        self._torch_type: type | None = None
-        self._cupy_type: type | None = None
+        generated = _generate(self)
+        self._torch = generated["torch"]
+        self._cupy = generated["cupy"]
+        self._env: dict[str, Any] = self._torch.__globals__
+        # A call goes straight to the generated dispatcher: a class of this instance's own holds it as
+        # __call__, which saves a Python frame per call over a method that forwards.
+        self.__class__ = type("TensorCheck", (TensorCheck,), {"__call__": staticmethod(generated["dispatch"]),
+                                                             "__module__": TensorCheck.__module__})
         self._bind_types()
 
     def __call__(self, *tensors: Any) -> tuple[Any, ...]:
         """Verify ``tensors`` (one per matcher, in order); return the bound symbol values."""
-        if len(tensors) == self._count:
-            first = type(tensors[0])
-            if first is self._torch_type:
-                found = self._torch(*tensors)
-                if found is not None:
-                    return found  # type: ignore[no-any-return]
-            elif first is self._cupy_type:
-                found = self._cupy(*tensors)
-                if found is not None:
-                    return found  # type: ignore[no-any-return]
-        return self.generic(*tensors)
+        return self.generic(*tensors)  # replaced per instance by the generated dispatcher
 
     def generic(self, *tensors: Any) -> tuple[Any, ...]:
         """The reference path: any DLPack producer, and the error messages."""
@@ -300,12 +293,10 @@ class TensorCheck:
 
     def _bind_types(self) -> None:
         """Point the fast paths at torch.Tensor / cupy.ndarray once those libraries are imported."""
-        if self._torch_type is None:
-            self._torch_type = _torch_type()
-            self._torch.__globals__["T"] = self._torch_type
-        if self._cupy_type is None:
-            self._cupy_type = _cupy_type()
-            self._cupy.__globals__["T"] = self._cupy_type
+        if self._env["T_torch"] is None:
+            self._env["T_torch"] = _torch_type()
+        if self._env["T_cupy"] is None:
+            self._env["T_cupy"] = _cupy_type()
 
 
 def _torch_type() -> type | None:
@@ -318,77 +309,66 @@ def _cupy_type() -> type | None:
     return None if cupy is None else cupy.ndarray
 
 
-def _generate(check: TensorCheck, flavour: str) -> Any:
-    """Generate a function that verifies ``check``'s tensors of one flavour or returns ``None``.
+def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str) -> list[str]:
+    """Lines that verify ``check``'s tensors of one flavour, running ``miss`` on anything unexpected.
 
-    The generated code answers only "matches, with these values" or "don't know"; the generic verifier then
-    produces the verdict and the message. It must never accept what the generic path rejects.
+    The lines answer only "matches, with these values" (they end in a ``return``) or "don't know" (``miss``);
+    the generic verifier then produces the verdict and the message. They must never accept what the generic
+    path rejects.
     """
-    env: dict[str, Any] = {"_DEV": _DeviceMemo(), "_DT": _DTypeMemo(), "T": None}
-    lines: list[str] = []
+    f = flavour
     args = [f"t{i}" for i in range(len(check._specs))]
-    lines.append(f"def fast({', '.join(args)}):")
-    body: list[str] = [f"if type({a}) is not T: return None" for a in args]
+    body: list[str] = [f"if type({a}) is not T_{f}: {miss}" for a in args]
     sym_var: dict[_Symbol, str] = {}
     for i, spec in enumerate(check._specs):
         t = f"t{i}"
-        # dtype
         if spec.dtypes is not None or spec.dtype_symbol is not None:
             body.append(f"dt{i} = {t}.dtype")
             if spec.dtypes is not None:
-                env[f"_allowed{i}"] = _native_dtypes(spec.dtypes, flavour)
-                body.append(f"if dt{i} not in _allowed{i}: return None")
+                env[f"_allowed_{f}{i}"] = _native_dtypes(spec.dtypes, flavour)
+                body.append(f"if dt{i} not in _allowed_{f}{i}: {miss}")
             sym = spec.dtype_symbol
             if sym is not None:
                 if sym in sym_var:
-                    body.append(f"if dt{i} != {sym_var[sym]}: return None")
+                    body.append(f"if dt{i} != {sym_var[sym]}: {miss}")
                 else:
                     sym_var[sym] = f"dt{i}"
-        # device
         if spec.device_kinds is not None or spec.device_symbol is not None:
             if flavour == "cupy":
-                body.append(f"dk{i} = 'cuda'")
-                body.append(f"di{i} = {t}.device.id")
+                body += [f"dk{i} = 'cuda'", f"di{i} = {t}.device.id"]
             elif spec.device_kinds == ("cuda",):
-                body.append(f"if not {t}.is_cuda: return None")
-                body.append(f"dk{i} = 'cuda'")
-                body.append(f"di{i} = {t}.get_device()")
+                body += [f"if not {t}.is_cuda: {miss}", f"dk{i} = 'cuda'", f"di{i} = {t}.get_device()"]
             else:
-                body.append(f"dv{i} = {t}.device")
-                body.append(f"dk{i} = dv{i}.type")
-                body.append(f"di{i} = dv{i}.index or 0")
+                body += [f"dv{i} = {t}.device", f"dk{i} = dv{i}.type", f"di{i} = dv{i}.index or 0"]
             if spec.device_kinds is not None:
-                body.append(f"if dk{i} not in {spec.device_kinds!r}: return None")
+                body.append(f"if dk{i} not in {spec.device_kinds!r}: {miss}")
             sym = spec.device_symbol
             if sym is not None:
                 if sym in sym_var:
-                    body.append(f"if dk{i} != {sym_var[sym]}[0] or di{i} != {sym_var[sym]}[1]: return None")
+                    body.append(f"if dk{i} != {sym_var[sym]}[0] or di{i} != {sym_var[sym]}[1]: {miss}")
                 else:
                     body.append(f"dev{i} = (dk{i}, di{i})")
                     sym_var[sym] = f"dev{i}"
-        # shape
         body.append(f"s{i} = {t}.shape")
-        body.append(f"if len(s{i}) != {len(spec.shape)}: return None")
+        body.append(f"if len(s{i}) != {len(spec.shape)}: {miss}")
         for d, want in enumerate(spec.shape):
-            _emit_dim(body, sym_var, want, f"s{i}[{d}]", f"sz{i}_{d}")
-        # layout
+            _emit_dim(body, sym_var, want, f"s{i}[{d}]", f"sz{i}_{d}", miss)
         if spec.strides is None:
             if flavour == "torch":
-                body.append(f"if not {t}.is_contiguous(): return None")
+                body.append(f"if not {t}.is_contiguous(): {miss}")
             else:
                 env["_is_contiguous"] = is_contiguous
-                body.append(f"if not _is_contiguous(s{i}, tuple(x // {t}.itemsize for x in {t}.strides)): "
-                            "return None")
+                body.append(f"if not _is_contiguous(s{i}, tuple(x // {t}.itemsize for x in {t}.strides)): {miss}")
         else:
             if flavour == "torch":
                 body.append(f"st{i} = {t}.stride()")
             else:
                 body.append(f"st{i} = tuple(x // {t}.itemsize for x in {t}.strides)")
             for d, want in enumerate(spec.strides):
-                _emit_dim(body, sym_var, want, f"st{i}[{d}]", f"sd{i}_{d}")
+                _emit_dim(body, sym_var, want, f"st{i}[{d}]", f"sd{i}_{d}", miss)
         if spec.align > 1:
             ptr = f"{t}.data_ptr()" if flavour == "torch" else f"{t}.data.ptr"
-            body.append(f"if {ptr} % {spec.align}: return None")
+            body.append(f"if {ptr} % {spec.align}: {miss}")
     outs = []
     for sym in check.symbols:
         var = sym_var[sym]
@@ -399,22 +379,46 @@ def _generate(check: TensorCheck, flavour: str) -> Any:
         else:
             outs.append(var)
     body.append(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
-    lines += ["    " + b for b in body]
-    source = "\n".join(lines)
+    return body
+
+
+def _generate(check: TensorCheck) -> dict[str, Any]:
+    """Generate, in one namespace: ``torch`` and ``cupy`` (a flavour's fast path, ``None`` on a miss) and
+    ``dispatch`` (both fast paths inline, falling back to the generic verifier)."""
+    env: dict[str, Any] = {"_DEV": _DeviceMemo(), "_DT": _DTypeMemo(), "T_torch": None, "T_cupy": None,
+                           "_generic": check.generic, "_NO": _UNBOUND}
+    params = ", ".join(f"t{i}" for i in range(len(check._specs)))
+    fallback = f"return _generic({params})"
+    torch_none = _fast_body(check, "torch", env, "return None")
+    cupy_none = _fast_body(check, "cupy", env, "return None")
+    torch_fall = _fast_body(check, "torch", env, fallback)
+    cupy_fall = _fast_body(check, "cupy", env, fallback)
+    lines = [f"def torch({params}):", *("    " + b for b in torch_none)]
+    lines += [f"def cupy({params}):", *("    " + b for b in cupy_none)]
+    # Defaults and *more keep a wrong argument count on the generic path, which words the error.
+    last = f"t{len(check._specs) - 1}"
+    defaults = ", ".join(f"t{i}=_NO" for i in range(len(check._specs)))
+    lines += [f"def dispatch({defaults}, *more):",
+              f"    if more or {last} is _NO: return _generic(*(t for t in ({params}, *more) if t is not _NO))",
+              "    first = type(t0)", "    if first is T_torch:"]
+    lines += ["        " + b for b in torch_fall[1:]]  # the first line re-checks t0's type
+    lines += ["    if first is T_cupy:"]
+    lines += ["        " + b for b in cupy_fall[1:]]
+    lines += [f"    {fallback}"]
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<cujit TensorCheck {flavour}>", "exec"), env, namespace)
-    return namespace["fast"]
+    exec(compile("\n".join(lines), "<cujit TensorCheck>", "exec"), env, namespace)
+    return namespace
 
 
-def _emit_dim(body: list[str], sym_var: dict[_Symbol, str], want: Dim, expr: str, var: str) -> None:
+def _emit_dim(body: list[str], sym_var: dict[_Symbol, str], want: Dim, expr: str, var: str, miss: str) -> None:
     if isinstance(want, SymbolicSize):
         if want in sym_var:
-            body.append(f"if {expr} != {sym_var[want]}: return None")
+            body.append(f"if {expr} != {sym_var[want]}: {miss}")
         else:
             body.append(f"{var} = {expr}")
             sym_var[want] = var
     elif want != -1:
-        body.append(f"if {expr} != {want}: return None")
+        body.append(f"if {expr} != {want}: {miss}")
 
 
 class _DeviceMemo(dict):  # type: ignore[type-arg]

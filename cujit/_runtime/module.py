@@ -64,6 +64,7 @@ class Kernel:
     def _first_launch(self, grid: Any, block: Any, *args: Any, shared_mem: int = 0, stream: Any = None) -> None:
         from .launch import _current_device
 
+        driver.require_gpu()
         device = _first_device(args)
         self._load(_current_device() if device is None else device)
         self.launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
