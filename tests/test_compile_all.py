@@ -1,0 +1,129 @@
+"""Every shipped kernel and every device header compiles under NVRTC for sm_80 and sm_90, with no GPU."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+import cujit
+from cujit._cli import SHIPPED_OPS
+from cujit._runtime import toolchain
+from cujit._runtime.signature import Param
+
+HEADERS = sorted((toolchain.cujit_include_dir() / "cujit").glob("*.cuh"))
+ARCHS = ["sm_80", "sm_90"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("op", SHIPPED_OPS)
+def test_shipped_ops_compile(op: str, arch: str) -> None:
+    for module in importlib.import_module(op).precompile_modules():
+        compiled = module.compile(arch)
+        assert compiled.cubin[:4] == b"\x7fELF"
+        assert compiled.arch == arch
+        assert all(name.startswith("_Z") for name in compiled.lowered.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("header", HEADERS, ids=lambda p: p.name)
+def test_each_header_compiles_alone(header: Path, arch: str, tmp_path: Path) -> None:
+    source = tmp_path / "alone.cuh"
+    source.write_text(f"#include <cujit/{header.name}>\n__global__ void touch(int32_t* p) {{ p[0] = 1; }}\n")
+    module = cujit.load_jit("alone", cuda_files=[source], cuda_wrappers=[("touch", "touch")])
+    assert module.compile(arch).cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_test_kernels_compile(arch: str) -> None:
+    kernels = Path(__file__).parent / "kernels"
+    module = cujit.load_jit(
+        "headers_test", cuda_files=[kernels / "headers_test.cuh"],
+        cuda_wrappers=[("iota", "iota_grid_stride"), ("r", "reductions"), ("c", "check_non_negative"),
+                       ("d", "double_vec16<bf16_t>"), ("e", "double_vec16<fp8_e4m3_t>")])
+    module.compile(arch)
+
+
+def _params(tmp_path: Path, source: str, expression: str) -> tuple[Param, ...]:
+    path = tmp_path / "sig.cuh"
+    path.write_text("#include <cujit/types.cuh>\n" + source)
+    module = cujit.load_jit("sig", cuda_files=[path], cuda_wrappers=[("k", expression)])
+    params = module.compile("sm_90").params[expression]
+    assert params is not None
+    return params
+
+
+def test_signature_of_builtin_and_pointer_parameters(tmp_path: Path) -> None:
+    params = _params(tmp_path, "__global__ void k(float* a, const double* b, int32_t c, uint64_t d, bool e, "
+                               "int8_t f, uint16_t g, float h, double i, fp16_t j, bf16_t k2, long long l) {}", "k")
+    assert [p.kind for p in params] == ["pointer", "pointer", "int", "uint", "bool", "int", "uint", "float",
+                                        "float", "float", "bf16", "int"]
+    assert [p.code for p in params] == ["Q", "Q", "i", "Q", "?", "b", "H", "f", "d", "e", "H", "q"]
+
+
+def test_signature_through_templates_namespaces_and_substitutions(tmp_path: Path) -> None:
+    source = """
+namespace outer { namespace inner {
+struct Box { int a; float b; };
+template <typename T, int N> struct Arr { T v[N]; };
+}}
+namespace {
+template <typename T, int N>
+__global__ void k(T* out, const T* in, outer::inner::Box box, outer::inner::Arr<T, N> arr, const outer::inner::Box* pb,
+                  T scalar, outer::inner::Box box2) {}
+}
+"""
+    params = _params(tmp_path, source, "k<fp16_t, 4>")
+    assert [p.kind for p in params] == ["pointer", "pointer", "record", "record", "pointer", "float", "record"]
+    assert params[2].cpp == "outer::inner::Box" and params[6].cpp == "outer::inner::Box"
+    assert params[3].cpp.startswith("outer::inner::Arr<")
+
+
+def test_signature_of_the_shipped_kernel() -> None:
+    from cujit.add_constant import module
+
+    params = module(3).compile("sm_90").params["add_constant_kernel<3>"]
+    assert params is not None
+    assert [(p.kind, p.cpp) for p in params] == [("pointer", "int*"), ("pointer", "const int*"),
+                                                 ("uint", "unsigned long")]
+
+
+def test_compile_needs_no_gpu_for_an_explicit_arch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cujit._runtime import driver
+    from cujit.add_constant import module
+
+    monkeypatch.setattr(driver, "device_count", lambda: 0)
+    assert module(5).compile("sm_90").cubin
+
+
+def test_bad_arch_and_missing_files(tmp_path: Path) -> None:
+    from cujit.add_constant import module
+
+    with pytest.raises(cujit.CujitError, match=r"arch: expected an arch such as sm_80 or sm_90a, got '90'"):
+        module(3).compile("90")
+    with pytest.raises(cujit.CujitError, match=r"cuda_files: nope.cuh not found"):
+        cujit.load_jit("x", cuda_files=["nope.cuh"], cuda_wrappers=[("k", "k")])
+    with pytest.raises(TypeError, match="cuda_files must be a list"):
+        cujit.load_jit("x", cuda_files="add_constant.cuh", cuda_wrappers=[("k", "k")])  # type: ignore[arg-type]
+    with pytest.raises(cujit.CujitError, match="python name 'a b' is not an identifier"):
+        cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("a b", "k")])
+    with pytest.raises(cujit.CujitError, match="extra include path .* is not a folder"):
+        cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "k")],
+                       extra_include_paths=[tmp_path / "missing"])
+
+
+def test_module_attribute_errors() -> None:
+    from cujit.add_constant import module
+
+    with pytest.raises(AttributeError, match=r"has no kernel 'nope' \(its kernels: add_constant\)"):
+        module(3).nope  # noqa: B018
+
+
+def test_launch_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cujit._runtime import driver
+
+    monkeypatch.setattr(driver, "device_count", lambda: 0)
+    module = cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "add_constant_kernel<1>")])
+    with pytest.raises(cujit.LaunchError, match="no CUDA device is available"):
+        cujit.LaunchKernel(1, 1)(module.k, 0, 0, 0)
