@@ -122,6 +122,11 @@ def _cache(action: str, as_json: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
+        from ._bench import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
@@ -134,10 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return _precompile(args.archs)
         if args.command == "cache":
             return _cache(args.action, getattr(args, "json", False))
-        if args.command == "bench":
-            from ._bench import main as bench
-
-            return bench(args.rest)
+        if args.command == "bench":  # only reached for --help
+            return 0
     except CujitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
