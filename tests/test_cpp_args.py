@@ -507,7 +507,9 @@ class _Thing:
     ],
     ids=lambda v: type(v).__name__,
 )
-def test_anything_else_raises_type_error_naming_value_and_type(value: object, shown: str | None, type_name: str) -> None:
+def test_anything_else_raises_type_error_naming_value_and_type(
+    value: object, shown: str | None, type_name: str
+) -> None:
     with pytest.raises(TypeError) as info:
         cujit.make_cpp_args(value)
     message = str(info.value)
