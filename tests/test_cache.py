@@ -368,13 +368,7 @@ def _with_code(blob: bytes, code: bytes) -> bytes:
         ),
         pytest.param(
             {"key": "{key}", "arch": ARCH, "lowered": {}, "params": [], "log": ""},
-            id="params-not-a-dict",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="BUG cache._decode: meta['params'].items() on a list raises AttributeError, which the "
-                "except (ValueError, KeyError, TypeError) does not catch; a malformed entry must be a miss",
-            ),
+            id="params-not-a-dict"
         ),
     ],
 )
@@ -406,11 +400,6 @@ def test_entry_that_cannot_be_replaced_leaves_the_result_in_memory(tmp_path: Pat
     assert count["compiles"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cache._publish: when os.replace(tmp, final) fails, the '<key>.tmp.<pid>.<hex>' file is never "
-    "removed (the cleanup covers only the write), so every failed publish leaves a stray file in the cache folder",
-)
 def test_failed_publish_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = small(tmp_path)
     key = module(path).cache_key(ARCH)
@@ -742,11 +731,6 @@ def test_compile_error_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 # ---------------------------------------------------------------------------------------------------- key gaps
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cache.cache_key/SourceSet.search_dirs: folders given as -I/--include-path in extra_cuda_cflags "
-    "are passed to NVRTC but not searched by scan_includes, so a header edited there gives the stale cubin",
-)
 @pytest.mark.parametrize("form", ["-I{}", "--include-path={}", "-I {}"])
 def test_header_through_an_include_flag_in_extra_cflags_invalidates(tmp_path: Path, form: str) -> None:
     include = tmp_path / "flag-include"
@@ -769,11 +753,6 @@ def test_header_through_an_include_flag_in_extra_cflags_invalidates(tmp_path: Pa
     assert second.cubin != first.cubin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cache.cache_key: a header given to NVRTC with --pre-include/-include in extra_cuda_cflags is not "
-    "hashed, so editing it gives the stale cubin",
-)
 @pytest.mark.parametrize("form", ["--pre-include={}", "-include={}"])
 def test_pre_included_header_invalidates(tmp_path: Path, form: str) -> None:
     header = write(tmp_path / "pre.cuh", "#define PRE_VALUE 1\n")
@@ -795,12 +774,6 @@ def test_pre_included_header_invalidates(tmp_path: Path, form: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG compile.scan_includes: it resolves symlinks before taking the includer's folder, but NVRTC looks "
-    "up a quoted include next to the path as named; a header next to a symlinked header is hashed from the wrong "
-    "folder, so editing the one NVRTC reads gives the stale cubin",
-)
 def test_header_next_to_a_symlinked_header_invalidates(tmp_path: Path) -> None:
     real, work = tmp_path / "real", tmp_path / "work"
     write(real / "a.cuh", '#include "b.cuh"\n')
@@ -824,12 +797,6 @@ def test_header_next_to_a_symlinked_header_invalidates(tmp_path: Path) -> None:
     assert second.cubin != first.cubin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG SourceSet.search_dirs: it puts cujit/include after extra_include_paths, but options() passes "
-    "-I cujit/include first; a <cujit/...> header that also exists in an extra include folder is hashed from "
-    "that folder while NVRTC reads cujit's own, so editing cujit's header gives the stale cubin",
-)
 def test_cujit_header_shadowed_in_an_extra_include_path_invalidates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,12 +72,13 @@ def cache_key(sources: SourceSet, arch: str) -> str:
     _field(h, "cujit", _CUJIT_VERSION)
     _field(h, "nvrtc", "%d.%d" % toolchain.nvrtc_version())
     _field(h, "cuda-headers", toolchain.cuda_headers_identity())
+    _field(h, "libcu++", toolchain.cccl_identity())
     _field(h, "arch", arch)
     options = sources.options(arch)
     _field(h, "options", "\0".join(options))
     _field(h, "names", "\0".join(sources.expressions))
     _field(h, "source", sources.main_source())
-    files, computed = scan_includes(sources.files, sources.search_dirs())
+    files, computed = scan_includes((*sources.files, *sources.pre_included()), sources.search_dirs())
     if computed:
         # A `#include MACRO` can reach any file in the project folders: cover all of them.
         extra: list[Path] = []
@@ -169,7 +170,7 @@ def _decode(blob: bytes, key: str) -> Compiled | None:
             return None
         params = {k: None if v is None else tuple(Param(**p) for p in v) for k, v in meta["params"].items()}
         return Compiled(meta["arch"], payload[4 + size :], dict(meta["lowered"]), params, meta.get("log", ""))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -195,7 +196,11 @@ def _publish(folder: Path, key: str, compiled: Compiled, name: str) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         _count("disk_writes")
     except OSError as exc:
         _count("disk_errors")

@@ -6,6 +6,7 @@ points at the real ``.cuh`` file and line. It also declares the signature probe 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,32 @@ __all__ = ["Compiled", "SourceSet", "compile_nvrtc", "scan_includes"]
 
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]', re.MULTILINE)
 _COMPUTED_INCLUDE = re.compile(rb"^[ \t]*#[ \t]*include[ \t]*[A-Za-z_]", re.MULTILINE)
+
+
+_INCLUDE_FLAGS = ("-I", "--include-path")
+_PRE_INCLUDE_FLAGS = ("--pre-include", "-include")
+
+
+def _flag_paths(flags: Sequence[str], names: Sequence[str]) -> tuple[Path, ...]:
+    """The paths given to any of the options ``names`` in ``flags``: ``-Ix``, ``-I x``, ``-I=x``, ``--opt=x``."""
+    out: list[Path] = []
+    pending = False
+    for flag in flags:
+        if pending:
+            out.append(Path(os.path.abspath(flag)))
+            pending = False
+            continue
+        for name in names:
+            if flag == name:
+                pending = True
+            elif flag.startswith(name + "="):
+                out.append(Path(os.path.abspath(flag[len(name) + 1 :])))
+            elif name == "-I" and flag.startswith("-I"):
+                out.append(Path(os.path.abspath(flag[2:])))
+            else:
+                continue
+            break
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -42,8 +69,15 @@ class SourceSet:
         return "\n".join(lines) + "\n"
 
     def search_dirs(self) -> tuple[Path, ...]:
-        """Folders searched for ``#include`` besides the includer's own, in NVRTC's order (the -I order)."""
-        return (*self.include_paths, toolchain.cujit_include_dir())
+        """Folders searched for ``#include`` besides the includer's own, in NVRTC's order (the -I order).
+
+        The CUDA and libcu++ folders are left out: the toolchain identity in the cache key covers them.
+        """
+        return (toolchain.cujit_include_dir(), *self.include_paths, *_flag_paths(self.extra_cflags, _INCLUDE_FLAGS))
+
+    def pre_included(self) -> tuple[Path, ...]:
+        """Files that ``--pre-include`` / ``-include`` options make NVRTC read before the source."""
+        return _flag_paths(self.extra_cflags, _PRE_INCLUDE_FLAGS)
 
     def options(self, arch: str) -> tuple[str, ...]:
         opts = [f"-arch={arch}", "-std=c++17", f"-I{toolchain.cujit_include_dir()}"]
@@ -94,7 +128,9 @@ def scan_includes(files: Iterable[Path], search_dirs: Sequence[Path]) -> tuple[l
             name = raw.decode("utf-8", "replace").strip()
             dirs = ([path.parent] if kind == b'"' else []) + list(search_dirs)
             for folder in dirs:
-                candidate = (folder / name).resolve()
+                # Not resolved: NVRTC looks for a header's own includes next to the path as it was named,
+                # also when that path is a symbolic link.
+                candidate = Path(os.path.abspath(folder / name))
                 if candidate.is_file():
                     stack.append(candidate)
                     break

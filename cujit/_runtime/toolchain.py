@@ -107,3 +107,18 @@ def cuda_headers_identity() -> str:
         except OSError:
             parts.append(f"{name}:missing")
     return "|".join(parts)
+
+
+@functools.cache
+def cccl_identity() -> str:
+    """A short identity of CuPy's libcu++ copy (``cuda/std/...``): its folder and the times of its top folders."""
+    root = cccl_include_dir()
+    if root is None:
+        return "none"
+    parts = [str(root)]
+    for sub in ("cuda", "cuda/std", "nv"):
+        try:
+            parts.append(f"{sub}:{(root / sub).stat().st_mtime_ns}")
+        except OSError:
+            parts.append(f"{sub}:missing")
+    return "|".join(parts)
