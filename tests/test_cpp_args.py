@@ -377,11 +377,6 @@ def test_nan_and_inf_raise_value_error(value: object) -> None:
     np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant,
     reason="long double is a double on this platform, so nothing can be lost",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cpp_args.py render_cpp_arg: a NumPy longdouble goes through float(), silently dropping the bits "
-    "a double lacks; the literal does not round-trip (it should keep them with an L suffix or raise TypeError)",
-)
 def test_numpy_longdouble_is_not_silently_rounded() -> None:
     value = np.longdouble(1) / np.longdouble(3)
     try:

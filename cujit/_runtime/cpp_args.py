@@ -64,6 +64,9 @@ def render_cpp_arg(value: object) -> str:
         if isinstance(value, numpy.integer):
             return _render_int(int(value))
         if isinstance(value, numpy.floating):
+            if value.dtype.itemsize > 8 and numpy.longdouble(float(value)) != value:
+                raise TypeError(f"make_cpp_args: {value!r} of type {type(value).__name__} has more precision than "
+                                "a double; GPU code has no wider float, so pass a float")
             return _render_float(float(value))
     try:
         return as_dtype(value).cpp

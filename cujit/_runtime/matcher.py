@@ -18,7 +18,18 @@ from typing import Any, Union
 
 from .dtypes import DType, as_dtype
 from .errors import CujitError, TensorMatchError
-from .tensors import DEVICE_CODES, Device, TensorInfo, describe, device, is_contiguous, tensor_info
+from .dtypes import DTYPES
+from .tensors import (
+    DEVICE_CODES,
+    Device,
+    TensorInfo,
+    UnsupportedDTypeError,
+    UnsupportedLayoutError,
+    describe,
+    device,
+    is_contiguous,
+    tensor_info,
+)
 
 __all__ = ["SymbolicDType", "SymbolicDevice", "SymbolicSize", "TensorCheck", "TensorMatcher"]
 
@@ -28,13 +39,14 @@ _UNBOUND = object()
 class _Symbol:
     """A value that binds at its first match and must match the same value afterwards."""
 
-    __slots__ = ("_by", "_value", "name")
+    __slots__ = ("_by", "_owner", "_value", "name")
     _kind = "symbol"
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self._kind
         self._value: Any = _UNBOUND
         self._by = ""
+        self._owner = 0
 
     def unwrap(self) -> Any:
         """The bound value. Raises ``CujitError`` if nothing has bound it yet."""
@@ -188,12 +200,35 @@ class TensorMatcher:
         self._verified += 1
         label = repr(name) if name is not None else f"tensor #{self._verified}"
         spec = _Spec(self)
-        info = tensor_info(tensor)
-        bindings = {s: (s._value, s._by) for s in spec.symbols() if s.is_bound}
+        info = _info(tensor, label)
+        # An unnamed tensor is known by its position in its matcher's chain: say when that was another matcher.
+        bindings = {s: (s._value, _binder(s, self)) for s in spec.symbols() if s.is_bound}
         verify_info(spec, info, label, bindings)
         for sym, (value, by) in bindings.items():
-            sym._value, sym._by = value, by
+            if not sym.is_bound:
+                sym._value, sym._by, sym._owner = value, by, id(self)
         return self
+
+
+def _binder(sym: _Symbol, matcher: TensorMatcher) -> str:
+    """Who bound ``sym``, as ``matcher``'s messages should say it."""
+    if sym._owner == id(matcher) or not sym._by.startswith("tensor #"):
+        return sym._by
+    words = sym._by.split(" ", 2)  # "tensor", "#N", "dimension 0"
+    return f"{words[0]} {words[1]} of another matcher {words[2]}" if len(words) == 3 else sym._by
+
+
+def _info(tensor: Any, label: str) -> TensorInfo:
+    """``tensor_info`` with errors that name the tensor."""
+    try:
+        return tensor_info(tensor)
+    except UnsupportedDTypeError as exc:
+        known = ", ".join(d.name for d in DTYPES)
+        raise TensorMatchError(f"{label}: dtype: expected one that cujit supports ({known}), got {exc.name}") from None
+    except UnsupportedLayoutError as exc:
+        raise TensorMatchError(f"{label}: layout: expected strides in whole elements, got {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"{label}: {exc}") from None
 
 
 def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbol, tuple[Any, str]]) -> None:
@@ -214,7 +249,8 @@ def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbo
             bindings[sym] = (value, f"{label} {what}")
 
     if len(info.shape) != len(spec.shape):
-        raise fail("rank", f"{len(spec.shape)} dimensions", f"{len(info.shape)}")
+        rank = len(spec.shape)
+        raise fail("rank", f"{rank} dimension{'' if rank == 1 else 's'}", f"{len(info.shape)}")
     for i, (want, got) in enumerate(zip(spec.shape, info.shape)):
         if isinstance(want, SymbolicSize):
             match(want, got, f"dimension {i}")
@@ -224,7 +260,9 @@ def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbo
         if not is_contiguous(info.shape, info.strides):
             from .tensors import contiguous_strides
 
-            want_strides = "<" + ", ".join(map(str, contiguous_strides(info.shape))) + ">"
+            # Size-1 dimensions may have any stride: show them as "*".
+            wanted = [str(w) if size != 1 else "*" for w, size in zip(contiguous_strides(info.shape), info.shape)]
+            want_strides = "<" + ", ".join(wanted) + ">"
             got_strides = "<" + ", ".join(map(str, info.strides)) + ">"
             raise fail("layout", f"contiguous strides {want_strides}", got_strides)
     else:
@@ -288,7 +326,7 @@ class TensorCheck:
                             f"got {len(tensors)}")
         bindings: dict[_Symbol, tuple[Any, str]] = {}
         for name, spec, tensor in zip(self.names, self._specs, tensors):
-            verify_info(spec, tensor_info(tensor), repr(name), bindings)
+            verify_info(spec, _info(tensor, repr(name)), repr(name), bindings)
         return tuple(bindings[s][0] for s in self.symbols)
 
     def _bind_types(self) -> None:
@@ -322,17 +360,16 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
     sym_var: dict[_Symbol, str] = {}
     for i, spec in enumerate(check._specs):
         t = f"t{i}"
-        if spec.dtypes is not None or spec.dtype_symbol is not None:
-            body.append(f"dt{i} = {t}.dtype")
-            if spec.dtypes is not None:
-                env[f"_allowed_{f}{i}"] = _native_dtypes(spec.dtypes, flavour)
-                body.append(f"if dt{i} not in _allowed_{f}{i}: {miss}")
-            sym = spec.dtype_symbol
-            if sym is not None:
-                if sym in sym_var:
-                    body.append(f"if dt{i} != {sym_var[sym]}: {miss}")
-                else:
-                    sym_var[sym] = f"dt{i}"
+        # The dtype is always read: one that cujit does not support fails on the generic path.
+        body.append(f"dt{i} = {t}.dtype")
+        env[f"_allowed_{f}{i}"] = _native_dtypes(spec.dtypes if spec.dtypes is not None else DTYPES, flavour)
+        body.append(f"if dt{i} not in _allowed_{f}{i}: {miss}")
+        sym = spec.dtype_symbol
+        if sym is not None:
+            if sym in sym_var:
+                body.append(f"if dt{i} != {sym_var[sym]}: {miss}")
+            else:
+                sym_var[sym] = f"dt{i}"
         if spec.device_kinds is not None or spec.device_symbol is not None:
             if flavour == "cupy":
                 body += [f"dk{i} = 'cuda'", f"di{i} = {t}.device.id"]
@@ -358,12 +395,16 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
                 body.append(f"if not {t}.is_contiguous(): {miss}")
             else:
                 env["_is_contiguous"] = is_contiguous
-                body.append(f"if not _is_contiguous(s{i}, tuple(x // {t}.itemsize for x in {t}.strides)): {miss}")
+                env["_strides"] = _whole_element_strides
+                body.append(f"st{i} = _strides({t}.strides, {t}.itemsize)")
+                body.append(f"if st{i} is None or not _is_contiguous(s{i}, st{i}): {miss}")
         else:
             if flavour == "torch":
                 body.append(f"st{i} = {t}.stride()")
             else:
-                body.append(f"st{i} = tuple(x // {t}.itemsize for x in {t}.strides)")
+                env["_strides"] = _whole_element_strides
+                body.append(f"st{i} = _strides({t}.strides, {t}.itemsize)")
+                body.append(f"if st{i} is None: {miss}")
             for d, want in enumerate(spec.strides):
                 _emit_dim(body, sym_var, want, f"st{i}[{d}]", f"sd{i}_{d}", miss)
         if spec.align > 1:
@@ -419,6 +460,12 @@ def _emit_dim(body: list[str], sym_var: dict[_Symbol, str], want: Dim, expr: str
             sym_var[want] = var
     elif want != -1:
         body.append(f"if {expr} != {want}: {miss}")
+
+
+def _whole_element_strides(byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    if any(s % itemsize for s in byte_strides):
+        return None
+    return tuple(s // itemsize for s in byte_strides)
 
 
 class _DeviceMemo(dict):  # type: ignore[type-arg]

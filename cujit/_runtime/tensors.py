@@ -13,7 +13,35 @@ from typing import Any
 
 from .dtypes import DType, as_dtype, from_dlpack_code
 
-__all__ = ["Device", "TensorInfo", "describe", "dlpack_info", "tensor_info", "torch_tensor_type", "cupy_array_type"]
+__all__ = [
+    "Device", "TensorInfo", "UnsupportedLayoutError", "UnsupportedDTypeError", "describe", "dlpack_info",
+    "tensor_info", "torch_tensor_type", "cupy_array_type",
+]
+
+
+class UnsupportedDTypeError(TypeError):
+    """A tensor whose element type cujit has no C++ alias for."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"dtype {name} is not supported by cujit")
+        self.name = name
+
+
+class UnsupportedLayoutError(ValueError):
+    """A tensor whose strides are not whole elements."""
+
+
+def _dtype(native: object) -> DType:
+    try:
+        return as_dtype(native)
+    except TypeError:
+        raise UnsupportedDTypeError(str(native).removeprefix("torch.")) from None
+
+
+def _element_strides(byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    if any(s % itemsize for s in byte_strides):
+        raise UnsupportedLayoutError(f"byte strides {byte_strides} are not multiples of the element size {itemsize}")
+    return tuple(s // itemsize for s in byte_strides)
 
 # DLDeviceType values (dlpack.h) and the names cujit uses for them.
 DEVICE_NAMES: dict[int, str] = {
@@ -137,13 +165,12 @@ def cupy_array_type() -> type | None:
 def torch_info(t: Any) -> TensorInfo:
     dev = t.device
     index = dev.index if dev.index is not None else 0
-    return TensorInfo(tuple(t.shape), tuple(t.stride()), as_dtype(t.dtype), device(dev.type, index), t.data_ptr(),
+    return TensorInfo(tuple(t.shape), tuple(t.stride()), _dtype(t.dtype), device(dev.type, index), t.data_ptr(),
                       "torch")
 
 
 def cupy_info(a: Any) -> TensorInfo:
-    item = a.itemsize
-    return TensorInfo(tuple(a.shape), tuple(s // item for s in a.strides), as_dtype(a.dtype),
+    return TensorInfo(tuple(a.shape), _element_strides(tuple(a.strides), a.itemsize), _dtype(a.dtype),
                       device("cuda", a.device.id), a.data.ptr, "cupy")
 
 
@@ -212,7 +239,11 @@ def dlpack_info(obj: Any) -> TensorInfo:
     ndim = dl.ndim
     shape = tuple(dl.shape[i] for i in range(ndim))
     strides = tuple(dl.strides[i] for i in range(ndim)) if dl.strides else contiguous_strides(shape)
-    dtype = from_dlpack_code(dl.dtype.code, dl.dtype.bits, dl.dtype.lanes)
+    try:
+        dtype = from_dlpack_code(dl.dtype.code, dl.dtype.bits, dl.dtype.lanes)
+    except TypeError:
+        raise UnsupportedDTypeError(f"(DLPack code {dl.dtype.code}, {dl.dtype.bits} bits, "
+                                    f"{dl.dtype.lanes} lanes)") from None
     kind = DEVICE_NAMES.get(dl.device.device_type, f"dlpack{dl.device.device_type}")
     ptr = (dl.data or 0) + dl.byte_offset
     info = TensorInfo(shape, strides, dtype, device(kind, dl.device.device_id), ptr, "dlpack")
@@ -225,10 +256,10 @@ def cuda_array_interface_info(obj: Any) -> TensorInfo:
     import numpy
 
     cai = obj.__cuda_array_interface__
-    dtype = as_dtype(numpy.dtype(cai["typestr"]))
+    dtype = _dtype(numpy.dtype(cai["typestr"]))
     shape = tuple(int(s) for s in cai["shape"])
     strides = cai.get("strides")
-    strides = contiguous_strides(shape) if strides is None else tuple(int(s) // dtype.itemsize for s in strides)
+    strides = contiguous_strides(shape) if strides is None else _element_strides(tuple(strides), dtype.itemsize)
     ptr = int(cai["data"][0])
     index = 0
     if ptr:
