@@ -12,6 +12,7 @@ Two ways to use them:
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from typing import Any, Union
@@ -34,6 +35,7 @@ from .tensors import (
 __all__ = ["SymbolicDType", "SymbolicDevice", "SymbolicSize", "TensorCheck", "TensorMatcher"]
 
 _UNBOUND = object()
+_SERIALS = itertools.count(1)
 
 
 class _Symbol:
@@ -155,6 +157,7 @@ class TensorMatcher:
         self._device_symbol: SymbolicDevice | None = None
         self._align = 1
         self._verified = 0
+        self._serial = next(_SERIALS)  # not id(): a dead matcher's id is reused by the next one
 
     def with_strides(self, strides: Sequence[Dim]) -> TensorMatcher:
         """Require these strides (in elements) instead of contiguity; ``-1`` is any stride."""
@@ -206,13 +209,13 @@ class TensorMatcher:
         verify_info(spec, info, label, bindings)
         for sym, (value, by) in bindings.items():
             if not sym.is_bound:
-                sym._value, sym._by, sym._owner = value, by, id(self)
+                sym._value, sym._by, sym._owner = value, by, self._serial
         return self
 
 
 def _binder(sym: _Symbol, matcher: TensorMatcher) -> str:
     """Who bound ``sym``, as ``matcher``'s messages should say it."""
-    if sym._owner == id(matcher) or not sym._by.startswith("tensor #"):
+    if sym._owner == matcher._serial or not sym._by.startswith("tensor #"):
         return sym._by
     words = sym._by.split(" ", 2)  # "tensor", "#N", "dimension 0"
     return f"{words[0]} {words[1]} of another matcher {words[2]}" if len(words) == 3 else sym._by
