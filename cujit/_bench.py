@@ -98,6 +98,7 @@ def host_section(rows: list[dict[str, Any]]) -> None:
         "ours": lambda: add_constant(x, 3),
         "bare": lambda: launch(kernel, y, x, n),
         "direct": lambda: kernel.launch(1, 256, y, x, n),
+        "raw_on": lambda: kernel.launch_on(0, 1, 256, py, px, n),
         "empty": lambda: torch.empty_like(x),
     }, sync)
     torch_out, plus, ours_out, ours = times["torch_out"], times["plus"], times["ours_out"], times["ours"]
@@ -116,6 +117,8 @@ def host_section(rows: list[dict[str, Any]]) -> None:
                      times["bare"] / torch_out, "torch.add(out=)"))
     rows.append(_row("cujit kernel.launch(1, 256, y, x, n), no checks", times["direct"], "us",
                      times["direct"] / torch_out, "torch.add(out=)"))
+    rows.append(_row("cujit kernel.launch_on(0, 1, 256, y_ptr, x_ptr, n), raw values", times["raw_on"], "us",
+                     times["raw_on"] / torch_out, "torch.add(out=)"))
     rows.append(_row("torch.empty_like(x) alone", times["empty"], "us"))
     ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
     rows.append(_row("cujit add_constant(cupy x, 3, out=y)", ours_cupy, "us"))

@@ -33,6 +33,8 @@ def module(constant: int) -> JitModule:
 
 
 _KERNELS: dict[int, Kernel] = {}
+# torch.Tensor once torch is imported (cujit never imports it for you); a list so the hot path reads it cheaply.
+_TORCH_TENSOR: list[type | None] = [None]
 
 
 def _new_kernel(constant: object) -> Kernel:
@@ -52,6 +54,8 @@ def precompile_modules() -> list[JitModule]:
 @functools.cache
 def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
     """(check of src alone, check of dst and src) for tensors of ``ndim`` dimensions."""
+    if "torch" in sys.modules:
+        _TORCH_TENSOR[0] = sys.modules["torch"].Tensor
     dims = [SymbolicSize(f"D{i}") for i in range(ndim)]
     device = SymbolicDevice("device")
 
@@ -93,13 +97,19 @@ def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
         ndim = 0
     src_check, pair_check = _checks(ndim)
     if out is None:
-        dims = src_check(src)
+        values = src_check(src)
         out = _empty_like(src)
     else:
-        dims = pair_check(out, src)
+        values = pair_check(out, src)
     n = 1
-    for size in dims[:-1]:
+    for size in values[:-1]:
         n *= size
     if n:
-        kernel.launch((n + _PER_BLOCK - 1) // _PER_BLOCK, _BLOCK, out, src, n)
+        grid = (n + _PER_BLOCK - 1) // _PER_BLOCK
+        torch_tensor = _TORCH_TENSOR[0]
+        if type(src) is torch_tensor and type(out) is torch_tensor:
+            # Checked above: both are CUDA torch tensors on this device, so the raw entry can skip re-reading them.
+            kernel.launch_on(values[-1].index, grid, _BLOCK, out.data_ptr(), src.data_ptr(), n)
+        else:
+            kernel.launch(grid, _BLOCK, out, src, n)
     return out

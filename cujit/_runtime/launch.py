@@ -279,8 +279,9 @@ def _dim3(value: Any, what: str) -> tuple[int, int, int]:
     raise LaunchError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {value!r}")
 
 
-def make_launcher(kernel: Kernel) -> Callable[..., None]:
-    """Generate ``launch(grid, block, *args, shared_mem=0, stream=None)`` for ``kernel``'s parameter list."""
+def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Generate, for ``kernel``'s parameter list, ``launch(grid, block, *args, shared_mem=0, stream=None)`` and
+    ``launch_on(device, grid, block, *args, shared_mem=0, stream=None)`` (raw values, no tensor handling)."""
     params = kernel.params
     n = len(params)
     torch_type = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
@@ -324,13 +325,43 @@ def make_launcher(kernel: Kernel) -> Callable[..., None]:
     packed = ", ".join(values)
     body += [
         "if dev == -1: dev = _current_device()",
-        "loaded = _table.get(dev)",
-        "if loaded is None: loaded = _kernel._load(dev)",
         "if stream is None:",
         "    if origin & 1: s = _torch_stream(dev)",
         "    elif origin & 2: s = _cupy_stream(dev)",
         "    else: s = _default_stream(dev)",
         "else: s = _resolve_stream(stream)",
+        *_launch_tail(n, packed),
+    ]
+    # The raw entry: the caller has checked its tensors and passes pointers as ints and the device index.
+    raw = [f"if len(args) != {n}: raise _count_error(_kernel, args)"]
+    if n:
+        raw.append(f"{', '.join(names)}, = args")
+    for i, param in enumerate(params):
+        if param.kind == "record":
+            raw.append(f"v{i} = _record(_kernel, {i}, a{i})")
+        elif param.kind == "bf16":
+            raw.append(f"v{i} = _bf16(a{i}) if not isinstance(a{i}, (bytes, int)) else a{i}")
+        else:
+            raw.append(f"v{i} = a{i}")
+    raw += ["s = _torch_stream(dev) if stream is None else _resolve_stream(stream)", *_launch_tail(n, packed)]
+    source = (
+        "def launch(grid, block, *args, shared_mem=0, stream=None):\n" + "\n".join("    " + line for line in body)
+        + "\ndef launch_on(dev, grid, block, *args, shared_mem=0, stream=None):\n"
+        + "\n".join("    " + line for line in raw)
+    )
+    code = _LAUNCHER_CODE.get(source)
+    if code is None:
+        code = _LAUNCHER_CODE[source] = compile(source, "<cujit launcher>", "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, env, namespace)
+    return namespace["launch"], namespace["launch_on"]
+
+
+def _launch_tail(n: int, packed: str) -> list[str]:
+    """Generated lines from "kernel loaded on ``dev``, stream ``s``" to the driver call."""
+    return [
+        "loaded = _table.get(dev)",
+        "if loaded is None: loaded = _kernel._load(dev)",
         "if grid.__class__ is int: gx = grid; gy = gz = 1",
         "else: gx, gy, gz = _dim3(grid, 'grid')",
         "if block.__class__ is int: bx = block; by = bz = 1",
@@ -346,13 +377,6 @@ def make_launcher(kernel: Kernel) -> Callable[..., None]:
         "    except _LAUNCH_ERRORS as exc:",
         "        raise loaded.launch_error(exc, (gx, gy, gz), (bx, by, bz), shared_mem) from None",
     ]
-    source = "def launch(grid, block, *args, shared_mem=0, stream=None):\n" + "\n".join("    " + line for line in body)
-    code = _LAUNCHER_CODE.get(source)
-    if code is None:
-        code = _LAUNCHER_CODE[source] = compile(source, "<cujit launcher>", "exec")
-    namespace: dict[str, Any] = {}
-    exec(code, env, namespace)
-    return namespace["launch"]  # type: ignore[no-any-return]
 
 
 # Generated launcher source -> compiled code: kernels with the same parameter kinds share one compile.

@@ -35,6 +35,7 @@ class Kernel:
         self._params: tuple[Param, ...] | None = None
         # Replaced, on the first load, by a launcher generated for this kernel's parameter list.
         self.launch = self._first_launch  # type: ignore[method-assign]
+        self.launch_on = self._first_launch_on  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<cujit kernel {self.name} = {self.expression} of module {self.module.name}>"
@@ -55,6 +56,19 @@ class Kernel:
         after the first launch is generated for the kernel's parameter list.
         """
         self._first_launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
+
+    def launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
+                  stream: Any = None) -> None:
+        """Launch on ``device`` with raw arguments: pointers as ints, no tensor handling; the fast path for ops
+        that have already checked their tensors (see cujit/add_constant.py). Without ``stream``, the current
+        torch stream of ``device`` (CuPy's where torch is not imported)."""
+        self._first_launch_on(device, grid, block, *args, shared_mem=shared_mem, stream=stream)
+
+    def _first_launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
+                         stream: Any = None) -> None:
+        driver.require_gpu()
+        self._load(device)
+        self.launch_on(device, grid, block, *args, shared_mem=shared_mem, stream=stream)
 
     def on(self, device: int) -> LoadedKernel:
         """This kernel loaded on ``device`` (compiling and loading on first use)."""
@@ -186,7 +200,7 @@ class JitModule:
                 kernel._params = _params_of(compiled, kernel.expression, driver.param_sizes(function))
             kernel._table[device] = LoadedKernel(kernel, device, ctx, function, kernel._params)
             if kernel.launch == kernel._first_launch:
-                kernel.launch = make_launcher(kernel)  # type: ignore[method-assign]
+                kernel.launch, kernel.launch_on = make_launcher(kernel)  # type: ignore[method-assign]
 
 
 def _resolve_file(path: str | Path) -> Path:
