@@ -28,8 +28,11 @@ def _per_call_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2
 
 def _interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], calls: int = 2000,
                  rounds: int = 15) -> dict[str, float]:
-    """Host time per call of each function, in microseconds: the median over ``rounds`` rounds, each round
-    timing every function once, so that drift of a noisy host weighs on all of them alike."""
+    """Host time per call of each function, in microseconds.
+
+    The median over ``rounds`` rounds, each round timing every function once, so that the drift of a noisy host
+    weighs on all of them alike.
+    """
     for fn in fns.values():
         for _ in range(200):
             fn()
@@ -224,7 +227,8 @@ src = open(sys.argv[1]).read()
 times = []
 for c in CONSTANTS:
     t0 = time.perf_counter()
-    m = cupy.RawModule(code=src, options=("-std=c++17", "-I" + sys.argv[2]), name_expressions=[f"add_constant_kernel<{c}>"])
+    m = cupy.RawModule(code=src, options=("-std=c++17", "-I" + sys.argv[2]),
+                       name_expressions=[f"add_constant_kernel<{c}>"])
     f = m.get_function(f"add_constant_kernel<{c}>")
     times.append((time.perf_counter() - t0) * 1e3)
 print(json.dumps({"ms": times}))
@@ -244,7 +248,8 @@ def startup_section(rows: list[dict[str, Any]]) -> None:
     print("first call and warm start in new processes (after imports and CUDA context creation)", flush=True)
     constants = [11, 12, 13, 14]
     with tempfile.TemporaryDirectory() as folder:
-        env = {**os.environ, "CUJIT_CACHE_DIR": str(Path(folder) / "cujit"), "CUPY_CACHE_DIR": str(Path(folder) / "cupy")}
+        env = {**os.environ, "CUJIT_CACHE_DIR": str(Path(folder) / "cujit"),
+               "CUPY_CACHE_DIR": str(Path(folder) / "cupy")}
         code = _CHILD.replace("CONSTANTS", repr(constants))
         cold = _child(code, env)
         warm = _child(code, env)

@@ -70,7 +70,7 @@ def cache_key(sources: SourceSet, arch: str) -> str:
     h = hashlib.sha256()
     _field(h, "schema", SCHEMA)
     _field(h, "cujit", _CUJIT_VERSION)
-    _field(h, "nvrtc", "%d.%d" % toolchain.nvrtc_version())
+    _field(h, "nvrtc", "{}.{}".format(*toolchain.nvrtc_version()))
     _field(h, "cuda-headers", toolchain.cuda_headers_identity())
     _field(h, "libcu++", toolchain.cccl_identity())
     _field(h, "arch", arch)

@@ -28,7 +28,7 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("CUJIT_CACHE_DIR", "~/.cache/cujit", "folder of the on-disk cache of compiled kernels"),
-    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing is read from or written to disk"),
+    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing read from or written to disk"),
     Variable("CUJIT_OFFLINE", "0", "1 never runs NVRTC: a kernel missing from the cache raises CompileError"),
     Variable("CUJIT_DUMP_SOURCE", "0", "1 adds the whole generated source, with line numbers, to a CompileError"),
     Variable("CUJIT_DEFAULT_ARCH", "sm_90", "arch for compiling with no GPU (`python -m cujit demo`, `precompile`)"),

@@ -104,7 +104,7 @@ class LoadedKernel:
         self.smem_ok = smem
 
     def pack_error(self, values: Sequence[Any]) -> LaunchError:
-        for i, (param, value) in enumerate(zip(self.params, values)):
+        for i, (param, value) in enumerate(zip(self.params, values, strict=True)):
             code, _ = _param_slot(param)
             try:
                 struct.pack("=" + code, value)
@@ -121,10 +121,10 @@ class LoadedKernel:
         threads = block[0] * block[1] * block[2]
         if threads > self.max_threads:
             problems.append(f"block {block} has {threads} threads, over this kernel's limit of {self.max_threads}")
-        for axis, (have, top) in enumerate(zip(block, _MAX_BLOCK)):
+        for axis, (have, top) in enumerate(zip(block, _MAX_BLOCK, strict=True)):
             if not 1 <= have <= top:
                 problems.append(f"block dimension {axis} is {have}, expected 1 to {top}")
-        for axis, (have, top) in enumerate(zip(grid, _MAX_GRID)):
+        for axis, (have, top) in enumerate(zip(grid, _MAX_GRID, strict=True)):
             if not 1 <= have <= top:
                 problems.append(f"grid dimension {axis} is {have}, expected 1 to {top}")
         if smem < 0:
@@ -280,8 +280,11 @@ def _dim3(value: Any, what: str) -> tuple[int, int, int]:
 
 
 def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., None]]:
-    """Generate, for ``kernel``'s parameter list, ``launch(grid, block, *args, shared_mem=0, stream=None)`` and
-    ``launch_on(device, grid, block, *args, shared_mem=0, stream=None)`` (raw values, no tensor handling)."""
+    """Generate the two launch entries of ``kernel``, specialised to its parameter list.
+
+    ``launch(grid, block, *args, shared_mem=0, stream=None)`` takes tensors and scalars;
+    ``launch_on(device, grid, block, *args, shared_mem=0, stream=None)`` takes raw values (pointers as ints).
+    """
     params = kernel.params
     n = len(params)
     torch_type = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType

@@ -17,9 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Union
 
-from .dtypes import DType, as_dtype
+from .dtypes import DTYPES, DType, as_dtype
 from .errors import CujitError, TensorMatchError
-from .dtypes import DTYPES
 from .tensors import (
     DEVICE_CODES,
     Device,
@@ -102,7 +101,7 @@ class SymbolicDevice(_Symbol):
         return value
 
 
-Dim = Union[int, SymbolicSize]
+Dim = Union[int, SymbolicSize]  # noqa: UP007 - a runtime alias, read on Python 3.10
 
 
 class _Spec:
@@ -163,7 +162,8 @@ class TensorMatcher:
         """Require these strides (in elements) instead of contiguity; ``-1`` is any stride."""
         values = _check_dims(strides, "strides")
         if len(values) != len(self._shape):
-            raise ValueError(f"with_strides: expected {len(self._shape)} strides (one per dimension), got {len(values)}")
+            raise ValueError(
+                f"with_strides: expected {len(self._shape)} strides (one per dimension), got {len(values)}")
         self._strides = values
         return self
 
@@ -254,7 +254,7 @@ def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbo
     if len(info.shape) != len(spec.shape):
         rank = len(spec.shape)
         raise fail("rank", f"{rank} dimension{'' if rank == 1 else 's'}", f"{len(info.shape)}")
-    for i, (want, got) in enumerate(zip(spec.shape, info.shape)):
+    for i, (want, got) in enumerate(zip(spec.shape, info.shape, strict=True)):
         if isinstance(want, SymbolicSize):
             match(want, got, f"dimension {i}")
         elif want != -1 and want != got:
@@ -264,12 +264,13 @@ def verify_info(spec: _Spec, info: TensorInfo, label: str, bindings: dict[_Symbo
             from .tensors import contiguous_strides
 
             # Size-1 dimensions may have any stride: show them as "*".
-            wanted = [str(w) if size != 1 else "*" for w, size in zip(contiguous_strides(info.shape), info.shape)]
+            pairs = zip(contiguous_strides(info.shape), info.shape, strict=True)
+            wanted = [str(w) if size != 1 else "*" for w, size in pairs]
             want_strides = "<" + ", ".join(wanted) + ">"
             got_strides = "<" + ", ".join(map(str, info.strides)) + ">"
             raise fail("layout", f"contiguous strides {want_strides}", got_strides)
     else:
-        for i, (want, got) in enumerate(zip(spec.strides, info.strides)):
+        for i, (want, got) in enumerate(zip(spec.strides, info.strides, strict=True)):
             if isinstance(want, SymbolicSize):
                 match(want, got, f"stride {i}")
             elif want != -1 and want != got:
@@ -328,7 +329,7 @@ class TensorCheck:
             raise TypeError(f"TensorCheck: expected {len(self._specs)} tensors ({', '.join(self.names)}), "
                             f"got {len(tensors)}")
         bindings: dict[_Symbol, tuple[Any, str]] = {}
-        for name, spec, tensor in zip(self.names, self._specs, tensors):
+        for name, spec, tensor in zip(self.names, self._specs, tensors, strict=True):
             verify_info(spec, _info(tensor, repr(name)), repr(name), bindings)
         return tuple(bindings[s][0] for s in self.symbols)
 
@@ -427,8 +428,11 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
 
 
 def _generate(check: TensorCheck) -> dict[str, Any]:
-    """Generate, in one namespace: ``torch`` and ``cupy`` (a flavour's fast path, ``None`` on a miss) and
-    ``dispatch`` (both fast paths inline, falling back to the generic verifier)."""
+    """Generate a check's functions in one namespace.
+
+    ``torch`` and ``cupy`` are one flavour's fast path (``None`` on a miss); ``dispatch`` has both inline and
+    falls back to the generic verifier.
+    """
     env: dict[str, Any] = {"_DEV": _DeviceMemo(), "_DT": _DTypeMemo(), "T_torch": None, "T_cupy": None,
                            "_generic": check.generic, "_NO": _UNBOUND}
     params = ", ".join(f"t{i}" for i in range(len(check._specs)))

@@ -1,4 +1,4 @@
-"""``load_jit``, ``JitModule`` and ``Kernel``: a module's sources, its compiled forms per arch, its kernels per device."""
+"""``load_jit``, ``JitModule`` and ``Kernel``: a module's sources, compiled forms per arch, kernels per device."""
 
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ class Kernel:
 
     def launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
                   stream: Any = None) -> None:
-        """Launch on ``device`` with raw arguments: pointers as ints, no tensor handling; the fast path for ops
-        that have already checked their tensors (see cujit/add_constant.py). Without ``stream``, the current
-        torch stream of ``device`` (CuPy's where torch is not imported)."""
+        """Launch on ``device`` with raw arguments: pointers as ints, no tensor handling.
+
+        The fast path for ops that have already checked their tensors (see cujit/add_constant.py). Without
+        ``stream``, the current torch stream of ``device`` (CuPy's where torch is not imported).
+        """
         self._first_launch_on(device, grid, block, *args, shared_mem=shared_mem, stream=stream)
 
     def _first_launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
@@ -123,7 +125,7 @@ def _params_of(compiled: Compiled, expression: str, sizes: list[int] | None = No
         if len(sizes) != len(params):
             raise CujitError(f"{expression}: the driver reports {len(sizes)} parameters, the name {len(params)}")
         params = tuple(
-            Param(p.kind, s, p.cpp, p.code) if p.kind == "record" else p for p, s in zip(params, sizes)
+            Param(p.kind, s, p.cpp, p.code) if p.kind == "record" else p for p, s in zip(params, sizes, strict=True)
         )
     return params
 
@@ -188,8 +190,9 @@ class JitModule:
         loaded = _LOADED.get((key, device))
         if loaded is None:
             expressions = list(self._sources.expressions)
-            ctx, handle, functions = driver.load_module(device, compiled.cubin, [compiled.lowered[e] for e in expressions])
-            loaded = _LOADED[(key, device)] = (ctx, handle, dict(zip(expressions, functions)))
+            names = [compiled.lowered[e] for e in expressions]
+            ctx, handle, functions = driver.load_module(device, compiled.cubin, names)
+            loaded = _LOADED[(key, device)] = (ctx, handle, dict(zip(expressions, functions, strict=True)))
             cache._count("loads")
         ctx, _, functions = loaded
         for kernel in self.kernels.values():

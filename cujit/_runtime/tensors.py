@@ -59,7 +59,7 @@ class Device:
 
     __slots__ = ("index", "type")
 
-    def __init__(self, type: str, index: int) -> None:  # noqa: A002 - the attribute torch.device uses
+    def __init__(self, type: str, index: int) -> None:
         self.type = type
         self.index = index
 
@@ -88,7 +88,7 @@ class Device:
         """The matching ``torch.device``."""
         import torch
 
-        return torch.device(self.type if self.type in ("cpu", "cuda") else self.type, self.index)
+        return torch.device(self.type, self.index)
 
 
 _DEVICE_MEMO: dict[tuple[str, int], Device] = {}
@@ -143,7 +143,7 @@ def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     if 0 in shape:
         return True
     step = 1
-    for size, stride in zip(reversed(shape), reversed(strides)):
+    for size, stride in zip(reversed(shape), reversed(strides), strict=True):
         if size != 1:
             if stride != step:
                 return False

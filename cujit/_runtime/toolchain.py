@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import CujitError
 
@@ -27,7 +28,7 @@ def kernels_dir() -> Path:
 
 
 @functools.cache
-def nvrtc():  # type: ignore[no-untyped-def]
+def nvrtc() -> Any:
     """CuPy's NVRTC binding (``cupy_backends.cuda.libs.nvrtc``): compiles with no GPU and no driver."""
     try:
         from cupy_backends.cuda.libs import nvrtc as binding
