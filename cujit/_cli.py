@@ -102,10 +102,10 @@ def _cache(action: str, as_json: bool) -> int:
         return 0
     folder = root / cache.SCHEMA
     entries = cache.describe_entries(folder) if folder.is_dir() else []
+    total = sum(int(str(e["bytes"])) for e in entries)
     summary = {
         "folder": str(folder), "disk_cache": config.disk_cache_enabled(), "offline": config.offline(),
-        "entries": len(entries), "bytes": sum(int(e["bytes"]) for e in entries),  # type: ignore[call-overload]
-        "modules": entries,
+        "entries": len(entries), "bytes": total, "modules": entries,
     }
     if as_json:
         print(json.dumps(summary, indent=1))
@@ -113,10 +113,11 @@ def _cache(action: str, as_json: bool) -> int:
     print(f"cache folder: {folder}{'' if folder.is_dir() else ' (not created yet)'}")
     print(f"disk cache: {'on' if summary['disk_cache'] else 'off (CUJIT_DISK_CACHE=0)'}; "
           f"offline: {'yes' if summary['offline'] else 'no'}")
-    print(f"{summary['entries']} entries, {summary['bytes'] / 1024:.1f} KiB")
-    for e in entries:
+    print(f"{len(entries)} entries, {total / 1024:.1f} KiB")
+    for e in sorted(entries, key=lambda e: (str(e["name"]), str(e["arch"]))):
         state = "" if e["valid"] else "  (unreadable: will be recompiled)"
-        print(f"  {e['name']:<32} {e['arch']:<8} {int(e['bytes']) / 1024:7.1f} KiB  {Path(str(e['file'])).name}{state}")
+        size = int(str(e["bytes"])) / 1024
+        print(f"  {e['name']!s:<32} {e['arch']!s:<8} {size:7.1f} KiB  {Path(str(e['file'])).name}{state}")
     return 0
 
 

@@ -106,7 +106,7 @@ def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
         n *= size
     if n:
         grid = (n + _PER_BLOCK - 1) // _PER_BLOCK
-        torch_tensor = _TORCH_TENSOR[0]
+        torch_tensor: Any = _TORCH_TENSOR[0]
         if type(src) is torch_tensor and type(out) is torch_tensor:
             # Checked above: both are CUDA torch tensors on this device, so the raw entry can skip re-reading them.
             kernel.launch_on(values[-1].index, grid, _BLOCK, out.data_ptr(), src.data_ptr(), n)

@@ -291,7 +291,7 @@ def describe_entries(folder: Path) -> list[dict[str, object]]:
         out.append({
             "file": str(path), "bytes": len(blob), "valid": decoded is not None,
             "name": meta.get("name", "?"), "arch": meta.get("arch", "?"),
-            "kernels": sorted(meta.get("lowered", {})) if isinstance(meta.get("lowered"), dict) else [],
+            "kernels": sorted(lowered) if isinstance(lowered := meta.get("lowered"), dict) else [],
         })
     return out
 

@@ -188,9 +188,9 @@ def device_index(device: Any) -> int:
         kind, _, index = device.partition(":")
         if kind == "cuda":
             return int(index) if index else _current_device()
-    kind, index = getattr(device, "type", None), getattr(device, "index", None)
-    if kind == "cuda":
-        return _current_device() if index is None else int(index)
+    kind_attr, index_attr = getattr(device, "type", None), getattr(device, "index", None)
+    if kind_attr == "cuda":
+        return _current_device() if index_attr is None else int(index_attr)
     raise ValueError(f"device: expected a CUDA device (an index, 'cuda:N' or a device object), got {device!r}")
 
 
@@ -201,8 +201,8 @@ class _NoType:
 
 def _pointer(kernel: Kernel, index: int, arg: Any, dev: int, origin: int) -> tuple[int, int, int]:
     """The slow path for a pointer argument: anything but a CUDA torch tensor."""
-    torch_type = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
-    cupy_type = sys.modules["cupy"].ndarray if "cupy" in sys.modules else _NoType
+    torch_type: Any = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
+    cupy_type: Any = sys.modules["cupy"].ndarray if "cupy" in sys.modules else _NoType
     param = kernel.params[index]
     if arg is None:
         return 0, dev, origin

@@ -368,12 +368,12 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
         body.append(f"dt{i} = {t}.dtype")
         env[f"_allowed_{f}{i}"] = _native_dtypes(spec.dtypes if spec.dtypes is not None else DTYPES, flavour)
         body.append(f"if dt{i} not in _allowed_{f}{i}: {miss}")
-        sym = spec.dtype_symbol
-        if sym is not None:
-            if sym in sym_var:
-                body.append(f"if dt{i} != {sym_var[sym]}: {miss}")
+        dtype_symbol = spec.dtype_symbol
+        if dtype_symbol is not None:
+            if dtype_symbol in sym_var:
+                body.append(f"if dt{i} != {sym_var[dtype_symbol]}: {miss}")
             else:
-                sym_var[sym] = f"dt{i}"
+                sym_var[dtype_symbol] = f"dt{i}"
         if spec.device_kinds is not None or spec.device_symbol is not None:
             if flavour == "cupy":
                 body += [f"dk{i} = 'cuda'", f"di{i} = {t}.device.id"]
@@ -415,11 +415,11 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
             ptr = f"{t}.data_ptr()" if flavour == "torch" else f"{t}.data.ptr"
             body.append(f"if {ptr} % {spec.align}: {miss}")
     outs = []
-    for sym in check.symbols:
-        var = sym_var[sym]
-        if isinstance(sym, SymbolicDType):
+    for symbol in check.symbols:
+        var = sym_var[symbol]
+        if isinstance(symbol, SymbolicDType):
             outs.append(f"_DT[{var}]")
-        elif isinstance(sym, SymbolicDevice):
+        elif isinstance(symbol, SymbolicDevice):
             outs.append(f"_DEV[{var}]")
         else:
             outs.append(var)

@@ -191,8 +191,8 @@ class JitModule:
         if loaded is None:
             expressions = list(self._sources.expressions)
             names = [compiled.lowered[e] for e in expressions]
-            ctx, handle, functions = driver.load_module(device, compiled.cubin, names)
-            loaded = _LOADED[(key, device)] = (ctx, handle, dict(zip(expressions, functions, strict=True)))
+            ctx, handle, handles = driver.load_module(device, compiled.cubin, names)
+            loaded = _LOADED[(key, device)] = (ctx, handle, dict(zip(expressions, handles, strict=True)))
             cache._count("loads")
         ctx, _, functions = loaded
         for kernel in self.kernels.values():
