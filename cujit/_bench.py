@@ -79,9 +79,9 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     u64 = cupy.uint64(n)
 
     def raw_call() -> None:
-        raw((1,), (256,), (py, px, u64), stream=stream)
+        raw((4,), (256,), (py, px, u64), stream=stream)
 
-    launch = cujit.LaunchKernel(1, 256)
+    launch = cujit.LaunchKernel(4, 256)  # 4 blocks x 256 threads x 4 values = 4096
     loaded = kernel.on(x.get_device())
     buf, addr = loaded.buffer()
     loaded.pack_into(buf, 0, py, px, n)
@@ -90,7 +90,7 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     stream_handle = torch.cuda.current_stream().cuda_stream
 
     def driver_only() -> None:
-        driver.launchKernel(loaded.function, 1, 1, 1, 256, 1, 1, 0, stream_handle, addr, 0)
+        driver.launchKernel(loaded.function, 4, 1, 1, 256, 1, 1, 0, stream_handle, addr, 0)
 
     times = _interleaved({
         "torch_out": lambda: torch.add(x, 3, out=y),
@@ -100,8 +100,8 @@ def host_section(rows: list[dict[str, Any]]) -> None:
         "ours_out": lambda: add_constant(x, 3, out=y),
         "ours": lambda: add_constant(x, 3),
         "bare": lambda: launch(kernel, y, x, n),
-        "direct": lambda: kernel.launch(1, 256, y, x, n),
-        "raw_on": lambda: kernel.launch_on(0, 1, 256, py, px, n),
+        "direct": lambda: kernel.launch(4, 256, y, x, n),
+        "raw_on": lambda: kernel.launch_on(0, 4, 256, py, px, n),
         "empty": lambda: torch.empty_like(x),
     }, sync)
     torch_out, plus, ours_out, ours = times["torch_out"], times["plus"], times["ours_out"], times["ours"]
@@ -116,11 +116,11 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     rows.append(_row("   the same, against the CuPy RawKernel call", ours_out, "us", ours_out / times["raw"],
                      "RawKernel"))
     rows.append(_row("cujit add_constant(x, 3), allocates", ours, "us", ours / plus, "x + 3"))
-    rows.append(_row("cujit LaunchKernel(1, 256)(kernel, y, x, n), no checks", times["bare"], "us",
+    rows.append(_row("cujit LaunchKernel(4, 256)(kernel, y, x, n), no checks", times["bare"], "us",
                      times["bare"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("cujit kernel.launch(1, 256, y, x, n), no checks", times["direct"], "us",
+    rows.append(_row("cujit kernel.launch(4, 256, y, x, n), no checks", times["direct"], "us",
                      times["direct"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("cujit kernel.launch_on(0, 1, 256, y_ptr, x_ptr, n), raw values", times["raw_on"], "us",
+    rows.append(_row("cujit kernel.launch_on(0, 4, 256, y_ptr, x_ptr, n), raw values", times["raw_on"], "us",
                      times["raw_on"] / torch_out, "torch.add(out=)"))
     rows.append(_row("torch.empty_like(x) alone", times["empty"], "us"))
     ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
@@ -212,7 +212,7 @@ times = []
 for c in CONSTANTS:
     k = module(c).add_constant
     t0 = time.perf_counter()
-    cujit.LaunchKernel(1, 256)(k, y, x, 4096)
+    cujit.LaunchKernel(4, 256)(k, y, x, 4096)
     torch.cuda.synchronize()
     times.append((time.perf_counter() - t0) * 1e3)
     assert torch.equal(y, x + c), c
