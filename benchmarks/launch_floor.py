@@ -45,16 +45,16 @@ def main() -> None:
     pack = config_layout.pack_into
 
     def cupy_route() -> None:
-        driver.launchKernel(func, 1, 1, 1, 256, 1, 1, 0, stream, addr, 0)
+        driver.launchKernel(func, 4, 1, 1, 256, 1, 1, 0, stream, addr, 0)
 
     def ctypes_route() -> None:
-        c_launch(func, 1, 1, 1, 256, 1, 1, 0, stream, addr, None)
+        c_launch(func, 4, 1, 1, 256, 1, 1, 0, stream, addr, None)
 
     def pydll_route() -> None:
-        p_launch(func, 1, 1, 1, 256, 1, 1, 0, stream, addr, None)
+        p_launch(func, 4, 1, 1, 256, 1, 1, 0, stream, addr, None)
 
     def ex_route() -> None:
-        pack(config, 0, 1, 1, 1, 256, 1, 1, 0, stream, 0, 0)
+        pack(config, 0, 4, 1, 1, 256, 1, 1, 0, stream, 0, 0)
         ex(config_addr, func, addr, None)
 
     routes = {
@@ -63,7 +63,7 @@ def main() -> None:
         "ctypes CDLL cuLaunchKernel (releases the GIL)": ctypes_route,
         "ctypes PyDLL cuLaunchKernel (keeps the GIL)": pydll_route,
         "ctypes PyDLL cuLaunchKernelEx + packed config": ex_route,
-        "cujit kernel.launch(1, 256, y, x, n)": lambda: kernel.launch(1, 256, y, x, 4096),
+        "cujit kernel.launch(4, 256, y, x, n)": lambda: kernel.launch(4, 256, y, x, 4096),
         "cujit add_constant(x, 3, out=y)": lambda: add_constant(x, 3, out=y),
     }
     try:
@@ -73,7 +73,7 @@ def main() -> None:
         cb_stream = cb.CUstream(stream)
 
         def bindings_route() -> None:
-            cb.cuLaunchKernel(cb_func, 1, 1, 1, 256, 1, 1, 0, cb_stream, addr, 0)
+            cb.cuLaunchKernel(cb_func, 4, 1, 1, 256, 1, 1, 0, cb_stream, addr, 0)
 
         routes["cuda.bindings cuLaunchKernel"] = bindings_route
     except Exception as exc:  # cuda-python is optional here
