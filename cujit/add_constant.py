@@ -51,9 +51,15 @@ def precompile_modules() -> list[JitModule]:
     return [module(c) for c in PRECOMPILE]
 
 
-@functools.cache
-def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
-    """(check of src alone, check of dst and src) for tensors of ``ndim`` dimensions."""
+class _Checks(dict[int, tuple[TensorCheck, TensorCheck]]):
+    """ndim -> (check of src alone, check of out and src), built on first sight of each rank."""
+
+    def __missing__(self, ndim: int) -> tuple[TensorCheck, TensorCheck]:
+        self[ndim] = _make_checks(ndim)
+        return self[ndim]
+
+
+def _make_checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
     if "torch" in sys.modules:
         _TORCH_TENSOR[0] = sys.modules["torch"].Tensor
     dims = [SymbolicSize(f"D{i}") for i in range(ndim)]
@@ -63,6 +69,9 @@ def _checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
         return TensorMatcher(dims).with_dtype("int32").with_device("cuda", symbol=device)
 
     return TensorCheck(src=matcher()), TensorCheck(out=matcher(), src=matcher())
+
+
+_CHECKS = _Checks()
 
 
 def _empty_like(x: Any) -> Any:
@@ -95,21 +104,23 @@ def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
     ndim = getattr(src, "ndim", 0)
     if type(ndim) is not int:
         ndim = 0
-    src_check, pair_check = _checks(ndim)
+    src_check, pair_check = _CHECKS[ndim]
     if out is None:
         values = src_check(src)
         out = _empty_like(src)
     else:
         values = pair_check(out, src)
+    torch_tensor: Any = _TORCH_TENSOR[0]
+    if type(src) is torch_tensor and type(out) is torch_tensor:
+        # Checked above: both are CUDA torch tensors on one device, so the raw entry can skip re-reading them.
+        n = src.numel()
+        if n:
+            kernel.launch_on(values[-1].index, (n + _PER_BLOCK - 1) // _PER_BLOCK, _BLOCK, out.data_ptr(),
+                             src.data_ptr(), n)
+        return out
     n = 1
     for size in values[:-1]:
         n *= size
     if n:
-        grid = (n + _PER_BLOCK - 1) // _PER_BLOCK
-        torch_tensor: Any = _TORCH_TENSOR[0]
-        if type(src) is torch_tensor and type(out) is torch_tensor:
-            # Checked above: both are CUDA torch tensors on this device, so the raw entry can skip re-reading them.
-            kernel.launch_on(values[-1].index, grid, _BLOCK, out.data_ptr(), src.data_ptr(), n)
-        else:
-            kernel.launch(grid, _BLOCK, out, src, n)
+        kernel.launch((n + _PER_BLOCK - 1) // _PER_BLOCK, _BLOCK, out, src, n)
     return out

@@ -187,7 +187,7 @@ def cuda_root_for_clang(cuda_include: Path) -> Path:
 def _is_shim(root: Path, cuda_include: Path) -> bool:
     link = root / "include"
     try:
-        return (root / "bin").is_dir() and link.is_symlink() and Path(os.readlink(link)) == cuda_include
+        return (root / "bin").is_dir() and link.is_symlink() and link.readlink() == cuda_include
     except OSError:
         return False
 

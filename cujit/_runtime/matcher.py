@@ -379,6 +379,8 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
                 body += [f"dk{i} = 'cuda'", f"di{i} = {t}.device.id"]
             elif spec.device_kinds == ("cuda",):
                 body += [f"if not {t}.is_cuda: {miss}", f"dk{i} = 'cuda'", f"di{i} = {t}.get_device()"]
+            elif spec.device_kinds == ("cpu",):
+                body += [f"if not {t}.is_cpu: {miss}", f"dk{i} = 'cpu'", f"di{i} = 0"]
             else:
                 body += [f"dv{i} = {t}.device", f"dk{i} = dv{i}.type", f"di{i} = dv{i}.index or 0"]
             if spec.device_kinds is not None:
