@@ -250,6 +250,33 @@ def test_launch_on_with_raw_pointers_and_streams() -> None:
         k.launch_on(0, 4, 256, out, 1.0, 1000)  # the raw entry takes pointers, not tensors
 
 
+def test_many_threads_make_the_first_call_at_once() -> None:
+    import threading
+
+    x = torch.randint(-100, 100, (100_003,), dtype=torch.int32, device="cuda")
+    before = cujit.cache_stats()["compiles"]
+    barrier = threading.Barrier(16)
+    results: list[torch.Tensor | BaseException] = [None] * 16  # type: ignore[list-item]
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = add_constant(x, 4242)
+            torch.cuda.current_stream().synchronize()
+        except BaseException as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cujit.cache_stats()["compiles"] == before + 1
+    for r in results:
+        assert isinstance(r, torch.Tensor), r
+        torch.testing.assert_close(r, x + 4242, rtol=0, atol=0)
+
+
 def test_resolve_device_is_current_torch_stream() -> None:
     s = torch.cuda.Stream()
     with torch.cuda.stream(s):
