@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ._runtime.cpp_args import make_cpp_args
+from ._runtime.launch import cupy_stream
 from ._runtime.matcher import SymbolicDevice, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
 
@@ -35,6 +36,7 @@ def module(constant: int) -> JitModule:
 _KERNELS: dict[int, Kernel] = {}
 # torch.Tensor once torch is imported (cujit never imports it for you); a list so the hot path reads it cheaply.
 _TORCH_TENSOR: list[type | None] = [None]
+_CUPY_ARRAY: list[type | None] = [None]
 
 
 def _new_kernel(constant: object) -> Kernel:
@@ -62,6 +64,8 @@ class _Checks(dict[int, tuple[TensorCheck, TensorCheck]]):
 def _make_checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
     if "torch" in sys.modules:
         _TORCH_TENSOR[0] = sys.modules["torch"].Tensor
+    if "cupy" in sys.modules:
+        _CUPY_ARRAY[0] = sys.modules["cupy"].ndarray
     dims = [SymbolicSize(f"D{i}") for i in range(ndim)]
     device = SymbolicDevice("device")
 
@@ -80,7 +84,8 @@ def _empty_like(x: Any) -> Any:
         return torch.empty_like(x)  # x is contiguous (checked), so the result is too
     import cupy
 
-    return cupy.empty_like(x)
+    with cupy.cuda.Device(x.device.id):  # CuPy allocates on the current device, not the input's
+        return cupy.empty_like(x)
 
 
 def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
@@ -121,6 +126,13 @@ def add_constant(src: Any, constant: int, *, out: Any = None) -> Any:
     n = 1
     for size in values[:-1]:
         n *= size
-    if n:
-        kernel.launch((n + _PER_BLOCK - 1) // _PER_BLOCK, _BLOCK, out, src, n)
+    if not n:
+        return out
+    grid = (n + _PER_BLOCK - 1) // _PER_BLOCK
+    cupy_array: Any = _CUPY_ARRAY[0]
+    if type(src) is cupy_array and type(out) is cupy_array:
+        device = values[-1].index
+        kernel.launch_on(device, grid, _BLOCK, out.data.ptr, src.data.ptr, n, stream=cupy_stream(device))
+    else:
+        kernel.launch(grid, _BLOCK, out, src, n)
     return out

@@ -301,7 +301,7 @@ def test_second_gpu_while_current_is_first() -> None:
 def test_arguments_on_two_gpus_raise() -> None:
     x = torch.zeros(10, dtype=torch.int32, device="cuda:0")
     y = torch.zeros(10, dtype=torch.int32, device="cuda:1")
-    with pytest.raises(cujit.TensorMatchError, match=r"device: expected device = cuda:0 .*got cuda:1"):
+    with pytest.raises(cujit.TensorMatchError, match=r"'src': device: expected device = cuda:1 .*got cuda:0"):
         add_constant(x, 1, out=y)
     k = _module().copy_one
     with pytest.raises(cujit.LaunchError, match="argument 1 is on cuda:1 but earlier tensor arguments are on cuda:0"):

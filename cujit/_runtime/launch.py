@@ -9,6 +9,7 @@ tensors' pointers and device, finds the loaded kernel in a dict, takes the curre
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import sys
 import threading
@@ -23,7 +24,7 @@ from .tensors import tensor_info
 if TYPE_CHECKING:
     from .module import Kernel
 
-__all__ = ["LaunchKernel", "LoadedKernel", "device_check", "make_launcher", "resolve_stream"]
+__all__ = ["LaunchKernel", "LoadedKernel", "cupy_stream", "device_check", "make_launcher", "resolve_stream"]
 
 _MAX_BLOCK = (1024, 1024, 64)
 _MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -145,18 +146,23 @@ def _torch_stream_getter() -> Callable[[int], int] | None:
     return lambda device: int(torch.cuda.current_stream(device).cuda_stream)
 
 
-def _cupy_stream(device: int) -> int:
+def cupy_stream(device: int) -> int:
+    """The raw handle of CuPy's current stream on ``device``."""
+    return int(_cupy_current_stream()(device).ptr)
+
+
+@functools.cache
+def _cupy_current_stream() -> Callable[[int], Any]:
     import cupy
 
-    with cupy.cuda.Device(device):
-        return int(cupy.cuda.get_current_stream().ptr)
+    return cupy.cuda.get_current_stream  # type: ignore[no-any-return]
 
 
 def _default_stream(device: int) -> int:
     getter = _torch_stream_getter()
     if getter is not None:
         return int(getter(device))
-    return _cupy_stream(device)
+    return cupy_stream(device)
 
 
 def resolve_stream(stream: Any) -> int:
@@ -292,7 +298,7 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
         "_kernel": kernel, "_table": kernel._table, "_Tensor": torch_type, "_pointer": _pointer,
         "_conflict": _device_conflict, "_count_error": _count_error, "_record": _record, "_bf16": _bf16,
         "_dim3": _dim3, "_current_device": _current_device, "_resolve_stream": resolve_stream,
-        "_cupy_stream": _cupy_stream, "_default_stream": _default_stream,
+        "cupy_stream": cupy_stream, "_default_stream": _default_stream,
         "_torch_stream": _torch_stream_getter() or _default_stream,
         "_PACK_ERRORS": (struct.error, OverflowError, TypeError, ValueError),
         "_LAUNCH_ERRORS": (driver.cupy_driver().CUDADriverError, OverflowError, TypeError),
@@ -330,7 +336,7 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
         "if dev == -1: dev = _current_device()",
         "if stream is None:",
         "    if origin & 1: s = _torch_stream(dev)",
-        "    elif origin & 2: s = _cupy_stream(dev)",
+        "    elif origin & 2: s = cupy_stream(dev)",
         "    else: s = _default_stream(dev)",
         "else: s = _resolve_stream(stream)",
         *_launch_tail(n, packed),
