@@ -9,6 +9,11 @@ __device__ __forceinline__ int32_t add(int32_t x) {
   return static_cast<int32_t>(static_cast<uint32_t>(x) + static_cast<uint32_t>(kConstant));
 }
 
+template <int32_t kConstant>
+__device__ __forceinline__ int4 add4(int4 v) {
+  return make_int4(add<kConstant>(v.x), add<kConstant>(v.y), add<kConstant>(v.z), add<kConstant>(v.w));
+}
+
 __device__ __forceinline__ int4 load_stream(const int4* p) { return __ldcs(p); }
 __device__ __forceinline__ void store_stream(int4* p, int4 v) { __stcs(p, v); }
 
@@ -31,11 +36,7 @@ __global__ void __launch_bounds__(kBlock) oneshot(int32_t* __restrict__ dst, con
   for (int u = 0; u < kUnroll; ++u) {
     const uint64_t i = first + static_cast<uint64_t>(u) * kBlock;
     if (i < chunks) {
-      int4 w = v[u];
-      w.x = tune::add<kConstant>(w.x);
-      w.y = tune::add<kConstant>(w.y);
-      w.z = tune::add<kConstant>(w.z);
-      w.w = tune::add<kConstant>(w.w);
+      const int4 w = tune::add4<kConstant>(v[u]);
       if (kStream) tune::store_stream(d + i, w); else d[i] = w;
     }
   }
@@ -59,12 +60,7 @@ __global__ void __launch_bounds__(kBlock) gridstride(int32_t* __restrict__ dst, 
     for (int u = 0; u < kUnroll; ++u) {
       const uint64_t i = base + static_cast<uint64_t>(u) * kBlock;
       if (i < chunks) {
-        int4 w = v[u];
-        w.x = tune::add<kConstant>(w.x);
-        w.y = tune::add<kConstant>(w.y);
-        w.z = tune::add<kConstant>(w.z);
-        w.w = tune::add<kConstant>(w.w);
-        d[i] = w;
+        d[i] = tune::add4<kConstant>(v[u]);
       }
     }
   }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import torch
 
 import cujit
+from cujit._bench import median_seconds
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [
@@ -30,17 +30,7 @@ def main() -> None:
                             cuda_wrappers=wrappers)
 
     def bench(fn) -> float:
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(20):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return 8 * n / statistics.median(times) / 1e9
+        return 8 * n / median_seconds(fn) / 1e9
 
     copy = bench(lambda: y.copy_(x))
     print(f"{torch.cuda.get_device_name()}: copy_ {copy:.0f} GB/s")

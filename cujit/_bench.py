@@ -48,6 +48,23 @@ def _interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], ca
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def median_seconds(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20) -> float:
+    """Median device time of ``fn`` in seconds, timed with CUDA events on the current stream."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def _row(name: str, value: float, unit: str, ratio: float | None = None, against: str = "") -> dict[str, Any]:
     extra = f"  {ratio:5.2f} x {against}" if ratio is not None else ""
     print(f"  {name:<58s} {value:9.2f} {unit}{extra}", flush=True)
@@ -175,17 +192,7 @@ def bandwidth_section(rows: list[dict[str, Any]]) -> None:
     y = torch.empty_like(x)
 
     def gbps(fn: Callable[[], Any], elements: int = n) -> float:
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(20):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return 2 * 4 * elements / statistics.median(times) / 1e9
+        return 2 * 4 * elements / median_seconds(fn) / 1e9
 
     copy = gbps(lambda: y.copy_(x))
     rows.append(_row("y.copy_(x)", copy, "GB/s"))

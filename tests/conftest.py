@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
+import textwrap
 
 import pytest
+
+
+def trapped_launch(setup: str, launch: str) -> str:
+    """Run a launch that faults in a fresh process (a fault ends its CUDA context) and return what it printed.
+
+    ``setup`` defines ``m`` (a module); ``launch`` launches the faulting kernel. The process then calls
+    ``cujit.device_check()`` and prints ``LAUNCH_ERROR <message>`` for the LaunchError it raises.
+    """
+    code = "import cujit, torch\n" + textwrap.dedent(setup) + "\n" + textwrap.dedent(launch) + textwrap.dedent("""
+        try:
+            cujit.device_check()
+        except cujit.LaunchError as e:
+            print("LAUNCH_ERROR", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    return out.stdout + "\n--- stderr ---\n" + out.stderr[-2000:]
 
 
 @functools.cache

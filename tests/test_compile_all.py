@@ -108,7 +108,7 @@ def test_bad_arch_and_missing_files(tmp_path: Path) -> None:
         cujit.load_jit("x", cuda_files="add_constant.cuh", cuda_wrappers=[("k", "k")])  # type: ignore[arg-type]
     with pytest.raises(cujit.CujitError, match="python name 'a b' is not an identifier"):
         cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("a b", "k")])
-    with pytest.raises(cujit.CujitError, match="extra include path .* is not a folder"):
+    with pytest.raises(cujit.CujitError, match=r"extra include path .* is not a folder"):
         cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "k")],
                        extra_include_paths=[tmp_path / "missing"])
 

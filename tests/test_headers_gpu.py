@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import cujit
+from tests.conftest import trapped_launch
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.gpu
@@ -81,16 +79,11 @@ def test_device_check_passes_and_traps() -> None:
     good = torch.arange(1000, dtype=torch.int32, device="cuda")
     cujit.LaunchKernel(4, 128)(_module().check, good, 1000)
     cujit.device_check()
-    code = textwrap.dedent(f"""
-        import cujit, torch
-        m = cujit.load_jit("headers_test", cuda_files=[{KERNELS!r}], cuda_wrappers=[("check", "check_non_negative")])
-        bad = torch.arange(1000, dtype=torch.int32, device="cuda") - 5
-        cujit.LaunchKernel(4, 128)(m.check, bad, 1000)
-        try:
-            cujit.device_check()
-        except cujit.LaunchError as e:
-            print("LAUNCH_ERROR", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert "cujit device check failed: values[i] >= 0 (values must be non-negative)" in out.stdout, out.stderr[-2000:]
-    assert "LAUNCH_ERROR a kernel on cuda:0 failed asynchronously" in out.stdout
+    out = trapped_launch(
+        f"m = cujit.load_jit('headers_test', cuda_files=[{KERNELS!r}], "
+        "cuda_wrappers=[('check', 'check_non_negative')])",
+        "bad = torch.arange(1000, dtype=torch.int32, device='cuda') - 5\n"
+        "cujit.LaunchKernel(4, 128)(m.check, bad, 1000)",
+    )
+    assert "cujit device check failed: values[i] >= 0 (values must be non-negative)" in out, out
+    assert "LAUNCH_ERROR a kernel on cuda:0 failed asynchronously" in out, out

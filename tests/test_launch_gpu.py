@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import pytest
 
 import cujit
 from cujit.add_constant import add_constant
+from tests.conftest import trapped_launch
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.gpu
@@ -93,7 +91,7 @@ def test_every_stream_kind() -> None:
         torch.cuda.synchronize()
         cs.synchronize()
         assert (out == i + 1).all()
-    with pytest.raises(TypeError, match="stream: expected a torch.cuda.Stream"):
+    with pytest.raises(TypeError, match=r"stream: expected a torch\.cuda\.Stream"):
         cujit.LaunchKernel(1, 1, stream="default")(k, out, 1.0, 1)
 
 
@@ -177,7 +175,8 @@ def test_launch_configuration_errors() -> None:
         cujit.LaunchKernel(1, 2048)(k, out, 1.0, 16)
     with pytest.raises(cujit.LaunchError, match=r"grid dimension 0 is 0"):
         cujit.LaunchKernel(0, 32)(k, out, 1.0, 16)
-    with pytest.raises(cujit.LaunchError, match=r"shared memory 1048576 bytes \(\+ 0 static\) exceeds the limit of \d+"):
+    too_much = r"shared memory 1048576 bytes \(\+ 0 static\) exceeds the limit of \d+"
+    with pytest.raises(cujit.LaunchError, match=too_much):
         cujit.LaunchKernel(1, 32, shared_mem=1 << 20)(_module().reverse_smem, out, out, 1)
 
 
@@ -219,17 +218,11 @@ def test_empty_input_launches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_device_check_reports_asynchronous_fault() -> None:
-    code = textwrap.dedent(f"""
-        import cujit, torch
-        m = cujit.load_jit("trap", cuda_files=[{KERNELS!r}], cuda_wrappers=[("t", "trap_now")])
-        cujit.LaunchKernel(1, 1)(m.t)
-        try:
-            cujit.device_check()
-        except cujit.LaunchError as e:
-            print("LAUNCH_ERROR", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert "LAUNCH_ERROR a kernel on cuda:0 failed asynchronously" in out.stdout, out.stderr[-2000:]
+    out = trapped_launch(
+        f"m = cujit.load_jit('trap', cuda_files=[{KERNELS!r}], cuda_wrappers=[('t', 'trap_now')])",
+        "cujit.LaunchKernel(1, 1)(m.t)",
+    )
+    assert "LAUNCH_ERROR a kernel on cuda:0 failed asynchronously" in out, out
 
 
 def test_launch_on_with_raw_pointers_and_streams() -> None:

@@ -324,12 +324,8 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
                 "else:",
                 f"    {v}, dev, origin = _pointer(_kernel, {i}, {a}, dev, origin)",
             ]
-        elif param.kind == "record":
-            body.append(f"{v} = _record(_kernel, {i}, {a})")
-        elif param.kind == "bf16":
-            body.append(f"{v} = _bf16({a}) if not isinstance({a}, (bytes, int)) else {a}")
         else:
-            body.append(f"{v} = {a}")
+            body.append(_convert_line(param, i))
         values.append(v)
     packed = ", ".join(values)
     body += [
@@ -345,13 +341,7 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
     raw = [f"if len(args) != {n}: raise _count_error(_kernel, args)"]
     if n:
         raw.append(f"{', '.join(names)}, = args")
-    for i, param in enumerate(params):
-        if param.kind == "record":
-            raw.append(f"v{i} = _record(_kernel, {i}, a{i})")
-        elif param.kind == "bf16":
-            raw.append(f"v{i} = _bf16(a{i}) if not isinstance(a{i}, (bytes, int)) else a{i}")
-        else:
-            raw.append(f"v{i} = a{i}")
+    raw += [_convert_line(param, i) for i, param in enumerate(params)]
     raw += ["s = _torch_stream(dev) if stream is None else _resolve_stream(stream)", *_launch_tail(n, packed)]
     source = (
         "def launch(grid, block, *args, shared_mem=0, stream=None):\n" + "\n".join("    " + line for line in body)
@@ -364,6 +354,15 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
     namespace: dict[str, Any] = {}
     exec(code, env, namespace)
     return namespace["launch"], namespace["launch_on"]
+
+
+def _convert_line(param: Param, i: int) -> str:
+    """The generated line that turns argument ``a<i>`` into the value ``v<i>`` that ``struct`` packs."""
+    if param.kind == "record":
+        return f"v{i} = _record(_kernel, {i}, a{i})"
+    if param.kind == "bf16":
+        return f"v{i} = _bf16(a{i}) if not isinstance(a{i}, (bytes, int)) else a{i}"
+    return f"v{i} = a{i}"
 
 
 def _launch_tail(n: int, packed: str) -> list[str]:
