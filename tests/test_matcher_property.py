@@ -19,6 +19,7 @@ import cujit
 from cujit import SymbolicDevice, SymbolicDType, SymbolicSize, TensorCheck, TensorMatcher, TensorMatchError
 from cujit._runtime.dtypes import as_dtype
 from cujit._runtime.tensors import Device, dlpack_info, torch_info
+from tests.test_matcher import DLPackOnly
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -37,18 +38,6 @@ NUMPY_DTYPES = [
 ]
 ALIGNMENTS = [1, 1, 1, 1, 2, 4, 8, 16, 32, 64]
 
-
-class DLPackOnly:
-    """Hides a tensor behind its DLPack methods, so the generic path reads it through a capsule."""
-
-    def __init__(self, tensor: Any) -> None:
-        self._tensor = tensor
-
-    def __dlpack__(self, **kwargs: Any) -> Any:
-        return self._tensor.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self) -> Any:
-        return self._tensor.__dlpack_device__()
 
 
 # ------------------------------------------------------------------------------------------------ tensors
