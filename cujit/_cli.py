@@ -59,10 +59,14 @@ def _write_clangd(args: argparse.Namespace) -> int:
 
     arch = config.check_arch(args.arch, "--arch") if args.arch else _local_arch()
     target = Path(args.output)
-    if target.exists() and not args.force:
+    text = clangd_config(arch)
+    try:
+        # Exclusive creation, so that an existing file is never overwritten by accident, even in a race.
+        with target.open("w" if args.force else "x") as out:
+            out.write(text)
+    except FileExistsError:
         print(f"error: {target} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
-    target.write_text(clangd_config(arch))
     print(f"wrote {target} for {arch} (CUDA headers: {toolchain.cuda_include_dir()}); restart clangd to use it")
     return 0
 

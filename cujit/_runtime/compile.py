@@ -187,8 +187,8 @@ def offline_error(sources: SourceSet, arch: str, key: str) -> CompileError:
     """The error for a cache miss while ``CUJIT_OFFLINE`` forbids compiling."""
     return CompileError(
         f"module {sources.name!r} for {arch} is not in the cache (key {key[:16]}) and CUJIT_OFFLINE=1 forbids "
-        "compiling: fill the cache first with `python -m cujit precompile --arch "
-        f"{arch}` or unset CUJIT_OFFLINE",
+        f"compiling: fill the cache first (`python -m cujit precompile --arch {arch}` for the shipped ops, "
+        f"`module.compile(arch=\"{arch}\")` for your own modules) or unset CUJIT_OFFLINE",
         options=sources.options(arch),
         name_expressions=sources.expressions,
         source=sources.main_source(),
