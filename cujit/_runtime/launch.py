@@ -66,8 +66,20 @@ class LoadedKernel:
         drv = driver.cupy_driver()
         self._launch_kernel = drv.launchKernel
         self._driver_error = drv.CUDADriverError
-        self.max_threads = int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function))
-        self.static_smem = int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function))
+
+    # Function attributes are read only where a launch needs them (large shared memory, error messages): a
+    # read forces the lazily loaded function onto the device, which a warm start should not pay for.
+    @functools.cached_property
+    def max_threads(self) -> int:
+        """The most threads a block of this kernel may have on this device."""
+        drv = driver.cupy_driver()
+        return int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, self.function))
+
+    @functools.cached_property
+    def static_smem(self) -> int:
+        """Bytes of statically declared shared memory."""
+        drv = driver.cupy_driver()
+        return int(drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.function))
 
     def buffer(self) -> tuple[Any, int]:
         """This thread's parameter buffer and the address of its pointer array (built once per thread)."""
@@ -120,8 +132,12 @@ class LoadedKernel:
                       smem: int) -> LaunchError:
         problems = []
         threads = block[0] * block[1] * block[2]
-        if threads > self.max_threads:
-            problems.append(f"block {block} has {threads} threads, over this kernel's limit of {self.max_threads}")
+        try:
+            limit = self.max_threads
+        except driver.cupy_driver().CUDADriverError:  # a context broken by an earlier fault
+            limit = _MAX_BLOCK[0]
+        if threads > limit:
+            problems.append(f"block {block} has {threads} threads, over this kernel's limit of {limit}")
         for axis, (have, top) in enumerate(zip(block, _MAX_BLOCK, strict=True)):
             if not 1 <= have <= top:
                 problems.append(f"block dimension {axis} is {have}, expected 1 to {top}")

@@ -199,7 +199,10 @@ class JitModule:
             if device in kernel._table:
                 continue
             function = functions[kernel.expression]
-            if kernel._params is None or any(p.kind == "record" and not p.size for p in kernel._params):
+            if kernel._params is None:
+                kernel._params = _params_of(compiled, kernel.expression)
+            if any(p.kind == "record" and not p.size for p in kernel._params):
+                # Only the driver knows the size of a class passed by value.
                 kernel._params = _params_of(compiled, kernel.expression, driver.param_sizes(function))
             kernel._table[device] = LoadedKernel(kernel, device, ctx, function, kernel._params)
             if kernel.launch == kernel._first_launch:
