@@ -151,12 +151,14 @@ class JitModule:
         return f"<cujit JitModule {self.name}: {', '.join(self.kernels)}>"
 
     def __getattr__(self, name: str) -> Kernel:
+        # Only reached for names that are not attributes; __dict__ is read directly so that a half-built
+        # module (during unpickling, say) raises AttributeError instead of recursing.
         kernels = self.__dict__.get("kernels")
-        if kernels is not None and name in kernels:
+        if kernels is None:
+            raise AttributeError(name)
+        if name in kernels:
             return kernels[name]  # type: ignore[no-any-return]
-        known = ", ".join(kernels) if kernels else "none"
-        raise AttributeError(f"module {self.__dict__.get('_sources', None) and self.name!r} has no kernel {name!r} "
-                             f"(its kernels: {known})")
+        raise AttributeError(f"module {self.name!r} has no kernel {name!r} (its kernels: {', '.join(kernels)})")
 
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *self.kernels})
