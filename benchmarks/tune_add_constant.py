@@ -24,7 +24,10 @@ def main() -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     wrappers = []
     for i, (kind, block, unroll, stream) in enumerate(VARIANTS):
-        expr = f"oneshot<3, {block}, {unroll}, {str(stream).lower()}>" if kind == "oneshot" else f"gridstride<3, {block}, {unroll}>"
+        if kind == "oneshot":
+            expr = f"oneshot<3, {block}, {unroll}, {str(stream).lower()}>"
+        else:
+            expr = f"gridstride<3, {block}, {unroll}>"
         wrappers.append((f"k{i}", expr))
     module = cujit.load_jit("tune_add_constant", cuda_files=[str(HERE / "add_constant_variants.cuh")],
                             cuda_wrappers=wrappers)
@@ -34,7 +37,7 @@ def main() -> None:
 
     copy = bench(lambda: y.copy_(x))
     print(f"{torch.cuda.get_device_name()}: copy_ {copy:.0f} GB/s")
-    for rep in range(2):
+    for _ in range(2):  # twice: a difference smaller than the spread between passes is noise
         print(f"  copy_ again {bench(lambda: y.copy_(x)) / copy:.3f}")
         for i, (kind, block, unroll, stream) in enumerate(VARIANTS):
             kernel = getattr(module, f"k{i}")
@@ -43,7 +46,8 @@ def main() -> None:
             else:
                 grid = sms * (2048 // block)
             y.zero_()
-            gbps = bench(lambda: cujit.LaunchKernel(grid, block)(kernel, y, x, n))
+            launch = cujit.LaunchKernel(grid, block)
+            gbps = bench(lambda launch=launch, kernel=kernel: launch(kernel, y, x, n))
             ok = torch.equal(y, x + 3)
             print(f"  {kind:10s} block {block:4d} unroll {unroll} stream {stream!s:5s}: {gbps:7.0f} GB/s "
                   f"{gbps / copy:.3f} x copy_ {'ok' if ok else 'WRONG'}")
