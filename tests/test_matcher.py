@@ -781,3 +781,17 @@ def test_unsupported_dtype_message_names_the_tensor() -> None:
         TensorMatcher([-1]).with_dtype(torch.float32).verify(t, name="x")
     assert "'x'" in str(info.value)
     assert "complex32" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: torch.randn(4, dtype=torch.complex64).conj(), lambda: torch.randn(4, dtype=torch.complex64).conj().imag],
+    ids=["conjugate-bit", "negative-bit"],
+)
+def test_lazy_conjugate_and_negative_views_are_refused_on_both_paths(make: Any) -> None:
+    t = make()
+    check = TensorCheck(z=TensorMatcher([-1]))
+    for verify in (check, check.generic):
+        with pytest.raises(TensorMatchError, match=r"'z': layout: .* conjugate or negative bit set; call "):
+            verify(t)
+    assert check(t.resolve_conj().resolve_neg()) == ()

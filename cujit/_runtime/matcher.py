@@ -33,6 +33,9 @@ from .tensors import (
 
 __all__ = ["SymbolicDType", "SymbolicDevice", "SymbolicSize", "TensorCheck", "TensorMatcher"]
 
+_DL_COMPLEX = 5  # DLPack's kDLComplex
+_FLOAT_CODES = (2, 4, 5)  # kDLFloat, kDLBfloat, kDLComplex
+
 _UNBOUND = object()
 _SERIALS = itertools.count(1)
 
@@ -229,7 +232,7 @@ def _info(tensor: Any, label: str) -> TensorInfo:
         known = ", ".join(d.name for d in DTYPES)
         raise TensorMatchError(f"{label}: dtype: expected one that cujit supports ({known}), got {exc.name}") from None
     except UnsupportedLayoutError as exc:
-        raise TensorMatchError(f"{label}: layout: expected strides in whole elements, got {exc}") from None
+        raise TensorMatchError(f"{label}: layout: expected plain memory in whole elements, got {exc}") from None
     except TypeError as exc:
         raise TypeError(f"{label}: {exc}") from None
 
@@ -366,8 +369,16 @@ def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str)
         t = f"t{i}"
         # The dtype is always read: one that cujit does not support fails on the generic path.
         body.append(f"dt{i} = {t}.dtype")
-        env[f"_allowed_{f}{i}"] = _native_dtypes(spec.dtypes if spec.dtypes is not None else DTYPES, flavour)
+        allowed = spec.dtypes if spec.dtypes is not None else DTYPES
+        env[f"_allowed_{f}{i}"] = _native_dtypes(allowed, flavour)
         body.append(f"if dt{i} not in _allowed_{f}{i}: {miss}")
+        if flavour == "torch":
+            # Lazy conjugate views exist for complex tensors, lazy negations also for their float `.imag`
+            # views; the generic path refuses both, so the fast path must not accept them.
+            if any(d.code == _DL_COMPLEX for d in allowed):
+                body.append(f"if {t}.is_conj(): {miss}")
+            if any(d.code in _FLOAT_CODES for d in allowed):
+                body.append(f"if {t}.is_neg(): {miss}")
         dtype_symbol = spec.dtype_symbol
         if dtype_symbol is not None:
             if dtype_symbol in sym_var:

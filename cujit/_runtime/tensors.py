@@ -163,6 +163,11 @@ def cupy_array_type() -> type | None:
 
 
 def torch_info(t: Any) -> TensorInfo:
+    if t.is_conj() or t.is_neg():
+        # A lazy conjugate or negation view: its memory holds the values before the operation, which is what a
+        # kernel would read.
+        raise UnsupportedLayoutError("a torch tensor with its conjugate or negative bit set; call "
+                                     ".resolve_conj() / .resolve_neg() first")
     dev = t.device
     index = dev.index if dev.index is not None else 0
     return TensorInfo(tuple(t.shape), tuple(t.stride()), _dtype(t.dtype), device(dev.type, index), t.data_ptr(),
