@@ -167,9 +167,9 @@ def matcher_section(rows: list[dict[str, Any]], device: str) -> None:
     def noop() -> None:
         return None
 
-    hand = _per_call_us(by_hand, noop, calls=20000)
+    times = _interleaved({"hand": by_hand, "ours": lambda: check(k, v)}, noop, calls=20000)
+    hand, ours = times["hand"], times["ours"]
     rows.append(_row("reading shape, stride, dtype, device, data_ptr by hand", hand, "us"))
-    ours = _per_call_us(lambda: check(k, v), noop, calls=20000)
     rows.append(_row("TensorCheck(k=..., v=...)(k, v)", ours, "us", ours / hand, "by hand"))
 
     def chain() -> None:
