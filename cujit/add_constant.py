@@ -10,6 +10,7 @@ from ._runtime.cpp_args import make_cpp_args
 from ._runtime.launch import cupy_stream
 from ._runtime.matcher import SymbolicDevice, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
+from ._runtime.tensors import cupy_array_type, torch_tensor_type
 
 __all__ = ["PRECOMPILE", "add_constant", "module", "precompile_modules"]
 
@@ -62,10 +63,8 @@ class _Checks(dict[int, tuple[TensorCheck, TensorCheck]]):
 
 
 def _make_checks(ndim: int) -> tuple[TensorCheck, TensorCheck]:
-    if "torch" in sys.modules:
-        _TORCH_TENSOR[0] = sys.modules["torch"].Tensor
-    if "cupy" in sys.modules:
-        _CUPY_ARRAY[0] = sys.modules["cupy"].ndarray
+    _TORCH_TENSOR[0] = torch_tensor_type()
+    _CUPY_ARRAY[0] = cupy_array_type()
     dims = [SymbolicSize(f"D{i}") for i in range(ndim)]
     device = SymbolicDevice("device")
 

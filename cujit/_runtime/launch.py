@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import driver
 from .errors import LaunchError
 from .signature import Param
-from .tensors import tensor_info
+from .tensors import cupy_array_type, tensor_info, torch_tensor_type
 
 if TYPE_CHECKING:
     from .module import Kernel
@@ -223,8 +223,8 @@ class _NoType:
 
 def _pointer(kernel: Kernel, index: int, arg: Any, dev: int, origin: int) -> tuple[int, int, int]:
     """The slow path for a pointer argument: anything but a CUDA torch tensor."""
-    torch_type: Any = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
-    cupy_type: Any = sys.modules["cupy"].ndarray if "cupy" in sys.modules else _NoType
+    torch_type: Any = torch_tensor_type() or _NoType
+    cupy_type: Any = cupy_array_type() or _NoType
     param = kernel.params[index]
     if arg is None:
         return 0, dev, origin
@@ -309,7 +309,7 @@ def make_launcher(kernel: Kernel) -> tuple[Callable[..., None], Callable[..., No
     """
     params = kernel.params
     n = len(params)
-    torch_type = sys.modules["torch"].Tensor if "torch" in sys.modules else _NoType
+    torch_type = torch_tensor_type() or _NoType
     env: dict[str, Any] = {
         "_kernel": kernel, "_table": kernel._table, "_Tensor": torch_type, "_pointer": _pointer,
         "_conflict": _device_conflict, "_count_error": _count_error, "_record": _record, "_bf16": _bf16,

@@ -13,7 +13,6 @@ Two ways to use them:
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -25,10 +24,12 @@ from .tensors import (
     TensorInfo,
     UnsupportedDTypeError,
     UnsupportedLayoutError,
+    cupy_array_type,
     describe,
     device,
     is_contiguous,
     tensor_info,
+    torch_tensor_type,
 )
 
 __all__ = ["SymbolicDType", "SymbolicDevice", "SymbolicSize", "TensorCheck", "TensorMatcher"]
@@ -339,19 +340,9 @@ class TensorCheck:
     def _bind_types(self) -> None:
         """Point the fast paths at torch.Tensor / cupy.ndarray once those libraries are imported."""
         if self._env["T_torch"] is None:
-            self._env["T_torch"] = _torch_type()
+            self._env["T_torch"] = torch_tensor_type()
         if self._env["T_cupy"] is None:
-            self._env["T_cupy"] = _cupy_type()
-
-
-def _torch_type() -> type | None:
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor
-
-
-def _cupy_type() -> type | None:
-    cupy = sys.modules.get("cupy")
-    return None if cupy is None else cupy.ndarray
+            self._env["T_cupy"] = cupy_array_type()
 
 
 def _fast_body(check: TensorCheck, flavour: str, env: dict[str, Any], miss: str) -> list[str]:
