@@ -127,3 +127,31 @@ def test_launch_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     module = cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "add_constant_kernel<1>")])
     with pytest.raises(cujit.LaunchError, match="no CUDA device is available"):
         cujit.LaunchKernel(1, 1)(module.k, 0, 0, 0)
+
+
+def test_load_jit_argument_errors() -> None:
+    with pytest.raises(TypeError, match="load_jit: name must be a non-empty str, got ''"):
+        cujit.load_jit("", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "k")])
+    with pytest.raises(TypeError, match=r"each cuda_wrappers entry must be \(python_name, C\+\+ expression\)"):
+        cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=["k"])  # type: ignore[list-item]
+    with pytest.raises(cujit.CujitError, match="python name 'k' appears twice in cuda_wrappers"):
+        cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[("k", "a"), ("k", "b")])
+    with pytest.raises(cujit.CujitError, match="cuda_wrappers is empty"):
+        cujit.load_jit("x", cuda_files=["add_constant.cuh"], cuda_wrappers=[])
+    with pytest.raises(cujit.CujitError, match="cuda_files is empty"):
+        cujit.load_jit("x", cuda_files=[], cuda_wrappers=[("k", "k")])
+
+
+def test_runtime_check_message_has_parts_and_caller_line() -> None:
+    cujit.runtime_check(True, "never shown")
+    pattern = r"^expected a non-empty tensor, got n = 0 \(at test_compile_all\.py:\d+\)$"
+    with pytest.raises(cujit.CujitError, match=pattern):
+        cujit.runtime_check(0 > 0, "expected a non-empty tensor, got n = ", 0)
+
+
+def test_device_index_errors() -> None:
+    from cujit._runtime.launch import device_index
+
+    assert device_index(3) == 3 and device_index("cuda:2") == 2
+    with pytest.raises(ValueError, match=r"device: expected a CUDA device .* got 'cpu'"):
+        device_index("cpu")
