@@ -12,8 +12,8 @@ import struct
 
 import torch
 
-from cujit._bench import _interleaved
 from cujit.add_constant import add_constant, module
+from cujit.tools.bench import _interleaved
 
 
 def main() -> None:

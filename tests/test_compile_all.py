@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import cujit
-from cujit._cli import SHIPPED_OPS
 from cujit._runtime import toolchain
 from cujit._runtime.signature import Param
+from cujit.tools.cli import SHIPPED_OPS
 
 HEADERS = sorted((toolchain.cujit_include_dir() / "cujit").glob("*.cuh"))
 ARCHS = ["sm_80", "sm_90"]

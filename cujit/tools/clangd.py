@@ -24,8 +24,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import config, toolchain
-from .errors import CujitError
+from .._runtime import config, toolchain
+from .._runtime.errors import CujitError
 
 __all__ = ["clangd_config", "clangd_flags", "crt_include_dir", "cuda_root_for_clang"]
 

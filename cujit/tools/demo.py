@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from ._runtime import cache, config, driver
+from .._runtime import cache, config, driver
 
 
 def _per_call_us(fn: object, sync: object, calls: int = 2000, rounds: int = 5) -> float:
@@ -22,7 +22,7 @@ def _per_call_us(fn: object, sync: object, calls: int = 2000, rounds: int = 5) -
 
 def demo(arch: str | None = None) -> int:
     """Compile add_constant; on a GPU also run, check and time it. Returns the exit code."""
-    from .add_constant import add_constant, module
+    from ..add_constant import add_constant, module
 
     if driver.device_count() == 0:
         target = config.check_arch(arch, "--arch") if arch else config.default_arch()

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._runtime import cache, config, driver, toolchain
-from ._runtime.errors import CujitError
+from .._runtime import cache, config, driver, toolchain
+from .._runtime.errors import CujitError
 
 __all__ = ["SHIPPED_OPS", "main"]
 
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_clangd(args: argparse.Namespace) -> int:
-    from ._runtime.clangd import clangd_config
+    from .clangd import clangd_config
 
     arch = config.check_arch(args.arch, "--arch") if args.arch else _local_arch()
     target = Path(args.output)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
-        from ._bench import main as bench
+        from .bench import main as bench
 
         return bench(argv[1:])
     args = _parser().parse_args(argv)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             return _write_clangd(args)
         if args.command == "demo":
-            from ._demo import demo
+            from .demo import demo
 
             return demo(args.demo_arch)
         if args.command == "precompile":
