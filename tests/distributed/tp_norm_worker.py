@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from cujit.fused_add_rms_norm import fused_add_rms_norm
 
 import cujit
+from cujit.fused_add_rms_norm import fused_add_rms_norm
 
 
 def reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
