@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m cujit bench", description=__doc__)
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--only", choices=["host", "matcher", "bandwidth", "startup"], action="append")
+    parser.add_argument("--only", choices=["percall", "host", "matcher", "bandwidth", "startup"], action="append")
     args = parser.parse_args(argv)
     import torch
 
@@ -297,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"cujit benchmarks on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
     rows = []
-    sections = args.only or ["host", "matcher", "bandwidth", "startup"]
+    sections = args.only or ["percall", "host", "matcher", "bandwidth", "startup"]
+    if "percall" in sections:
+        from .percall import per_call_rows
+
+        print("host time per call of ops, 4096 values (median of 15 interleaved rounds of 2000 calls)", flush=True)
+        rows += per_call_rows(_interleaved, _row)
     if "host" in sections:
         host_section(rows)
     if "matcher" in sections:
