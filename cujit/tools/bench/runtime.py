@@ -13,56 +13,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .timing import interleaved as _interleaved
+from .timing import median_seconds
+from .timing import per_call_us as _per_call_us
+
 __all__ = ["main"]
-
-
-def _per_call_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2000, rounds: int = 9) -> float:
-    """Median over ``rounds`` of the host time per call of ``fn``, in microseconds."""
-    return _interleaved({"fn": fn}, sync, calls, rounds)["fn"]
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], calls: int = 2000,
-                 rounds: int = 15) -> dict[str, float]:
-    """Host time per call of each function, in microseconds.
-
-    The median over ``rounds`` rounds, each round timing every function once, so that the drift of a noisy host
-    weighs on all of them alike.
-    """
-    for fn in fns.values():
-        for _ in range(200):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter_ns() - start) / calls / 1e3)
-    sync()
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def median_seconds(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20) -> float:
-    """Median device time of ``fn`` in seconds, timed with CUDA events on the current stream."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def _row(name: str, value: float, unit: str, ratio: float | None = None, against: str = "") -> dict[str, Any]:
