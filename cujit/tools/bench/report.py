@@ -150,6 +150,21 @@ def _family_table(family: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     head = ["op", "dtype", "shape", "T", "timing", "MB", "copy_", *(DISPLAY[c] for c in columns),
             "cujit vs torch.compile"]
     lines = [f"## {TITLES[family]}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    # A contender's note (what it moves or does differently) is numbered once per table and marked in its cells.
+    notes: dict[str, int] = {}
+    for r in rows:
+        for name in columns:
+            cell = r["contenders"].get(name) or {}
+            if cell.get("note"):
+                notes.setdefault(f"{DISPLAY[name]}: {cell['note']}", len(notes) + 1)
+
+    def marked(name: str, cell: Mapping[str, Any] | None) -> str:
+        text = _cell(cell)
+        if cell and cell.get("note"):
+            key = f"{DISPLAY[name]}: {cell['note']}"
+            text += f" [{notes[key]}]"
+        return text
+
     for r in rows:
         shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
         timing = f"graph x{r['calls_per_graph']}" if r["timing"] == "graph" else "flush"
@@ -158,7 +173,7 @@ def _family_table(family: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
             copy = str(r["error"]).replace("|", "/")
         ratio = speedup(r)
         cells = [r["label"], SHORT.get(r["dtype"], r["dtype"]), shape, str(r["tokens"]), timing,
-                 f"{r['bytes'] / 1e6:.3g}", copy, *(_cell(r["contenders"].get(c)) for c in columns),
+                 f"{r['bytes'] / 1e6:.3g}", copy, *(marked(c, r["contenders"].get(c)) for c in columns),
                  f"{ratio:.2f}x" if ratio else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -179,10 +194,8 @@ def _family_table(family: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     formulas = dict.fromkeys(f"`{r['label']}`: {r['formula']}" for r in rows)
     lines.append("- bytes (T tokens, e bytes per element of the activations, c of the cache): "
                  + "; ".join(formulas) + ".")
-    notes = dict.fromkeys(f"{DISPLAY[name]}: {cell['note']}" for r in rows for name, cell in r["contenders"].items()
-                          if cell.get("note") and name in DISPLAY)
     if notes:
-        lines.append("- notes: " + "; ".join(notes) + ".")
+        lines.append("- notes: " + "; ".join(f"[{n}] {text}" for text, n in notes.items()) + ".")
     lines.append("")
     return lines
 
