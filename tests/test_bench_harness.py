@@ -394,6 +394,90 @@ def test_inplace_rows_reset_their_inputs(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(calls) == 2  # the check, then the (fake) timing
 
 
+def _fake_ops() -> dict[str, Any]:
+    """Correct stand-ins for the cujit ops, with their signatures, built from the references."""
+    from cujit.tools.bench import references as refs
+
+    def rotary_embedding(positions: Any, q: Any, k: Any, cos_sin_cache: Any, *, is_neox: bool = True,
+                         rotary_dim: Any = None, head_size: Any = None) -> None:
+        refs.rotary_embedding(positions, q, k, cos_sin_cache, head_size, is_neox)
+
+    def store_kv_cache(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any, *, k_scale: Any = None,
+                       v_scale: Any = None) -> None:
+        refs.store_kv_cache(k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+
+    def rotary_embedding_with_kv_cache(positions: Any, q: Any, k: Any, v: Any, cos_sin_cache: Any, k_cache: Any,
+                                       v_cache: Any, slot_mapping: Any, *, is_neox: bool = True, k_scale: Any = None,
+                                       v_scale: Any = None) -> None:
+        tokens, _, head_size = q.shape
+        q2, k2 = q.reshape(tokens, -1), k.reshape(tokens, -1).clone()  # k itself is not written
+        refs.rotary_embedding(positions, q2, k2, cos_sin_cache, head_size, is_neox)
+        refs.store_kv_cache(k2.view(k.shape), v, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+
+    def per_token_quant_fp8(x: Any, *, scale_ub: Any = None, out: Any = None, scales: Any = None) -> Any:
+        q, s = refs.per_token_quant_fp8(x)
+        return q, s.view(-1)
+
+    def per_tensor_quant_fp8(x: Any, scale: Any = None, *, out: Any = None, scale_out: Any = None) -> Any:
+        return refs.per_tensor_quant_fp8(x, scale)
+
+    def per_token_group_quant_fp8(x: Any, group_size: int = 128, *, column_major_scales: bool = False,
+                                  out: Any = None, scales: Any = None) -> Any:
+        q, s = refs.per_token_group_quant_fp8(x, group_size)
+        return q, s.t().contiguous().t()  # column-major storage of the same values
+
+    return {f.__name__: f for f in (rotary_embedding, store_kv_cache, rotary_embedding_with_kv_cache,
+                                    per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8)}
+
+
+@pytest.mark.parametrize("op, variant, params", [
+    ("rotary_embedding", "neox", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
+    ("rotary_embedding", "gptj", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
+    ("store_kv_cache", "bf16 cache", {"kv_heads": 2, "head_size": 64}),
+    ("store_kv_cache", "fp8 cache", {"kv_heads": 2, "head_size": 64}),
+    ("per_token_quant_fp8", "", {"hidden": 256}),
+    ("per_tensor_quant_fp8", "dynamic", {"hidden": 256}),
+    ("per_tensor_quant_fp8", "static", {"hidden": 256}),
+    ("per_token_group_quant_fp8", "", {"hidden": 256, "group_size": 128}),
+    ("rotary_embedding_with_kv_cache", "neox", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
+])
+def test_every_family_on_cpu(op: str, variant: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from cujit.tools.bench import ops
+
+    monkeypatch.setattr(ops, "NUM_SLOTS", 512)
+    monkeypatch.setattr(ops, "MAX_POSITION", 256)
+    monkeypatch.setattr(ops, "_RESOLVED", dict(_fake_ops()))
+    extra = {"cache_dtype": "float8_e4m3fn" if variant == "fp8 cache" else "bfloat16"}
+    case = C.Case(op, "bfloat16", 7, params, "g", 1000, "f", variant, extra)
+    with torch.no_grad():
+        row = ops.run_case(case, _env(_FakeTimer()))
+    cells = row["contenders"]
+    assert cells["cujit"]["status"] == "ok", cells["cujit"]
+    assert cells["eager"]["status"] == "ok", cells["eager"]
+    if op == "rotary_embedding_with_kv_cache":
+        assert cells["cujit unfused"]["status"] == "ok", cells["cujit unfused"]
+
+
+def test_a_store_into_the_wrong_slots_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from cujit.tools.bench import ops
+    from cujit.tools.bench import references as refs
+
+    def off_by_one(k: Any, v: Any, k_cache: Any, v_cache: Any, slot_mapping: Any, *, k_scale: Any = None,
+                   v_scale: Any = None) -> None:
+        refs.store_kv_cache(k, v, k_cache, v_cache, (slot_mapping + 1) % k_cache.shape[0], k_scale, v_scale)
+
+    monkeypatch.setattr(ops, "NUM_SLOTS", 512)
+    monkeypatch.setattr(ops, "_RESOLVED", {"store_kv_cache": off_by_one})
+    case = C.Case("store_kv_cache", "bfloat16", 7, {"kv_heads": 2, "head_size": 64}, "g", 1000, "f", "bf16 cache",
+                  {"cache_dtype": "bfloat16"})
+    with torch.no_grad():
+        row = ops.run_case(case, _env(_FakeTimer()))
+    status = row["contenders"]["cujit"]["status"]
+    assert status.startswith("wrong: k_rows:") and "k_rest:" in status
+
+
 def test_cujit_op_lookup_reports_missing_and_broken_modules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cujit.tools.bench import ops
 

@@ -639,12 +639,17 @@ def build_quant(case: Case, env: Env) -> Setup:
 
 
 def build_fused(case: Case, env: Env) -> Setup:
-    """Rotary + KV store: cujit's fused op, cujit's two ops, and the unfused reference (eager and compiled)."""
+    """rotary_embedding_with_kv_cache: cujit's fused op, cujit's two ops in sequence, and the unfused reference.
+
+    q [T, Hq, D], k and v [T, Hkv, D] (3-D views of [T, H*D] tensors), caches [32768 slots, Hkv, D] in q's dtype.
+    The fused op rotates q in place and writes the rotated k and v into the caches without writing k back; the
+    unfused sequence also rotates k in place. All are measured against the bytes the fused op must move.
+    """
+    import torch
+
     inputs = _rotary_inputs(case, env)
     positions, cache, hs = inputs["positions"], inputs["cos_sin_cache"], inputs["head_size"]
     q, k = inputs["q"], inputs["k"]
-    import torch
-
     tokens, kh = case.tokens, inputs["kh"]
     v = torch.randn_like(k)
     slots = torch.randperm(NUM_SLOTS, device=env.device)[:tokens]
