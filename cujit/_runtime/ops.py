@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from . import codegen, driver, frameworks, launch
 from .cpp_args import make_cpp_args
 from .dtypes import DType, as_dtype
-from .errors import CujitError
+from .errors import CheckError, CujitError
 from .matcher import (
     CheckEmitter,
     MatchSpec,
@@ -101,9 +101,9 @@ class _Rule:
                 tree = ast.parse(rule.strip(), mode="eval")
             except SyntaxError as exc:
                 raise CujitError(f"{where}: {rule!r} is not a Python expression ({exc.msg})") from None
-            self.text = f"({rule.strip()})"
             self.names = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
             self.code = compile(tree, f"<cujit {where}>", "eval")
+            self.text = f"({ast.unparse(_InlineCdiv().visit(tree))})"
         elif callable(rule):
             self.func = rule
             try:
@@ -139,6 +139,18 @@ class _Rule:
         if self.code is not None:
             return eval(self.code, dict(HELPERS), dict(names))
         return self.const
+
+
+class _InlineCdiv(ast.NodeTransformer):
+    """``cdiv(a, b)`` -> ``-(-(a) // (b))`` in generated code: the same value without a function call."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "cdiv" and len(node.args) == 2 and not node.keywords:
+            a, b = node.args
+            floor = ast.BinOp(ast.UnaryOp(ast.USub(), a), ast.FloorDiv(), b)
+            return ast.copy_location(ast.UnaryOp(ast.USub(), floor), node)
+        return node
 
 
 def _rules(value: Any, where: str) -> tuple[_Rule, ...]:
@@ -531,19 +543,23 @@ class Op:
         src(f"_s = {'_torch_stream' if torch else '_cupy_stream'}(_dev)")
         for plan in self.launches:
             loaded = "_k" if len(self.launches) == 1 else f"_k[{plan.index}]"
-            grid = [r.emit(env, f"_grid{plan.index}_{i}") for i, r in enumerate(plan.grid)]
-            block = [r.emit(env, f"_block{plan.index}_{i}") for i, r in enumerate(plan.block)]
-            grid += ["1"] * (3 - len(grid))
-            block += ["1"] * (3 - len(block))
-            src(f"_gx, _gy, _gz = {', '.join(grid)}")
-            src(f"_bx, _by, _bz = {', '.join(block)}")
+            # Constant dimensions go into the launch as literals; computed ones are computed once, into locals.
+            dims: list[str] = []
+            for kind, rules in (("_g", plan.grid), ("_b", plan.block)):
+                padded: list[_Rule | None] = [*rules, None, None][:3]
+                for axis, dim in zip("xyz", padded, strict=True):
+                    if dim is None or dim.const is not None:
+                        dims.append("1" if dim is None else str(int(dim.const)))
+                    else:
+                        src(f"{kind}{axis} = {dim.emit(env, f'{kind}{axis}{plan.index}')}")
+                        dims.append(f"{kind}{axis}")
             smem = plan.smem.emit(env, f"_smem{plan.index}")
-            nonzero = " and ".join(v for v, rule in zip(("_gx", "_gy", "_gz"), plan.grid, strict=False)
-                                   if rule.const is None or not rule.const)
-            with src.block(f"if {nonzero or 'True'}"):
+            nonzero = " and ".join(d for d in dims[:3] if not d.isdigit()) or ("True" if "0" not in dims[:3]
+                                                                                  else "False")
+            with src.block(f"if {nonzero}"):
                 values = [self._arg(name, torch) for name in plan.args]
                 smem_may_exceed = not (plan.smem.const is not None and int(plan.smem.const) <= 48 * 1024)
-                launch.emit_launch(src, loaded, "_gx, _gy, _gz", "_bx, _by, _bz", smem, "_s", values,
+                launch.emit_launch(src, loaded, ", ".join(dims[:3]), ", ".join(dims[3:]), smem, "_s", values,
                                    pdl=self.pdl, smem_may_exceed=smem_may_exceed, on_pack_error=miss)
         src(self._return())
 
@@ -679,7 +695,7 @@ class Op:
         for rule, message in self.checks:
             if not rule.evaluate(names):
                 involved = ", ".join(f"{n} = {names[n]!r}" for n in rule.names if n in names and n not in self.specs)
-                raise CujitError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
+                raise CheckError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
         library = _library_of(names[self.required[0]])
         for oname in self.outputs:
             if names[oname] is None:

@@ -66,13 +66,17 @@ def percall_section(rows: list[dict[str, Any]], row: Callable[..., dict[str, Any
         kernel = add_constant.op.module(constant=3).add_constant
         launch = cujit.LaunchKernel(4, 256)  # 4 blocks x 256 threads x one vector of 4 values
 
-        @torch.library.custom_op("cujit_bench::anchor_custom_op", mutates_args=("out",))
+        @torch.library.custom_op("cujit_bench::anchor_custom_op", mutates_args=("out",),
+                                 schema="(Tensor src, int constant, Tensor(a!) out) -> ()")
         def anchor_custom_op(src: torch.Tensor, constant: int, out: torch.Tensor) -> None:
             add_constant(src, constant, out=out)
 
         library = torch.library.Library("cujit_bench", "FRAGMENT")
         library.define("anchor_library(Tensor src, int constant, Tensor(a!) out) -> ()")
-        library.impl("anchor_library", lambda src, constant, out: add_constant(src, constant, out=out), "CUDA")
+        def anchor_kernel(src: torch.Tensor, constant: int, out: torch.Tensor) -> None:
+            add_constant(src, constant, out=out)
+
+        library.impl("anchor_library", anchor_kernel, "CUDA")
         anchor_library = torch.ops.cujit_bench.anchor_library.default
 
         # CuPy's RawKernel on the same source, with the pointers read once: what CuPy users write by hand.
