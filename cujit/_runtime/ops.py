@@ -531,12 +531,12 @@ class Op:
         for name in self.outputs:
             self._emit_output(src, env, emit, name, flavour)
         for sname, (dtype, shape) in self.scratch.items():
-            dims = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}") for i, rule in enumerate(shape))
+            extent = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}") for i, rule in enumerate(shape))
             env[f"_sdt_{sname}"] = dtype
             if torch:
-                src(f"{sname} = _torch_empty(({dims},), dtype=_sdt_{sname}_t, device=_dev)")
+                src(f"{sname} = _torch_empty(({extent},), dtype=_sdt_{sname}_t, device=_dev)")
             else:
-                src(f"{sname} = _cupy_alloc(({dims},), _sdt_{sname}_n, _dev)")
+                src(f"{sname} = _cupy_alloc(({extent},), _sdt_{sname}_n, _dev)")
         key = ", ".join([*self.fields, "_dev"])
         src(f"_k = _table.get(({key}))")
         src(f"if _k is None: {miss}")
