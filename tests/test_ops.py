@@ -381,3 +381,42 @@ def test_torch_ops_are_registered_from_the_declaration(ops: SimpleNamespace) -> 
     # The registered kernels are the op's own function: a CPU tensor gets its message.
     with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
         handle(torch.randn(2, 3), torch.randn(3), 1.0)
+
+
+def test_late_values_read_outputs_and_aligned_is_inlined(stub: StubBackend) -> None:
+    T, C, XS, OS = (cujit.SymbolicSize(n) for n in ("T", "C", "x_stride", "out_stride"))
+    dtype = cujit.SymbolicDType("dtype")
+
+    def rows(stride: Any) -> cujit.TensorMatcher:
+        return cujit.TensorMatcher([T, C]).with_strides([stride, 1]).with_dtype("float32", symbol=dtype)
+
+    seen: list[tuple[Any, ...]] = []
+
+    def threads(C: int, out_stride: int, vector: bool) -> int:
+        seen.append((C, out_stride, vector))
+        return 32 if vector else 64
+
+    fn = cujit.op(
+        "late::scale_rows(Tensor x, Tensor w, float alpha=1.0, *, Tensor(a!)? out=None) -> Tensor",
+        source=KERNELS / "ops_test.cuh", kernel="scale_rows<{dtype}>",
+        tensors={"x": rows(XS), "w": cujit.TensorMatcher([C]).with_dtype(symbol=dtype), "out": rows(OS)},
+        values={"vector": "aligned(x, 16) and aligned(out, 16) and x_stride % 4 == 0 and out_stride % 4 == 0",
+                "threads": threads},
+        checks=[("out_stride >= C", "out: rows overlap")],
+        grid="T", block="threads", args=("out", "x", "w", "T", "C", "x_stride", "out_stride", "alpha"),
+    )
+    assert fn.op.late_values == {"vector", "threads"} and fn.op.late_checks == {0}
+    source = inspect.getsource(fn)
+    assert "x.data_ptr() % 16 == 0" in source and "out.data_ptr() % 16 == 0" in source
+    assert source.index("out = _torch_empty") < source.index("vector = ")
+    bind_fakes(fn.op.env, stub)
+    base = torch.zeros(3, 24)
+    x, w = fake(stub, base[:, :8]), fake(stub, torch.ones(8))
+    for _ in range(2):
+        fn(x, w)  # allocated out: contiguous rows of 8
+        assert stub.launches[-1].block == (32, 1, 1)  # rows 24 apart, aligned: vectors
+        fn(x, w, out=fake(stub, torch.zeros(3, 9)[:, :8]))  # rows 9 apart: not vectors
+        assert stub.launches[-1].block == (64, 1, 1)
+    assert {s[1] for s in seen} == {8, 9}
+    with pytest.raises(cujit.CheckError, match=r"late::scale_rows: out: rows overlap \(out_stride = 4, C = 8\)"):
+        fn(x, w, out=fake(stub, torch.zeros(40).as_strided((3, 8), (4, 1))))

@@ -51,10 +51,29 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def aligned(tensor: Any, nbytes: int) -> bool:
+    """Whether ``tensor``'s first element is at a multiple of ``nbytes``.
+
+    True for None (an absent optional tensor) and for tensors without storage (the fake tensors of tracing, whose
+    layout picks nothing). The generated code inlines it for torch tensors and CuPy arrays.
+    """
+    if tensor is None:
+        return True
+    torch = frameworks.torch()
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
+            from torch._subclasses.fake_tensor import is_fake
+
+            if is_fake(tensor):
+                return True
+        return bool(tensor.data_ptr() % nbytes == 0)
+    return bool(info_of(tensor, "aligned()").ptr % nbytes == 0)
+
+
 #: What value, check and launch expressions may call besides the op's own names.
 HELPERS: dict[str, Any] = {
     "cdiv": cdiv, "prod": math.prod, "min": min, "max": max, "len": len, "abs": abs, "int": int, "bool": bool,
-    "float": float,
+    "float": float, "aligned": aligned,
 }
 
 #: Every op declared in this process, by qualified name (``cujit::add_constant``).
@@ -103,7 +122,8 @@ class _Rule:
                 raise CujitError(f"{where}: {rule!r} is not a Python expression ({exc.msg})") from None
             self.names = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
             self.code = compile(tree, f"<cujit {where}>", "eval")
-            self.text = f"({ast.unparse(_InlineCdiv().visit(tree))})"
+            self.tree: ast.Expression | None = tree
+            self.text = f"({rule.strip()})"
         elif callable(rule):
             self.func = rule
             try:
@@ -126,12 +146,23 @@ class _Rule:
                 choices = ", ".join(sorted(set(known))) or "none"
                 raise CujitError(f"{self.where}: unknown name {name!r} (names available here: {choices})")
 
-    def emit(self, env: dict[str, Any], slot: str) -> str:
-        """The Python expression of this rule in generated code (a callable is stored in ``env[slot]``)."""
+    def emit(self, env: dict[str, Any], slot: str, pointer: str | None = None,
+             tensors: Mapping[str, bool] | None = None) -> str:
+        """The Python expression of this rule in generated code (a callable is stored in ``env[slot]``).
+
+        ``cdiv`` calls become arithmetic; with ``pointer`` (``"data_ptr()"`` or ``"data.ptr"``), ``aligned(t, n)``
+        of a tensor parameter (``tensors`` maps each to whether it is optional) becomes an inline test.
+        """
         if self.func is not None:
             env[slot] = self.func
             return f"{slot}({', '.join(self.names)})"
-        return self.text
+        tree = getattr(self, "tree", None)
+        if tree is None:
+            return self.text
+        import copy
+
+        rewritten = _Inline(pointer, tensors or {}).visit(copy.deepcopy(tree))
+        return f"({ast.unparse(rewritten)})"
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         if self.func is not None:
@@ -141,15 +172,30 @@ class _Rule:
         return self.const
 
 
-class _InlineCdiv(ast.NodeTransformer):
-    """``cdiv(a, b)`` -> ``-(-(a) // (b))`` in generated code: the same value without a function call."""
+class _Inline(ast.NodeTransformer):
+    """Helper calls written out in generated code: the same values without a function call.
+
+    ``cdiv(a, b)`` -> ``-(-a // b)``; ``aligned(t, n)`` of a tensor parameter -> ``t.<pointer> % n == 0`` (with
+    ``t is None or`` for an optional one), where ``pointer`` reads the library's data pointer.
+    """
+
+    def __init__(self, pointer: str | None, tensors: Mapping[str, bool]) -> None:
+        self.pointer = pointer
+        self.tensors = tensors
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id == "cdiv" and len(node.args) == 2 and not node.keywords:
-            a, b = node.args
+        if not isinstance(node.func, ast.Name) or len(node.args) != 2 or node.keywords:
+            return node
+        a, b = node.args
+        if node.func.id == "cdiv":
             floor = ast.BinOp(ast.UnaryOp(ast.USub(), a), ast.FloorDiv(), b)
             return ast.copy_location(ast.UnaryOp(ast.USub(), floor), node)
+        if node.func.id == "aligned" and self.pointer and isinstance(a, ast.Name) and a.id in self.tensors:
+            test = ast.parse(f"{a.id}.{self.pointer} % ({ast.unparse(b)}) == 0", mode="eval").body
+            if self.tensors[a.id]:
+                test = ast.parse(f"{a.id} is None or {ast.unparse(test)}", mode="eval").body
+            return ast.copy_location(test, node)
         return node
 
 
@@ -326,21 +372,34 @@ class Op:
                 raise CujitError(f"{where}: {name!r} is both a {taken[name]} and a symbol")
         self.defined_outputs = {n for n in output_symbols if n in self.values}
 
-        # Which names each rule may read.
+        # Which names each rule may read. Values and checks that read an output (the output itself, or a stride
+        # that only an output binds) are late: evaluated once the outputs are allocated or checked.
+        late_sources = set(self.outputs) | {n for n in output_symbols if n not in self.values}
+        self.late_values: set[str] = set()
         known = [*self.params, *input_symbols]
         for vname, rule in self.values.items():
-            rule.check_names(known)
+            rule.check_names([*known, *late_sources])
+            if set(rule.names) & (late_sources | self.late_values):
+                if vname in self.defined_outputs:
+                    raise CujitError(f"{where} values[{vname!r}]: it defines a dimension of an output, so it cannot "
+                                     "read an output")
+                self.late_values.add(vname)
             known.append(vname)
-        self.checks = []
+        self.checks: list[tuple[_Rule, str]] = []
+        self.late_checks: set[int] = set()
         for i, item in enumerate(checks):
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str)):
                 raise TypeError(f"{where} checks[{i}]: expected (expression or callable, message), got {item!r}")
             rule = _Rule(item[0], f"{where} checks[{i}]")
-            rule.check_names(known)
+            rule.check_names([*known, *late_sources])
+            if set(rule.names) & (late_sources | self.late_values):
+                self.late_checks.add(i)
             self.checks.append((rule, item[1]))
+        # How aligned(t, n) is inlined: each tensor parameter, and whether it may be None when a rule reads it.
+        self.tensor_optional = {p.name: p.name in self.optional for p in self.schema.tensors}
         for _, shape in self.scratch.values():
             for rule in shape:
-                rule.check_names(known)
+                rule.check_names([*known, *late_sources])
         everything = [*known, *output_symbols, *self.scratch]
         for plan in self.launches:
             for rule in (*plan.grid, *plan.block, plan.smem):
@@ -521,17 +580,26 @@ class Op:
             elif isinstance(sym, SymbolicDevice) and sym is self.device_symbol and sym.name in used and \
                     sym.name in self.input_symbols:
                 src(f"{sym.name} = _DEV[('cuda', _dev)]")
-        for vname, rule in self.values.items():
-            src(f"{vname} = {rule.emit(env, f'_value_{vname}')}")
-            if vname in self.defined_outputs:
-                emit.bound.add(self.symbols[vname])
-        for i, (rule, _) in enumerate(self.checks):
-            if not set(rule.names) <= set(self.fields):  # the others ran when the instantiation was made
-                src(f"if not {rule.emit(env, f'_check{i}')}: {miss}")
+        pointer = "data_ptr()" if torch else "data.ptr"
+
+        def emit_values(late: bool) -> None:
+            for vname, rule in self.values.items():
+                if (vname in self.late_values) == late:
+                    src(f"{vname} = {rule.emit(env, f'_value_{vname}', pointer, self.tensor_optional)}")
+                    if vname in self.defined_outputs:
+                        emit.bound.add(self.symbols[vname])
+            for i, (rule, _) in enumerate(self.checks):
+                # A check of template arguments alone ran when the instantiation was made.
+                if (i in self.late_checks) == late and not set(rule.names) <= set(self.fields):
+                    src(f"if not {rule.emit(env, f'_check{i}', pointer, self.tensor_optional)}: {miss}")
+
+        emit_values(late=False)
         for name in self.outputs:
             self._emit_output(src, env, emit, name, flavour)
+        emit_values(late=True)
         for sname, (dtype, shape) in self.scratch.items():
-            extent = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}") for i, rule in enumerate(shape))
+            extent = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}", pointer, self.tensor_optional)
+                               for i, rule in enumerate(shape))
             env[f"_sdt_{sname}"] = dtype
             if torch:
                 src(f"{sname} = _torch_empty(({extent},), dtype=_sdt_{sname}_t, device=_dev)")
@@ -551,9 +619,10 @@ class Op:
                     if dim is None or dim.const is not None:
                         dims.append("1" if dim is None else str(int(dim.const)))
                     else:
-                        src(f"{kind}{axis} = {dim.emit(env, f'{kind}{axis}{plan.index}')}")
+                        text = dim.emit(env, f"{kind}{axis}{plan.index}", pointer, self.tensor_optional)
+                        src(f"{kind}{axis} = {text}")
                         dims.append(f"{kind}{axis}")
-            smem = plan.smem.emit(env, f"_smem{plan.index}")
+            smem = plan.smem.emit(env, f"_smem{plan.index}", pointer, self.tensor_optional)
             nonzero = " and ".join(d for d in dims[:3] if not d.isdigit()) or ("True" if "0" not in dims[:3]
                                                                                   else "False")
             with src.block(f"if {nonzero}"):
@@ -688,14 +757,7 @@ class Op:
         dev = device_value.index
         for sym in self.input_symbols.values():
             names[sym.name] = bindings[sym][0]
-        for vname, rule in self.values.items():
-            names[vname] = rule.evaluate(names)
-            if vname in self.defined_outputs:
-                bindings[self.symbols[vname]] = (names[vname], f"values[{vname!r}]")
-        for rule, message in self.checks:
-            if not rule.evaluate(names):
-                involved = ", ".join(f"{n} = {names[n]!r}" for n in rule.names if n in names and n not in self.specs)
-                raise CheckError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
+        self._evaluate(names, bindings, late=False)
         library = _library_of(names[self.required[0]])
         for oname in self.outputs:
             if names[oname] is None:
@@ -707,6 +769,7 @@ class Op:
             for sym in self.specs[oname].symbols():
                 if sym is not self.device_symbol:
                     names[sym.name] = bindings[sym][0]
+        self._evaluate(names, bindings, late=True)
         for sname, (dtype, shape) in self.scratch.items():
             dims = tuple(int(rule.evaluate(names)) for rule in shape)
             names[sname] = _allocate(library, dims, None, dtype, dev)
@@ -742,6 +805,18 @@ class Op:
                 item.allow_smem(smem)
             item.launch_packed(grid, block, smem, stream, addr, self.pdl)
         return self._outputs(names)
+
+    def _evaluate(self, names: dict[str, Any], bindings: dict[_Symbol, tuple[Any, str]], *, late: bool) -> None:
+        """Compute the early (or late) values into ``names`` and run the early (or late) checks."""
+        for vname, rule in self.values.items():
+            if (vname in self.late_values) == late:
+                names[vname] = rule.evaluate(names)
+                if vname in self.defined_outputs:
+                    bindings[self.symbols[vname]] = (names[vname], f"values[{vname!r}]")
+        for i, (rule, message) in enumerate(self.checks):
+            if (i in self.late_checks) == late and not rule.evaluate(names):
+                involved = ", ".join(f"{n} = {names[n]!r}" for n in rule.names if n in names and n not in self.specs)
+                raise CheckError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
 
     def _outputs(self, names: Mapping[str, Any]) -> Any:
         if not self.outputs:

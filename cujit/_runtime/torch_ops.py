@@ -125,7 +125,8 @@ def _fake(qualified: str, *, functional: bool) -> Any:
         for sym in op.input_symbols.values():
             names[sym.name] = bindings[sym][0]
         for vname, rule in op.values.items():
-            names[vname] = rule.evaluate(names)
+            if vname not in op.late_values:  # the late ones read outputs, which decide nothing here
+                names[vname] = rule.evaluate(names)
         outputs = []
         for oname in op.outputs:
             spec = op.specs[oname]
