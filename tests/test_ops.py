@@ -420,3 +420,11 @@ def test_late_values_read_outputs_and_aligned_is_inlined(stub: StubBackend) -> N
     assert {s[1] for s in seen} == {8, 9}
     with pytest.raises(cujit.CheckError, match=r"late::scale_rows: out: rows overlap \(out_stride = 4, C = 8\)"):
         fn(x, w, out=fake(stub, torch.zeros(40).as_strided((3, 8), (4, 1))))
+
+
+def test_a_variant_is_the_same_op_with_parts_changed(ops: SimpleNamespace) -> None:
+    plain = ops.scale_rows.op.variant("cujit_variant", pdl=True)
+    assert plain.op.name == "cujit_variant::scale_rows" and plain.op.pdl and not ops.scale_rows.op.pdl
+    assert plain.op.instances() == ops.scale_rows.op.instances()
+    with pytest.raises(cujit.CujitError, match="variant\\(\\): no part named colour"):
+        ops.scale_rows.op.variant("x", colour=1)

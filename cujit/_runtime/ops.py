@@ -270,6 +270,14 @@ class Op:
         self.name = self.schema.qualified
         where = self.name
         self.module_name = module
+        # What was declared, for variant().
+        self._declaration: dict[str, Any] = {
+            "source": source, "tensors": tensors, "kernel": kernel, "grid": grid, "block": block,
+            "shared_mem": shared_mem, "args": args, "launches": launches, "values": values, "checks": checks,
+            "scratch": scratch, "precompile": precompile, "pdl": pdl, "extra_cuda_cflags": extra_cuda_cflags,
+            "extra_include_paths": extra_include_paths, "base_dir": base_dir, "module": module,
+        }
+        self._schema_text = schema
         self.pdl = bool(pdl)
         base = base_dir if base_dir is not None else Path.cwd()
         sources = [source] if isinstance(source, (str, Path)) else list(source)
@@ -473,6 +481,20 @@ class Op:
             cuda_files=list(self.sources), cuda_wrappers=wrappers, extra_cuda_cflags=self.extra_cuda_cflags,
             extra_include_paths=self.extra_include_paths,
         )
+
+    def variant(self, namespace: str, **changes: Any) -> OpFunction:
+        """The same op declared again under ``namespace`` with some parts changed (``pdl=False``, say).
+
+        For comparing two forms of one op side by side; the variant is a separate torch op
+        (``torch.ops.<namespace>.<name>``).
+        """
+        if not codegen.is_identifier(namespace):
+            raise CujitError(f"{self.name}: variant(): namespace {namespace!r} is not an identifier")
+        unknown = sorted(set(changes) - set(self._declaration))
+        if unknown:
+            raise CujitError(f"{self.name}: variant(): no part named {', '.join(unknown)}")
+        schema = f"{namespace}::{self._schema_text.split('::', 1)[1]}"
+        return Op(schema, **{**self._declaration, **changes}).function
 
     def instances(self) -> list[dict[str, Any]]:
         """The template field values that ``python -m cujit precompile`` builds, as declared."""
