@@ -428,3 +428,26 @@ def test_a_variant_is_the_same_op_with_parts_changed(ops: SimpleNamespace) -> No
     assert plain.op.instances() == ops.scale_rows.op.instances()
     with pytest.raises(cujit.CujitError, match="variant\\(\\): no part named colour"):
         ops.scale_rows.op.variant("x", colour=1)
+
+
+def test_torch_imported_after_the_op_binds_on_the_first_call() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cujit.add_constant import add_constant\n"
+        "assert 'torch' not in sys.modules\n"
+        "env = add_constant.op.env\n"
+        "import torch\n"
+        "import cujit\n"
+        "try:\n"
+        "    add_constant(torch.zeros(3, dtype=torch.int32), 1)\n"
+        "except cujit.TensorMatchError as exc:\n"
+        "    assert 'device: expected cuda' in str(exc)\n"
+        "assert env['_Tensor'] is torch.Tensor and env['_torch_empty_like'] is torch.empty_like\n"
+        "assert hasattr(torch.ops.cujit, 'add_constant')\n"  # registered on that first call
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
