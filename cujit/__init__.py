@@ -9,7 +9,7 @@ from ._runtime.cache import cache_stats
 from ._runtime.checks import runtime_check
 from ._runtime.cpp_args import CppArgs, make_cpp_args
 from ._runtime.dtypes import DType
-from ._runtime.errors import CompileError, CujitError, LaunchError, TensorMatchError
+from ._runtime.errors import CompileError, CompileWarning, CujitError, LaunchError, TensorMatchError
 from ._runtime.launch import LaunchKernel, device_check
 from ._runtime.matcher import SymbolicDevice, SymbolicDType, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
@@ -18,6 +18,7 @@ from ._runtime.version import __version__
 
 __all__ = [
     "CompileError",
+    "CompileWarning",
     "CppArgs",
     "CujitError",
     "DType",
