@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,8 +104,12 @@ def _precompile(archs: list[str] | None) -> int:
 
 
 def _describe_counts(counts: cache.DiskCounts) -> str:
-    return (f"{counts.entries} entries ({counts.bytes / 1024:.1f} KiB), {counts.locks} lock files, "
-            f"{counts.temporaries} temporary files")
+    def count(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
+
+    return (f"{count(counts.entries, 'entry', 'entries')} ({counts.bytes / 1024:.1f} KiB), "
+            f"{count(counts.locks, 'lock file', 'lock files')}, "
+            f"{count(counts.temporaries, 'temporary file', 'temporary files')}")
 
 
 def _cache(action: str, as_json: bool) -> int:
@@ -151,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench(argv[1:])
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config.validate()
         if args.command is None:
