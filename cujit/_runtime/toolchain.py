@@ -138,20 +138,21 @@ def _candidate_folders(search_path: Sequence[str]) -> Iterable[tuple[Path, str]]
 
 
 def _beside_loaded_nvrtc() -> Iterable[tuple[Path, str]]:
-    """The header folders of the release that the loaded libnvrtc belongs to (Linux: from /proc/self/maps)."""
+    """The header folders of the releases whose libnvrtc this process has loaded (Linux: from /proc/self/maps).
+
+    torch may have loaded one NVRTC and CuPy another; the version rule picks among their folders.
+    """
     try:
         data = Path("/proc/self/maps").read_bytes()
     except OSError:
         return
-    match = re.search(rb"(/[^\n]*/libnvrtc\.so[^/\n]*)\n", data)
-    if match is None:
-        return
-    library = Path(os.fsdecode(match.group(1)))
-    # A toolkit's lib64/ -> include/, a CUDA 13 wheel's cu13/lib -> cu13/include, a CUDA 12 wheel's
-    # cuda_nvrtc/lib -> cuda_runtime/include.
-    root = library.parent.parent
-    yield root / "include", f"beside the loaded {library.name}"
-    yield root.parent / "cuda_runtime" / "include", f"beside the loaded {library.name}"
+    for raw in dict.fromkeys(re.findall(rb"(/[^\n]*/libnvrtc\.so[^/\n]*)\n", data)):
+        library = Path(os.fsdecode(raw))
+        # A toolkit's lib64/ -> include/, a CUDA 13 wheel's cu13/lib -> cu13/include, a CUDA 12 wheel's
+        # cuda_nvrtc/lib -> cuda_runtime/include.
+        root = library.parent.parent
+        yield root / "include", f"beside the loaded {library.name}"
+        yield root.parent / "cuda_runtime" / "include", f"beside the loaded {library.name}"
 
 
 def _header_dirs(folders: Iterable[tuple[Path, str]], known: Sequence[HeaderDir] = ()) -> list[HeaderDir]:
