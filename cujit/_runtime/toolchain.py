@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 _PACKAGE = Path(__file__).resolve().parent.parent
-_VERSION_DEFINE = re.compile(rb"^[ \t]*#[ \t]*define[ \t]+(CUDA_VERSION|CUDART_VERSION)[ \t]+(\d+)", re.MULTILINE)
+_VERSION_DEFINE = re.compile(rb"#[ \t]*define[ \t]+(CUDA_VERSION|CUDART_VERSION)[ \t]+(\d+)")
 # Where NVIDIA's wheels put the CUDA runtime headers, relative to a site-packages folder: one folder per major
 # version from CUDA 13 on, a per-component folder before.
 _WHEEL_LAYOUTS = ("nvidia/cu[0-9]*/include", "nvidia/cuda_runtime/include")
