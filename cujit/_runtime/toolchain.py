@@ -235,23 +235,25 @@ def _pathfinder_candidates(known: Sequence[HeaderDir]) -> list[HeaderDir]:
     return _header_dirs([(Path(found), "cuda.pathfinder")], known) if found else []
 
 
-def _listing_digest(root: Path) -> str:
-    """SHA-256 over the names (relative to ``root``) and sizes of every file below ``root``."""
-    h = hashlib.sha256()
+def _listing_digest(root: Path, subfolders: tuple[str, ...] = ("crt",)) -> str:
+    """SHA-256 over the names and sizes of the files of ``root`` and of ``subfolders``, and the names of its folders.
+
+    Not the whole tree: a toolkit's include folder holds thousands of files (CCCL, Thrust, CUB), which would cost
+    tens of milliseconds to walk on every start; a release or patch level changes the top-level headers too.
+    """
     rows: list[str] = []
-    stack = [str(root)]
-    prefix = len(str(root)) + 1
-    while stack:
-        folder = stack.pop()
+    for prefix in ("", *(sub + "/" for sub in subfolders)):
         try:
-            with os.scandir(folder) as it:
+            with os.scandir(root / prefix) as it:
                 for item in it:
+                    name = prefix + item.name
                     if item.is_dir():
-                        stack.append(item.path)
+                        rows.append(f"{name}/")
                     elif item.is_file():
-                        rows.append(f"{item.path[prefix:]}\0{item.stat().st_size}")
+                        rows.append(f"{name}\0{item.stat().st_size}")
         except OSError:
             continue
+    h = hashlib.sha256()
     for row in sorted(rows):
         h.update(row.encode("utf-8", "surrogateescape") + b"\n")
     return h.hexdigest()
@@ -268,9 +270,9 @@ def _file_digest(path: Path) -> str:
 def cuda_headers_identity() -> str:
     """The identity of the CUDA headers in use, independent of where they are installed.
 
-    Their CUDA version and a digest of the relative names and sizes of every file in the folder: another release
-    or patch level changes it, moving the folder does not. Computed once per process (under a millisecond for
-    the hundred files of a CUDA 12 wheel); hashing the megabytes of their contents would cost several.
+    Their CUDA version and a digest of the names and sizes of the files in the folder and in ``crt/``: another
+    release or patch level changes it, moving the folder does not. Computed once per process, in about a
+    millisecond; hashing the megabytes of their contents would cost many.
     """
     root = cuda_include_dir()
     version = header_version(root)
