@@ -889,11 +889,11 @@ RELOCATED = r"""
 import json, sys
 import cujit
 from cujit._runtime import toolchain
-from cujit.add_constant import precompile_modules
+from cujit.add_constant import add_constant
 prefix, arch = sys.argv[1], sys.argv[2]
 assert cujit.__file__.startswith(prefix), cujit.__file__
 assert str(toolchain.cuda_include_dir()).startswith(prefix), toolchain.cuda_include_dir()
-modules = [*precompile_modules(), cujit.load_jit(
+modules = [*add_constant.op.precompile_modules(), cujit.load_jit(
     "reloc", cuda_wrappers=[("k", "reloc<3>")], cuda_files=[prefix + "/proj/kernels/reloc.cuh"],
     extra_include_paths=[prefix + "/proj/include"],
     extra_cuda_cflags=["-I" + prefix + "/proj/flag-include", "--pre-include=" + prefix + "/proj/pre.cuh"])]
