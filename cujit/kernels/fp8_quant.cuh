@@ -66,6 +66,7 @@ CUJIT_DEVICE void quantize_row(const T* x_row, fp8_e4m3_t* q_row, float* scale_o
   constexpr bool kVector = kVec > 1;
   const uint32_t chunks = hidden / kVec;
   const uint32_t held = kVecs * blockDim.x;  // chunks kept in registers
+  const float ub = scale_ub != nullptr ? *scale_ub : 0.0f;  // issued now, used after the reduction
   T v[kVecs][kVec];
   uint32_t bits = 0;
 #pragma unroll
@@ -85,10 +86,7 @@ CUJIT_DEVICE void quantize_row(const T* x_row, fp8_e4m3_t* q_row, float* scale_o
   }
   bits = cujit::block_reduce(bits, cujit::Max());
   float amax = __uint_as_float(bits);
-  if (scale_ub != nullptr) {
-    const float ub = *scale_ub;
-    amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
-  }
+  if (scale_ub != nullptr) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
   const float scale = scale_of(amax);
   if (threadIdx.x == 0) *scale_out = scale;
 #pragma unroll
@@ -225,11 +223,11 @@ CUJIT_DEVICE bool vector_ok(const T* x, const fp8_e4m3_t* q, int64_t x_stride, u
 
 /// Per-token dynamic quantization: one block (kThreads threads) per row; scales [tokens] (the [tokens, 1] tensor).
 /// scale_ub, when not null, caps each row's absolute max (a device fp32 value).
+/// At least 1024 threads per SM (the register cap that keeps a row's vectors out of local memory).
 template <typename T, int kThreads, int kVecs>
-__global__ void __launch_bounds__(kThreads, 1024 / kThreads) per_token_quant_fp8_kernel(const T* __restrict__ x, fp8_e4m3_t* __restrict__ q,
-                                                                       float* __restrict__ scales,
-                                                                       const float* __restrict__ scale_ub,
-                                                                       int64_t x_stride, uint32_t hidden) {
+__global__ void __launch_bounds__(kThreads, 1024 / kThreads)
+    per_token_quant_fp8_kernel(const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scales,
+                               const float* __restrict__ scale_ub, int64_t x_stride, uint32_t hidden) {
   using namespace fp8_quant_detail;
   constexpr int kVec = 16 / sizeof(T);
   const uint64_t row = blockIdx.x;
@@ -265,11 +263,13 @@ __global__ void __launch_bounds__(256) per_token_group_quant_fp8_kernel(
 }
 
 /// Per-tensor, first kernel: partial[b] = the absolute max (as float) of the b-th chunk of `chunk` elements.
+/// With a static scale (scale_in not null) there is nothing to reduce and it returns at once.
 template <typename T>
 __global__ void __launch_bounds__(256) per_tensor_amax_kernel(const T* __restrict__ x, float* __restrict__ partial,
-                                                              int64_t x_stride, uint64_t hidden, uint64_t total,
-                                                              uint64_t chunk) {
+                                                              const float* __restrict__ scale_in, int64_t x_stride,
+                                                              uint64_t hidden, uint64_t total, uint64_t chunk) {
   using namespace fp8_quant_detail;
+  if (scale_in != nullptr) return;
   constexpr int kVec = 16 / sizeof(T);
   const uint64_t begin = blockIdx.x * chunk;
   const uint64_t end = begin + chunk < total ? begin + chunk : total;
@@ -293,7 +293,9 @@ __global__ void __launch_bounds__(256) per_tensor_quant_fp8_kernel(
     scale = *scale_in;
   } else {
     uint32_t bits = 0;
-    for (uint32_t i = threadIdx.x; i < blocks; i += blockDim.x) bits = cujit::max_bits(bits, __float_as_uint(partial[i]));
+    for (uint32_t i = threadIdx.x; i < blocks; i += blockDim.x) {
+      bits = cujit::max_bits(bits, __float_as_uint(partial[i]));
+    }
     scale = scale_of(__uint_as_float(cujit::block_reduce(bits, cujit::Max())));
   }
   const uint64_t index = gridDim.x - 1 - blockIdx.x;

@@ -6,16 +6,18 @@
 /// head_size] with slot = block * block_size + offset. A token's row is one contiguous run in the source and in
 /// the cache, so the store is a gather-free copy of `row` values per token.
 ///
-/// Slots: negative skips the token (padding). A slot >= num_slots stops the kernel (a trap; one thread prints the
-/// slot) before that token writes anything: an out-of-range slot would otherwise write outside the cache. Two
-/// tokens with the same slot: each value of the row ends up from one of them, which one is not defined.
+/// Slots: negative skips the token (padding). A slot >= num_slots writes nothing and makes the kernel trap at the
+/// end of that token's work (one thread prints the slot): the launch fails, as torch's indexing asserts make it
+/// fail, and nothing outside the cache is written. Two tokens with the same slot: each value of the row ends up
+/// from one of them, which one is not defined.
 ///
 /// fp8 cache (CacheT = fp8_e4m3_t): value stored = saturate_e4m3(float(x) / scale), the IEEE division (not a
 /// multiplication by the reciprocal), rounded to nearest even; scale is read from device memory (no host sync).
 ///
 /// Work split: a group of kGroup threads per token (blockDim.x / kGroup tokens per block). Each thread moves
 /// chunks of kVec values (16 bytes of the source when alignment allows), kBatch chunks of k and of v per step, with
-/// every load of a step issued before its stores.
+/// every load of a step issued before its stores. The loads do not wait for the slot (only the stores use it), so
+/// the slot's load latency overlaps the first data loads.
 #ifndef CUJIT_KERNELS_KV_CACHE_CUH_
 #define CUJIT_KERNELS_KV_CACHE_CUH_
 
@@ -31,25 +33,20 @@ namespace kv_cache_detail {
 /// Chunks of k (and of v) a thread loads per step.
 constexpr int kBatch = 2;
 
-/// Stop the grid when a slot is at or past the cache's end; one thread of the token's group says which.
-#define KV_CACHE_CHECK_SLOT(slot, num_slots, token, lane)                                                          \
-  do {                                                                                                           \
-    if ((slot) >= 0 && static_cast<uint64_t>(slot) >= (num_slots)) {                                             \
-      if ((lane) == 0) {                                                                                         \
-        printf("cujit kv cache: slot %lld of token %llu is outside the cache's %llu slots\n",                    \
-               static_cast<long long>(slot), static_cast<unsigned long long>(token),                             \
-               static_cast<unsigned long long>(num_slots));                                                      \
-        __trap();                                                                                                \
-      }                                                                                                          \
-      return;                                                                                                    \
-    }                                                                                                            \
-  } while (0)
+/// Print (lane 0 of the token's group) and trap when a token's slot is at or past the cache's end.
+CUJIT_DEVICE void slot_error(int64_t slot, uint64_t token, uint64_t num_slots, uint32_t lane) {
+  if (lane == 0) {
+    printf("cujit kv cache: slot %lld of token %llu is outside the cache's %llu slots\n", static_cast<long long>(slot),
+           static_cast<unsigned long long>(token), static_cast<unsigned long long>(num_slots));
+    __trap();
+  }
+}
 
 /// One token's rows: kBatch chunks of k and of v per step on the vector path, one at a time on the other (whose
 /// chunks are single values, so batching them would only cost registers).
 template <bool kVector, typename T, typename CacheT, int kVec, int kGroup>
 CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, CacheT* vc_row, uint32_t chunks,
-                             uint32_t lane, float ks, float vs) {
+                             uint32_t lane, float ks, float vs, bool write) {
   constexpr int kSteps = kVector ? kBatch : 1;
 #pragma unroll 1
   for (uint32_t c0 = lane; c0 < chunks; c0 += kSteps * kGroup) {
@@ -63,6 +60,7 @@ CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, Cac
         vec_io::load<T, kVec>(v_row + c * kVec, kVector, vx[b]);
       }
     }
+    if (!write) break;  // a skipped token: its first loads only overlapped the slot's latency
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t c = c0 + b * kGroup;
@@ -88,14 +86,7 @@ __global__ void __launch_bounds__(256) store_kv_cache_kernel(
   const uint64_t token = static_cast<uint64_t>(blockIdx.x) * (blockDim.x / kGroup) + threadIdx.x / kGroup;
   if (token >= tokens) return;
   const int64_t slot = static_cast<int64_t>(slot_mapping[token]);
-  if (slot < 0) return;
-  KV_CACHE_CHECK_SLOT(slot, num_slots, token, lane);
-
-  float ks = 1.0f, vs = 1.0f;
-  if constexpr (vec_io::is_fp8<CacheT>) {
-    ks = *k_scale;
-    vs = *v_scale;
-  }
+  const bool write = slot >= 0 && static_cast<uint64_t>(slot) < num_slots;
   const bool vector = cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(v, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(k_cache, vec_io::access_bytes<CacheT, kVec>()) &&
@@ -103,13 +94,17 @@ __global__ void __launch_bounds__(256) store_kv_cache_kernel(
                       v_stride % kVec == 0 && row % kVec == 0;
   const T* const k_row = k + token * k_stride;
   const T* const v_row = v + token * v_stride;
-  CacheT* const kc_row = k_cache + static_cast<uint64_t>(slot) * row;
-  CacheT* const vc_row = v_cache + static_cast<uint64_t>(slot) * row;
+  const uint64_t dst = (write ? static_cast<uint64_t>(slot) : 0) * row;
+  // Issued now, waited for at the first fp8 store.
+  const float ks = vec_io::is_fp8<CacheT> ? *k_scale : 1.0f;
+  const float vs = vec_io::is_fp8<CacheT> ? *v_scale : 1.0f;
   if (vector) {
-    store_rows<true, T, CacheT, kVec, kGroup>(k_row, v_row, kc_row, vc_row, row / kVec, lane, ks, vs);
+    store_rows<true, T, CacheT, kVec, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row / kVec, lane, ks, vs,
+                                              write);
   } else {
-    store_rows<false, T, CacheT, 1, kGroup>(k_row, v_row, kc_row, vc_row, row, lane, ks, vs);
+    store_rows<false, T, CacheT, 1, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row, lane, ks, vs, write);
   }
+  if (slot >= 0 && !write) slot_error(slot, token, num_slots, lane);
 }
 
 #endif  // CUJIT_KERNELS_KV_CACHE_CUH_

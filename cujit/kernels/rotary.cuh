@@ -13,12 +13,16 @@
 /// Work split: block (chunks, rows) per token (grid.x) and group of heads (grid.y). threadIdx.x owns one chunk
 /// of kVec values (a 16-byte vector when the dims allow; for neox kVec values of each half) at the same offset in
 /// every head, so it loads its cos/sin values once per token and reuses them for all the heads it visits;
-/// threadIdx.y walks the heads of q then k, two heads per step with all loads issued before the first store.
-/// Pointers and strides that do not allow the vector width take an element-wise path over the same chunks.
+/// threadIdx.y walks the heads of q then k round-robin. Nothing waits on the position before the first loads of
+/// q and k are issued: the position only feeds the cos/sin address, which is loaded after them. Pointers and
+/// strides that do not allow the vector width take an element-wise path.
 ///
-/// Positions outside [0, max_position) stop the kernel (a trap, after one thread of the block prints the
-/// position) before that block touches memory: the same contract as torch's indexing asserts. The test is one
-/// compare per block on a value loaded anyway.
+/// Positions outside [0, max_position): the token's cos/sin row is never read (row 0 stands in) and the block
+/// traps at its end, after one thread prints the position. The launch fails as torch's indexing asserts make it
+/// fail (cujit.device_check() or the next synchronising call raises) and the CUDA context is unusable afterwards,
+/// so the values written for that token are never observed; nothing outside q, k and the cache is accessed. The
+/// check costs one compare and a select, and nothing waits on it: the position is needed only for the cos/sin
+/// address, so the first loads of q and k are issued before it arrives.
 #ifndef CUJIT_KERNELS_ROTARY_CUH_
 #define CUJIT_KERNELS_ROTARY_CUH_
 
@@ -78,29 +82,37 @@ struct Chunk {
   }
 };
 
-/// Stop the grid when a position is out of range; one thread of the block says which.
-#define ROTARY_CHECK_POSITION(pos, max_position, token)                                                          \
-  do {                                                                                                           \
-    if (static_cast<uint64_t>(pos) >= (max_position)) {                                                          \
-      if (threadIdx.x == 0 && threadIdx.y == 0) {                                                                \
-        printf("cujit rotary: position %lld of token %llu is outside the cos_sin_cache rows [0, %llu)\n",       \
-               static_cast<long long>(pos), static_cast<unsigned long long>(token),                              \
-               static_cast<unsigned long long>(max_position));                                                   \
-        __trap();                                                                                                \
-      }                                                                                                          \
-      return;                                                                                                    \
-    }                                                                                                            \
-  } while (0)
+/// Print (one thread of the block) and trap when a block's token had a position outside the cache.
+CUJIT_DEVICE void position_error(int64_t pos, uint64_t token, uint64_t max_position) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    printf("cujit rotary: position %lld of token %llu is outside the cos_sin_cache rows [0, %llu)\n",
+           static_cast<long long>(pos), static_cast<unsigned long long>(token),
+           static_cast<unsigned long long>(max_position));
+    __trap();
+  }
+}
 
-/// The cos and sin values of one chunk of one token, read once and reused for every head.
+/// The cos and sin values of one chunk of one token, read once and reused for every head. They are read after
+/// the first heads' loads are issued (see rotate_heads), so that the position load does not delay those.
 template <typename C, int kPairs>
 struct Angles {
   float cos[kPairs];
   float sin[kPairs];
+  const C* row;     // cos row of the token (in range)
+  uint32_t half;    // offset of the sin values in the row
+  uint32_t offset;  // offset of this chunk's values
+  bool vector;
+  bool loaded = false;
 
-  CUJIT_DEVICE void load(const C* row, uint32_t half, uint32_t offset, bool vector) {
-    vec_io::load_float<C, kPairs>(row + offset, vector, cos);
-    vec_io::load_float<C, kPairs>(row + half + offset, vector, sin);
+  CUJIT_DEVICE Angles(const C* row_, uint32_t half_, uint32_t offset_, bool vector_)
+      : row(row_), half(half_), offset(offset_), vector(vector_) {}
+
+  CUJIT_DEVICE void ensure() {
+    if (!loaded) {
+      vec_io::load_float<C, kPairs>(row + offset, vector, cos);
+      vec_io::load_float<C, kPairs>(row + half + offset, vector, sin);
+      loaded = true;
+    }
   }
 };
 
@@ -113,11 +125,11 @@ CUJIT_DEVICE uint32_t first_head(uint32_t begin) {
 /// Rotate one chunk of heads h_first, h_first + blockDim.y, ... < end of one token from `src_row` into `dst_row`
 /// (the same row for in place; heads head_size values apart in both), each head's chunk at `first` (and `second`
 /// for neox). The rotated values are rounded to T, then stored as vec_io::store_as does (to T, or to fp8 through
-/// `scale`). The vector path batches kBatch heads per step with all their loads issued first.
+/// `scale`), unless `write` is false. The vector path batches kBatch heads per step, all loads issued first.
 template <bool kVector, typename T, typename OutT, typename C, bool kNeox, int kVec>
 CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first, uint32_t end, uint32_t head_size,
-                               uint32_t first, uint32_t second, const Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
-                               float scale) {
+                               uint32_t first, uint32_t second, Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
+                               float scale, bool write) {
   using Ch = Chunk<T, kNeox, kVec>;
   constexpr int kSteps = kVector ? kBatch<kNeox> : 1;
 #pragma unroll 1
@@ -128,6 +140,8 @@ CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first
       const uint32_t h = h0 + b * blockDim.y;
       if (h < end) heads[b].load(src_row + static_cast<uint64_t>(h) * head_size, first, second, kVector);
     }
+    if (!write) break;
+    angles.ensure();
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t h = h0 + b * blockDim.y;
@@ -143,9 +157,8 @@ CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first
   }
 }
 
-/// Rotate the heads [begin, end) of the list (q's heads, then k's) of one token in place, chunks of kVec values.
-/// threadIdx.x walks the chunks of a head (one pass when blockDim.x covers them) and loads each chunk's cos/sin
-/// values once for all the heads.
+/// Rotate the heads [begin, end) of the list (q's heads, then k's) of one token in place, chunks of kVec values;
+/// threadIdx.x walks the chunks of a head (one pass when blockDim.x covers them).
 template <bool kVector, typename T, typename C, bool kNeox, int kVec>
 CUJIT_DEVICE void rotate_token(T* q_row, T* k_row, const C* angle_row, uint32_t q_heads, uint32_t begin, uint32_t end,
                                uint32_t head_size, uint32_t half, bool vector_cs) {
@@ -157,13 +170,13 @@ CUJIT_DEVICE void rotate_token(T* q_row, T* k_row, const C* angle_row, uint32_t 
   const uint32_t k_end = max(end, q_heads) - q_heads;
 #pragma unroll 1
   for (uint32_t chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x) {
-    Angles<C, kPairs> angles;
-    angles.load(angle_row, half, chunk * kPairs, vector_cs);
+    Angles<C, kPairs> angles(angle_row, half, chunk * kPairs, vector_cs);
     const uint32_t first = chunk * kVec;
     const uint32_t second = first + half;  // the neox partner; unused by gpt-j
     rotate_heads<kVector, T, T, C, kNeox, kVec>(q_row, q_row, q_first, q_end, head_size, first, second, angles,
-                                                1.0f);
-    rotate_heads<kVector, T, T, C, kNeox, kVec>(k_row, k_row, k_first, k_end, head_size, first, second, angles, 1.0f);
+                                                1.0f, true);
+    rotate_heads<kVector, T, T, C, kNeox, kVec>(k_row, k_row, k_first, k_end, head_size, first, second, angles,
+                                                1.0f, true);
   }
 }
 
@@ -181,14 +194,14 @@ __global__ void __launch_bounds__(256) rotary_embedding_kernel(
   constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
   const uint64_t token = blockIdx.x;
   const int64_t pos = static_cast<int64_t>(positions[token]);
-  ROTARY_CHECK_POSITION(pos, max_position, token);
+  const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
 
   const uint32_t half = rotary_dim / 2;
   const uint32_t begin = blockIdx.y * heads_per_block;
   const uint32_t end = min(q_heads + k_heads, begin + heads_per_block);
   T* const q_row = q + token * q_stride;
   T* const k_row = k + token * k_stride;
-  const C* const angle_row = cos_sin + static_cast<uint64_t>(pos) * rotary_dim;
+  const C* const angle_row = cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim;
   const bool vector = cujit::is_aligned(q, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) && q_stride % kVec == 0 &&
                       k_stride % kVec == 0 && head_size % kVec == 0 && half % kPairs == 0;
@@ -199,6 +212,7 @@ __global__ void __launch_bounds__(256) rotary_embedding_kernel(
     rotate_token<false, T, C, kNeox, kNeox ? 1 : 2>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half,
                                                    false);
   }
+  if (!pos_ok) position_error(pos, token, max_position);
 }
 
 #endif  // CUJIT_KERNELS_ROTARY_CUH_

@@ -15,8 +15,9 @@
 /// q's heads, then k's, then v's. threadIdx.x owns one chunk (the same offset in every head) and loads its cos/sin
 /// values once per token; threadIdx.y walks the units of the block's range round-robin across the q / k / v
 /// boundaries, so rows stay equally busy. Positions and slots are checked as in the unfused kernels: a position
-/// outside [0, max_position) or a slot >= num_slots stops the kernel (trap) before the block writes anything; a
-/// negative slot skips the cache writes of the token (q is still rotated).
+/// outside [0, max_position) is never used as an address (row 0 stands in) and a slot >= num_slots writes
+/// nothing; either makes the block trap at its end. A negative slot skips the cache writes of the token (q is
+/// still rotated).
 #ifndef CUJIT_KERNELS_ROTARY_KV_CACHE_CUH_
 #define CUJIT_KERNELS_ROTARY_KV_CACHE_CUH_
 
@@ -43,10 +44,11 @@ struct Geometry {
 };
 
 /// Copy chunks [c_begin, c_end) of heads h_first, h_first + blockDim.y, ... < h_end from src_row to dst_row (as
-/// store_as converts them), kPer chunks per thread per step with their loads issued first.
+/// store_as converts them), kPer chunks per thread per step with their loads issued first; when not `write`, it
+/// stops after the first loads.
 template <bool kVector, typename T, typename OutT, int kVec, int kPer>
 CUJIT_DEVICE void copy_heads(const T* src_row, OutT* dst_row, uint32_t h_first, uint32_t h_end, uint32_t head_size,
-                             uint32_t c_begin, uint32_t c_end, float scale) {
+                             uint32_t c_begin, uint32_t c_end, float scale, bool write) {
 #pragma unroll 1
   for (uint32_t h = h_first; h < h_end; h += blockDim.y) {
     const T* const src = src_row + static_cast<uint64_t>(h) * head_size;
@@ -59,6 +61,7 @@ CUJIT_DEVICE void copy_heads(const T* src_row, OutT* dst_row, uint32_t h_first, 
         const uint32_t c = c0 + m * blockDim.x;
         if (c < c_end) vec_io::load<T, kVec>(src + c * kVec, kVector, x[m]);
       }
+      if (!write) return;
 #pragma unroll
       for (int m = 0; m < kPer; ++m) {
         const uint32_t c = c0 + m * blockDim.x;
@@ -68,51 +71,48 @@ CUJIT_DEVICE void copy_heads(const T* src_row, OutT* dst_row, uint32_t h_first, 
   }
 }
 
-/// One token's units [begin, end) with chunks of kVec values.
+/// One token's units [begin, end) with chunks of kVec values; the caches are written when `write_kv`.
 template <bool kVector, typename T, typename C, typename CacheT, bool kNeox, int kHeadSize, int kRotaryDim, int kVec>
 CUJIT_DEVICE void fused_token(T* q_row, const T* k_row, const T* v_row, CacheT* kc_row, CacheT* vc_row,
                               const C* angle_row, uint32_t q_heads, uint32_t kv_heads, uint32_t begin, uint32_t end,
-                              bool store, bool vector_cs, float ks, float vs) {
+                              bool vector_cs, float ks, float vs, bool write_kv) {
   using rotary_detail::Angles;
   using rotary_detail::Chunk;
+  using rotary_detail::first_head;
   constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
   constexpr uint32_t kHalf = kRotaryDim / 2;
   constexpr uint32_t kChunks = kHalf / kPairs;
   constexpr uint32_t kHeadChunks = kHeadSize / kVec;
   constexpr uint32_t kRotaryChunks = kRotaryDim / kVec;
-  // Chunks of a v head per thread per step: the whole head in one step, up to 4 loads in flight per thread.
+  // Chunks of a v head (and of a k head's unrotated rest) per thread per step: up to 4 loads in flight.
   constexpr int kPer = (kHeadChunks + kChunks - 1) / kChunks < 4 ? (kHeadChunks + kChunks - 1) / kChunks : 4;
   constexpr int kTailPer = (kHeadChunks - kRotaryChunks + kChunks - 1) / kChunks < 4
                                ? (kHeadChunks - kRotaryChunks + kChunks - 1) / kChunks
                                : 4;
   const uint32_t k_base = q_heads;
   const uint32_t v_base = q_heads + kv_heads;
-  // This row's first unit in each part, then as indices local to the part.
-  const uint32_t q_first = rotary_detail::first_head(begin);
+  // This row's first unit in each part, as indices local to the part.
+  const uint32_t q_first = first_head(begin);
   const uint32_t q_end = min(end, k_base);
-  const uint32_t k_first = rotary_detail::first_head(max(begin, k_base)) - k_base;
+  const uint32_t k_first = first_head(max(begin, k_base)) - k_base;
   const uint32_t k_end = max(min(end, v_base), k_base) - k_base;
-  const uint32_t v_first = rotary_detail::first_head(max(begin, v_base)) - v_base;
+  const uint32_t v_first = first_head(max(begin, v_base)) - v_base;
   const uint32_t v_end = max(end, v_base) - v_base;
 #pragma unroll 1
   for (uint32_t chunk = threadIdx.x; chunk < kChunks; chunk += blockDim.x) {
-    Angles<C, kPairs> angles;
-    angles.load(angle_row, kHalf, chunk * kPairs, vector_cs);
+    Angles<C, kPairs> angles(angle_row, kHalf, chunk * kPairs, vector_cs);
     const uint32_t first = chunk * kVec;
     const uint32_t second = first + kHalf;
     rotary_detail::rotate_heads<kVector, T, T, C, kNeox, kVec>(q_row, q_row, q_first, q_end, kHeadSize, first,
-                                                               second, angles, 1.0f);
-    if (store) {
-      rotary_detail::rotate_heads<kVector, T, CacheT, C, kNeox, kVec>(k_row, kc_row, k_first, k_end, kHeadSize,
-                                                                      first, second, angles, ks);
-    }
+                                                               second, angles, 1.0f, true);
+    rotary_detail::rotate_heads<kVector, T, CacheT, C, kNeox, kVec>(k_row, kc_row, k_first, k_end, kHeadSize, first,
+                                                                    second, angles, ks, write_kv);
   }
-  if (!store) return;
   if constexpr (kRotaryChunks < kHeadChunks) {  // partial rotary: the rest of each k head goes as it is
-    copy_heads<kVector, T, CacheT, kVec, kTailPer>(k_row, kc_row, k_first, k_end, kHeadSize, kRotaryChunks, kHeadChunks,
-                                            ks);
+    copy_heads<kVector, T, CacheT, kVec, kTailPer>(k_row, kc_row, k_first, k_end, kHeadSize, kRotaryChunks,
+                                                   kHeadChunks, ks, write_kv);
   }
-  copy_heads<kVector, T, CacheT, kVec, kPer>(v_row, vc_row, v_first, v_end, kHeadSize, 0, kHeadChunks, vs);
+  copy_heads<kVector, T, CacheT, kVec, kPer>(v_row, vc_row, v_first, v_end, kHeadSize, 0, kHeadChunks, vs, write_kv);
 }
 
 }  // namespace rotary_kv_cache_detail
@@ -134,27 +134,22 @@ __global__ void __launch_bounds__(256) rotary_embedding_with_kv_cache_kernel(
   constexpr int kPairs = rotary_detail::Chunk<T, kNeox, kVec>::kPairs;
   const uint64_t token = blockIdx.x;
   const int64_t pos = static_cast<int64_t>(positions[token]);
-  ROTARY_CHECK_POSITION(pos, max_position, token);
   const int64_t slot = static_cast<int64_t>(slot_mapping[token]);
-  KV_CACHE_CHECK_SLOT(slot, num_slots, token, threadIdx.x + threadIdx.y);
+  const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
+  const bool slot_ok = slot < 0 || static_cast<uint64_t>(slot) < num_slots;
+  const bool write_kv = slot >= 0 && slot_ok;
 
   const uint32_t begin = blockIdx.y * units_per_block;
   const uint32_t end = min(q_heads + 2 * kv_heads, begin + units_per_block);
-  const bool store = slot >= 0;
   const uint64_t row = static_cast<uint64_t>(kv_heads) * kHeadSize;
+  const uint64_t dst = (write_kv ? static_cast<uint64_t>(slot) : 0) * row;
   T* const q_row = q + token * q_stride;
   const T* const k_row = k + token * k_stride;
   const T* const v_row = v + token * v_stride;
-  CacheT* const kc_row = k_cache + (store ? static_cast<uint64_t>(slot) : 0) * row;
-  CacheT* const vc_row = v_cache + (store ? static_cast<uint64_t>(slot) : 0) * row;
-  const C* const angle_row = cos_sin + static_cast<uint64_t>(pos) * kRotaryDim;
-  float ks = 1.0f, vs = 1.0f;
-  if constexpr (vec_io::is_fp8<CacheT>) {
-    if (store) {
-      ks = *k_scale;
-      vs = *v_scale;
-    }
-  }
+  const C* const angle_row = cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * kRotaryDim;
+  // Issued now, waited for at the first fp8 store.
+  const float ks = vec_io::is_fp8<CacheT> ? *k_scale : 1.0f;
+  const float vs = vec_io::is_fp8<CacheT> ? *v_scale : 1.0f;
   const bool vector = cujit::is_aligned(q, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(v, vec_io::access_bytes<T, kVec>()) &&
@@ -163,12 +158,16 @@ __global__ void __launch_bounds__(256) rotary_embedding_with_kv_cache_kernel(
                       k_stride % kVec == 0 && v_stride % kVec == 0;
   const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, kPairs>());
   if (vector) {
-    fused_token<true, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kVec>(
-        q_row, k_row, v_row, kc_row, vc_row, angle_row, q_heads, kv_heads, begin, end, store, vector_cs, ks, vs);
+    fused_token<true, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kVec>(q_row, k_row, v_row, k_cache + dst,
+                                                                        v_cache + dst, angle_row, q_heads, kv_heads,
+                                                                        begin, end, vector_cs, ks, vs, write_kv);
   } else {
-    fused_token<false, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kVec>(
-        q_row, k_row, v_row, kc_row, vc_row, angle_row, q_heads, kv_heads, begin, end, store, false, ks, vs);
+    fused_token<false, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kVec>(q_row, k_row, v_row, k_cache + dst,
+                                                                         v_cache + dst, angle_row, q_heads, kv_heads,
+                                                                         begin, end, false, ks, vs, write_kv);
   }
+  if (!pos_ok) rotary_detail::position_error(pos, token, max_position);
+  if (!slot_ok) kv_cache_detail::slot_error(slot, token, num_slots, threadIdx.x + threadIdx.y);
 }
 
 #endif  // CUJIT_KERNELS_ROTARY_KV_CACHE_CUH_
