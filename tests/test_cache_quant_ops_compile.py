@@ -3,6 +3,8 @@ launch plans are what the kernels expect, and inputs that need no GPU to judge a
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,3 +136,140 @@ def test_three_dimensional_views_must_have_contiguous_heads() -> None:
         rotary_embedding(_cpu(4, dtype="int64"), q, _cpu(4, 2, 64), _cpu(16, 64))
     with pytest.raises(cujit.CujitError, match=r"head_size: expected one head size .* got \[32, 64\]"):
         rotary_embedding(_cpu(4, dtype="int64"), _cpu(4, 8, 64), _cpu(4, 2, 64), _cpu(16, 64), head_size=32)
+
+
+# The launch path of each op, run on a CPU machine against the stub driver of tests/stub_cuda.py. The ops must be
+# declared while the stub is the backend, so this runs in a fresh process. Each op's instantiation is loaded
+# (compiled for sm_90) first, then called through its generated fast path only (its generic path is replaced by
+# one that fails): the checks must accept the inputs, pick the expected instantiation, and pack the expected grid,
+# block and kernel arguments.
+STUB_SCRIPT = r'''
+import torch
+import cujit
+from cujit._runtime import ops as ops_module
+from tests.stub_cuda import FakeCudaTensor, bind_fakes, stub_backend
+
+f16, f32, i64 = torch.float16, torch.float32, torch.int64
+
+with stub_backend() as stub:
+    from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
+    from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
+    from cujit.per_token_quant_fp8 import per_token_quant_fp8
+    from cujit.rotary_embedding import rotary_embedding
+    from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
+    from cujit.store_kv_cache import store_kv_cache
+
+    allocated = []
+
+    def fake(t):
+        return FakeCudaTensor(t, 0, stub)
+
+    def empty(shape, dtype, device, strides=None):
+        t = torch.empty(shape, dtype=dtype) if strides is None else torch.empty_strided(shape, strides, dtype=dtype)
+        allocated.append(fake(t))
+        return allocated[-1]
+
+    def prepare(fn, fields):
+        op = fn.op
+        bind_fakes(op.env, stub)
+        op.env["_torch_empty"] = lambda shape, dtype, device: empty(shape, dtype, device)
+        op.env["_torch_empty_strided"] = lambda shape, strides, dtype, device: empty(shape, dtype, device, strides)
+
+        def slow(*args, **kwargs):
+            raise AssertionError(f"{op.name}: the fast path refused the call")
+
+        op.env["_slow"] = slow
+        key = tuple(ops_module._normalise(fields[f]) for f in op.fields)
+        loaded = op._loaded(key, 0)
+        return loaded if isinstance(loaded, tuple) else (loaded,)
+
+    def launches(fn, kernels, *args, **kwargs):
+        out = []
+        for _ in range(2):  # the same packing on every call
+            before = len(stub.launches)
+            result = fn(*args, **kwargs)
+            got = [(l.grid, l.block, l.values(k.params)) for l, k in zip(stub.launches[before:], kernels)]
+            assert len(stub.launches) - before == len(kernels), stub.launches[before:]
+            out.append(got)
+        assert out[0][:1] and [g[:2] for g in out[0]] == [g[:2] for g in out[1]], out
+        return out[1], result
+
+    # rotary_embedding: fp16 rows of a fused qkv view, fp32 cache, 5 tokens, 8 + 2 heads of 64.
+    kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float32", pos_dtype="int64", is_neox=True,
+                                             vec=8))
+    qkv = torch.randn(5, 12 * 64, dtype=f16)
+    pos, q, k, cache = fake(torch.zeros(5, dtype=i64)), fake(qkv[:, :512]), fake(qkv[:, 512:640]), fake(
+        torch.randn(100, 64))
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k, cache)
+    assert grid == (5, 1, 1) and block == (4, 10, 1), (grid, block)
+    assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), cache.data_ptr(), 768, 768, 8, 2, 64, 64, 100,
+                      10], values
+    kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float16", pos_dtype="int64", is_neox=False,
+                                             vec=8))
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k,
+                                          fake(torch.randn(100, 32, dtype=f16)), is_neox=False, head_size=64)
+    assert grid == (5, 1, 1) and block == (4, 10, 1) and values[4:] == [768, 768, 8, 2, 64, 32, 100, 10], values
+
+    # store_kv_cache: k and v as views of one [tokens, 2, heads, size] tensor, paged fp16 caches.
+    kernels = prepare(store_kv_cache, dict(dtype="float16", cache_dtype="float16", slot_dtype="int64", vec=8,
+                                           group=32))
+    kv = torch.randn(5, 2, 2, 64, dtype=f16)
+    k, v = fake(kv[:, 0]), fake(kv[:, 1])
+    kc, vc = fake(torch.empty(4, 16, 2, 64, dtype=f16)), fake(torch.empty(4, 16, 2, 64, dtype=f16))
+    slots = fake(torch.arange(5))
+    [(grid, block, values)], _ = launches(store_kv_cache, kernels, k, v, kc, vc, slots)
+    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert values == [k.data_ptr(), v.data_ptr(), kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), 0, 0, 256, 256,
+                      128, 64, 5], values
+
+    # per_token_quant_fp8: fp16 [3, 4096] with a scale bound; q and scales allocated.
+    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=128, vecs=4))
+    x, ub = fake(torch.randn(3, 4096, dtype=f16)), fake(torch.ones(1))
+    [(grid, block, values)], (q, scales) = launches(per_token_quant_fp8, kernels, x, scale_ub=ub)
+    assert grid == (3, 1, 1) and block == (128, 1, 1), (grid, block)
+    assert tuple(q.shape) == (3, 4096) and q.dtype == torch.float8_e4m3fn and tuple(scales.shape) == (3, 1)
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), ub.data_ptr(), 4096, 4096], values
+
+    # per_tensor_quant_fp8: two launches sharing the scratch partial maxima; static and dynamic.
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16"))
+    x = fake(torch.randn(33, 4096, dtype=f16)[:, :4000])
+    [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
+    partials = allocated[-1]
+    assert g1 == g2 == (17, 1, 1) and b1 == b2 == (256, 1, 1), (g1, g2)
+    assert v1 == [x.data_ptr(), partials.data_ptr(), 0, 4096, 4000, 132000, 7776], v1
+    assert v2 == [x.data_ptr(), q.data_ptr(), partials.data_ptr(), 0, scale.data_ptr(), 4096, 4000, 132000, 7776,
+                  17], v2
+    static = fake(torch.full((1,), 0.5))
+    [(g1, _, v1), (g2, _, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x, static)
+    assert v1[2] == v2[3] == static.data_ptr() and g1 == g2 == (17, 1, 1)
+
+    # per_token_group_quant_fp8: column-major scales are allocated with strides (1, tokens).
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128))
+    x = fake(torch.randn(7, 1024, dtype=f16))
+    [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128,
+                                                     column_major_scales=True)
+    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert tuple(scales.shape) == (7, 8) and scales.stride() == (1, 7), scales.stride()
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1024, 1024, 56, 64, 1, 7], values
+
+    # rotary_embedding_with_kv_cache: 3-D views of one qkv tensor, 8 + 2 + 2 heads of 64.
+    kernels = prepare(rotary_embedding_with_kv_cache, dict(dtype="float16", cs_dtype="float32",
+                                                           cache_dtype="float16", pos_dtype="int64",
+                                                           slot_dtype="int64", is_neox=True, D=64, R=64))
+    qkv = torch.randn(5, 12, 64, dtype=f16)
+    q, k, v = fake(qkv[:, :8]), fake(qkv[:, 8:10]), fake(qkv[:, 10:])
+    [(grid, block, values)], _ = launches(rotary_embedding_with_kv_cache, kernels, pos, q, k, v, cache, kc, vc,
+                                          slots)
+    assert grid == (5, 1, 1) and block == (4, 12, 1), (grid, block)
+    assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), cache.data_ptr(), kc.data_ptr(),
+                      vc.data_ptr(), slots.data_ptr(), 0, 0, 768, 768, 768, 8, 2, 100, 64, 12], values
+print("ALL OK")
+'''
+
+
+def test_launch_paths_against_the_stub_driver() -> None:
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", STUB_SCRIPT], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=600, check=False)
+    assert out.returncode == 0 and "ALL OK" in out.stdout, out.stdout + out.stderr[-4000:]
