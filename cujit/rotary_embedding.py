@@ -25,7 +25,7 @@ from typing import Any
 
 import cujit
 
-__all__ = ["launch_plan", "rotary_embedding"]
+__all__ = ["launch_plan", "rotary_embedding", "rows_for"]
 
 #: From this many tokens on, one block rotates all heads of a token (cos/sin read once per token, the position's
 #: load latency paid once per token); below it, blocks take one row of heads each so that there are enough of them
@@ -41,7 +41,7 @@ def launch_plan(tokens: int, heads: int, rotary_dim: int, head_size: int, itemsi
     vec: values per thread chunk, the widest power of two up to 16 bytes that divides the rotated span (half the
     rotary dim for neox, all of it for gpt-j) and the head size, so that every chunk of every head is one aligned
     vector; gpt-j chunks hold at least one pair. block_x: the chunks of a head (one pass over a head); block_y:
-    heads in flight per block, for 256 threads (fewer when there are fewer heads).
+    heads in flight per block (see rows_for).
     """
     span = rotary_dim // 2 if is_neox else rotary_dim
     vec = 16 // itemsize
@@ -50,9 +50,19 @@ def launch_plan(tokens: int, heads: int, rotary_dim: int, head_size: int, itemsi
     if not is_neox:
         vec = max(vec, 2)  # an odd head size then takes the kernel's element-wise path
     block_x = max(1, min(span // vec, 256))
-    block_y = max(1, min(256 // block_x, heads))
+    block_y = rows_for(heads, block_x)
     heads_per_block = heads if tokens >= WHOLE_TOKEN_BLOCKS else block_y
     return vec, block_x, block_y, max(heads_per_block, 1)
+
+
+def rows_for(heads: int, block_x: int) -> int:
+    """Rows of heads per block (threadIdx.y) for blocks of 256, 128 or 64 threads.
+
+    The one that leaves the fewest rows idle on the last pass over ``heads`` (80 heads: 16 rows, five passes, none
+    idle, where 32 rows would idle half the block on the third), the widest on a tie.
+    """
+    candidates = [max(1, min(threads // block_x, heads)) for threads in (256, 128, 64)]
+    return min(candidates, key=lambda rows: (-(-heads // rows) * rows, -rows))
 
 
 def _plan(T: int, QW: int, KW: int, R: int, D: int, dtype: cujit.DType, is_neox: bool) -> tuple[int, ...]:

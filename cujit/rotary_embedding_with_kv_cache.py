@@ -24,6 +24,8 @@ import functools
 
 import cujit
 
+from .rotary_embedding import rows_for
+
 __all__ = ["launch_plan", "rotary_embedding_with_kv_cache"]
 
 #: From this many tokens on, one block handles all the heads of a token (see cujit/rotary_embedding.py).
@@ -44,7 +46,7 @@ def launch_plan(tokens: int, units: int, rotary_dim: int, head_size: int, itemsi
     while vec > 1 and (span % vec or head_size % vec):
         vec //= 2
     block_x = max(1, min(span // vec, 256))  # wider spans loop in the kernel
-    block_y = max(1, min(256 // block_x, units))
+    block_y = rows_for(units, block_x)
     per_block = units if tokens >= WHOLE_TOKEN_BLOCKS else block_y
     return block_x, block_y, max(per_block, 1)
 

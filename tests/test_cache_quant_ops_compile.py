@@ -20,7 +20,7 @@ from cujit.fp8_quant import (
     per_token_quant_fp8,
 )
 from cujit.rotary_embedding import launch_plan as rotary_plan
-from cujit.rotary_embedding import rotary_embedding
+from cujit.rotary_embedding import rotary_embedding, rows_for
 from cujit.rotary_embedding_with_kv_cache import launch_plan as fused_plan
 from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
 from cujit.store_kv_cache import launch_plan as kv_plan
@@ -56,12 +56,13 @@ def test_every_op_is_a_torch_op_and_a_cujit_name() -> None:
 
 def test_rotary_plan() -> None:
     # (vec, block_x, block_y, heads_per_block)
-    assert rotary_plan(4097, 80, 128, 128, 2, True) == (8, 8, 32, 80)  # whole tokens per block
-    assert rotary_plan(16, 80, 128, 128, 2, True) == (8, 8, 32, 32)  # a row of heads per block
+    assert rotary_plan(4097, 80, 128, 128, 2, True) == (8, 8, 16, 80)  # whole tokens per block, 5 passes of 16
+    assert rotary_plan(16, 80, 128, 128, 2, True) == (8, 8, 16, 16)  # a row of heads per block
     assert rotary_plan(4097, 80, 128, 128, 2, False) == (8, 16, 16, 80)
     assert rotary_plan(7, 2, 64, 128, 4, True) == (4, 8, 2, 2)
     assert rotary_plan(5, 3, 1026, 1026, 4, True) == (1, 256, 1, 1)  # the kernel loops over the wider span
     assert rotary_plan(5, 3, 66, 66, 4, False) == (2, 33, 3, 3)
+    assert [rows_for(heads, 8) for heads in (40, 50, 80, 96)] == [8, 8, 16, 32]  # fewest idle rows, then widest
 
 
 def test_kv_plan() -> None:
@@ -155,7 +156,7 @@ with stub_backend() as stub:
     from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
     from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
     from cujit.per_token_quant_fp8 import per_token_quant_fp8
-    from cujit.rotary_embedding import rotary_embedding
+    from cujit.rotary_embedding import rotary_embedding, rows_for
     from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
     from cujit.store_kv_cache import store_kv_cache
 
