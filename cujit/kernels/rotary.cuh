@@ -1,0 +1,218 @@
+/// @file rotary.cuh
+/// @brief Rotary position embedding, in place on q and k: neox (rotate halves) and gpt-j (interleaved pairs).
+///
+/// Layout: q [tokens, q_heads * head_size] and k [tokens, k_heads * head_size], rows at any stride (views of a
+/// fused qkv tensor), heads contiguous; cos_sin [max_position, rotary_dim], cos in the first half of a row and sin
+/// in the second (the layout vLLM and SGLang build). Only the first rotary_dim values of each head change.
+///
+/// For each pair (a, b) of a head with angle (cos c, sin s): a' = a c - b s, b' = b c + a s, in fp32 with explicit
+/// fused multiply-adds (so that every kernel that includes this file rounds the same way), then rounded once to the
+/// storage dtype. A pair is (x[i], x[i + rotary_dim / 2]) in neox style and (x[2i], x[2i + 1]) in gpt-j style;
+/// both use cos[i], sin[i].
+///
+/// Work split: block (chunks, rows) per token (grid.x) and group of heads (grid.y). threadIdx.x owns one chunk
+/// of kVec values (a 16-byte vector when the dims allow; for neox kVec values of each half) at the same offset in
+/// every head, so it loads its cos/sin values once per token and reuses them for all the heads it visits;
+/// threadIdx.y walks the heads of q then k round-robin. Nothing waits on the position before the first loads of
+/// q and k are issued: the position only feeds the cos/sin address, which is loaded after them. Pointers and
+/// strides that do not allow the vector width take an element-wise path.
+///
+/// Positions outside [0, max_position): the token's cos/sin row is never read (row 0 stands in) and the block
+/// traps at its end, after one thread prints the position. The launch fails as torch's indexing asserts make it
+/// fail (cujit.device_check() or the next synchronising call raises) and the CUDA context is unusable afterwards,
+/// so the values written for that token are never observed; nothing outside q, k and the cache is accessed. The
+/// check costs one compare and a select, and nothing waits on it: the position is needed only for the cos/sin
+/// address, so the first loads of q and k are issued before it arrives.
+#ifndef CUJIT_KERNELS_ROTARY_CUH_
+#define CUJIT_KERNELS_ROTARY_CUH_
+
+#include <cujit/base.cuh>
+#include <cujit/check.cuh>
+#include <cujit/types.cuh>
+#include <cujit/vec.cuh>
+
+#include "vec_io.cuh"
+
+namespace rotary_detail {
+
+/// Heads handled per thread per step on the vector path, with all their loads issued before the first rotation:
+/// two 16-byte loads per thread per step in either style (a neox head chunk is already two loads). More would
+/// cost registers (occupancy) for the same bytes in flight.
+template <bool kNeox>
+constexpr int kBatch = kNeox ? 1 : 2;
+
+/// The rotation of one pair, the single rounding rule of every rotary kernel.
+CUJIT_DEVICE void rotate_pair(float a, float b, float c, float s, float& a_out, float& b_out) {
+  a_out = __fmaf_rn(a, c, -(b * s));
+  b_out = __fmaf_rn(b, c, a * s);
+}
+
+/// One thread's share of the rotary part of a head: kVec values (neox: kVec in each half).
+///
+/// `first` is the offset of the chunk in the head, `second` (neox only) the offset of its partner half.
+template <typename T, bool kNeox, int kVec>
+struct Chunk {
+  static constexpr int kPairs = kNeox ? kVec : kVec / 2;  // cos/sin values per chunk
+  static_assert(kNeox || kVec % 2 == 0, "gpt-j chunks hold whole pairs");
+
+  T x[kVec];
+  T y[kNeox ? kVec : 1];
+
+  CUJIT_DEVICE void load(const T* head, uint32_t first, uint32_t second, bool vector) {
+    vec_io::load<T, kVec>(head + first, vector, x);
+    if constexpr (kNeox) vec_io::load<T, kVec>(head + second, vector, y);
+  }
+
+  /// The rotated values as floats, in memory order: out_x for the chunk, out_y for its neox partner.
+  CUJIT_DEVICE void rotate(const float (&cos)[kPairs], const float (&sin)[kPairs], float (&out_x)[kVec],
+                           float (&out_y)[kNeox ? kVec : 1]) const {
+    if constexpr (kNeox) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        rotate_pair(cujit::to_float(x[i]), cujit::to_float(y[i]), cos[i], sin[i], out_x[i], out_y[i]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPairs; ++i) {
+        rotate_pair(cujit::to_float(x[2 * i]), cujit::to_float(x[2 * i + 1]), cos[i], sin[i], out_x[2 * i],
+                    out_x[2 * i + 1]);
+      }
+      out_y[0] = 0.0f;
+    }
+  }
+};
+
+/// Print (one thread of the block) and trap when a block's token had a position outside the cache.
+CUJIT_DEVICE void position_error(int64_t pos, uint64_t token, uint64_t max_position) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    printf("cujit rotary: position %lld of token %llu is outside the cos_sin_cache rows [0, %llu)\n",
+           static_cast<long long>(pos), static_cast<unsigned long long>(token),
+           static_cast<unsigned long long>(max_position));
+    __trap();
+  }
+}
+
+/// The cos and sin values of one chunk of one token, read once and reused for every head. They are read after
+/// the first heads' loads are issued (see rotate_heads), so that the position load does not delay those.
+template <typename C, int kPairs>
+struct Angles {
+  float cos[kPairs];
+  float sin[kPairs];
+  const C* row;     // cos row of the token (in range)
+  uint32_t half;    // offset of the sin values in the row
+  uint32_t offset;  // offset of this chunk's values
+  bool vector;
+  bool loaded = false;
+
+  CUJIT_DEVICE Angles(const C* row_, uint32_t half_, uint32_t offset_, bool vector_)
+      : row(row_), half(half_), offset(offset_), vector(vector_) {}
+
+  CUJIT_DEVICE void ensure() {
+    if (!loaded) {
+      vec_io::load_float<C, kPairs>(row + offset, vector, cos);
+      vec_io::load_float<C, kPairs>(row + half + offset, vector, sin);
+      loaded = true;
+    }
+  }
+};
+
+/// The first index of [begin, ...) that row threadIdx.y handles when the rows of the block take a list of heads
+/// round-robin; walking a list in parts (q's heads, then k's) with it keeps the rows equally busy.
+CUJIT_DEVICE uint32_t first_head(uint32_t begin) {
+  return begin + (threadIdx.y + blockDim.y - begin % blockDim.y) % blockDim.y;
+}
+
+/// Rotate one chunk of heads h_first, h_first + blockDim.y, ... < end of one token from `src_row` into `dst_row`
+/// (the same row for in place; heads head_size values apart in both), each head's chunk at `first` (and `second`
+/// for neox). The rotated values are rounded to T, then stored as vec_io::store_as does (to T, or to fp8 through
+/// `scale`), unless `write` is false. The vector path batches kBatch heads per step, all loads issued first.
+template <bool kVector, typename T, typename OutT, typename C, bool kNeox, int kVec>
+CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first, uint32_t end, uint32_t head_size,
+                               uint32_t first, uint32_t second, Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
+                               float scale, bool write) {
+  using Ch = Chunk<T, kNeox, kVec>;
+  constexpr int kSteps = kVector ? kBatch<kNeox> : 1;
+#pragma unroll 1
+  for (uint32_t h0 = h_first; h0 < end; h0 += kSteps * blockDim.y) {
+    Ch heads[kSteps];
+#pragma unroll
+    for (int b = 0; b < kSteps; ++b) {
+      const uint32_t h = h0 + b * blockDim.y;
+      if (h < end) heads[b].load(src_row + static_cast<uint64_t>(h) * head_size, first, second, kVector);
+    }
+    if (!write) break;
+    angles.ensure();
+#pragma unroll
+    for (int b = 0; b < kSteps; ++b) {
+      const uint32_t h = h0 + b * blockDim.y;
+      if (h < end) {
+        float out_x[kVec];
+        float out_y[kNeox ? kVec : 1];
+        heads[b].rotate(angles.cos, angles.sin, out_x, out_y);
+        OutT* const dst = dst_row + static_cast<uint64_t>(h) * head_size;
+        vec_io::store_float_as<T, OutT, kVec>(dst + first, kVector, out_x, scale);
+        if constexpr (kNeox) vec_io::store_float_as<T, OutT, kVec>(dst + second, kVector, out_y, scale);
+      }
+    }
+  }
+}
+
+/// Rotate the heads [begin, end) of the list (q's heads, then k's) of one token in place, chunks of kVec values;
+/// threadIdx.x walks the chunks of a head (one pass when blockDim.x covers them).
+template <bool kVector, typename T, typename C, bool kNeox, int kVec>
+CUJIT_DEVICE void rotate_token(T* q_row, T* k_row, const C* angle_row, uint32_t q_heads, uint32_t begin, uint32_t end,
+                               uint32_t head_size, uint32_t half, bool vector_cs) {
+  constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
+  const uint32_t chunks = half / kPairs;
+  const uint32_t q_first = first_head(begin);
+  const uint32_t q_end = min(end, q_heads);
+  const uint32_t k_first = first_head(max(begin, q_heads)) - q_heads;
+  const uint32_t k_end = max(end, q_heads) - q_heads;
+#pragma unroll 1
+  for (uint32_t chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x) {
+    Angles<C, kPairs> angles(angle_row, half, chunk * kPairs, vector_cs);
+    const uint32_t first = chunk * kVec;
+    const uint32_t second = first + half;  // the neox partner; unused by gpt-j
+    rotate_heads<kVector, T, T, C, kNeox, kVec>(q_row, q_row, q_first, q_end, head_size, first, second, angles,
+                                                1.0f, true);
+    rotate_heads<kVector, T, T, C, kNeox, kVec>(k_row, k_row, k_first, k_end, head_size, first, second, angles,
+                                                1.0f, true);
+  }
+}
+
+}  // namespace rotary_detail
+
+/// Rotate q and k in place. Block (x, y), at most 256 threads: x over the chunks of a head (rotary_dim / 2 / kVec
+/// of them in neox style, rotary_dim / kVec in gpt-j style), y over heads. grid.x: tokens; grid.y: groups of
+/// heads_per_block heads, counted over q's heads then k's.
+template <typename T, typename C, typename P, bool kNeox, int kVec>
+__global__ void __launch_bounds__(256) rotary_embedding_kernel(
+    const P* __restrict__ positions, T* q, T* k, const C* __restrict__ cos_sin, int64_t q_stride, int64_t k_stride,
+    uint32_t q_heads, uint32_t k_heads, uint32_t head_size, uint32_t rotary_dim, uint64_t max_position,
+    uint32_t heads_per_block) {
+  using namespace rotary_detail;
+  constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
+  const uint64_t token = blockIdx.x;
+  const int64_t pos = static_cast<int64_t>(positions[token]);
+  const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
+
+  const uint32_t half = rotary_dim / 2;
+  const uint32_t begin = blockIdx.y * heads_per_block;
+  const uint32_t end = min(q_heads + k_heads, begin + heads_per_block);
+  T* const q_row = q + token * q_stride;
+  T* const k_row = k + token * k_stride;
+  const C* const angle_row = cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim;
+  const bool vector = cujit::is_aligned(q, vec_io::access_bytes<T, kVec>()) &&
+                      cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) && q_stride % kVec == 0 &&
+                      k_stride % kVec == 0 && head_size % kVec == 0 && half % kPairs == 0;
+  if (vector) {
+    const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, kPairs>());
+    rotate_token<true, T, C, kNeox, kVec>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half, vector_cs);
+  } else {
+    rotate_token<false, T, C, kNeox, kNeox ? 1 : 2>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half,
+                                                   false);
+  }
+  if (!pos_ok) position_error(pos, token, max_position);
+}
+
+#endif  // CUJIT_KERNELS_ROTARY_CUH_

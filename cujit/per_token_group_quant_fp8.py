@@ -1,0 +1,48 @@
+"""``per_token_group_quant_fp8(x, group_size=128, *, column_major_scales=False) -> (q, scales)``.
+
+Dynamic FP8 (e4m3) quantization with one scale per group of ``group_size`` consecutive values of a row (a power of
+two from 16 to 1024 dividing the row): scales [tokens, hidden / group_size], row-major, or column-major (strides
+(1, tokens), the layout DeepGEMM-style GEMMs read) with ``column_major_scales``. The rule, bit for bit:
+cujit/fp8_quant.py.
+"""
+
+from __future__ import annotations
+
+import cujit
+
+from .fp8_quant import T, cached, group_plan, q_matcher, x_matcher
+
+__all__ = ["per_token_group_quant_fp8"]
+
+
+def _groups_per_block(group_size: int, dtype: cujit.DType) -> int:
+    return cached(group_plan, group_size, dtype.itemsize)  # type: ignore[no-any-return]
+
+
+G, SR, SC = (cujit.SymbolicSize(n) for n in ("G", "SR", "SC"))
+
+per_token_group_quant_fp8 = cujit.op(
+    "cujit::per_token_group_quant_fp8(Tensor x, int group_size=128, *, bool column_major_scales=False, "
+    "Tensor(a!)? out=None, Tensor(b!)? scales=None) -> (Tensor, Tensor)",
+    source="kernels/fp8_quant.cuh",
+    kernel="per_token_group_quant_fp8_kernel<{dtype}, {group_size}>",
+    tensors={"x": x_matcher, "out": q_matcher,
+             "scales": cujit.TensorMatcher([T, G]).with_strides([SR, SC]).with_dtype("float32")},
+    values={
+        "G": "H // group_size if group_size > 0 else 0",
+        "SR": "1 if column_major_scales else G",
+        "SC": "T if column_major_scales else 1",
+        "groups": "T * G",
+        "per_block": _groups_per_block,
+    },
+    checks=[
+        ("16 <= group_size <= 1024 and group_size & (group_size - 1) == 0",
+         "group_size: expected a power of two from 16 to 1024"),
+        ("H % group_size == 0", "x: expected a number of columns that is a multiple of group_size"),
+        ("T * G < 2**32 and H < 2**31", "x: expected fewer than 2**32 groups"),
+    ],
+    grid="cdiv(groups, per_block)",
+    block=256,
+    args=("x", "out", "scales", "XS", "H", "groups", "per_block", "SR", "SC"),
+    precompile=[{"dtype": d, "group_size": 128} for d in ("bfloat16", "float16")],
+)

@@ -1,0 +1,276 @@
+"""The rotary, KV-cache and FP8 ops without a GPU: every precompiled instance compiles for sm_80 and sm_90, the
+launch plans are what the kernels expect, and inputs that need no GPU to judge are refused with clear messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cujit
+from cujit.fp8_quant import (
+    group_plan,
+    per_tensor_plan,
+    per_tensor_quant_fp8,
+    per_token_group_quant_fp8,
+    per_token_plan,
+    per_token_quant_fp8,
+)
+from cujit.rotary_embedding import launch_plan as rotary_plan
+from cujit.rotary_embedding import rotary_embedding, rows_for
+from cujit.rotary_embedding_with_kv_cache import launch_plan as fused_plan
+from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
+from cujit.store_kv_cache import launch_plan as kv_plan
+from cujit.store_kv_cache import store_kv_cache
+
+OPS = [rotary_embedding, store_kv_cache, per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8,
+       rotary_embedding_with_kv_cache]
+KERNELS = Path(cujit.__file__).parent / "kernels"
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("fn", OPS, ids=lambda f: f.op.name)
+def test_every_precompiled_instance_compiles(fn: object, arch: str) -> None:
+    op = fn.op  # type: ignore[attr-defined]
+    instances = op.instances()
+    assert instances, f"{op.name} declares nothing to precompile"
+    for fields in instances:
+        compiled = op.module(**fields).compile(arch)
+        assert compiled.cubin[:4] == b"\x7fELF"
+        assert all(name.startswith("_Z") for name in compiled.lowered.values())
+
+
+def test_every_op_is_a_torch_op_and_a_cujit_name() -> None:
+    torch = pytest.importorskip("torch")
+    for fn in OPS:
+        name = fn.op.schema.name  # type: ignore[attr-defined]
+        packet = fn.op.torch_op  # type: ignore[attr-defined]
+        assert getattr(torch.ops.cujit, name) is packet
+        # cujit.<name> is the op, or its module once imported, which calls the op
+        assert getattr(cujit, name) in (fn, sys.modules[f"cujit.{name}"])
+        assert getattr(sys.modules[f"cujit.{name}"], name) is fn
+
+
+def test_rotary_plan() -> None:
+    # (vec, block_x, block_y, heads_per_block)
+    assert rotary_plan(4097, 80, 128, 128, 2, True) == (8, 8, 16, 80)  # whole tokens per block, 5 passes of 16
+    assert rotary_plan(16, 80, 128, 128, 2, True) == (8, 8, 16, 16)  # a row of heads per block
+    assert rotary_plan(4097, 80, 128, 128, 2, False) == (8, 16, 16, 80)
+    assert rotary_plan(7, 2, 64, 128, 4, True) == (4, 8, 2, 2)
+    assert rotary_plan(5, 3, 1026, 1026, 4, True) == (1, 256, 1, 1)  # the kernel loops over the wider span
+    assert rotary_plan(5, 3, 66, 66, 4, False) == (2, 33, 3, 3)
+    assert [rows_for(heads, 8) for heads in (40, 50, 80, 96)] == [8, 8, 16, 32]  # fewest idle rows, then widest
+
+
+def test_kv_plan() -> None:
+    assert kv_plan(8 * 128, 2) == (8, 64)  # 128 chunks: 64 threads x 2 chunks of k and of v
+    assert kv_plan(32 * 256, 2) == (8, 256)
+    assert kv_plan(15, 2) == (1, 32)
+    assert kv_plan(4 * 80, 4) == (4, 64)
+
+
+def test_quant_plans() -> None:
+    assert per_token_plan(4096, 2) == (128, 4)
+    assert per_token_plan(7168, 2) == (256, 4)
+    assert per_token_plan(65536, 2) == (1024, 4)  # longer rows re-read what the registers cannot hold
+    assert per_token_plan(100, 4) == (32, 1)
+    assert group_plan(128, 2) == 64  # 16 lanes per group, 4 groups per thread
+    assert group_plan(1024, 4) == 8  # 256 chunks: 32 lanes x 8, one group per thread
+    blocks, chunk = per_tensor_plan(4097 * 4096)
+    assert blocks == 1024 and chunk % 16 == 0 and (blocks - 1) * chunk < 4097 * 4096 <= blocks * chunk
+    assert per_tensor_plan(0) == (0, 16)
+    assert per_tensor_plan(5) == (1, 16)
+
+
+@pytest.mark.parametrize(("dtype", "neox", "head_size", "rotary_dim"),
+                         [("bf16_t", "true", 128, 128), ("bf16_t", "false", 128, 128), ("fp32_t", "true", 64, 64),
+                          ("fp16_t", "true", 256, 64), ("bf16_t", "false", 96, 32), ("fp32_t", "true", 1026, 1026),
+                          ("bf16_t", "true", 80, 40)])
+def test_fused_plan_matches_the_kernel_geometry(tmp_path: Path, dtype: str, neox: str, head_size: int,
+                                                rotary_dim: int) -> None:
+    itemsize = {"bf16_t": 2, "fp16_t": 2, "fp32_t": 4}[dtype]
+    block_x, _, _ = fused_plan(4097, 48, rotary_dim, head_size, itemsize, neox == "true")
+    probe = tmp_path / "geometry.cuh"
+    probe.write_text(
+        f'#include "{KERNELS / "rotary_kv_cache.cuh"}"\n'
+        f"using G = rotary_kv_cache_detail::Geometry<{dtype}, {neox}, {head_size}, {rotary_dim}>;\n"
+        f"static_assert(G::kChunks == {block_x} || (G::kChunks > 256 && {block_x} == 256), \"block_x\");\n"
+        "__global__ void probe(int* p) { p[0] = G::kVec; }\n")
+    cujit.load_jit("geometry_probe", cuda_files=[probe], cuda_wrappers=[("probe", "probe")]).compile("sm_90")
+
+
+def _cpu(*shape: int, dtype: str = "bfloat16") -> object:
+    torch = pytest.importorskip("torch")
+    return torch.zeros(*shape, dtype=getattr(torch, dtype))
+
+
+def test_cpu_tensors_are_refused_by_the_device_check() -> None:
+    positions = _cpu(4, dtype="int64")
+    with pytest.raises(cujit.TensorMatchError, match=r"'positions': device: expected cuda"):
+        rotary_embedding(positions, _cpu(4, 256), _cpu(4, 128), _cpu(16, 128, dtype="float32"))
+    with pytest.raises(cujit.TensorMatchError, match=r"'k': device: expected cuda"):
+        store_kv_cache(_cpu(4, 2, 64), _cpu(4, 2, 64), _cpu(8, 2, 64), _cpu(8, 2, 64), positions)
+    for fn in (per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8):
+        with pytest.raises(cujit.TensorMatchError, match=r"'x': device: expected cuda"):
+            fn(_cpu(4, 256))
+    with pytest.raises(cujit.TensorMatchError, match=r"'positions': device: expected cuda"):
+        rotary_embedding_with_kv_cache(positions, _cpu(4, 4, 64), _cpu(4, 2, 64), _cpu(4, 2, 64),
+                                       _cpu(16, 64, dtype="float32"), _cpu(8, 2, 64), _cpu(8, 2, 64), positions)
+
+
+def test_scalars_of_the_wrong_type_are_refused() -> None:
+    positions = _cpu(4, dtype="int64")
+    with pytest.raises(TypeError, match="is_neox"):
+        rotary_embedding(positions, _cpu(4, 256), _cpu(4, 128), _cpu(16, 128), is_neox=1)
+    with pytest.raises(TypeError, match="group_size"):
+        per_token_group_quant_fp8(_cpu(4, 256), "128")
+    with pytest.raises(TypeError, match="column_major_scales"):
+        per_token_group_quant_fp8(_cpu(4, 256), 128, column_major_scales=None)
+
+
+def test_three_dimensional_views_must_have_contiguous_heads() -> None:
+    q = _cpu(4, 8, 64).transpose(0, 1).contiguous().transpose(0, 1)  # type: ignore[attr-defined]
+    with pytest.raises(cujit.TensorMatchError, match=r"q: expected a 3-D view whose heads are contiguous"):
+        rotary_embedding(_cpu(4, dtype="int64"), q, _cpu(4, 2, 64), _cpu(16, 64))
+    with pytest.raises(cujit.CujitError, match=r"head_size: expected one head size .* got \[32, 64\]"):
+        rotary_embedding(_cpu(4, dtype="int64"), _cpu(4, 8, 64), _cpu(4, 2, 64), _cpu(16, 64), head_size=32)
+
+
+# The launch path of each op, run on a CPU machine against the stub driver of tests/stub_cuda.py. The ops must be
+# declared while the stub is the backend, so this runs in a fresh process. Each op's instantiation is loaded
+# (compiled for sm_90) first, then called through its generated fast path only (its generic path is replaced by
+# one that fails): the checks must accept the inputs, pick the expected instantiation, and pack the expected grid,
+# block and kernel arguments.
+STUB_SCRIPT = r'''
+import torch
+import cujit
+from cujit._runtime import ops as ops_module
+from tests.stub_cuda import FakeCudaTensor, bind_fakes, stub_backend
+
+f16, f32, i64 = torch.float16, torch.float32, torch.int64
+
+with stub_backend() as stub:
+    from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
+    from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
+    from cujit.per_token_quant_fp8 import per_token_quant_fp8
+    from cujit.rotary_embedding import rotary_embedding, rows_for
+    from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
+    from cujit.store_kv_cache import store_kv_cache
+
+    allocated = []
+
+    def fake(t):
+        return FakeCudaTensor(t, 0, stub)
+
+    def empty(shape, dtype, device, strides=None):
+        t = torch.empty(shape, dtype=dtype) if strides is None else torch.empty_strided(shape, strides, dtype=dtype)
+        allocated.append(fake(t))
+        return allocated[-1]
+
+    def prepare(fn, fields):
+        op = fn.op
+        bind_fakes(op.env, stub)
+        op.env["_torch_empty"] = lambda shape, dtype, device: empty(shape, dtype, device)
+        op.env["_torch_empty_strided"] = lambda shape, strides, dtype, device: empty(shape, dtype, device, strides)
+
+        def slow(*args, **kwargs):
+            raise AssertionError(f"{op.name}: the fast path refused the call")
+
+        op.env["_slow"] = slow
+        key = tuple(ops_module._normalise(fields[f]) for f in op.fields)
+        loaded = op._loaded(key, 0)
+        return loaded if isinstance(loaded, tuple) else (loaded,)
+
+    def launches(fn, kernels, *args, **kwargs):
+        out = []
+        for _ in range(2):  # the same packing on every call
+            before = len(stub.launches)
+            result = fn(*args, **kwargs)
+            got = [(l.grid, l.block, l.values(k.params)) for l, k in zip(stub.launches[before:], kernels)]
+            assert len(stub.launches) - before == len(kernels), stub.launches[before:]
+            out.append(got)
+        assert out[0][:1] and [g[:2] for g in out[0]] == [g[:2] for g in out[1]], out
+        return out[1], result
+
+    # rotary_embedding: fp16 rows of a fused qkv view, fp32 cache, 5 tokens, 8 + 2 heads of 64.
+    kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float32", pos_dtype="int64", is_neox=True,
+                                             vec=8))
+    qkv = torch.randn(5, 12 * 64, dtype=f16)
+    pos, q, k, cache = fake(torch.zeros(5, dtype=i64)), fake(qkv[:, :512]), fake(qkv[:, 512:640]), fake(
+        torch.randn(100, 64))
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k, cache)
+    assert grid == (5, 1, 1) and block == (4, 10, 1), (grid, block)
+    assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), cache.data_ptr(), 768, 768, 8, 2, 64, 64, 100,
+                      10], values
+    kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float16", pos_dtype="int64", is_neox=False,
+                                             vec=8))
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k,
+                                          fake(torch.randn(100, 32, dtype=f16)), is_neox=False, head_size=64)
+    assert grid == (5, 1, 1) and block == (4, 10, 1) and values[4:] == [768, 768, 8, 2, 64, 32, 100, 10], values
+
+    # store_kv_cache: k and v as views of one [tokens, 2, heads, size] tensor, paged fp16 caches.
+    kernels = prepare(store_kv_cache, dict(dtype="float16", cache_dtype="float16", slot_dtype="int64", vec=8,
+                                           group=32))
+    kv = torch.randn(5, 2, 2, 64, dtype=f16)
+    k, v = fake(kv[:, 0]), fake(kv[:, 1])
+    kc, vc = fake(torch.empty(4, 16, 2, 64, dtype=f16)), fake(torch.empty(4, 16, 2, 64, dtype=f16))
+    slots = fake(torch.arange(5))
+    [(grid, block, values)], _ = launches(store_kv_cache, kernels, k, v, kc, vc, slots)
+    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert values == [k.data_ptr(), v.data_ptr(), kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), 0, 0, 256, 256,
+                      128, 64, 5], values
+
+    # per_token_quant_fp8: fp16 [3, 4096] with a scale bound; q and scales allocated.
+    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=128, vecs=4))
+    x, ub = fake(torch.randn(3, 4096, dtype=f16)), fake(torch.ones(1))
+    [(grid, block, values)], (q, scales) = launches(per_token_quant_fp8, kernels, x, scale_ub=ub)
+    assert grid == (3, 1, 1) and block == (128, 1, 1), (grid, block)
+    assert tuple(q.shape) == (3, 4096) and q.dtype == torch.float8_e4m3fn and tuple(scales.shape) == (3, 1)
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), ub.data_ptr(), 4096, 4096], values
+
+    # per_tensor_quant_fp8: two launches sharing the scratch partial maxima; static and dynamic.
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16"))
+    x = fake(torch.randn(33, 4096, dtype=f16)[:, :4000])
+    [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
+    partials = allocated[-1]
+    assert g1 == g2 == (17, 1, 1) and b1 == b2 == (256, 1, 1), (g1, g2)
+    assert v1 == [x.data_ptr(), partials.data_ptr(), 0, 4096, 4000, 132000, 7776], v1
+    assert v2 == [x.data_ptr(), q.data_ptr(), partials.data_ptr(), 0, scale.data_ptr(), 4096, 4000, 132000, 7776,
+                  17], v2
+    static = fake(torch.full((1,), 0.5))
+    [(g1, _, v1), (g2, _, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x, static)
+    assert v1[2] == v2[3] == static.data_ptr() and g1 == g2 == (17, 1, 1)
+
+    # per_token_group_quant_fp8: column-major scales are allocated with strides (1, tokens).
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128))
+    x = fake(torch.randn(7, 1024, dtype=f16))
+    [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128,
+                                                     column_major_scales=True)
+    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert tuple(scales.shape) == (7, 8) and scales.stride() == (1, 7), scales.stride()
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1024, 1024, 56, 64, 1, 7], values
+
+    # rotary_embedding_with_kv_cache: 3-D views of one qkv tensor, 8 + 2 + 2 heads of 64.
+    kernels = prepare(rotary_embedding_with_kv_cache, dict(dtype="float16", cs_dtype="float32",
+                                                           cache_dtype="float16", pos_dtype="int64",
+                                                           slot_dtype="int64", is_neox=True, D=64, R=64))
+    qkv = torch.randn(5, 12, 64, dtype=f16)
+    q, k, v = fake(qkv[:, :8]), fake(qkv[:, 8:10]), fake(qkv[:, 10:])
+    [(grid, block, values)], _ = launches(rotary_embedding_with_kv_cache, kernels, pos, q, k, v, cache, kc, vc,
+                                          slots)
+    assert grid == (5, 1, 1) and block == (4, 12, 1), (grid, block)
+    assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), cache.data_ptr(), kc.data_ptr(),
+                      vc.data_ptr(), slots.data_ptr(), 0, 0, 768, 768, 768, 8, 2, 100, 64, 12], values
+print("ALL OK")
+'''
+
+
+def test_launch_paths_against_the_stub_driver() -> None:
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", STUB_SCRIPT], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, timeout=600, check=False)
+    assert out.returncode == 0 and "ALL OK" in out.stdout, out.stdout + out.stderr[-4000:]

@@ -1,0 +1,305 @@
+"""FP8 quantization ops on the GPU, byte for byte against the torch rule stated in cujit/fp8_quant.py.
+
+The references divide by CUDA tensors only: torch computes ``a / b`` for a Python number ``b`` as ``a * (1 / b)``,
+which is not the IEEE division the rule (and the kernels) use.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import cujit
+
+torch = pytest.importorskip("torch")
+
+from cujit.fp8_quant import (  # noqa: E402
+    per_tensor_quant_fp8,
+    per_token_group_quant_fp8,
+    per_token_quant_fp8,
+)
+
+pytestmark = pytest.mark.gpu
+FP8 = torch.float8_e4m3fn
+MIN_SCALE = 1 / (448 * 512)
+MIN_SCALE_F32 = float(torch.tensor(MIN_SCALE, dtype=torch.float32))  # what a float32 scale holds
+
+
+def fp8_bytes(q: torch.Tensor) -> torch.Tensor:
+    """The bytes of an fp8 tensor, both NaN encodings (0x7F, 0xFF) as 0x7F."""
+    raw = q.contiguous().view(torch.uint8)
+    return torch.where((raw & 0x7F) == 0x7F, torch.full_like(raw, 0x7F), raw)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x.float() / scale).clamp(-448, 448).to(FP8)
+
+
+def dynamic_scale(amax: torch.Tensor) -> torch.Tensor:
+    return (amax / torch.full_like(amax, 448.0)).clamp(min=MIN_SCALE)
+
+
+def ref_per_token(x: torch.Tensor, scale_ub: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.abs().amax(dim=-1, keepdim=True).float()
+    if scale_ub is not None:
+        amax = torch.minimum(amax, scale_ub)  # clamp(max=ub); NaN stays NaN
+    scale = dynamic_scale(amax)
+    return quantize(x, scale), scale
+
+
+def ref_per_tensor(x: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    if scale is None:
+        amax = x.abs().amax().float().reshape(1) if x.numel() else torch.zeros(1, device="cuda")
+        scale = dynamic_scale(amax)
+    return quantize(x, scale), scale
+
+
+def ref_per_group(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, hidden = x.shape
+    groups = x.float().reshape(tokens, hidden // group_size, group_size)
+    scale = dynamic_scale(groups.abs().amax(dim=-1, keepdim=True))
+    return quantize(groups, scale).reshape(tokens, hidden), scale.reshape(tokens, hidden // group_size)
+
+
+def assert_same(q: torch.Tensor, scales: torch.Tensor, expect_q: torch.Tensor, expect_scales: torch.Tensor) -> None:
+    assert q.dtype == FP8 and q.shape == expect_q.shape and q.is_contiguous()
+    assert torch.equal(fp8_bytes(q), fp8_bytes(expect_q))
+    assert scales.dtype == torch.float32 and scales.shape == expect_scales.shape
+    torch.testing.assert_close(scales, expect_scales, rtol=0, atol=0, equal_nan=True)
+
+
+def rows(tokens: int, hidden: int, dtype: torch.dtype, pad: int = 0, scale: float = 3.0) -> torch.Tensor:
+    """[tokens, hidden], rows ``hidden + pad`` apart."""
+    return (torch.randn(tokens, hidden + pad, device="cuda") * scale).to(dtype)[:, :hidden]
+
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+ID = str
+
+
+# ---------------------------------------------------------------------------------------------------- per token
+@pytest.mark.parametrize("tokens", [0, 1, 7, 4097])
+@pytest.mark.parametrize("hidden", [128, 1000, 4096, 7168])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_token(tokens: int, hidden: int, dtype: torch.dtype) -> None:
+    x = rows(tokens, hidden, dtype)
+    assert_same(*per_token_quant_fp8(x), *ref_per_token(x))
+
+
+@pytest.mark.parametrize(("hidden", "pad"), [(4096, 8), (4096, 1), (1001, 0), (65536, 0), (20000, 3)])
+def test_per_token_strided_unaligned_and_long_rows(hidden: int, pad: int) -> None:
+    x = rows(9, hidden, torch.bfloat16, pad)
+    assert_same(*per_token_quant_fp8(x), *ref_per_token(x))
+
+
+def test_per_token_scale_upper_bound() -> None:
+    x = rows(300, 2048, torch.bfloat16, scale=20.0)
+    ub = torch.tensor([5.0], device="cuda")
+    assert_same(*per_token_quant_fp8(x, scale_ub=ub), *ref_per_token(x, ub))
+
+
+def test_per_token_zero_inf_and_nan_rows() -> None:
+    x = rows(6, 256, torch.float32)
+    x[1] = 0.0
+    x[2, 7] = float("inf")
+    x[3, 9] = float("-inf")
+    x[4, 100] = float("nan")
+    x[5] = 1e-30  # below the floor: scale is the floor, q is 0
+    q, scales = per_token_quant_fp8(x)
+    assert_same(q, scales, *ref_per_token(x))
+    assert scales[1, 0].item() == MIN_SCALE_F32 and (fp8_bytes(q[1]) == 0).all()
+    assert scales[2, 0].item() == float("inf")
+    assert fp8_bytes(q[2])[7].item() == 0x7F and fp8_bytes(q[2])[0].item() in (0, 0x80)  # inf / inf, x / inf
+    assert torch.isnan(scales[4, 0]) and (fp8_bytes(q[4]) == 0x7F).all()
+    assert scales[5, 0].item() == MIN_SCALE_F32
+
+
+# ---------------------------------------------------------------------------------------------------- per tensor
+@pytest.mark.parametrize("tokens", [0, 1, 7, 4097])
+@pytest.mark.parametrize("hidden", [128, 4096, 7168])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_per_tensor(tokens: int, hidden: int, dtype: torch.dtype, static: bool) -> None:
+    x = rows(tokens, hidden, dtype)
+    scale = torch.tensor([0.0123], device="cuda") if static else None
+    assert_same(*per_tensor_quant_fp8(x, scale), *ref_per_tensor(x, scale))
+
+
+@pytest.mark.parametrize(("tokens", "hidden", "pad"), [(333, 4096, 8), (333, 4096, 1), (5, 999, 0),
+                                                       (1, 3, 0), (4097, 5120, 16)])
+def test_per_tensor_strided_and_odd_shapes(tokens: int, hidden: int, pad: int) -> None:
+    x = rows(tokens, hidden, torch.float16, pad)
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+
+
+def test_per_tensor_static_scale_saturates() -> None:
+    x = torch.tensor([[1.0, -1.0, 100.0, -100.0, 0.5, 1e-6, float("inf"), 0.0]], device="cuda")
+    scale = torch.tensor([1 / 448], device="cuda")
+    q, scale_out = per_tensor_quant_fp8(x, scale)
+    assert_same(q, scale_out, *ref_per_tensor(x, scale))
+    assert fp8_bytes(q)[0, :4].tolist() == [0x7E, 0xFE, 0x7E, 0xFE]  # +-448
+    assert scale_out.data_ptr() != scale.data_ptr()  # the returned scale is a copy
+
+
+def test_per_tensor_the_maximum_lies_in_the_last_chunk() -> None:
+    x = rows(4097, 4096, torch.bfloat16, scale=1.0)
+    x[-1, -1] = -300.0  # read last by the first kernel, first by the second
+    q, scale = per_tensor_quant_fp8(x)
+    assert_same(q, scale, *ref_per_tensor(x))
+    assert scale.item() == pytest.approx(300 / 448)
+
+
+def test_per_tensor_nan_and_zeros() -> None:
+    zeros = torch.zeros(50, 512, dtype=torch.bfloat16, device="cuda")
+    q, scale = per_tensor_quant_fp8(zeros)
+    assert scale.item() == MIN_SCALE_F32 and (fp8_bytes(q) == 0).all()
+    x = rows(50, 512, torch.bfloat16)
+    x[31, 5] = float("nan")
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------------- per group
+@pytest.mark.parametrize("tokens", [0, 1, 7, 4097])
+@pytest.mark.parametrize("hidden", [128, 4096, 7168])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("column_major", [False, True], ids=["row_major", "column_major"])
+def test_per_group(tokens: int, hidden: int, dtype: torch.dtype, column_major: bool) -> None:
+    x = rows(tokens, hidden, dtype)
+    q, scales = per_token_group_quant_fp8(x, 128, column_major_scales=column_major)
+    assert_same(q, scales.contiguous(), *ref_per_group(x, 128))
+    if tokens > 1:
+        assert scales.stride() == ((1, tokens) if column_major else (hidden // 128, 1))
+
+
+@pytest.mark.parametrize("group_size", [16, 32, 64, 256, 512, 1024])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=ID)
+def test_per_group_sizes(group_size: int, dtype: torch.dtype) -> None:
+    x = rows(37, 2048, dtype)
+    assert_same(*(t.contiguous() for t in per_token_group_quant_fp8(x, group_size)), *ref_per_group(x, group_size))
+
+
+@pytest.mark.parametrize("pad", [8, 1])
+def test_per_group_strided_and_unaligned(pad: int) -> None:
+    x = rows(257, 1024, torch.bfloat16, pad)
+    q, scales = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+    assert_same(q, scales.contiguous(), *ref_per_group(x, 128))
+
+
+def test_per_group_zero_inf_and_nan_groups() -> None:
+    x = rows(3, 512, torch.float16)
+    x[0, :128] = 0.0
+    x[1, 130] = float("inf")
+    x[2, 300] = float("nan")
+    q, scales = per_token_group_quant_fp8(x, 128)
+    assert_same(q, scales, *ref_per_group(x, 128))
+    assert scales[0, 0].item() == MIN_SCALE_F32 and scales[1, 1].item() == float("inf") and torch.isnan(scales[2, 2])
+    assert (fp8_bytes(q[2, 256:384]) == 0x7F).all() and not (fp8_bytes(q[2, 384:]) == 0x7F).any()
+
+
+def test_out_arguments() -> None:
+    x = rows(64, 1024, torch.bfloat16)
+    out = torch.empty(64, 1024, dtype=FP8, device="cuda")
+    scales = torch.empty(8, 64, device="cuda").t()  # column-major, given by the caller
+    got = per_token_group_quant_fp8(x, 128, column_major_scales=True, out=out, scales=scales)
+    assert got[0] is out and got[1] is scales
+    assert_same(out, scales.contiguous(), *ref_per_group(x, 128))
+    with pytest.raises(cujit.TensorMatchError, match="'scales'"):
+        per_token_group_quant_fp8(x, 128, out=out, scales=scales)  # row-major expected
+
+
+# ---------------------------------------------------------------------------------------------------- all three
+def test_cuda_graph_replays_with_new_data() -> None:
+    x = rows(16, 4096, torch.bfloat16)
+    static_scale = torch.tensor([0.02], device="cuda")
+    calls = (lambda: per_token_quant_fp8(x), lambda: per_tensor_quant_fp8(x), lambda: per_tensor_quant_fp8(
+        x, static_scale), lambda: per_token_group_quant_fp8(x, 128, column_major_scales=True))
+    refs = (lambda: ref_per_token(x), lambda: ref_per_tensor(x), lambda: ref_per_tensor(x, static_scale),
+            lambda: ref_per_group(x, 128))
+    for call in calls:
+        call()  # compile and load outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = [call() for call in calls]
+    for _ in range(3):
+        x.copy_(rows(16, 4096, torch.bfloat16, scale=float(torch.rand(1)) * 10))
+        static_scale.fill_(float(torch.rand(1)) + 0.01)
+        graph.replay()
+        torch.cuda.synchronize()
+        for (q, s), ref in zip(outputs, refs, strict=True):
+            assert_same(q, s.contiguous(), *ref())
+
+
+def test_torch_compile_fullgraph_matches_eager() -> None:
+    def step(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = x * 2
+        q1, s1 = per_token_quant_fp8(y)
+        q2, s2 = per_tensor_quant_fp8(y)
+        q3, s3 = per_tensor_quant_fp8(y, scale)
+        q4, s4 = per_token_group_quant_fp8(y, 128, column_major_scales=True)
+        return q1, s1, q2, s2, q3, s3, q4, s4.contiguous()
+
+    compiled = torch.compile(step, fullgraph=True)
+    for tokens in (3, 200):
+        x = rows(tokens, 1024, torch.bfloat16)
+        scale = torch.tensor([0.01], device="cuda")
+        for got, expect in zip(compiled(x, scale), step(x, scale), strict=True):
+            if got.dtype == FP8:
+                assert torch.equal(fp8_bytes(got), fp8_bytes(expect))
+            else:
+                torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+def test_opcheck() -> None:
+    x = rows(9, 512, torch.bfloat16)
+    torch.library.opcheck(per_token_quant_fp8.op.torch_op.default, (x,))
+    torch.library.opcheck(per_tensor_quant_fp8.op.torch_op.default, (x,))
+    torch.library.opcheck(per_tensor_quant_fp8.op.torch_op.default, (x, torch.tensor([0.1], device="cuda")))
+    torch.library.opcheck(per_token_group_quant_fp8.op.torch_op.default, (x, 128), {"column_major_scales": True})
+
+
+def test_importable_from_their_own_modules() -> None:
+    from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8 as a
+    from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8 as b
+    from cujit.per_token_quant_fp8 import per_token_quant_fp8 as c
+
+    assert (a, b, c) == (per_tensor_quant_fp8, per_token_group_quant_fp8, per_token_quant_fp8)
+    assert cujit.per_token_quant_fp8 is per_token_quant_fp8
+
+
+REFUSALS: list[tuple[str, object, type[Exception], str]] = [
+    ("int input", lambda x: per_token_quant_fp8(x.to(torch.int32)), cujit.TensorMatchError, "'x': dtype"),
+    ("strided columns", lambda x: per_token_quant_fp8(x[:, ::2]), cujit.TensorMatchError, "'x': stride"),
+    ("1-D input", lambda x: per_tensor_quant_fp8(x[0]), cujit.TensorMatchError, "'x': rank"),
+    ("scale of two values", lambda x: per_tensor_quant_fp8(x, torch.ones(2, device="cuda")), cujit.TensorMatchError,
+     "'scale'"),
+    ("float64 scale_ub", lambda x: per_token_quant_fp8(x, scale_ub=torch.ones(1, device="cuda").double()),
+     cujit.TensorMatchError, "'scale_ub': dtype"),
+    ("group not dividing", lambda x: per_token_group_quant_fp8(x[:, :384], 256), cujit.CujitError, "multiple"),
+    ("group not a power of two", lambda x: per_token_group_quant_fp8(x, 96), cujit.CujitError, "power of two"),
+    ("group too small", lambda x: per_token_group_quant_fp8(x, 8), cujit.CujitError, "power of two"),
+    ("group_size a float", lambda x: per_token_group_quant_fp8(x, 128.0), TypeError, "group_size"),
+    ("out of another dtype", lambda x: per_token_quant_fp8(x, out=torch.empty_like(x)), cujit.TensorMatchError,
+     "'out': dtype"),
+    ("scales of another shape", lambda x: per_token_quant_fp8(x, scales=torch.empty(x.shape[0], device="cuda")),
+     cujit.TensorMatchError, "'scales'"),
+    ("input on the CPU", lambda x: per_token_group_quant_fp8(x.cpu()), cujit.TensorMatchError, "device"),
+]
+
+
+@pytest.mark.parametrize(("case", "call", "error", "match"), REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_wrong_inputs_are_refused_before_any_launch(case: str, call: object, error: type[Exception],
+                                                     match: str) -> None:
+    x = rows(8, 512, torch.bfloat16)
+    before = x.clone()
+    with pytest.raises(error, match=match):
+        call(x)  # type: ignore[operator]
+    torch.cuda.synchronize()
+    assert torch.equal(x, before)
+
+
+def test_out_untouched_when_refused() -> None:
+    x = rows(8, 512, torch.bfloat16)
+    out = torch.full((8, 512), 0x33, dtype=torch.uint8, device="cuda").view(FP8)
+    with pytest.raises(cujit.TensorMatchError):
+        per_token_quant_fp8(x, out=out, scales=torch.empty(8, 2, device="cuda"))
+    torch.cuda.synchronize()
+    assert (out.view(torch.uint8) == 0x33).all()
