@@ -24,8 +24,9 @@ per_tensor_quant_fp8 = cujit.op(
     "Tensor(b!)? scale_out=None) -> (Tensor, Tensor)",
     source="kernels/fp8_quant.cuh",
     launches=[
-        # The partial maxima (the kernel returns at once for a static scale).
-        cujit.Launch(kernel="per_tensor_amax_kernel<{dtype}>", grid="max(blocks, 1)", block=256,
+        # The partial maxima (none for a static scale: no launch).
+        cujit.Launch(kernel="per_tensor_amax_kernel<{dtype}>", grid="0 if scale is not None else max(blocks, 1)",
+                     block=256,
                      args=("x", "partials", "scale", "XS", "H", "total", "chunk")),
         # The scale (given, or from the partial maxima), then q, chunks in reverse order.
         cujit.Launch(kernel="per_tensor_quant_fp8_kernel<{dtype}>", grid="max(blocks, 1)", block=256,

@@ -691,28 +691,33 @@ class Op:
         before = set(emit.bound)
         shape = _shape_expr(spec)
         native = self._native_dtype(env, name, spec, flavour)
+        no_cupy_dtype = not torch and spec.dtype_symbol is None and spec.dtypes is not None and \
+            spec.dtypes[0].numpy_name is None
         with src.block(f"if {name} is None"):
-            like = self._like(name, spec)
-            strides = spec.strides
-            resolvable = strides is not None and all(
-                (isinstance(s, int) and s != -1) or (isinstance(s, _Symbol) and s in before) for s in strides)
-            if torch and like is not None:
-                src(f"{name} = _torch_empty_like({like})")
-            elif resolvable:
-                stride_text = ", ".join(s.name if isinstance(s, _Symbol) else str(s) for s in strides)  # type: ignore[union-attr]
-                if torch:
-                    src(f"{name} = _torch_empty_strided({shape}, ({stride_text},), dtype={native}, device=_dev)")
-                else:
-                    src(f"{name} = _cupy_alloc({shape}, {native}, _dev, ({stride_text},))")
-            elif torch:
-                src(f"{name} = _torch_empty({shape}, dtype={native}, device=_dev)")
+            if no_cupy_dtype:  # CuPy has no such dtype: the generic path says so
+                src(emit.miss)
             else:
-                src(f"{name} = _cupy_alloc({shape}, {native}, _dev)")
-            if strides is not None and not resolvable:
-                contiguous = _contiguous_exprs(spec)
-                for entry, expr in zip(strides, contiguous, strict=True):
-                    if isinstance(entry, _Symbol) and entry not in before:
-                        src(f"{entry.name} = {expr}")
+                like = self._like(name, spec)
+                strides = spec.strides
+                resolvable = strides is not None and all(
+                    (isinstance(s, int) and s != -1) or (isinstance(s, _Symbol) and s in before) for s in strides)
+                if torch and like is not None:
+                    src(f"{name} = _torch_empty_like({like})")
+                elif resolvable:
+                    stride_text = ", ".join(s.name if isinstance(s, _Symbol) else str(s) for s in strides)  # type: ignore[union-attr]
+                    if torch:
+                        src(f"{name} = _torch_empty_strided({shape}, ({stride_text},), dtype={native}, device=_dev)")
+                    else:
+                        src(f"{name} = _cupy_alloc({shape}, {native}, _dev, ({stride_text},))")
+                elif torch:
+                    src(f"{name} = _torch_empty({shape}, dtype={native}, device=_dev)")
+                else:
+                    src(f"{name} = _cupy_alloc({shape}, {native}, _dev)")
+                if strides is not None and not resolvable:
+                    contiguous = _contiguous_exprs(spec)
+                    for entry, expr in zip(strides, contiguous, strict=True):
+                        if isinstance(entry, _Symbol) and entry not in before:
+                            src(f"{entry.name} = {expr}")
         with src.block("else"):
             emit.tensor(name, spec)
         # Both branches bind the same symbols: the output's stride symbols, one way or the other.
@@ -800,7 +805,7 @@ class Op:
         for plan in self.launches:
             grid = tuple(int(r.evaluate(names)) for r in plan.grid) + (1,) * (3 - len(plan.grid))
             grids.append(grid)
-        if any(0 in grid for grid in grids):
+        if all(0 in grid for grid in grids):  # nothing to do (empty inputs): no compile either
             return self._outputs(names)
         driver.require_gpu()
         key = tuple(_normalise(names[f]) for f in self.fields)
@@ -808,6 +813,8 @@ class Op:
         items = (loaded,) if len(self.launches) == 1 else loaded
         stream = launch.choose_stream(dev, None, library == "torch", library == "cupy")
         for plan, item, grid in zip(self.launches, items, grids, strict=True):
+            if 0 in grid:  # this launch has nothing to do; the others run
+                continue
             block = tuple(int(r.evaluate(names)) for r in plan.block) + (1,) * (3 - len(plan.block))
             smem = int(plan.smem.evaluate(names))
             values = []
@@ -949,6 +956,9 @@ def _allocate(library: str, shape: tuple[int, ...], strides: tuple[int, ...] | N
         if strides is not None:
             return torch.empty_strided(shape, strides, dtype=native, device=dev)
         return torch.empty(shape, dtype=native, device=dev)
+    if dtype.numpy_name is None:
+        raise CujitError(f"an output of dtype {dtype.name} cannot be a CuPy array (CuPy has no such dtype); call "
+                         "the op with torch tensors")
     return frameworks.cupy_empty(shape, _native(dtype, "cupy"), dev, strides)
 
 
