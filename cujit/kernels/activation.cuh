@@ -11,9 +11,10 @@
 ///
 /// Layout: a flat grid over the output's 16-byte vectors (rows * d / kLanes of them). Each thread handles kVecs
 /// vectors spaced one block apart (so that every load instruction of a warp reads 512 contiguous bytes), issuing
-/// all its loads before any arithmetic. The inputs are read once, so they are loaded with the streaming hint
-/// (evict-first); the output is stored normally, as the next kernel reads it. A thread finds its row with one
-/// division and steps to its next vectors by subtraction.
+/// all its loads before any arithmetic. The launch bounds keep a thread within 40 registers, so that six blocks
+/// of 256 threads (48 KB of loads in flight) are resident per SM. The inputs are read once, so they are loaded
+/// with the streaming hint (evict-first); the output is stored normally, as the next kernel reads it. A thread
+/// finds its row with one division and steps to its next vectors with adds and compares.
 ///
 /// When d is not a multiple of the vector width or a pointer is not 16-byte aligned, the same grid walks
 /// elements instead of vectors, kLanes per vector slot, again spaced so that a warp's accesses are contiguous.
@@ -56,20 +57,22 @@ CUJIT_DEVICE void divide(uint64_t a, uint64_t b, uint64_t& q, uint64_t& r) {
   }
 }
 
-/// Walks a thread's items of a [rows, width] array: starting at flat index `first`, then every `step` items.
-/// Keeps (row, column) instead of dividing again at each step.
+/// Walks a thread's items of a [rows, width] array: from flat index `first` on, every `step` items. Keeps
+/// (row, column), and the step as whole rows plus a remainder, so that each step is two adds and a compare (no
+/// branch, no division) and the loads of all steps can be issued back to back.
 struct RowWalker {
   uint64_t row;
   uint64_t col;
 
   CUJIT_DEVICE RowWalker(uint64_t first, uint64_t width) { divide(first, width, row, col); }
 
-  CUJIT_DEVICE void advance(uint64_t step, uint64_t width) {
-    col += step;
-    while (col >= width) {  // once per row crossed: at most once when step <= width
-      col -= width;
-      ++row;
-    }
+  /// Step by `step_rows` rows and `step_cols` columns (step_cols < width).
+  CUJIT_DEVICE void advance(uint64_t step_rows, uint64_t step_cols, uint64_t width) {
+    col += step_cols;
+    row += step_rows;
+    const bool wrap = col >= width;
+    col = wrap ? col - width : col;
+    row = wrap ? row + 1 : row;
   }
 };
 
@@ -82,6 +85,8 @@ CUJIT_DEVICE void act_and_mul_vectors(T* __restrict__ out, const T* __restrict__
   constexpr int kLanes = V::kValues;
   const uint64_t width = d / kLanes;  // output vectors per row
   const uint64_t first = static_cast<uint64_t>(blockIdx.x) * (kBlock * kVecs) + threadIdx.x;
+  uint64_t step_rows, step_cols;
+  divide(kBlock, width, step_rows, step_cols);
   V a[kVecs], b[kVecs];
   {
     RowWalker at(first, width);
@@ -92,7 +97,7 @@ CUJIT_DEVICE void act_and_mul_vectors(T* __restrict__ out, const T* __restrict__
         a[i] = V::load_streaming(in);
         b[i] = V::load_streaming(in + d);
       }
-      if (i + 1 < kVecs) at.advance(kBlock, width);
+      at.advance(step_rows, step_cols, width);
     }
   }
   cujit::pdl_launch_dependents();  // this thread's last global read has been issued
@@ -112,38 +117,43 @@ CUJIT_DEVICE void act_and_mul_vectors(T* __restrict__ out, const T* __restrict__
       }
       y.store(out + at.row * d + at.col * kLanes);
     }
-    if (i + 1 < kVecs) at.advance(kBlock, width);
+    at.advance(step_rows, step_cols, width);
   }
 }
 
 /// The element path: any d and alignment. Each vector slot of the grid stands for kLanes elements, spaced one
-/// block apart; a thread handles its kVecs slots one after the other (a fallback: registers matter more here
-/// than bytes in flight).
+/// block apart so that a warp's accesses are contiguous; a thread handles its kVecs * kLanes elements two at a
+/// time (a fallback: four loads in flight a thread, but no spilled registers and the vector path's occupancy).
 template <typename Act, typename T, int kBlock, int kVecs>
 CUJIT_DEVICE void act_and_mul_elements(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d) {
-  constexpr int kLanes = 16 / sizeof(T);
-  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * (kBlock * kVecs * kLanes) + threadIdx.x;
-  RowWalker load_at(first, d), store_at(first, d);
+  constexpr int kItems = kVecs * (16 / sizeof(T));
+  constexpr int kGroup = 2;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * (kBlock * kItems) + threadIdx.x;
+  uint64_t step_rows, step_cols;
+  divide(kBlock, d, step_rows, step_cols);
+  RowWalker at(first, d);
 #pragma unroll 1
-  for (int slot = 0; slot < kVecs; ++slot) {
-    T a[kLanes], b[kLanes];
+  for (int group = 0; group < kItems / kGroup; ++group) {
+    const RowWalker start = at;
+    T a[kGroup], b[kGroup];
 #pragma unroll
-    for (int i = 0; i < kLanes; ++i) {
-      if (load_at.row < rows) {
-        const T* in = x + load_at.row * 2 * d + load_at.col;
+    for (int i = 0; i < kGroup; ++i) {
+      if (at.row < rows) {
+        const T* in = x + at.row * 2 * d + at.col;
         a[i] = in[0];
         b[i] = in[d];
       }
-      load_at.advance(kBlock, d);
+      at.advance(step_rows, step_cols, d);
     }
-    if (slot + 1 == kVecs) cujit::pdl_launch_dependents();
+    if (group + 1 == kItems / kGroup) cujit::pdl_launch_dependents();
+    RowWalker store_at = start;
 #pragma unroll
-    for (int i = 0; i < kLanes; ++i) {
+    for (int i = 0; i < kGroup; ++i) {
       if (store_at.row < rows) {
         const float y = Act::apply(cujit::to_float(a[i])) * cujit::to_float(b[i]);
         out[store_at.row * d + store_at.col] = cujit::from_float<T>(y);
       }
-      store_at.advance(kBlock, d);
+      store_at.advance(step_rows, step_cols, d);
     }
   }
 }
