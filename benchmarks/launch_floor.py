@@ -12,7 +12,7 @@ import struct
 
 import torch
 
-from cujit.add_constant import add_constant, module
+from cujit.add_constant import add_constant
 from cujit.tools.bench import _interleaved
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     x = torch.arange(4096, dtype=torch.int32, device="cuda")
     y = torch.empty_like(x)
     add_constant(x, 3, out=y)
-    kernel = module(3).add_constant
+    kernel = add_constant.op.module(constant=3).add_constant
     loaded = kernel.on(0)
     buf, addr = loaded.buffer()
     loaded.pack_into(buf, 0, y.data_ptr(), x.data_ptr(), 4096)

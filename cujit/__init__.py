@@ -1,9 +1,15 @@
 """cujit: CUDA C++ kernels compiled at run time with NVRTC and launched from Python on torch or CuPy tensors.
 
-This module holds only the public names; the runtime lives in ``cujit._runtime``, one module per concern.
+This module holds only the public names; the runtime lives in ``cujit._runtime``, one module per concern. The
+shipped ops (``cujit.add_constant``, ``cujit.rms_norm``, ...) are the modules next to this file; each is imported
+on first use of its name, so ``import cujit`` stays light and imports neither torch nor CuPy.
 """
 
 from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 from ._runtime.cache import cache_stats
 from ._runtime.checks import runtime_check
@@ -11,8 +17,17 @@ from ._runtime.cpp_args import CppArgs, make_cpp_args
 from ._runtime.dtypes import DType
 from ._runtime.errors import CompileError, CujitError, LaunchError, TensorMatchError
 from ._runtime.launch import LaunchKernel, device_check
-from ._runtime.matcher import SymbolicDevice, SymbolicDType, SymbolicSize, TensorCheck, TensorMatcher
+from ._runtime.matcher import (
+    SymbolicDevice,
+    SymbolicDType,
+    SymbolicShape,
+    SymbolicSize,
+    TensorCheck,
+    TensorMatcher,
+)
 from ._runtime.module import JitModule, Kernel, load_jit
+from ._runtime.ops import Launch, Op, cdiv, op, shipped_module_names
+from ._runtime.ops import declared_ops as ops
 from ._runtime.tensors import Device
 from ._runtime.version import __version__
 
@@ -24,18 +39,52 @@ __all__ = [
     "Device",
     "JitModule",
     "Kernel",
+    "Launch",
     "LaunchError",
     "LaunchKernel",
+    "Op",
     "SymbolicDType",
     "SymbolicDevice",
+    "SymbolicShape",
     "SymbolicSize",
     "TensorCheck",
     "TensorMatchError",
     "TensorMatcher",
     "__version__",
     "cache_stats",
+    "cdiv",
     "device_check",
     "load_jit",
     "make_cpp_args",
+    "op",
+    "ops",
     "runtime_check",
 ]
+
+_SHIPPED = frozenset(shipped_module_names())
+
+
+def __getattr__(name: str) -> Any:
+    """``cujit.<op>``: import the shipped op module of that name, which binds ``cujit.<op>`` to its op function."""
+    if name in _SHIPPED:
+        import importlib
+
+        importlib.import_module(f"{__name__}.{name}")
+        return globals()[name]
+    raise AttributeError(f"module 'cujit' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The ``cujit`` package: importing ``cujit.<op>`` binds the op function, not its module, to ``cujit.<op>``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _SHIPPED and value.__name__ == f"{self.__name__}.{name}":
+            value = getattr(value, name, value)  # the import system binds the submodule here after loading it
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SHIPPED})

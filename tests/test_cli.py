@@ -43,8 +43,8 @@ def test_precompile_then_offline_load_compiles_nothing(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "[1/8]" in out.stdout and "[8/8]" in out.stdout and "precompiled 8 modules" in out.stdout
     code = (
-        "import cujit; from cujit.add_constant import precompile_modules\n"
-        "for m in precompile_modules():\n    m.compile('sm_90'); m.compile('sm_80')\n"
+        "import cujit; from cujit.add_constant import add_constant\n"
+        "for m in add_constant.op.precompile_modules():\n    m.compile('sm_90'); m.compile('sm_80')\n"
         "print(cujit.cache_stats()['compiles'], cujit.cache_stats()['disk_hits'])\n"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,19 @@ import pytest
 import cujit
 from cujit._runtime import toolchain
 from cujit._runtime.signature import Param
-from cujit.tools.cli import SHIPPED_OPS
+from cujit.tools.shipped import shipped_ops
+
+OPS = shipped_ops()
 
 HEADERS = sorted((toolchain.cujit_include_dir() / "cujit").glob("*.cuh"))
 ARCHS = ["sm_80", "sm_90"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("op", SHIPPED_OPS)
-def test_shipped_ops_compile(op: str, arch: str) -> None:
-    for module in importlib.import_module(op).precompile_modules():
+@pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
+def test_shipped_ops_compile(op: cujit.Op, arch: str) -> None:
+    assert op.instances(), f"{op.name} declares nothing to precompile"
+    for module in op.precompile_modules():
         compiled = module.compile(arch)
         assert compiled.cubin[:4] == b"\x7fELF"
         assert compiled.arch == arch
@@ -81,9 +83,9 @@ __global__ void k(T* out, const T* in, outer::inner::Box box, outer::inner::Arr<
 
 
 def test_signature_of_the_shipped_kernel() -> None:
-    from cujit.add_constant import module
+    from cujit.add_constant import add_constant
 
-    params = module(3).compile("sm_90").params["add_constant_kernel<3>"]
+    params = add_constant.op.module(constant=3).compile("sm_90").params["add_constant_kernel<3>"]
     assert params is not None
     assert [(p.kind, p.cpp) for p in params] == [("pointer", "int*"), ("pointer", "const int*"),
                                                  ("uint", "unsigned long")]
@@ -91,17 +93,17 @@ def test_signature_of_the_shipped_kernel() -> None:
 
 def test_compile_needs_no_gpu_for_an_explicit_arch(monkeypatch: pytest.MonkeyPatch) -> None:
     from cujit._runtime import driver
-    from cujit.add_constant import module
+    from cujit.add_constant import add_constant
 
     monkeypatch.setattr(driver, "device_count", lambda: 0)
-    assert module(5).compile("sm_90").cubin
+    assert add_constant.op.module(constant=5).compile("sm_90").cubin
 
 
 def test_bad_arch_and_missing_files(tmp_path: Path) -> None:
-    from cujit.add_constant import module
+    from cujit.add_constant import add_constant
 
     with pytest.raises(cujit.CujitError, match=r"arch: expected an arch such as sm_80 or sm_90a, got '90'"):
-        module(3).compile("90")
+        add_constant.op.module(constant=3).compile("90")
     with pytest.raises(cujit.CujitError, match=r"cuda_files: nope.cuh not found"):
         cujit.load_jit("x", cuda_files=["nope.cuh"], cuda_wrappers=[("k", "k")])
     with pytest.raises(TypeError, match="cuda_files must be a list"):
@@ -114,10 +116,10 @@ def test_bad_arch_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_module_attribute_errors() -> None:
-    from cujit.add_constant import module
+    from cujit.add_constant import add_constant
 
     with pytest.raises(AttributeError, match=r"has no kernel 'nope' \(its kernels: add_constant\)"):
-        module(3).nope  # noqa: B018
+        add_constant.op.module(constant=3).nope  # noqa: B018
 
 
 def test_launch_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

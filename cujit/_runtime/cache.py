@@ -48,7 +48,8 @@ _STATS = CacheStats(compiles=0, disk_hits=0, memory_hits=0, disk_writes=0, disk_
 _STATS_LOCK = threading.Lock()
 
 
-def _count(name: str) -> None:
+def count(name: str) -> None:
+    """Add one to the process-wide counter ``name``."""
     with _STATS_LOCK:
         _STATS[name] += 1
 
@@ -201,9 +202,9 @@ def _publish(folder: Path, key: str, compiled: Compiled, name: str) -> None:
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
-        _count("disk_writes")
+        count("disk_writes")
     except OSError as exc:
-        _count("disk_errors")
+        count("disk_errors")
         _warn_once(f"write:{folder}", f"cujit: cannot write to cache folder {folder} ({exc.strerror}); "
                    "compiled kernels stay in memory only")
 
@@ -233,12 +234,12 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
     key = cache_key(sources, arch)
     found = _MEMORY.get(key)
     if found is not None:
-        _count("memory_hits")
+        count("memory_hits")
         return key, found
     with _key_lock(key):
         found = _MEMORY.get(key)
         if found is not None:
-            _count("memory_hits")
+            count("memory_hits")
             return key, found
         folder = disk_dir()
         if folder is not None:
@@ -251,7 +252,7 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
                         _publish(folder, key, found, sources.name)
                         _MEMORY[key] = found
                         return key, found
-            _count("disk_hits")
+            count("disk_hits")
         else:
             found = _compile(sources, arch, key)
         _MEMORY[key] = found
@@ -264,7 +265,7 @@ def _compile(sources: SourceSet, arch: str, key: str) -> Compiled:
     start = time.perf_counter()
     compiled = compile_nvrtc(sources, arch)
     ms = (time.perf_counter() - start) * 1e3
-    _count("compiles")
+    count("compiles")
     _logger.info("compiled %s for %s in %.1f ms (key %s)", sources.name, arch, ms, key[:16])
     return compiled
 

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from . import frameworks
+
 __all__ = ["DType", "as_dtype", "from_dlpack_code", "DTYPES"]
 
 
@@ -51,6 +53,11 @@ class DType:
         import numpy
 
         return numpy.dtype(self.numpy_name)
+
+    @staticmethod
+    def of(value: object) -> DType:
+        """The dtype of ``value``: a torch dtype, a NumPy/CuPy dtype or scalar type, a name or a ``DType``."""
+        return as_dtype(value)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, DType):
@@ -143,7 +150,7 @@ def as_dtype(obj: object) -> DType:
 def _convert(obj: object) -> DType | None:
     if isinstance(obj, str):
         return _BY_NAME.get(obj.removeprefix("torch.").removeprefix("numpy.").strip().lower())
-    torch = sys.modules.get("torch")
+    torch = frameworks.torch()
     if torch is not None and isinstance(obj, torch.dtype):
         return _BY_NAME.get(str(obj).removeprefix("torch."))
     numpy = sys.modules.get("numpy")

@@ -1,17 +1,23 @@
-"""``load_jit``, ``JitModule`` and ``Kernel``: a module's sources, compiled forms per arch, kernels per device."""
+"""``load_jit``, ``JitModule`` and ``Kernel``: a module's sources, its compiled forms per arch, its kernels per device.
+
+Ownership runs one way: a :class:`JitModule` compiles (through the cache) and loads its cubin on a device; each of
+its :class:`Kernel` objects asks it for its function handle there and keeps a ``LoadedKernel`` per device; the
+kernel generates its own launcher on its first launch. Locks are per module and per kernel: NVRTC never runs
+under a process-wide lock, so threads compiling unrelated modules do not wait for each other.
+"""
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import cache, config, driver, toolchain
 from .compile import Compiled, SourceSet
 from .errors import CujitError, LaunchError
-from .launch import LoadedKernel, make_launcher
+from .launch import LoadedKernel, check_args, make_launcher
 from .signature import Param
 
 __all__ = ["JitModule", "Kernel", "load_jit"]
@@ -19,13 +25,19 @@ __all__ = ["JitModule", "Kernel", "load_jit"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
-# (cache key, device) -> (context, module handle, {expression: function handle}); shared by equal modules.
-_LOADED: dict[tuple[str, int], tuple[int, int, dict[str, int]]] = {}
-_LOAD_LOCK = threading.RLock()
+# (cache key, device) -> (context, {expression: function handle}): equal modules share one load per device.
+_LOADED: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
+_LOADED_GUARD = threading.Lock()  # guards the dict only; loading itself happens under a per-entry lock
+_LOAD_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+
+
+def _load_lock(key: tuple[str, int]) -> threading.Lock:
+    with _LOADED_GUARD:
+        return _LOAD_LOCKS.setdefault(key, threading.Lock())
 
 
 class Kernel:
-    """One ``__global__`` function of a module; launch it with :class:`~cujit.LaunchKernel`."""
+    """One ``__global__`` function of a module; launch it with :class:`~cujit.LaunchKernel` or :meth:`launch`."""
 
     def __init__(self, module: JitModule, name: str, expression: str) -> None:
         self.module = module
@@ -33,101 +45,63 @@ class Kernel:
         self.expression = expression
         self._table: dict[int, LoadedKernel] = {}
         self._params: tuple[Param, ...] | None = None
-        # Replaced, on the first load, by a launcher generated for this kernel's parameter list.
-        self.launch = self._first_launch  # type: ignore[method-assign]
-        self.launch_on = self._first_launch_on  # type: ignore[method-assign]
+        self._launcher: Any = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<cujit kernel {self.name} = {self.expression} of module {self.module.name}>"
 
     @property
     def params(self) -> tuple[Param, ...]:
-        """The kernel's parameters, known once it has been compiled."""
+        """The kernel's parameters, read from its compiled form (compiles for the default arch if needed)."""
         if self._params is None:
-            compiled = self.module.compile()
-            self._params = _params_of(compiled, self.expression)
+            self._params = self.module.params_of(self.expression, self.module.compile())
         return self._params
 
     def launch(self, grid: Any, block: Any, *args: Any, shared_mem: int = 0, stream: Any = None) -> None:
         """Launch with ``args``; the same as ``LaunchKernel(grid, block, shared_mem, stream)(self, *args)``.
 
         ``grid`` and ``block`` are ints or tuples of up to three ints. Tensors go in as device pointers,
-        scalars are packed to the kernel's parameter types. The instance attribute that replaces this method
-        after the first launch is generated for the kernel's parameter list.
+        scalars are packed to the kernel's parameter types.
         """
-        self._first_launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
+        launcher = self._launcher
+        if launcher is None:
+            launcher = self._make_launcher()
+        launcher(grid, block, args, shared_mem, stream)
 
-    def launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
-                  stream: Any = None) -> None:
-        """Launch on ``device`` with raw arguments: pointers as ints, no tensor handling.
+    def check_args(self, *args: Any) -> bytes:
+        """Pack ``args`` as :meth:`launch` would, without a GPU; returns the packed bytes.
 
-        The fast path for ops that have already checked their tensors (see cujit/add_constant.py). Without
-        ``stream``, the current torch stream of ``device`` (CuPy's where torch is not imported).
+        Raises ``LaunchError`` for a wrong count, type or range. Tensors stand for pointers (their device is not
+        checked here).
         """
-        self._first_launch_on(device, grid, block, *args, shared_mem=shared_mem, stream=stream)
-
-    def _first_launch_on(self, device: int, grid: Any, block: Any, *args: Any, shared_mem: int = 0,
-                         stream: Any = None) -> None:
-        driver.require_gpu()
-        self._load(device)
-        self.launch_on(device, grid, block, *args, shared_mem=shared_mem, stream=stream)
+        return check_args(self.expression, self.params, args)
 
     def on(self, device: int) -> LoadedKernel:
         """This kernel loaded on ``device`` (compiling and loading on first use)."""
         found = self._table.get(device)
         return found if found is not None else self._load(device)
 
-    def _first_launch(self, grid: Any, block: Any, *args: Any, shared_mem: int = 0, stream: Any = None) -> None:
-        from .launch import _current_device
-
+    def _make_launcher(self) -> Any:
         driver.require_gpu()
-        device = _first_device(args)
-        self._load(_current_device() if device is None else device)
-        self.launch(grid, block, *args, shared_mem=shared_mem, stream=stream)
+        with self._lock:
+            if self._launcher is None:
+                self._launcher = make_launcher(self.expression, self.params, self._table, self._load)
+            return self._launcher
 
     def _load(self, device: int) -> LoadedKernel:
-        with _LOAD_LOCK:
+        found = self._table.get(device)
+        if found is not None:
+            return found
+        count = driver.device_count()
+        if not 0 <= device < count:
+            raise LaunchError(f"{self.expression}: no CUDA device {device} (this process sees {count})")
+        ctx, function, params = self.module.function_on(device, self.expression)
+        with self._lock:
             found = self._table.get(device)
-            if found is not None:
-                return found
-            if device < 0 or device >= driver.device_count():
-                raise LaunchError(f"{self.expression}: no CUDA device {device} (this process sees "
-                                  f"{driver.device_count()})")
-            # Loading is no stream work, but the global capture mode forbids it while any stream of the process
-            # is being captured; relaxing it for this thread lets a first launch happen inside a CUDA graph.
-            with driver.capture_relaxed():
-                self.module._load_on(device)
-            return self._table[device]
-
-
-def _first_device(args: Iterable[Any]) -> int | None:
-    from .tensors import tensor_info
-
-    for arg in args:
-        if hasattr(arg, "__dlpack__") or hasattr(arg, "__cuda_array_interface__"):
-            try:
-                info = tensor_info(arg)
-            except (TypeError, BufferError, ValueError):
-                continue
-            if info.device.type in ("cuda", "cuda_managed"):
-                return info.device.index
-    return None
-
-
-def _params_of(compiled: Compiled, expression: str, sizes: list[int] | None = None) -> tuple[Param, ...]:
-    params = compiled.params.get(expression)
-    if params is None:
-        raise CujitError(
-            f"cannot read the parameter types of {expression} from its lowered name "
-            f"{compiled.lowered.get(expression)!r}; use parameters of builtin, pointer or class type"
-        )
-    if sizes is not None:
-        if len(sizes) != len(params):
-            raise CujitError(f"{expression}: the driver reports {len(sizes)} parameters, the name {len(params)}")
-        params = tuple(
-            Param(p.kind, s, p.cpp, p.code) if p.kind == "record" else p for p, s in zip(params, sizes, strict=True)
-        )
-    return params
+            if found is None:
+                found = self._table[device] = LoadedKernel(self.expression, device, ctx, function, params)
+            return found
 
 
 class JitModule:
@@ -168,47 +142,66 @@ class JitModule:
 
         Needs no GPU and no driver when ``arch`` is given.
         """
-        if arch is None:
-            arch = driver.arch_of(driver.cupy_runtime().getDevice()) if driver.device_count() else config.default_arch()
-        else:
-            arch = config.check_arch(arch)
+        return self._compiled_for(driver.default_arch() if arch is None else config.check_arch(arch))[1]
+
+    def _compiled_for(self, arch: str) -> tuple[str, Compiled]:
         found = self._compiled.get(arch)
-        if found is not None:
-            return found[1]
-        with self._lock:
-            found = self._compiled.get(arch)
-            if found is None:
-                found = self._compiled[arch] = cache.get_or_compile(self._sources, arch)
-        return found[1]
+        if found is None:
+            with self._lock:  # this module only: other modules compile at the same time
+                found = self._compiled.get(arch)
+                if found is None:
+                    found = self._compiled[arch] = cache.get_or_compile(self._sources, arch)
+        return found
 
     def cache_key(self, arch: str) -> str:
         """The cache key for ``arch`` (reads the sources and headers)."""
         return cache.cache_key(self._sources, config.check_arch(arch))
 
-    def _load_on(self, device: int) -> None:
-        arch = driver.arch_of(device)
-        compiled = self.compile(arch)
-        key = self._compiled[arch][0]
-        loaded = _LOADED.get((key, device))
+    def params_of(self, expression: str, compiled: Compiled, sizes: list[int] | None = None) -> tuple[Param, ...]:
+        """The parameters of the kernel ``expression`` in ``compiled``.
+
+        ``sizes`` from the driver fill in the size of structs passed by value, which the lowered name does not tell.
+        """
+        params = compiled.params.get(expression)
+        if params is None:
+            raise CujitError(
+                f"cannot read the parameter types of {expression} from its lowered name "
+                f"{compiled.lowered.get(expression)!r}; use parameters of builtin, pointer or class type"
+            )
+        if sizes is not None:
+            if len(sizes) != len(params):
+                raise CujitError(f"{expression}: the driver reports {len(sizes)} parameters, the name {len(params)}")
+            params = tuple(
+                Param(p.kind, s, p.cpp, p.code) if p.kind == "record" else p for p, s in zip(params, sizes, strict=True)
+            )
+        return params
+
+    def function_on(self, device: int, expression: str) -> tuple[int, int, tuple[Param, ...]]:
+        """(context, function handle, parameters) of one of this module's kernels on ``device``.
+
+        Compiles for the device's arch (or takes it from the cache) and loads the cubin once per device; a first
+        launch inside a CUDA graph capture works.
+        """
+        active = driver.backend()
+        key, compiled = self._compiled_for(active.arch_of(device))
+        slot = (key, device)
+        loaded = _LOADED.get(slot)
         if loaded is None:
-            expressions = list(self._sources.expressions)
-            names = [compiled.lowered[e] for e in expressions]
-            ctx, handle, handles = driver.load_module(device, compiled.cubin, names)
-            loaded = _LOADED[(key, device)] = (ctx, handle, dict(zip(expressions, handles, strict=True)))
-            cache._count("loads")
-        ctx, _, functions = loaded
-        for kernel in self.kernels.values():
-            if device in kernel._table:
-                continue
-            function = functions[kernel.expression]
-            if kernel._params is None:
-                kernel._params = _params_of(compiled, kernel.expression)
-            if any(p.kind == "record" and not p.size for p in kernel._params):
-                # Only the driver knows the size of a class passed by value.
-                kernel._params = _params_of(compiled, kernel.expression, driver.param_sizes(function))
-            kernel._table[device] = LoadedKernel(kernel, device, ctx, function, kernel._params)
-            if kernel.launch == kernel._first_launch:
-                kernel.launch, kernel.launch_on = make_launcher(kernel)  # type: ignore[method-assign]
+            with _load_lock(slot):
+                loaded = _LOADED.get(slot)
+                if loaded is None:
+                    expressions = list(self._sources.expressions)
+                    names = [compiled.lowered[e] for e in expressions]
+                    with active.capture_relaxed():
+                        ctx, _, handles = active.load_module(device, compiled.cubin, names)
+                    loaded = _LOADED[slot] = (ctx, dict(zip(expressions, handles, strict=True)))
+                    cache.count("loads")
+        ctx, functions = loaded
+        function = functions[expression]
+        params = self.params_of(expression, compiled)
+        if any(p.kind == "record" and not p.size for p in params):
+            params = self.params_of(expression, compiled, active.param_sizes(function))
+        return ctx, function, params
 
 
 def _resolve_file(path: str | Path) -> Path:
@@ -268,9 +261,9 @@ def load_jit(
         if not path.is_dir():
             raise CujitError(f"load_jit: extra include path {folder} is not a folder")
         includes.append(path)
-    flags = tuple(str(f) for f in extra_cuda_cflags)
     if isinstance(extra_cuda_cflags, str):
         raise TypeError("load_jit: extra_cuda_cflags must be a list of options, got a single str")
+    flags = tuple(str(f) for f in extra_cuda_cflags)
     parts = [name, *(_UNSAFE.sub("_", str(a)).strip("_") for a in args)]
     full_name = "_".join(p for p in parts if p)
     return JitModule(SourceSet(full_name, files, tuple(wrappers), flags, tuple(includes)))

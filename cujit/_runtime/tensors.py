@@ -8,14 +8,14 @@ aborts the process on some negative strides).
 from __future__ import annotations
 
 import ctypes
-import sys
 from typing import Any
 
+from . import frameworks
 from .dtypes import DType, as_dtype, from_dlpack_code
 
 __all__ = [
-    "Device", "TensorInfo", "UnsupportedLayoutError", "UnsupportedDTypeError", "describe", "dlpack_info",
-    "tensor_info", "torch_tensor_type", "cupy_array_type",
+    "Device", "TensorInfo", "UnsupportedDTypeError", "UnsupportedLayoutError", "contiguous_strides", "describe",
+    "device", "dlpack_info", "element_strides", "is_contiguous", "tensor_info",
 ]
 
 
@@ -38,10 +38,18 @@ def _dtype(native: object) -> DType:
         raise UnsupportedDTypeError(str(native).removeprefix("torch.")) from None
 
 
-def _element_strides(byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+def element_strides(byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    """Strides in elements from strides in bytes, or ``None`` where one is not a whole number of elements."""
     if any(s % itemsize for s in byte_strides):
-        raise UnsupportedLayoutError(f"byte strides {byte_strides} are not multiples of the element size {itemsize}")
+        return None
     return tuple(s // itemsize for s in byte_strides)
+
+
+def _whole_strides(byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides = element_strides(byte_strides, itemsize)
+    if strides is None:
+        raise UnsupportedLayoutError(f"byte strides {byte_strides} are not multiples of the element size {itemsize}")
+    return strides
 
 # DLDeviceType values (dlpack.h) and the names cujit uses for them.
 DEVICE_NAMES: dict[int, str] = {
@@ -151,17 +159,7 @@ def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     return True
 
 
-# ------------------------------------------------------------------------------------------------ fast paths
-def torch_tensor_type() -> type | None:
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor
-
-
-def cupy_array_type() -> type | None:
-    cupy = sys.modules.get("cupy")
-    return None if cupy is None else cupy.ndarray
-
-
+# ------------------------------------------------------------------------------------------------ torch, CuPy
 def torch_info(t: Any) -> TensorInfo:
     if t.is_conj() or t.is_neg():
         # A lazy conjugate or negation view: its memory holds the values before the operation, which is what a
@@ -175,7 +173,7 @@ def torch_info(t: Any) -> TensorInfo:
 
 
 def cupy_info(a: Any) -> TensorInfo:
-    return TensorInfo(tuple(a.shape), _element_strides(tuple(a.strides), a.itemsize), _dtype(a.dtype),
+    return TensorInfo(tuple(a.shape), _whole_strides(tuple(a.strides), a.itemsize), _dtype(a.dtype),
                       device("cuda", a.device.id), a.data.ptr, "cupy")
 
 
@@ -264,13 +262,13 @@ def cuda_array_interface_info(obj: Any) -> TensorInfo:
     dtype = _dtype(numpy.dtype(cai["typestr"]))
     shape = tuple(int(s) for s in cai["shape"])
     strides = cai.get("strides")
-    strides = contiguous_strides(shape) if strides is None else _element_strides(tuple(strides), dtype.itemsize)
+    strides = contiguous_strides(shape) if strides is None else _whole_strides(tuple(strides), dtype.itemsize)
     ptr = int(cai["data"][0])
     index = 0
     if ptr:
-        from .driver import cupy_runtime
+        from . import driver
 
-        index = int(getattr(cupy_runtime().pointerGetAttributes(ptr), "device", 0))
+        index = driver.backend().pointer_device(ptr)
     return TensorInfo(shape, strides, dtype, device("cuda", index), ptr, "cuda_array_interface")
 
 
@@ -280,10 +278,10 @@ def tensor_info(obj: Any) -> TensorInfo:
     Raises:
         TypeError: ``obj`` is not a tensor (no ``__dlpack__`` and no ``__cuda_array_interface__``).
     """
-    torch_type = torch_tensor_type()
+    torch_type = frameworks.torch_tensor_type()
     if torch_type is not None and isinstance(obj, torch_type):
         return torch_info(obj)
-    cupy_type = cupy_array_type()
+    cupy_type = frameworks.cupy_array_type()
     if cupy_type is not None and isinstance(obj, cupy_type):
         return cupy_info(obj)
     if hasattr(obj, "__dlpack__"):

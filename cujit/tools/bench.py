@@ -76,7 +76,7 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     import torch
 
     import cujit
-    from cujit.add_constant import add_constant, module
+    from cujit.add_constant import add_constant
 
     print("host time per call, 4096 int32 (median of 9 rounds of 2000 calls)", flush=True)
     sync = torch.cuda.synchronize
@@ -84,7 +84,7 @@ def host_section(rows: list[dict[str, Any]]) -> None:
     y = torch.empty_like(x)
     xc, yc = cupy.asarray(x.cpu().numpy()), cupy.empty(4096, dtype=cupy.int32)
 
-    kernel = module(3).add_constant
+    kernel = add_constant.op.module(constant=3).add_constant
     add_constant(x, 3, out=y)
     source = (Path(cujit.__file__).parent / "kernels" / "add_constant.cuh").read_text()
     include = str(Path(cujit.__file__).parent / "include")
@@ -118,7 +118,6 @@ def host_section(rows: list[dict[str, Any]]) -> None:
         "ours": lambda: add_constant(x, 3),
         "bare": lambda: launch(kernel, y, x, n),
         "direct": lambda: kernel.launch(4, 256, y, x, n),
-        "raw_on": lambda: kernel.launch_on(0, 4, 256, py, px, n),
         "empty": lambda: torch.empty_like(x),
     }, sync)
     torch_out, plus, ours_out, ours = times["torch_out"], times["plus"], times["ours_out"], times["ours"]
@@ -137,8 +136,6 @@ def host_section(rows: list[dict[str, Any]]) -> None:
                      times["bare"] / torch_out, "torch.add(out=)"))
     rows.append(_row("cujit kernel.launch(4, 256, y, x, n), no checks", times["direct"], "us",
                      times["direct"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("cujit kernel.launch_on(0, 4, 256, y_ptr, x_ptr, n), raw values", times["raw_on"], "us",
-                     times["raw_on"] / torch_out, "torch.add(out=)"))
     rows.append(_row("torch.empty_like(x) alone", times["empty"], "us"))
     ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
     rows.append(_row("cujit add_constant(cupy x, 3, out=y)", ours_cupy, "us"))
@@ -211,13 +208,13 @@ _CHILD = r"""
 import json, os, sys, time
 import torch, cupy
 import cujit
-from cujit.add_constant import module
+from cujit.add_constant import add_constant
 torch.zeros(1, device="cuda"); torch.cuda.synchronize()
 from cupy_backends.cuda.libs import nvrtc  # imports only; the library loads on first use below
 x = torch.arange(4096, dtype=torch.int32, device="cuda"); y = torch.empty_like(x)
 times = []
 for c in CONSTANTS:
-    k = module(c).add_constant
+    k = add_constant.op.module(constant=c).add_constant
     t0 = time.perf_counter()
     cujit.LaunchKernel(4, 256)(k, y, x, 4096)
     torch.cuda.synchronize()

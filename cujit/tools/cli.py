@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -11,11 +10,9 @@ from pathlib import Path
 
 from .._runtime import cache, config, driver, toolchain
 from .._runtime.errors import CujitError
+from .shipped import shipped_modules
 
-__all__ = ["SHIPPED_OPS", "main"]
-
-#: The op modules shipped with cujit; each has `precompile_modules()`.
-SHIPPED_OPS: tuple[str, ...] = ("cujit.add_constant",)
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def _write_clangd(args: argparse.Namespace) -> int:
     from .clangd import clangd_config
 
-    arch = config.check_arch(args.arch, "--arch") if args.arch else _local_arch()
+    arch = config.check_arch(args.arch, "--arch") if args.arch else driver.default_arch()
     target = Path(args.output)
     text = clangd_config(arch)
     try:
@@ -71,15 +68,9 @@ def _write_clangd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_arch() -> str:
-    return driver.arch_of(int(driver.cupy_runtime().getDevice())) if driver.device_count() else config.default_arch()
-
-
 def _precompile(archs: list[str]) -> int:
     archs = [config.check_arch(a, "--arch") for a in archs]
-    modules = []
-    for name in SHIPPED_OPS:
-        modules += importlib.import_module(name).precompile_modules()
+    modules = shipped_modules()
     total = len(modules) * len(archs)
     done = 0
     start = time.perf_counter()

@@ -22,12 +22,12 @@ def _per_call_us(fn: object, sync: object, calls: int = 2000, rounds: int = 5) -
 
 def demo(arch: str | None = None) -> int:
     """Compile add_constant; on a GPU also run, check and time it. Returns the exit code."""
-    from ..add_constant import add_constant, module
+    from ..add_constant import add_constant
 
     if driver.device_count() == 0:
         target = config.check_arch(arch, "--arch") if arch else config.default_arch()
         start = time.perf_counter()
-        compiled = module(3).compile(target)
+        compiled = add_constant.op.module(constant=3).compile(target)
         ms = (time.perf_counter() - start) * 1e3
         how = "compiled with NVRTC" if cache.cache_stats()["compiles"] else "loaded from the cache"
         print(f"add_constant_kernel<3> {how} for {target} in {ms:.0f} ms ({len(compiled.cubin)} bytes of machine code)")
@@ -38,7 +38,7 @@ def demo(arch: str | None = None) -> int:
     import torch
 
     device = torch.cuda.current_device()
-    print(f"GPU: {torch.cuda.get_device_name(device)} ({driver.arch_of(device)}), torch {torch.__version__}, "
+    print(f"GPU: {torch.cuda.get_device_name(device)} ({driver.backend().arch_of(device)}), torch {torch.__version__}, "
           f"CuPy {cupy.__version__}")
     x = torch.randint(-(2**31), 2**31 - 1, (1 << 20,), dtype=torch.int32, device="cuda")
     torch.cuda.synchronize()

@@ -1,0 +1,383 @@
+"""The op API on a CPU machine: schemas, declarations and their errors, and the generated launch code run against a
+stub driver (packing, streams, devices, outputs, refused inputs launching nothing)."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import struct
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+import cujit
+from cujit._runtime import ops as ops_module
+from cujit._runtime.schema import parse_schema
+from tests import op_decls
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+
+KERNELS = Path(__file__).parent / "kernels"
+
+
+@pytest.fixture
+def stub() -> Iterator[StubBackend]:
+    with stub_backend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def ops(stub: StubBackend) -> SimpleNamespace:
+    declared = op_decls.declare()
+    for fn in vars(declared).values():
+        bind_fakes(fn.op.env, stub)
+    return declared
+
+
+def fake(stub: StubBackend, t: torch.Tensor, device: int = 0) -> FakeCudaTensor:
+    return FakeCudaTensor(t, device, stub)
+
+
+def decode(stub: StubBackend, op: Any, index: int = -1) -> list[Any]:
+    """The arguments packed for a launch of ``op`` (its only kernel), read from the stub's record."""
+    launched = stub.launches[index]
+    loaded = next(v for v in op.op.table.values())
+    return launched.values(loaded.params)
+
+
+# ------------------------------------------------------------------------------------------------ schemas
+def test_schema_roles_defaults_and_torch_forms() -> None:
+    s = parse_schema("ns::f(Tensor x, Tensor? w=None, float eps=1e-6, *, bool g=False, str mode='a', "
+                     "Tensor(a!)? out=None) -> Tensor")
+    assert [(p.name, p.role) for p in s.params] == [("x", "input"), ("w", "input"), ("eps", "scalar"),
+                                                    ("g", "scalar"), ("mode", "scalar"), ("out", "output")]
+    assert s.params[2].default == 1e-6 and s.params[3].kw_only and s.params[4].default == "a"
+    functional, out = s.torch_schemas()
+    assert functional == "f(Tensor x, Tensor? w=None, float eps=1e-06, *, bool g=False, str mode='a') -> Tensor"
+    assert out == ("f.out(Tensor x, Tensor? w=None, float eps=1e-06, *, bool g=False, str mode='a', "
+                   "Tensor(a!) out) -> ()")
+    inplace = parse_schema("ns::g(Tensor(a!) x, Tensor(b!) r, float eps) -> ()")
+    assert inplace.torch_schemas() == ("g(Tensor(a!) x, Tensor(b!) r, float eps) -> ()", None)
+    two = parse_schema("ns::h(Tensor x, *, Tensor(a!)? q=None, Tensor(b!)? s=None) -> (Tensor, Tensor)")
+    assert two.torch_schemas()[0] == "h(Tensor x) -> (Tensor, Tensor)"
+    assert two.torch_schemas()[1] == "h.out(Tensor x, *, Tensor(a!) q, Tensor(b!) s) -> ()"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("f(Tensor x) -> Tensor", "expected 'namespace::name(parameters) -> returns'"),
+    ("ns::f(Tensor x, double y) -> ()", "cannot read parameter 'double y'"),
+    ("ns::f(Tensor x, int(a!) y) -> ()", "only tensors can be written"),
+    ("ns::f(Tensor x, int y=None) -> ()", "default None needs an optional type"),
+    ("ns::f(Tensor x, int y=1.5) -> ()", "default 1.5 is not a int"),
+    ("ns::f(Tensor x, int y=1, int z) -> ()", "parameter z without a default follows one with a default"),
+    ("ns::f(Tensor x, *, Tensor(a!)? out=1) -> Tensor", "default 1 is not a Tensor"),
+    ("ns::f(Tensor x, *, Tensor(a!)? out=None) -> ()", "returns 0 tensor(s) but declares 1 output(s)"),
+    ("ns::f(Tensor x) -> int", "returns: expected Tensor"),
+    ("ns::f(Tensor x, Tensor x) -> ()", "parameter x appears twice"),
+    ("ns::f(int n) -> ()", "needs at least one tensor that is not an output"),
+])
+def test_schema_errors_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(cujit.CujitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_schema(text)
+
+
+# ------------------------------------------------------------------------------------------------ declarations
+def _declare(**changes: Any) -> Any:
+    n = cujit.SymbolicSize("n")
+    m = cujit.TensorMatcher([n]).with_dtype("float32")
+    declaration: dict[str, Any] = {
+        "source": KERNELS / "ops_test.cuh", "kernel": "axpy<fp32_t>", "tensors": {"y": m, "x": m},
+        "grid": "cdiv(n, 256)", "block": 256, "args": ("y", "x", "a", "n"),
+    }
+    declaration.update(changes)
+    schema = declaration.pop("schema", "decl::axpy(Tensor(a!) y, Tensor x, float a) -> ()")
+    return cujit.op(schema, **declaration)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"args": ("y", "x", "alpha", "n")}, "args: unknown name 'alpha'"),
+    ({"grid": "cdiv(m, 256)"}, r"grid: unknown name 'm' \(names available here: a, n, x, y\)"),
+    ({"values": {"v": "w + 1", "w": "n"}}, r"values\['v'\]: unknown name 'w'"),
+    ({"tensors": {"y": cujit.TensorMatcher([4])}}, "no TensorMatcher for x"),
+    ({"kernel": "axpy<{y}>"}, r"kernel: \{y\} is a tensor"),
+    ({"kernel": "axpy<{zz}>"}, r"kernel: \{zz\} must be a scalar parameter, an input symbol or a value"),
+    ({"values": {"a": "1"}}, "'a' is both a parameter and a value"),
+    ({"values": {"_x": "1"}}, "value name '_x' cannot be used"),
+    ({"values": {"prod": "1"}}, "value name 'prod' cannot be used"),
+    ({"source": "nope.cuh"}, "source .*nope.cuh not found"),
+    ({"launches": [cujit.Launch(kernel="k", grid=1, block=1, args=())]}, "give either launches"),
+    ({"kernel": None}, "missing kernel"),
+    ({"values": {"v": "n +"}}, r"values\['v'\]: 'n \+' is not a Python expression"),
+    ({"values": {"v": lambda *args: 1}}, "must name its parameters"),
+    ({"grid": (1, 2, 3, 4)}, "expected 1 to 3 dimensions"),
+    ({"tensors": {"y": cujit.TensorMatcher([-1]).with_device("cpu"), "x": cujit.TensorMatcher([-1])}},
+     "op tensors are CUDA tensors"),
+])
+def test_declaration_errors(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(cujit.CujitError, match=message):
+        _declare(**changes)
+
+
+def test_outputs_must_be_allocatable() -> None:
+    n, k = cujit.SymbolicSize("n"), cujit.SymbolicSize("k")
+    with pytest.raises(cujit.CujitError, match="output 'out': dimension symbol 'k' is bound by no input"):
+        cujit.op("decl::f(Tensor x, *, Tensor(a!)? out=None) -> Tensor", source=KERNELS / "ops_test.cuh",
+                 kernel="k", tensors={"x": cujit.TensorMatcher([n]), "out": cujit.TensorMatcher([k])},
+                 grid=1, block=1, args=())
+    with pytest.raises(cujit.CujitError, match="output 'out': give its dtype"):
+        cujit.op("decl::f(Tensor x, *, Tensor(a!)? out=None) -> Tensor", source=KERNELS / "ops_test.cuh",
+                 kernel="k", tensors={"x": cujit.TensorMatcher([n]), "out": cujit.TensorMatcher([n])},
+                 grid=1, block=1, args=())
+    with pytest.raises(cujit.CujitError, match="symbol 'k' of an optional tensor must also appear in a required"):
+        cujit.op("decl::f(Tensor x, Tensor? s=None) -> ()", source=KERNELS / "ops_test.cuh", kernel="k",
+                 tensors={"x": cujit.TensorMatcher([n]), "s": cujit.TensorMatcher([k])}, grid=1, block=1, args=())
+
+
+def test_a_value_may_define_an_output_dimension() -> None:
+    n, half = cujit.SymbolicSize("n"), cujit.SymbolicSize("half")
+    f32 = ("float32",)
+    fn = cujit.op("decl::halve(Tensor x, *, Tensor(a!)? out=None) -> Tensor", source=KERNELS / "ops_test.cuh",
+                  kernel="axpy<fp32_t>", tensors={"x": cujit.TensorMatcher([n]).with_dtype(*f32),
+                                                  "out": cujit.TensorMatcher([half]).with_dtype(*f32)},
+                  values={"half": "n // 2"}, checks=[("n % 2 == 0", "x must have an even length")],
+                  grid=1, block=1, args=("out", "x", "n", "half"))
+    assert fn.op.defined_outputs == {"half"}
+
+
+# ------------------------------------------------------------------------------------------------ the fast path
+def test_strided_rows_pack_pointers_sizes_strides_and_a_float32(stub: StubBackend, ops: SimpleNamespace) -> None:
+    base = torch.randn(4, 40)
+    x, w, out = fake(stub, base[:, :33]), fake(stub, torch.randn(33)), fake(stub, torch.empty(4, 48)[:, :33])
+    for _ in range(2):  # the first call takes the generic path (compile and load), the second the generated one
+        assert ops.scale_rows(x, w, 0.1, out=out) is out
+        values = decode(stub, ops.scale_rows)
+        assert values[:3] == [out.data_ptr(), x.data_ptr(), w.data_ptr()]
+        assert values[3:7] == [4, 33, 40, 48]
+        assert values[7] == struct.unpack("f", struct.pack("f", 0.1))[0]  # packed as float32, never a double
+    assert [launched.grid for launched in stub.launches] == [(4, 1, 1)] * 2
+    assert [launched.block for launched in stub.launches] == [(128, 1, 1)] * 2
+    assert all(launched.stream == 7000 for launched in stub.launches)  # torch's current stream of cuda:0
+
+
+def test_outputs_are_allocated_contiguous_with_their_stride_symbols(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(3, 50)[:, :20]), fake(stub, torch.randn(20))
+    for _ in range(2):
+        out = ops.scale_rows(x, w)
+        assert tuple(out.shape) == (3, 20) and out.stride() == (20, 1)
+        assert decode(stub, ops.scale_rows)[:7] == [out.data_ptr(), x.data_ptr(), w.data_ptr(), 3, 20, 50, 20]
+
+
+def test_out_may_be_the_input(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(3, 8)), fake(stub, torch.randn(8))
+    for _ in range(2):
+        assert ops.scale_rows(x, w, out=x) is x
+        assert decode(stub, ops.scale_rows)[:2] == [x.data_ptr(), x.data_ptr()]
+
+
+@pytest.mark.parametrize("case", ["dtype", "rank", "width", "last-stride", "weight", "device", "cpu", "scalar"])
+def test_refused_inputs_launch_nothing(stub: StubBackend, ops: SimpleNamespace, case: str) -> None:
+    x, w, out = fake(stub, torch.randn(3, 8)), fake(stub, torch.randn(8)), fake(stub, torch.empty(3, 8))
+    ops.scale_rows(x, w, out=out)
+    ops.scale_rows(x, w, out=out)  # loaded and warm
+    before = len(stub.launches)
+    bad: dict[str, tuple[tuple[Any, ...], dict[str, Any], type[Exception], str]] = {
+        "dtype": ((fake(stub, torch.randn(3, 8, dtype=torch.float64)), w), {}, cujit.TensorMatchError,
+                  "'x': dtype: expected float32 or float16 or bfloat16, got float64"),
+        "rank": ((fake(stub, torch.randn(3, 8, 1)), w), {}, cujit.TensorMatchError,
+                 "'x': rank: expected 2 dimensions, got 3"),
+        "width": ((x, w), {"out": fake(stub, torch.empty(3, 7))}, cujit.TensorMatchError,
+                  r"'out': dimension 1: expected C = 8 \(bound by 'x' dimension 1\), got 7"),
+        "last-stride": ((fake(stub, torch.randn(8, 3).t()), w), {}, cujit.TensorMatchError,
+                        "'x': stride 1: expected 1, got 3"),
+        "weight": ((x, fake(stub, torch.randn(8, dtype=torch.float16))), {}, cujit.TensorMatchError,
+                   r"'w': dtype: expected dtype = float32 \(bound by 'x' dtype\), got float16"),
+        "device": ((x, fake(stub, torch.randn(8), device=1)), {}, cujit.TensorMatchError,
+                   r"'w': device: expected _device = cuda:0 \(bound by 'x' device\), got cuda:1"),
+        "cpu": ((torch.randn(3, 8), torch.randn(8)), {}, cujit.TensorMatchError,
+                "'x': device: expected cuda, got cpu:0"),
+        "scalar": ((x, w, "0.5"), {}, TypeError, "argument alpha: expected float, got '0.5' of type str"),
+    }
+    args, kwargs, error, message = bad[case]
+    with pytest.raises(error, match=message):
+        ops.scale_rows(*args, **kwargs)
+    assert len(stub.launches) == before
+
+
+def test_template_scalars_are_fenced_by_exact_type(stub: StubBackend) -> None:
+    n = cujit.SymbolicShape("shape")
+    i32 = cujit.TensorMatcher([n]).with_dtype("int32")
+    fn = cujit.op("fenced::addc(Tensor src, int constant, *, Tensor(a!)? out=None) -> Tensor",
+                  source=KERNELS.parent.parent / "cujit" / "kernels" / "add_constant.cuh",
+                  kernel="add_constant_kernel<{constant}>",
+                  tensors={"src": i32, "out": i32}, values={"n": "prod(shape)"}, grid="cdiv(n, 1024)", block=256,
+                  args=("out", "src", "n"))
+    bind_fakes(fn.op.env, stub)
+    x, y = fake(stub, torch.arange(10, dtype=torch.int32)), fake(stub, torch.empty(10, dtype=torch.int32))
+    fn(x, 1, out=y)
+    with pytest.raises(TypeError, match="argument constant: expected int, got True of type bool"):
+        fn(x, True, out=y)  # True == 1 must not find the instantiation of 1
+    with pytest.raises(TypeError, match=r"argument constant: expected int, got 1\.0"):
+        fn(x, 1.0, out=y)
+    assert list(fn.op.table) == [(1, 0)]
+
+
+def test_devices_streams_and_contexts(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(2, 8), device=1), fake(stub, torch.randn(8), device=1)
+    out = fake(stub, torch.empty(2, 8), device=1)
+    stub.ctx = stub.primary_context(0)  # another device's context is current
+    for _ in range(2):
+        ops.scale_rows(x, w, out=out)
+        launched = stub.launches[-1]
+        assert launched.stream == 7001 and launched.ctx == 1001
+        assert stub.ctx == 1000  # restored
+    assert [device for device, _ in stub.loaded] == [1]
+
+
+def test_a_thread_without_a_context_keeps_the_one_launched_in(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(2, 8)), fake(stub, torch.randn(8))
+    stub.ctx = 0
+    ops.scale_rows(x, w, out=x)
+    assert stub.ctx == 1000
+
+
+def test_several_outputs_in_place_and_optional_tensors(stub: StubBackend, ops: SimpleNamespace,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    x = fake(stub, torch.randn(3, 5))
+    for _ in range(2):
+        mins, maxs = ops.minmax_rows(x)
+        assert tuple(mins.shape) == (3,) and maxs.dtype == torch.float32
+        assert decode(stub, ops.minmax_rows) == [mins.data_ptr(), maxs.data_ptr(), x.data_ptr(), 3, 5]
+    given = fake(stub, torch.empty(3)), fake(stub, torch.empty(3))
+    assert ops.minmax_rows(x, mins=given[0], maxs=given[1]) == given
+
+    y, z = fake(stub, torch.zeros(2, 3, 4)), fake(stub, torch.ones(2, 3, 4))
+    for _ in range(2):
+        assert ops.axpy(y, z, 0.5) is None
+        assert decode(stub, ops.axpy)[3] == 24 and stub.launches[-1].grid == (1, 1, 1)
+
+    v, scale = fake(stub, torch.ones(300)), fake(stub, torch.ones(1))
+    table = ops.maybe_scaled.op.table
+    for _ in range(2):
+        out = ops.maybe_scaled(v, scale)
+        values = stub.launches[-1].values(table[(cujit.DType.of("float32"), True, 0)].params)
+        assert values[2] == scale.data_ptr() and values[3] == 300 and out is not None
+    for _ in range(2):
+        ops.maybe_scaled(v)
+        values = stub.launches[-1].values(table[(cujit.DType.of("float32"), False, 0)].params)
+        assert values[2] == 0  # the absent tensor: a null pointer
+    assert len(table) == 2  # one instantiation each
+
+
+def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops: SimpleNamespace,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    allocated: list[FakeCudaTensor] = []
+
+    def allocate(library: str, shape: tuple[int, ...], strides: Any, dtype: cujit.DType, dev: int) -> Any:
+        allocated.append(fake(stub, torch.empty(shape, dtype=getattr(torch, dtype.name)), dev))
+        return allocated[-1]
+
+    monkeypatch.setattr(ops_module, "_allocate", allocate)
+    ops.total.op.env["_torch_empty"] = lambda shape, dtype, device: allocate("torch", shape, None,
+                                                                              cujit.DType.of(dtype), device)
+    x, out = fake(stub, torch.ones(1000)), fake(stub, torch.empty(1))
+    for _ in range(2):
+        ops.total(x, out=out)
+        first, second = stub.launches[-2:]
+        assert first.grid == (4, 1, 1) and second.grid == (1, 1, 1) and first.stream == second.stream
+        k1, _ = ops.total.op.table[(0,)]
+        scratch = allocated[-1]
+        assert first.values(k1.params) == [scratch.data_ptr(), x.data_ptr(), 1000]
+        assert tuple(scratch.shape) == (4,)
+
+
+def test_an_empty_grid_launches_and_compiles_nothing(stub: StubBackend, ops: SimpleNamespace) -> None:
+    before = cujit.cache_stats()["compiles"]
+    out = ops.scale_rows(fake(stub, torch.randn(0, 8)), fake(stub, torch.randn(8)))
+    assert tuple(out.shape) == (0, 8) and not stub.launches
+    assert cujit.cache_stats()["compiles"] == before
+
+
+def test_a_launch_the_driver_refuses_is_a_launch_error(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(2, 8)), fake(stub, torch.randn(8))
+    ops.scale_rows(x, w, out=x)
+    stub.fail = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"
+    with pytest.raises(cujit.LaunchError, match=r"launch of scale_rows<fp32_t> on cuda:0 failed: "
+                                                r".*CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"):
+        ops.scale_rows(x, w, out=x)
+
+
+def test_argument_count_mismatch_with_the_kernel_is_named(stub: StubBackend) -> None:
+    fn = _declare(args=("y", "x", "n"), schema="decl::short(Tensor(a!) y, Tensor x, float a) -> ()")
+    bind_fakes(fn.op.env, stub)
+    with pytest.raises(cujit.CujitError, match=r"the op passes 3 arguments \(y, x, n\) but axpy<fp32_t> takes 4"):
+        fn(fake(stub, torch.ones(4)), fake(stub, torch.ones(4)), 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ the function
+def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend, ops: SimpleNamespace) -> None:
+    source = inspect.getsource(ops.scale_rows)
+    assert source.startswith("def scale_rows(x, w, alpha=_default_alpha, *, out=_default_out):")
+    assert "_launch_kernel(" in source
+    x, w = fake(stub, torch.randn(2, 8)), fake(stub, torch.randn(8))
+    ops.scale_rows(x, w, out=x)
+    stub.fail = "boom"
+    try:
+        ops.scale_rows(x, w, out=x)
+    except cujit.LaunchError:
+        text = traceback.format_exc()
+    assert "<cujit op cujit_test::scale_rows" in text
+    assert "raise _k.launch_error(" in text  # the generated line itself is shown
+
+
+def test_signature_and_registry(ops: SimpleNamespace) -> None:
+    assert str(inspect.signature(ops.scale_rows)) == "(x, w, alpha=1.0, *, out=None)"
+    assert ops.scale_rows.op in cujit.ops()
+    assert ops.scale_rows.op.name == "cujit_test::scale_rows"
+    assert ops.scale_rows.op.instances() == [{"dtype": "float32"}, {"dtype": "float16"}, {"dtype": "bfloat16"}]
+    module = ops.scale_rows.op.module(dtype="bfloat16")
+    assert module is ops.scale_rows.op.module(dtype=torch.bfloat16)
+    assert module.scale_rows.expression == "scale_rows<bf16_t>"
+    with pytest.raises(cujit.CujitError, match="expected the template fields dtype; missing dtype; unknown dtipe"):
+        ops.scale_rows.op.module(dtipe="float32")
+
+
+def test_shipped_ops_are_found_without_a_list() -> None:
+    from cujit.tools.shipped import shipped_ops
+
+    names = [o.name for o in shipped_ops()]
+    assert "cujit::add_constant" in names
+    assert cujit.add_constant is __import__("cujit.add_constant", fromlist=["add_constant"]).add_constant
+
+
+def test_op_functions_pickle_by_reference() -> None:
+    from cujit.add_constant import add_constant
+
+    assert pickle.loads(pickle.dumps(add_constant)) is add_constant
+
+
+def test_cujit_dot_name_is_the_op_function_in_any_import_order() -> None:
+    import subprocess
+    import sys
+
+    code = ("import cujit.add_constant\nimport cujit\nfrom cujit.add_constant import add_constant\n"
+            "from cujit import add_constant as again\n"
+            "assert cujit.add_constant is add_constant is again, cujit.add_constant\n"
+            "assert cujit.add_constant.op.name == 'cujit::add_constant'\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_torch_ops_are_registered_from_the_declaration(ops: SimpleNamespace) -> None:
+    handle = torch.ops.cujit_test.scale_rows
+    assert str(handle.default._schema) == "cujit_test::scale_rows(Tensor x, Tensor w, float alpha=1.) -> Tensor"
+    assert str(handle.out._schema) == ("cujit_test::scale_rows.out(Tensor x, Tensor w, float alpha=1., *, "
+                                       "Tensor(a!) out) -> ()")
+    assert str(torch.ops.cujit_test.axpy.default._schema) == "cujit_test::axpy(Tensor(a!) y, Tensor x, float a) -> ()"
+    assert ops.scale_rows.op.torch_op is handle
+    # The registered kernels are the op's own function: a CPU tensor gets its message.
+    with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+        handle(torch.randn(2, 3), torch.randn(3), 1.0)
