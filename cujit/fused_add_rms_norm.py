@@ -14,7 +14,7 @@ from typing import Any
 import cujit
 
 from ._runtime.dtypes import DType
-from .rms_norm import NormConfig, address, norm_config, norm_precompile, vector_rows
+from .rms_norm import TRACING_CONFIG, NormConfig, address, norm_config, norm_precompile, vector_rows
 
 __all__ = ["fused_add_rms_norm"]
 
@@ -26,6 +26,8 @@ _DTYPE = cujit.SymbolicDType("dtype")
 
 def _kernel_config(x: Any, residual: Any, weight: Any, T: int, H: int, x_stride: int, residual_stride: int,
                    dtype: DType) -> NormConfig:
+    if address(x) is None:
+        return TRACING_CONFIG
     return norm_config(H, dtype, vector_rows(T, H, dtype.itemsize, weight, (x, x_stride),
                                               (residual, residual_stride)))
 

@@ -18,7 +18,8 @@ from ._runtime.dtypes import DType, as_dtype
 from ._runtime.tensors import TensorInfo, tensor_info
 
 __all__ = [
-    "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS", "NormConfig",
+    "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
+    "NormConfig",
     "address", "norm_config", "norm_precompile", "rms_norm", "row_stride", "vector_rows",
 ]
 
@@ -155,7 +156,13 @@ def vector_rows(rows: int, hidden: int, itemsize: int, weight: Any, *tensors: tu
     return True
 
 
+#: What the values of a traced call (fake tensors, possibly symbolic sizes) are: they pick no kernel.
+TRACING_CONFIG = _config(PATH_TILED, *TILED_CONFIG)
+
+
 def _kernel_config(x: Any, weight: Any, out: Any, T: int, H: int, x_stride: int, dtype: DType) -> NormConfig:
+    if address(x) is None:
+        return TRACING_CONFIG
     # out is None when the op allocates it: contiguous, and aligned like every allocation.
     tensors = ((x, x_stride),) if out is None else ((x, x_stride), (out, None))
     return norm_config(H, dtype, vector_rows(T, H, dtype.itemsize, weight, *tensors))

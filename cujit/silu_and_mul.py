@@ -8,7 +8,6 @@ template parameters (:func:`activation_config`), which ``gelu_and_mul`` shares.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import cujit
@@ -23,7 +22,6 @@ class ActivationConfig(NamedTuple):
     vecs: int  #: 16-byte output vectors per thread
 
 
-@functools.lru_cache(maxsize=4096)  # called on every op call
 def activation_config(d: int, dtype: Any) -> ActivationConfig:
     """The kernel configuration for outputs of ``d`` values per row of ``dtype``.
 

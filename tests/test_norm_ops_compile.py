@@ -271,3 +271,26 @@ def test_cujit_names_are_the_op_functions() -> None:
     assert cujit.silu_and_mul is silu_and_mul and cujit.gelu_and_mul is gelu_and_mul
     assert str(torch.ops.cujit.rms_norm.default._schema) == (
         "cujit::rms_norm(Tensor x, Tensor weight, float eps=9.9999999999999995e-07, *, bool gemma=False) -> Tensor")
+
+
+def test_fake_tensors_give_output_shapes_without_a_gpu() -> None:
+    """What torch.compile sees: the fake implementations, on fake CUDA tensors, with fixed and symbolic sizes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.DYNAMIC])
+    symbolic = mode.from_tensor(torch.empty(4, 64, dtype=torch.bfloat16, device="meta"), symbolic_context=dynamic)
+    symbolic.fake_device = torch.device("cuda", 0)  # a CPU-only torch cannot move a fake tensor to CUDA
+    with mode:
+        fixed = torch.empty(4, 64, dtype=torch.bfloat16, device="cuda")
+        for x in (fixed, symbolic):
+            w = torch.empty(x.shape[1], dtype=torch.bfloat16, device="cuda")
+            for y in (torch.ops.cujit.rms_norm(x, w, 1e-6, gemma=True), rms_norm(x, w)):
+                assert y.shape == x.shape and y.device.type == "cuda" and y.dtype == torch.bfloat16
+            assert torch.ops.cujit.fused_add_rms_norm(x, torch.empty_like(x), w, 1e-6) is None
+            half = (x.shape[0], x.shape[1] // 2)
+            for y in (torch.ops.cujit.silu_and_mul(x), torch.ops.cujit.gelu_and_mul(x, "tanh"), gelu_and_mul(x)):
+                assert tuple(y.shape) == half and y.dtype == torch.bfloat16
+            out = torch.empty(half, dtype=torch.bfloat16, device="cuda")
+            assert torch.ops.cujit.silu_and_mul.out(x, out=out) is None

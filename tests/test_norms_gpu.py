@@ -224,7 +224,7 @@ def test_cuda_graph_replays_with_new_data(tokens: int) -> None:
 def test_torch_compile_fullgraph_matches_eager() -> None:
     def block(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         y = torch.ops.cujit.rms_norm(x * 2, weight, 1e-6) + 1  # allocating form, between torch ops
-        torch.ops.cujit.fused_add_rms_norm(y, residual, weight, 1e-5, gemma=True)  # in place
+        fused_add_rms_norm(y, residual, weight, 1e-5, gemma=True)  # in place, through the op function
         out = torch.empty_like(y)
         torch.ops.cujit.rms_norm.out(y, weight, 1e-6, out=out)
         return out + residual
