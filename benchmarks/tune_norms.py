@@ -9,6 +9,7 @@ dtype, the configuration that is best over all token counts of each hidden size:
 
     python benchmarks/tune_norms.py                  # everything
     python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: bf16 at 4097 tokens only
+    python benchmarks/tune_norms.py --pdl            # a graph of rms_norm -> silu_and_mul -> rms_norm, PDL on/off
 """
 
 from __future__ import annotations
@@ -284,6 +285,75 @@ def report_table(results: list[Result]) -> None:
         print(f"  {op:18s} {str(dtype)[6:]:8s} hidden {hidden:5d} (tokens {tokens}): {_name(best)}  [{ranked}]")
 
 
+# ------------------------------------------------------------------------------------------------ PDL
+def declare_copy(name: str, namespace: str, pdl: bool) -> Callable[..., object]:
+    """The shipped op ``name`` declared again under ``namespace``, with programmatic dependent launch on or off."""
+    path = Path(cujit.__file__).resolve().parent / f"{name}.py"
+    text = path.read_text().replace('"cujit::', f'"{namespace}::').replace("pdl=True", f"pdl={pdl}")
+    scope = {"__name__": f"tune_{namespace}_{name}", "__file__": str(path), "__package__": "cujit"}
+    exec(compile(text, str(path), "exec"), scope)
+    return scope[name]  # type: ignore[no-any-return]
+
+
+def pdl_chain(d: int = 4096, dtype: torch.dtype = torch.bfloat16) -> None:
+    """A CUDA graph of rms_norm -> silu_and_mul -> rms_norm at 1-16 tokens, with and without PDL."""
+    variants = {}
+    for label, pdl in (("pdl", True), ("no pdl", False)):
+        ns = "tune_pdl_on" if pdl else "tune_pdl_off"
+        variants[label] = (declare_copy("rms_norm", ns, pdl), declare_copy("silu_and_mul", ns, pdl))
+    w1 = torch.randn(2 * d, dtype=dtype, device="cuda")
+    w2 = torch.randn(d, dtype=dtype, device="cuda")
+    print(f"\nrms_norm [T, {2 * d}] -> silu_and_mul -> rms_norm [T, {d}], {dtype}, CUDA graph of "
+          f"{GRAPH_LAUNCHES} chains, us per chain (median of 15 replays, the two variants interleaved)")
+    for tokens in (1, 2, 4, 8, 16):
+        x = torch.randn(tokens, 2 * d, dtype=dtype, device="cuda")
+        outs = {}
+        graphs = {}
+        for label, (norm, act) in variants.items():
+            a = torch.empty_like(x)
+            b = torch.empty(tokens, d, dtype=dtype, device="cuda")
+            c = torch.empty_like(b)
+
+            def chain(norm: Callable[..., object] = norm, act: Callable[..., object] = act, x: torch.Tensor = x,
+                      a: torch.Tensor = a, b: torch.Tensor = b, c: torch.Tensor = c) -> None:
+                norm(x, w1, out=a)
+                act(a, out=b)
+                norm(b, w2, out=c)
+            graphs[label] = graph_of(chain)
+            outs[label] = c
+        times: dict[str, list[float]] = {label: [] for label in graphs}
+        for _ in range(15):
+            for label, graph in graphs.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda._sleep(20_000)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times[label].append(start.elapsed_time(end) * 1e3 / GRAPH_LAUNCHES)
+        same = torch.equal(outs["pdl"], outs["no pdl"])
+        cells = "  ".join(f"{label} {statistics.median(t):6.2f}" for label, t in times.items())
+        ratio = statistics.median(times["pdl"]) / statistics.median(times["no pdl"])
+        print(f"  tokens {tokens:2d}: {cells}  ratio {ratio:.3f}  {'same results' if same else 'RESULTS DIFFER'}",
+              flush=True)
+
+
+def graph_of(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """``fn`` run once (loading its kernels), then captured GRAPH_LAUNCHES times into one graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_LAUNCHES):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph
+
+
 # ------------------------------------------------------------------------------------------------ main
 def shapes(quick: bool) -> list[tuple[torch.dtype, int, int]]:
     tokens = (4097,) if quick else TOKENS
@@ -297,7 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", default="rms_norm,fused_add_rms_norm,silu_and_mul,gelu_and_mul")
     parser.add_argument("--quick", action="store_true", help="bf16 at 4097 tokens only")
+    parser.add_argument("--pdl", action="store_true", help="only time a graph of rms_norm -> silu_and_mul -> "
+                        "rms_norm at 1-16 tokens with and without programmatic dependent launch")
     args = parser.parse_args(argv)
+    if args.pdl:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
+        pdl_chain()
+        return 0
     ops = args.ops.split(",")
     cases = shapes(args.quick)
     wanted: dict[str, set[str]] = defaultdict(set)
