@@ -13,7 +13,7 @@ import struct
 import torch
 
 from cujit.add_constant import add_constant
-from cujit.tools.bench import _interleaved
+from cujit.tools.bench.timing import interleaved
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
         routes["cuda.bindings cuLaunchKernel"] = bindings_route
     except Exception as exc:  # cuda-python is optional here
         print(f"(cuda.bindings not usable: {exc})")
-    times = _interleaved(routes, torch.cuda.synchronize)
+    times = interleaved(routes, torch.cuda.synchronize)
     base = times["torch.add(x, 3, out=y)"]
     print(f"launch routes on {torch.cuda.get_device_name()}, host us per call (median of 15 interleaved rounds)")
     for name, us in times.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import cujit
-from cujit.tools.bench import median_seconds
+from cujit.tools.bench.timing import median_seconds
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [

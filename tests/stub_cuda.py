@@ -59,6 +59,8 @@ class StubBackend(driver.Backend):
     smem_limits: dict[int, int] = field(default_factory=dict)
     decoded: list[list[Any]] = field(default_factory=list)
     decoder: Callable[[Launched], list[Any]] | None = None
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # lowered kernel name -> parameter sizes
+    _names: dict[int, str] = field(default_factory=dict)
 
     launch_errors = (StubLaunchError, OverflowError, TypeError)
 
@@ -87,7 +89,9 @@ class StubBackend(driver.Backend):
         assert cubin[:4] == b"\x7fELF"
         self.loaded.append((device, names))
         base = 100 * len(self.loaded)
-        return 1000 + device, base, [base + i + 1 for i in range(len(names))]
+        handles = [base + i + 1 for i in range(len(names))]
+        self._names.update(zip(handles, names, strict=True))
+        return 1000 + device, base, handles
 
     def launch_kernel(self, function: int, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, smem: int,
                       stream: int, params: int, extra: int) -> None:
@@ -119,7 +123,7 @@ class StubBackend(driver.Backend):
         self.smem_limits[function] = nbytes
 
     def param_sizes(self, function: int) -> list[int] | None:
-        return None
+        return self.sizes.get(self._names.get(function, ""))
 
     def pointer_device(self, ptr: int) -> int:
         return self.pointer_devices.get(ptr, 0)

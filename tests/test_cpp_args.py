@@ -1,4 +1,4 @@
-"""make_cpp_args: every rendering rule of API.md section 1, checked on the CPU."""
+"""make_cpp_args: every rendering rule, checked on the CPU."""
 
 from __future__ import annotations
 

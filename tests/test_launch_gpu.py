@@ -225,24 +225,6 @@ def test_device_check_reports_asynchronous_fault() -> None:
     assert "LAUNCH_ERROR a kernel on cuda:0 failed asynchronously" in out, out
 
 
-def test_launch_on_with_raw_pointers_and_streams() -> None:
-    k = _module().fill_f32
-    out = torch.zeros(1000, device="cuda")
-    k.launch_on(0, 4, 256, out.data_ptr(), 2.5, 1000)
-    torch.cuda.synchronize()
-    assert (out == 2.5).all()
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        k.launch_on(0, 4, 256, out.data_ptr(), 3.5, 1000)  # the current torch stream of device 0
-    s.synchronize()
-    assert (out == 3.5).all()
-    k.launch_on(0, 4, 256, out.data_ptr(), 4.5, 1000, stream=s)
-    s.synchronize()
-    assert (out == 4.5).all()
-    with pytest.raises(cujit.LaunchError, match=r"argument 0 \(float\*\): cannot pass"):
-        k.launch_on(0, 4, 256, out, 1.0, 1000)  # the raw entry takes pointers, not tensors
-
-
 def test_many_threads_make_the_first_call_at_once() -> None:
     import threading
 

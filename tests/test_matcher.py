@@ -1,4 +1,4 @@
-"""TensorMatcher, the Symbolic* types and TensorCheck on CPU torch tensors and NumPy arrays (API.md section 4)."""
+"""TensorMatcher, the Symbolic* types and TensorCheck on CPU torch tensors and NumPy arrays."""
 
 from __future__ import annotations
 
@@ -795,3 +795,91 @@ def test_lazy_conjugate_and_negative_views_are_refused_on_both_paths(make: Any) 
         with pytest.raises(TensorMatchError, match=r"'z': layout: .* conjugate or negative bit set; call "):
             verify(t)
     assert check(t.resolve_conj().resolve_neg()) == ()
+
+
+# ------------------------------------------------------------------------------------------------ names, pickling
+def test_tensor_check_takes_keywords_and_returns_names() -> None:
+    n, dtype = SymbolicSize("n"), SymbolicDType("dtype")
+    check = TensorCheck(out=TensorMatcher([n]).with_dtype(symbol=dtype), x=TensorMatcher([n]).with_dtype(symbol=dtype))
+    x = torch.zeros(5)
+    for result in (check(x, x), check(out=x, x=x), check(x, x=x)):
+        assert result == (5, "float32") and result.n == 5 and result.dtype == torch.float32
+    with pytest.raises(TypeError, match=r"TensorCheck: no tensor named y \(its tensors: out, x\)"):
+        check(out=x, y=x)
+    with pytest.raises(TypeError, match=r"TensorCheck\(\) got multiple values for argument 'out'"):
+        check(x, out=x)
+    with pytest.raises(TypeError, match=r"TensorCheck: expected 2 tensors \(out, x\), got 1"):
+        check(out=x)
+
+
+def test_tensor_check_pickles() -> None:
+    import pickle
+
+    n = SymbolicSize("n")
+    check = TensorCheck(a=TensorMatcher([n, 2]).with_dtype("float32"), b=TensorMatcher([n]))
+    again = pickle.loads(pickle.dumps(check))
+    assert again(torch.zeros(3, 2), torch.zeros(3)) == (3,)
+    with pytest.raises(TensorMatchError, match=r"'b': dimension 0: expected n = 3"):
+        again(torch.zeros(3, 2), torch.zeros(4))
+
+
+def test_building_a_check_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, cujit\n"
+            "n = cujit.SymbolicSize('n')\n"
+            "c = cujit.TensorCheck(a=cujit.TensorMatcher([n]).with_dtype('float32'))\n"
+            "import numpy\n"
+            "assert c(numpy.zeros(3, numpy.float32)) == (3,)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "import torch\n"
+            "assert c(torch.zeros(4)) == (4,)\n"  # the generic path binds torch for the next call
+            "from types import FunctionType\n"
+            "assert c._env['_Tensor'] is torch.Tensor\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_generated_check_source_is_in_linecache() -> None:
+    import inspect
+
+    check = TensorCheck(a=TensorMatcher([SymbolicSize("n")]))
+    source = inspect.getsource(check._dispatch)
+    assert source.startswith("def TensorCheck(a=_NO, *_more, **_unknown):") and "return _slow(a)" in source
+
+
+# ------------------------------------------------------------------------------------------------ SymbolicShape
+def test_symbolic_shape_matches_any_leading_dimensions() -> None:
+    batch, d = cujit.SymbolicShape("batch"), SymbolicSize("D")
+    check = TensorCheck(x=TensorMatcher([batch, d]), y=TensorMatcher([batch, 4]))
+    assert check(torch.zeros(2, 3, 8), torch.zeros(2, 3, 4)) == ((2, 3), 8)
+    assert check(torch.zeros(8), torch.zeros(4)) == ((), 8)
+    assert check.generic(torch.zeros(5, 8), torch.zeros(5, 4)) == ((5,), 8)
+    with pytest.raises(TensorMatchError, match=r"'y': leading dimensions: expected batch = \(2, 3\) \(bound by 'x' "
+                                               r"leading dimensions\), got \(2, 4\)"):
+        check(torch.zeros(2, 3, 8), torch.zeros(2, 4, 4))
+    with pytest.raises(TensorMatchError, match="'x': rank: expected at least 1 dimension, got 0"):
+        check(torch.zeros(()), torch.zeros(4))
+    whole = TensorCheck(a=TensorMatcher([batch]), b=TensorMatcher([batch]))
+    assert whole(torch.zeros(2, 2), torch.zeros(2, 2)).batch == (2, 2)
+    with pytest.raises(TensorMatchError, match=r"'b': shape: expected batch = \(2, 2\)"):
+        whole(torch.zeros(2, 2), torch.zeros(4))
+    with pytest.raises(TensorMatchError, match="'a': layout: expected contiguous strides"):
+        whole(torch.zeros(4, 2).t(), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="a SymbolicShape may only be the first entry of a shape"):
+        TensorMatcher([d, batch])
+    with pytest.raises(ValueError, match="with_strides: a shape that starts with a SymbolicShape is for contiguous"):
+        TensorMatcher([batch, d]).with_strides([-1, 1])
+
+
+def test_parameters_take_the_fast_path() -> None:
+    n = SymbolicSize("n")
+    check = TensorCheck(w=TensorMatcher([n]), x=TensorMatcher([n]))
+    weight = torch.nn.Parameter(torch.zeros(3))
+    env = {**check._env, "_slow": lambda *args: None}
+    from types import FunctionType
+
+    fast = FunctionType(check._dispatch.__code__, env, "fast", check._dispatch.__defaults__)
+    assert fast(torch.zeros(3), weight) == (3,)

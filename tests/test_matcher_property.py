@@ -1,6 +1,6 @@
 """Property tests: TensorCheck's torch fast path against the generic verifier, and DLPack against torch and NumPy.
 
-The generic verifier is the reference (API.md section 4: "fast paths for torch and CuPy give exactly the answers
+The generic verifier is the reference ("fast paths for torch and CuPy give exactly the answers
 of the generic path"). For random CPU tensors and views, and random matchers, the fast path must either decline
 (return None) or return exactly what the generic path returns, and must decline whenever the generic path
 rejects. The metadata the generic path reads through DLPack must equal what torch and NumPy report themselves.

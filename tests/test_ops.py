@@ -381,3 +381,73 @@ def test_torch_ops_are_registered_from_the_declaration(ops: SimpleNamespace) -> 
     # The registered kernels are the op's own function: a CPU tensor gets its message.
     with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
         handle(torch.randn(2, 3), torch.randn(3), 1.0)
+
+
+def test_late_values_read_outputs_and_aligned_is_inlined(stub: StubBackend) -> None:
+    T, C, XS, OS = (cujit.SymbolicSize(n) for n in ("T", "C", "x_stride", "out_stride"))
+    dtype = cujit.SymbolicDType("dtype")
+
+    def rows(stride: Any) -> cujit.TensorMatcher:
+        return cujit.TensorMatcher([T, C]).with_strides([stride, 1]).with_dtype("float32", symbol=dtype)
+
+    seen: list[tuple[Any, ...]] = []
+
+    def threads(C: int, out_stride: int, vector: bool) -> int:
+        seen.append((C, out_stride, vector))
+        return 32 if vector else 64
+
+    fn = cujit.op(
+        "late::scale_rows(Tensor x, Tensor w, float alpha=1.0, *, Tensor(a!)? out=None) -> Tensor",
+        source=KERNELS / "ops_test.cuh", kernel="scale_rows<{dtype}>",
+        tensors={"x": rows(XS), "w": cujit.TensorMatcher([C]).with_dtype(symbol=dtype), "out": rows(OS)},
+        values={"vector": "aligned(x, 16) and aligned(out, 16) and x_stride % 4 == 0 and out_stride % 4 == 0",
+                "threads": threads},
+        checks=[("out_stride >= C", "out: rows overlap")],
+        grid="T", block="threads", args=("out", "x", "w", "T", "C", "x_stride", "out_stride", "alpha"),
+    )
+    assert fn.op.late_values == {"vector", "threads"} and fn.op.late_checks == {0}
+    source = inspect.getsource(fn)
+    assert "x.data_ptr() % 16 == 0" in source and "out.data_ptr() % 16 == 0" in source
+    assert source.index("out = _torch_empty") < source.index("vector = ")
+    bind_fakes(fn.op.env, stub)
+    base = torch.zeros(3, 24)
+    x, w = fake(stub, base[:, :8]), fake(stub, torch.ones(8))
+    for _ in range(2):
+        fn(x, w)  # allocated out: contiguous rows of 8
+        assert stub.launches[-1].block == (32, 1, 1)  # rows 24 apart, aligned: vectors
+        fn(x, w, out=fake(stub, torch.zeros(3, 9)[:, :8]))  # rows 9 apart: not vectors
+        assert stub.launches[-1].block == (64, 1, 1)
+    assert {s[1] for s in seen} == {8, 9}
+    with pytest.raises(cujit.CheckError, match=r"late::scale_rows: out: rows overlap \(out_stride = 4, C = 8\)"):
+        fn(x, w, out=fake(stub, torch.zeros(40).as_strided((3, 8), (4, 1))))
+
+
+def test_a_variant_is_the_same_op_with_parts_changed(ops: SimpleNamespace) -> None:
+    plain = ops.scale_rows.op.variant("cujit_variant", pdl=True)
+    assert plain.op.name == "cujit_variant::scale_rows" and plain.op.pdl and not ops.scale_rows.op.pdl
+    assert plain.op.instances() == ops.scale_rows.op.instances()
+    with pytest.raises(cujit.CujitError, match="variant\\(\\): no part named colour"):
+        ops.scale_rows.op.variant("x", colour=1)
+
+
+def test_torch_imported_after_the_op_binds_on_the_first_call() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cujit.add_constant import add_constant\n"
+        "assert 'torch' not in sys.modules\n"
+        "env = add_constant.op.env\n"
+        "import torch\n"
+        "import cujit\n"
+        "try:\n"
+        "    add_constant(torch.zeros(3, dtype=torch.int32), 1)\n"
+        "except cujit.TensorMatchError as exc:\n"
+        "    assert 'device: expected cuda' in str(exc)\n"
+        "assert env['_Tensor'] is torch.Tensor and env['_torch_empty_like'] is torch.empty_like\n"
+        "assert hasattr(torch.ops.cujit, 'add_constant')\n"  # registered on that first call
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import frameworks
 from .errors import LaunchError
@@ -33,6 +34,13 @@ class Backend:
 
     #: Exceptions a failed ``launch_kernel`` raises (mapped to ``LaunchError`` by the launch paths).
     launch_errors: tuple[type[BaseException], ...] = ()
+
+    def modules(self) -> dict[Any, Any]:
+        """The modules loaded through this driver (owned by ``module.py``): handles belong to their driver."""
+        found = self.__dict__.get("_cujit_modules")
+        if found is None:
+            found = self.__dict__.setdefault("_cujit_modules", {})
+        return found  # type: ignore[no-any-return]
 
     def device_count(self) -> int:
         raise NotImplementedError

@@ -70,6 +70,10 @@ class DType:
     def __hash__(self) -> int:
         return hash(self.name)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # One object per dtype in a process: compare by identity, so unpickle to the same one.
+        return (as_dtype, (self.name,))
+
     def __repr__(self) -> str:
         return f"cujit.dtype({self.name})"
 

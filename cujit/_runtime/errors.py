@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CompileError", "CujitError", "LaunchError", "TensorMatchError"]
+__all__ = ["CheckError", "CompileError", "CujitError", "LaunchError", "TensorMatchError"]
 
 
 class CujitError(Exception):
@@ -13,6 +13,10 @@ class CujitError(Exception):
 
 class TensorMatchError(CujitError, ValueError):
     """A tensor argument does not match what a :class:`TensorMatcher` expects."""
+
+
+class CheckError(CujitError, ValueError):
+    """An argument of an op failed one of the op's declared checks (a value out of its range, say)."""
 
 
 class LaunchError(CujitError):

@@ -56,6 +56,10 @@ def _layout(params: Sequence[Param]) -> tuple[struct.Struct, tuple[int, ...]]:
 class LoadedKernel:
     """One kernel loaded on one device: what a launch needs, ready for the generated code."""
 
+    # Slots: the generated code reads several of these attributes on every call.
+    __slots__ = ("_backend", "_max_threads", "_offsets", "_static_smem", "_struct", "ctx", "device", "expression",
+                 "function", "pack_into", "params", "pdl_capable", "smem_ok", "tls")
+
     def __init__(self, expression: str, device: int, ctx: int, function: int, params: tuple[Param, ...]) -> None:
         self.expression = expression
         self.device = device
@@ -70,6 +74,8 @@ class LoadedKernel:
         self.smem_ok = _DEFAULT_SMEM
         self._backend = driver.backend()
         self.pdl_capable = _major(self._backend.arch_of(device)) >= 9
+        self._max_threads: int | None = None
+        self._static_smem: int | None = None
 
     def _pack_converting(self, buf: Any, offset: int, *values: Any) -> None:
         """``pack_into`` for kernels with bfloat16 scalars or structs passed by value: convert, then pack."""
@@ -81,15 +87,19 @@ class LoadedKernel:
 
     # Function attributes are read only where a launch needs them (large shared memory, error messages): a
     # read forces the lazily loaded function onto the device, which a warm start should not pay for.
-    @functools.cached_property
+    @property
     def max_threads(self) -> int:
         """The most threads a block of this kernel may have on this device."""
-        return self._backend.max_threads(self.function)
+        if self._max_threads is None:
+            self._max_threads = self._backend.max_threads(self.function)
+        return self._max_threads
 
-    @functools.cached_property
+    @property
     def static_smem(self) -> int:
         """Bytes of statically declared shared memory."""
-        return self._backend.static_shared_memory(self.function)
+        if self._static_smem is None:
+            self._static_smem = self._backend.static_shared_memory(self.function)
+        return self._static_smem
 
     def buffer(self) -> tuple[Any, int]:
         """This thread's parameter buffer and the address of its pointer array (built once per thread)."""

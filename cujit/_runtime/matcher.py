@@ -601,6 +601,13 @@ class TensorCheck:
             verify_info(spec, info_of(tensor, repr(name)), repr(name), bindings)
         return self._result._make(bindings[s][0] for s in self.symbols)  # type: ignore[attr-defined,no-any-return]
 
+    def _unusual_call(self, given: tuple[Any, ...], unknown: dict[str, Any]) -> tuple[Any, ...]:
+        """A call with too many or too few tensors, or an unknown name: the generic path words the error."""
+        if unknown:
+            named = {n: t for n, t in zip(self.names, given, strict=False) if t is not _UNBOUND}
+            return self.generic(**named, **unknown)
+        return self.generic(*(t for t in given if t is not _UNBOUND))
+
     def _by_name(self, tensors: tuple[Any, ...], named: dict[str, Any]) -> tuple[Any, ...]:
         unknown = sorted(set(named) - set(self.names))
         if unknown:
@@ -617,6 +624,7 @@ class TensorCheck:
     def _generate(self) -> dict[str, Any]:
         env = check_env()
         env["_slow"] = self.generic
+        env["_by_name"] = self._unusual_call
         env["_Result"] = self._result
         variables = {s: f"_v{i}" for i, s in enumerate(self.symbols)}
         params = ", ".join(self.names)
@@ -624,8 +632,10 @@ class TensorCheck:
         # Defaults and *more keep a wrong argument count on the generic path, which words the error.
         defaults = ", ".join(f"{n}=_NO" for n in self.names)
         env["_NO"] = _UNBOUND
-        with src.block(f"def dispatch({defaults}, *_more)"):
-            src(f"if _more or {self.names[-1]} is _NO: return _slow(*(t for t in ({params}, *_more) if t is not _NO))")
+        # Named `TensorCheck` so that Python's own argument errors read "TensorCheck() got multiple values ...".
+        with src.block(f"def TensorCheck({defaults}, *_more, **_unknown)"):
+            with src.block(f"if _more or _unknown or {self.names[-1]} is _NO"):
+                src(f"return _by_name(({params}, *_more), _unknown)")
             for flavour in ("torch", "cupy"):
                 with src.block(f"if {self.names[0]}.__class__ is {'_Tensor' if flavour == 'torch' else '_ndarray'}"):
                     emit = CheckEmitter(src, env, flavour, f"return _slow({params})", variables.__getitem__)
@@ -635,6 +645,7 @@ class TensorCheck:
                     src(f"return _tuple_new(_Result, ({values}{',' if len(self.symbols) == 1 else ''}))")
             src(f"return _slow({params})")
         codegen.build(src, env, kind="TensorCheck", name=f"({', '.join(self.names)})")
+        env["dispatch"] = env.pop("TensorCheck")
         refresh(env)
         return env
 

@@ -25,9 +25,9 @@ __all__ = ["JitModule", "Kernel", "load_jit"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
-# (cache key, device) -> (context, {expression: function handle}): equal modules share one load per device.
-_LOADED: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
-_LOADED_GUARD = threading.Lock()  # guards the dict only; loading itself happens under a per-entry lock
+# Per driver backend, (cache key, device) -> (context, {expression: function handle}): equal modules share one
+# load per device.
+_LOADED_GUARD = threading.Lock()  # guards the lock table only; loading happens under a per-entry lock
 _LOAD_LOCKS: dict[tuple[str, int], threading.Lock] = {}
 
 
@@ -185,22 +185,29 @@ class JitModule:
         active = driver.backend()
         key, compiled = self._compiled_for(active.arch_of(device))
         slot = (key, device)
-        loaded = _LOADED.get(slot)
+        table = active.modules()
+        loaded = table.get(slot)
         if loaded is None:
             with _load_lock(slot):
-                loaded = _LOADED.get(slot)
+                loaded = table.get(slot)
                 if loaded is None:
                     expressions = list(self._sources.expressions)
                     names = [compiled.lowered[e] for e in expressions]
                     with active.capture_relaxed():
                         ctx, _, handles = active.load_module(device, compiled.cubin, names)
-                    loaded = _LOADED[slot] = (ctx, dict(zip(expressions, handles, strict=True)))
+                    loaded = table[slot] = (ctx, dict(zip(expressions, handles, strict=True)))
                     cache.count("loads")
         ctx, functions = loaded
         function = functions[expression]
         params = self.params_of(expression, compiled)
         if any(p.kind == "record" and not p.size for p in params):
-            params = self.params_of(expression, compiled, active.param_sizes(function))
+            sizes = active.param_sizes(function)
+            if sizes is None:
+                index, record = next((i, p) for i, p in enumerate(params) if p.kind == "record")
+                raise LaunchError(f"{expression}: parameter {index} ({record.cpp}) is a struct passed by value, and "
+                                  "this driver does not report its size (cuFuncGetParamInfo needs a CUDA 12.4 or "
+                                  "later driver); pass a pointer to it instead")
+            params = self.params_of(expression, compiled, sizes)
         return ctx, function, params
 
 

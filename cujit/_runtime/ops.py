@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from . import codegen, driver, frameworks, launch
 from .cpp_args import make_cpp_args
 from .dtypes import DType, as_dtype
-from .errors import CujitError
+from .errors import CheckError, CujitError
 from .matcher import (
     CheckEmitter,
     MatchSpec,
@@ -51,10 +51,29 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def aligned(tensor: Any, nbytes: int) -> bool:
+    """Whether ``tensor``'s first element is at a multiple of ``nbytes``.
+
+    True for None (an absent optional tensor) and for tensors without storage (the fake tensors of tracing, whose
+    layout picks nothing). The generated code inlines it for torch tensors and CuPy arrays.
+    """
+    if tensor is None:
+        return True
+    torch = frameworks.torch()
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
+            from torch._subclasses.fake_tensor import is_fake
+
+            if is_fake(tensor):
+                return True
+        return bool(tensor.data_ptr() % nbytes == 0)
+    return bool(info_of(tensor, "aligned()").ptr % nbytes == 0)
+
+
 #: What value, check and launch expressions may call besides the op's own names.
 HELPERS: dict[str, Any] = {
     "cdiv": cdiv, "prod": math.prod, "min": min, "max": max, "len": len, "abs": abs, "int": int, "bool": bool,
-    "float": float,
+    "float": float, "aligned": aligned,
 }
 
 #: Every op declared in this process, by qualified name (``cujit::add_constant``).
@@ -101,9 +120,10 @@ class _Rule:
                 tree = ast.parse(rule.strip(), mode="eval")
             except SyntaxError as exc:
                 raise CujitError(f"{where}: {rule!r} is not a Python expression ({exc.msg})") from None
-            self.text = f"({rule.strip()})"
             self.names = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
             self.code = compile(tree, f"<cujit {where}>", "eval")
+            self.tree: ast.Expression | None = tree
+            self.text = f"({rule.strip()})"
         elif callable(rule):
             self.func = rule
             try:
@@ -126,12 +146,23 @@ class _Rule:
                 choices = ", ".join(sorted(set(known))) or "none"
                 raise CujitError(f"{self.where}: unknown name {name!r} (names available here: {choices})")
 
-    def emit(self, env: dict[str, Any], slot: str) -> str:
-        """The Python expression of this rule in generated code (a callable is stored in ``env[slot]``)."""
+    def emit(self, env: dict[str, Any], slot: str, pointer: str | None = None,
+             tensors: Mapping[str, bool] | None = None) -> str:
+        """The Python expression of this rule in generated code (a callable is stored in ``env[slot]``).
+
+        ``cdiv`` calls become arithmetic; with ``pointer`` (``"data_ptr()"`` or ``"data.ptr"``), ``aligned(t, n)``
+        of a tensor parameter (``tensors`` maps each to whether it is optional) becomes an inline test.
+        """
         if self.func is not None:
             env[slot] = self.func
             return f"{slot}({', '.join(self.names)})"
-        return self.text
+        tree = getattr(self, "tree", None)
+        if tree is None:
+            return self.text
+        import copy
+
+        rewritten = _Inline(pointer, tensors or {}).visit(copy.deepcopy(tree))
+        return f"({ast.unparse(rewritten)})"
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         if self.func is not None:
@@ -139,6 +170,33 @@ class _Rule:
         if self.code is not None:
             return eval(self.code, dict(HELPERS), dict(names))
         return self.const
+
+
+class _Inline(ast.NodeTransformer):
+    """Helper calls written out in generated code: the same values without a function call.
+
+    ``cdiv(a, b)`` -> ``-(-a // b)``; ``aligned(t, n)`` of a tensor parameter -> ``t.<pointer> % n == 0`` (with
+    ``t is None or`` for an optional one), where ``pointer`` reads the library's data pointer.
+    """
+
+    def __init__(self, pointer: str | None, tensors: Mapping[str, bool]) -> None:
+        self.pointer = pointer
+        self.tensors = tensors
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if not isinstance(node.func, ast.Name) or len(node.args) != 2 or node.keywords:
+            return node
+        a, b = node.args
+        if node.func.id == "cdiv":
+            floor = ast.BinOp(ast.UnaryOp(ast.USub(), a), ast.FloorDiv(), b)
+            return ast.copy_location(ast.UnaryOp(ast.USub(), floor), node)
+        if node.func.id == "aligned" and self.pointer and isinstance(a, ast.Name) and a.id in self.tensors:
+            test = ast.parse(f"{a.id}.{self.pointer} % ({ast.unparse(b)}) == 0", mode="eval").body
+            if self.tensors[a.id]:
+                test = ast.parse(f"{a.id} is None or {ast.unparse(test)}", mode="eval").body
+            return ast.copy_location(test, node)
+        return node
 
 
 def _rules(value: Any, where: str) -> tuple[_Rule, ...]:
@@ -212,6 +270,14 @@ class Op:
         self.name = self.schema.qualified
         where = self.name
         self.module_name = module
+        # What was declared, for variant().
+        self._declaration: dict[str, Any] = {
+            "source": source, "tensors": tensors, "kernel": kernel, "grid": grid, "block": block,
+            "shared_mem": shared_mem, "args": args, "launches": launches, "values": values, "checks": checks,
+            "scratch": scratch, "precompile": precompile, "pdl": pdl, "extra_cuda_cflags": extra_cuda_cflags,
+            "extra_include_paths": extra_include_paths, "base_dir": base_dir, "module": module,
+        }
+        self._schema_text = schema
         self.pdl = bool(pdl)
         base = base_dir if base_dir is not None else Path.cwd()
         sources = [source] if isinstance(source, (str, Path)) else list(source)
@@ -314,21 +380,34 @@ class Op:
                 raise CujitError(f"{where}: {name!r} is both a {taken[name]} and a symbol")
         self.defined_outputs = {n for n in output_symbols if n in self.values}
 
-        # Which names each rule may read.
+        # Which names each rule may read. Values and checks that read an output (the output itself, or a stride
+        # that only an output binds) are late: evaluated once the outputs are allocated or checked.
+        late_sources = set(self.outputs) | {n for n in output_symbols if n not in self.values}
+        self.late_values: set[str] = set()
         known = [*self.params, *input_symbols]
         for vname, rule in self.values.items():
-            rule.check_names(known)
+            rule.check_names([*known, *late_sources])
+            if set(rule.names) & (late_sources | self.late_values):
+                if vname in self.defined_outputs:
+                    raise CujitError(f"{where} values[{vname!r}]: it defines a dimension of an output, so it cannot "
+                                     "read an output")
+                self.late_values.add(vname)
             known.append(vname)
-        self.checks = []
+        self.checks: list[tuple[_Rule, str]] = []
+        self.late_checks: set[int] = set()
         for i, item in enumerate(checks):
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], str)):
                 raise TypeError(f"{where} checks[{i}]: expected (expression or callable, message), got {item!r}")
             rule = _Rule(item[0], f"{where} checks[{i}]")
-            rule.check_names(known)
+            rule.check_names([*known, *late_sources])
+            if set(rule.names) & (late_sources | self.late_values):
+                self.late_checks.add(i)
             self.checks.append((rule, item[1]))
+        # How aligned(t, n) is inlined: each tensor parameter, and whether it may be None when a rule reads it.
+        self.tensor_optional = {p.name: p.name in self.optional for p in self.schema.tensors}
         for _, shape in self.scratch.values():
             for rule in shape:
-                rule.check_names(known)
+                rule.check_names([*known, *late_sources])
         everything = [*known, *output_symbols, *self.scratch]
         for plan in self.launches:
             for rule in (*plan.grid, *plan.block, plan.smem):
@@ -402,6 +481,20 @@ class Op:
             cuda_files=list(self.sources), cuda_wrappers=wrappers, extra_cuda_cflags=self.extra_cuda_cflags,
             extra_include_paths=self.extra_include_paths,
         )
+
+    def variant(self, namespace: str, **changes: Any) -> OpFunction:
+        """The same op declared again under ``namespace`` with some parts changed (``pdl=False``, say).
+
+        For comparing two forms of one op side by side; the variant is a separate torch op
+        (``torch.ops.<namespace>.<name>``).
+        """
+        if not codegen.is_identifier(namespace):
+            raise CujitError(f"{self.name}: variant(): namespace {namespace!r} is not an identifier")
+        unknown = sorted(set(changes) - set(self._declaration))
+        if unknown:
+            raise CujitError(f"{self.name}: variant(): no part named {', '.join(unknown)}")
+        schema = f"{namespace}::{self._schema_text.split('::', 1)[1]}"
+        return Op(schema, **{**self._declaration, **changes}).function
 
     def instances(self) -> list[dict[str, Any]]:
         """The template field values that ``python -m cujit precompile`` builds, as declared."""
@@ -509,41 +602,55 @@ class Op:
             elif isinstance(sym, SymbolicDevice) and sym is self.device_symbol and sym.name in used and \
                     sym.name in self.input_symbols:
                 src(f"{sym.name} = _DEV[('cuda', _dev)]")
-        for vname, rule in self.values.items():
-            src(f"{vname} = {rule.emit(env, f'_value_{vname}')}")
-            if vname in self.defined_outputs:
-                emit.bound.add(self.symbols[vname])
-        for i, (rule, _) in enumerate(self.checks):
-            if not set(rule.names) <= set(self.fields):  # the others ran when the instantiation was made
-                src(f"if not {rule.emit(env, f'_check{i}')}: {miss}")
+        pointer = "data_ptr()" if torch else "data.ptr"
+
+        def emit_values(late: bool) -> None:
+            for vname, rule in self.values.items():
+                if (vname in self.late_values) == late:
+                    src(f"{vname} = {rule.emit(env, f'_value_{vname}', pointer, self.tensor_optional)}")
+                    if vname in self.defined_outputs:
+                        emit.bound.add(self.symbols[vname])
+            for i, (rule, _) in enumerate(self.checks):
+                # A check of template arguments alone ran when the instantiation was made.
+                if (i in self.late_checks) == late and not set(rule.names) <= set(self.fields):
+                    src(f"if not {rule.emit(env, f'_check{i}', pointer, self.tensor_optional)}: {miss}")
+
+        emit_values(late=False)
         for name in self.outputs:
             self._emit_output(src, env, emit, name, flavour)
+        emit_values(late=True)
         for sname, (dtype, shape) in self.scratch.items():
-            dims = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}") for i, rule in enumerate(shape))
+            extent = ", ".join(rule.emit(env, f"_scratch_{sname}_{i}", pointer, self.tensor_optional)
+                               for i, rule in enumerate(shape))
             env[f"_sdt_{sname}"] = dtype
             if torch:
-                src(f"{sname} = _torch_empty(({dims},), dtype=_sdt_{sname}_t, device=_dev)")
+                src(f"{sname} = _torch_empty(({extent},), dtype=_sdt_{sname}_t, device=_dev)")
             else:
-                src(f"{sname} = _cupy_alloc(({dims},), _sdt_{sname}_n, _dev)")
+                src(f"{sname} = _cupy_alloc(({extent},), _sdt_{sname}_n, _dev)")
         key = ", ".join([*self.fields, "_dev"])
         src(f"_k = _table.get(({key}))")
         src(f"if _k is None: {miss}")
         src(f"_s = {'_torch_stream' if torch else '_cupy_stream'}(_dev)")
         for plan in self.launches:
             loaded = "_k" if len(self.launches) == 1 else f"_k[{plan.index}]"
-            grid = [r.emit(env, f"_grid{plan.index}_{i}") for i, r in enumerate(plan.grid)]
-            block = [r.emit(env, f"_block{plan.index}_{i}") for i, r in enumerate(plan.block)]
-            grid += ["1"] * (3 - len(grid))
-            block += ["1"] * (3 - len(block))
-            src(f"_gx, _gy, _gz = {', '.join(grid)}")
-            src(f"_bx, _by, _bz = {', '.join(block)}")
-            smem = plan.smem.emit(env, f"_smem{plan.index}")
-            nonzero = " and ".join(v for v, rule in zip(("_gx", "_gy", "_gz"), plan.grid, strict=False)
-                                   if rule.const is None or not rule.const)
-            with src.block(f"if {nonzero or 'True'}"):
+            # Constant dimensions go into the launch as literals; computed ones are computed once, into locals.
+            dims: list[str] = []
+            for kind, rules in (("_g", plan.grid), ("_b", plan.block)):
+                padded: list[_Rule | None] = [*rules, None, None][:3]
+                for axis, dim in zip("xyz", padded, strict=True):
+                    if dim is None or dim.const is not None:
+                        dims.append("1" if dim is None else str(int(dim.const)))
+                    else:
+                        text = dim.emit(env, f"{kind}{axis}{plan.index}", pointer, self.tensor_optional)
+                        src(f"{kind}{axis} = {text}")
+                        dims.append(f"{kind}{axis}")
+            smem = plan.smem.emit(env, f"_smem{plan.index}", pointer, self.tensor_optional)
+            nonzero = " and ".join(d for d in dims[:3] if not d.isdigit()) or ("True" if "0" not in dims[:3]
+                                                                                  else "False")
+            with src.block(f"if {nonzero}"):
                 values = [self._arg(name, torch) for name in plan.args]
                 smem_may_exceed = not (plan.smem.const is not None and int(plan.smem.const) <= 48 * 1024)
-                launch.emit_launch(src, loaded, "_gx, _gy, _gz", "_bx, _by, _bz", smem, "_s", values,
+                launch.emit_launch(src, loaded, ", ".join(dims[:3]), ", ".join(dims[3:]), smem, "_s", values,
                                    pdl=self.pdl, smem_may_exceed=smem_may_exceed, on_pack_error=miss)
         src(self._return())
 
@@ -672,14 +779,7 @@ class Op:
         dev = device_value.index
         for sym in self.input_symbols.values():
             names[sym.name] = bindings[sym][0]
-        for vname, rule in self.values.items():
-            names[vname] = rule.evaluate(names)
-            if vname in self.defined_outputs:
-                bindings[self.symbols[vname]] = (names[vname], f"values[{vname!r}]")
-        for rule, message in self.checks:
-            if not rule.evaluate(names):
-                involved = ", ".join(f"{n} = {names[n]!r}" for n in rule.names if n in names and n not in self.specs)
-                raise CujitError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
+        self._evaluate(names, bindings, late=False)
         library = _library_of(names[self.required[0]])
         for oname in self.outputs:
             if names[oname] is None:
@@ -691,6 +791,7 @@ class Op:
             for sym in self.specs[oname].symbols():
                 if sym is not self.device_symbol:
                     names[sym.name] = bindings[sym][0]
+        self._evaluate(names, bindings, late=True)
         for sname, (dtype, shape) in self.scratch.items():
             dims = tuple(int(rule.evaluate(names)) for rule in shape)
             names[sname] = _allocate(library, dims, None, dtype, dev)
@@ -726,6 +827,18 @@ class Op:
                 item.allow_smem(smem)
             item.launch_packed(grid, block, smem, stream, addr, self.pdl)
         return self._outputs(names)
+
+    def _evaluate(self, names: dict[str, Any], bindings: dict[_Symbol, tuple[Any, str]], *, late: bool) -> None:
+        """Compute the early (or late) values into ``names`` and run the early (or late) checks."""
+        for vname, rule in self.values.items():
+            if (vname in self.late_values) == late:
+                names[vname] = rule.evaluate(names)
+                if vname in self.defined_outputs:
+                    bindings[self.symbols[vname]] = (names[vname], f"values[{vname!r}]")
+        for i, (rule, message) in enumerate(self.checks):
+            if (i in self.late_checks) == late and not rule.evaluate(names):
+                involved = ", ".join(f"{n} = {names[n]!r}" for n in rule.names if n in names and n not in self.specs)
+                raise CheckError(f"{self.name}: {message}" + (f" ({involved})" if involved else ""))
 
     def _outputs(self, names: Mapping[str, Any]) -> Any:
         if not self.outputs:

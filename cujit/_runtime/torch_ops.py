@@ -125,7 +125,8 @@ def _fake(qualified: str, *, functional: bool) -> Any:
         for sym in op.input_symbols.values():
             names[sym.name] = bindings[sym][0]
         for vname, rule in op.values.items():
-            names[vname] = rule.evaluate(names)
+            if vname not in op.late_values:  # the late ones read outputs, which decide nothing here
+                names[vname] = rule.evaluate(names)
         outputs = []
         for oname in op.outputs:
             spec = op.specs[oname]
@@ -164,12 +165,14 @@ def _fake_info(tensor: Any) -> TensorInfo:
 
 # ------------------------------------------------------------------------------------------------ tracing
 def tracing(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
-    """Whether this call is being traced (Dynamo, ``torch.export``, fake tensors) rather than run."""
+    """Whether this call is being traced with fake tensors (``torch.export``, ``make_fx``) rather than run.
+
+    Real tensors always run, also while a compile is under way (the registered op's own kernels call the op's
+    function with them); Dynamo never gets here, it calls the registered op through the substitution.
+    """
     torch = frameworks.torch()
     if torch is None:
         return False
-    if torch.compiler.is_compiling():
-        return True
     plain = (torch.Tensor, torch.nn.Parameter)
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor) and type(value) not in plain:

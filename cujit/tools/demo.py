@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from .._runtime import cache, config, driver
-
-
-def _per_call_us(fn: object, sync: object, calls: int = 2000, rounds: int = 5) -> float:
-    samples = []
-    for _ in range(rounds):
-        sync()  # type: ignore[operator]
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()  # type: ignore[operator]
-        sync()  # type: ignore[operator]
-        samples.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(samples)
+from .bench.timing import interleaved
 
 
 def demo(arch: str | None = None) -> int:
@@ -58,8 +46,9 @@ def demo(arch: str | None = None) -> int:
     small = x[:4096]
     out = torch.empty_like(small)
     sync = torch.cuda.synchronize
-    ours = _per_call_us(lambda: add_constant(small, 3, out=out), sync)
-    theirs = _per_call_us(lambda: torch.add(small, 3, out=out), sync)
+    times = interleaved({"ours": lambda: add_constant(small, 3, out=out),
+                         "theirs": lambda: torch.add(small, 3, out=out)}, sync, rounds=5)
+    ours, theirs = times["ours"], times["theirs"]
     print(f"per call, 4096 int32, host time: add_constant(x, 3, out=y) {ours:.2f} us, "
           f"torch.add(x, 3, out=y) {theirs:.2f} us ({ours / theirs:.2f}x)")
     return 0 if ok_torch and ok_cupy else 1

@@ -13,132 +13,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .timing import interleaved as _interleaved
+from .timing import median_seconds
+from .timing import per_call_us as _per_call_us
+
 __all__ = ["main"]
-
-
-def _per_call_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int = 2000, rounds: int = 9) -> float:
-    """Median over ``rounds`` of the host time per call of ``fn``, in microseconds."""
-    return _interleaved({"fn": fn}, sync, calls, rounds)["fn"]
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], calls: int = 2000,
-                 rounds: int = 15) -> dict[str, float]:
-    """Host time per call of each function, in microseconds.
-
-    The median over ``rounds`` rounds, each round timing every function once, so that the drift of a noisy host
-    weighs on all of them alike.
-    """
-    for fn in fns.values():
-        for _ in range(200):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter_ns() - start) / calls / 1e3)
-    sync()
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def median_seconds(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20) -> float:
-    """Median device time of ``fn`` in seconds, timed with CUDA events on the current stream."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def _row(name: str, value: float, unit: str, ratio: float | None = None, against: str = "") -> dict[str, Any]:
     extra = f"  {ratio:5.2f} x {against}" if ratio is not None else ""
     print(f"  {name:<58s} {value:9.2f} {unit}{extra}", flush=True)
     return {"name": name, "value": value, "unit": unit, "ratio": ratio, "against": against}
-
-
-def host_section(rows: list[dict[str, Any]]) -> None:
-    import cupy
-    import torch
-
-    import cujit
-    from cujit.add_constant import add_constant
-
-    print("host time per call, 4096 int32 (median of 9 rounds of 2000 calls)", flush=True)
-    sync = torch.cuda.synchronize
-    x = torch.randint(-1000, 1000, (4096,), dtype=torch.int32, device="cuda")
-    y = torch.empty_like(x)
-    xc, yc = cupy.asarray(x.cpu().numpy()), cupy.empty(4096, dtype=cupy.int32)
-
-    kernel = add_constant.op.module(constant=3).add_constant
-    add_constant(x, 3, out=y)
-    source = (Path(cujit.__file__).parent / "kernels" / "add_constant.cuh").read_text()
-    include = str(Path(cujit.__file__).parent / "include")
-    raw_module = cupy.RawModule(code=source, options=("-std=c++17", f"-I{include}"),
-                                name_expressions=["add_constant_kernel<3>"])
-    raw = raw_module.get_function("add_constant_kernel<3>")
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
-    px, py, n = x.data_ptr(), y.data_ptr(), x.numel()
-    u64 = cupy.uint64(n)
-
-    def raw_call() -> None:
-        raw((4,), (256,), (py, px, u64), stream=stream)
-
-    launch = cujit.LaunchKernel(4, 256)  # 4 blocks x 256 threads x 4 values = 4096
-    loaded = kernel.on(x.get_device())
-    buf, addr = loaded.buffer()
-    loaded.pack_into(buf, 0, py, px, n)
-    from cupy.cuda import driver
-
-    stream_handle = torch.cuda.current_stream().cuda_stream
-
-    def driver_only() -> None:
-        driver.launchKernel(loaded.function, 4, 1, 1, 256, 1, 1, 0, stream_handle, addr, 0)
-
-    times = _interleaved({
-        "torch_out": lambda: torch.add(x, 3, out=y),
-        "plus": lambda: x + 3,
-        "raw": raw_call,
-        "floor": driver_only,
-        "ours_out": lambda: add_constant(x, 3, out=y),
-        "ours": lambda: add_constant(x, 3),
-        "bare": lambda: launch(kernel, y, x, n),
-        "direct": lambda: kernel.launch(4, 256, y, x, n),
-        "empty": lambda: torch.empty_like(x),
-    }, sync)
-    torch_out, plus, ours_out, ours = times["torch_out"], times["plus"], times["ours_out"], times["ours"]
-    rows.append(_row("torch.add(x, 3, out=y)", torch_out, "us"))
-    rows.append(_row("x + 3", plus, "us"))
-    rows.append(_row("CuPy RawKernel call, pointers pre-extracted", times["raw"], "us", times["raw"] / torch_out,
-                     "torch.add(out=)"))
-    rows.append(_row("cuLaunchKernel through CuPy, everything prebuilt (floor)", times["floor"], "us",
-                     times["floor"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("cujit add_constant(x, 3, out=y), full checks", ours_out, "us", ours_out / torch_out,
-                     "torch.add(out=)"))
-    rows.append(_row("   the same, against the CuPy RawKernel call", ours_out, "us", ours_out / times["raw"],
-                     "RawKernel"))
-    rows.append(_row("cujit add_constant(x, 3), allocates", ours, "us", ours / plus, "x + 3"))
-    rows.append(_row("cujit LaunchKernel(4, 256)(kernel, y, x, n), no checks", times["bare"], "us",
-                     times["bare"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("cujit kernel.launch(4, 256, y, x, n), no checks", times["direct"], "us",
-                     times["direct"] / torch_out, "torch.add(out=)"))
-    rows.append(_row("torch.empty_like(x) alone", times["empty"], "us"))
-    ours_cupy = _per_call_us(lambda: add_constant(xc, 3, out=yc), cupy.cuda.runtime.deviceSynchronize)
-    rows.append(_row("cujit add_constant(cupy x, 3, out=y)", ours_cupy, "us"))
 
 
 def matcher_section(rows: list[dict[str, Any]], device: str) -> None:
@@ -286,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m cujit bench", description=__doc__)
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--only", choices=["host", "matcher", "bandwidth", "startup"], action="append")
+    parser.add_argument("--only", choices=["percall", "matcher", "bandwidth", "startup"], action="append")
     args = parser.parse_args(argv)
     import torch
 
@@ -297,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"cujit benchmarks on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
     rows = []
-    sections = args.only or ["host", "matcher", "bandwidth", "startup"]
-    if "host" in sections:
-        host_section(rows)
+    sections = args.only or ["percall", "matcher", "bandwidth", "startup"]
+    if "percall" in sections:
+        from .percall import percall_section
+
+        percall_section(rows, _row)
     if "matcher" in sections:
         matcher_section(rows, "cpu")
         matcher_section(rows, "cuda")
