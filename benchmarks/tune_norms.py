@@ -286,21 +286,14 @@ def report_table(results: list[Result]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ PDL
-def declare_copy(name: str, namespace: str, pdl: bool) -> Callable[..., object]:
-    """The shipped op ``name`` declared again under ``namespace``, with programmatic dependent launch on or off."""
-    path = Path(cujit.__file__).resolve().parent / f"{name}.py"
-    text = path.read_text().replace('"cujit::', f'"{namespace}::').replace("pdl=True", f"pdl={pdl}")
-    scope = {"__name__": f"tune_{namespace}_{name}", "__file__": str(path), "__package__": "cujit"}
-    exec(compile(text, str(path), "exec"), scope)
-    return scope[name]  # type: ignore[no-any-return]
-
-
 def pdl_chain(d: int = 4096, dtype: torch.dtype = torch.bfloat16) -> None:
     """A CUDA graph of rms_norm -> silu_and_mul -> rms_norm at 1-16 tokens, with and without PDL."""
-    variants = {}
-    for label, pdl in (("pdl", True), ("no pdl", False)):
-        ns = "tune_pdl_on" if pdl else "tune_pdl_off"
-        variants[label] = (declare_copy("rms_norm", ns, pdl), declare_copy("silu_and_mul", ns, pdl))
+    from cujit.rms_norm import rms_norm
+    from cujit.silu_and_mul import silu_and_mul
+
+    variants = {"pdl": (rms_norm, silu_and_mul),
+                "no pdl": (rms_norm.op.variant("tune_no_pdl", pdl=False),
+                           silu_and_mul.op.variant("tune_no_pdl", pdl=False))}
     w1 = torch.randn(2 * d, dtype=dtype, device="cuda")
     w2 = torch.randn(d, dtype=dtype, device="cuda")
     print(f"\nrms_norm [T, {2 * d}] -> silu_and_mul -> rms_norm [T, {d}], {dtype}, CUDA graph of "

@@ -9,12 +9,14 @@ configurations of :func:`cujit.rms_norm.norm_config`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import cujit
 
-from ._runtime.dtypes import DType
-from .rms_norm import TRACING_CONFIG, NormConfig, address, norm_config, norm_precompile, vector_rows
+from ._runtime.ops import aligned
+from ._runtime.tensors import tensor_info
+from .rms_norm import kernel_config, norm_precompile
 
 __all__ = ["fused_add_rms_norm"]
 
@@ -24,20 +26,33 @@ _X_STRIDE, _RESIDUAL_STRIDE = cujit.SymbolicSize("x_stride"), cujit.SymbolicSize
 _DTYPE = cujit.SymbolicDType("dtype")
 
 
-def _kernel_config(x: Any, residual: Any, weight: Any, T: int, H: int, x_stride: int, residual_stride: int,
-                   dtype: DType) -> NormConfig:
-    if address(x) is None:
-        return TRACING_CONFIG
-    return norm_config(H, dtype, vector_rows(T, H, dtype.itemsize, weight, (x, x_stride),
-                                              (residual, residual_stride)))
+def _vector(x: Any, residual: Any, weight: Any, T: Any, H: Any, x_stride: Any, residual_stride: Any,
+            dtype: cujit.DType) -> bool:
+    """Whole vectors per row, and every row start and the weight 16-byte aligned.
+
+    False without a look at a traced call's symbolic sizes: tracing picks no kernel, and a test of a symbolic size
+    would constrain the compiled graph.
+    """
+    if type(H) is not int:
+        return False
+    lanes = 16 // dtype.itemsize
+    return (H % lanes == 0 and aligned(x, 16) and aligned(residual, 16) and aligned(weight, 16)
+            and (T <= 1 or (x_stride % lanes == 0 and residual_stride % lanes == 0)))
+
+
+def _address(tensor: Any) -> int:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        return int(tensor.data_ptr())
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(tensor, cupy.ndarray):
+        return int(tensor.data.ptr)
+    return tensor_info(tensor).ptr
 
 
 def _distinct(x: Any, residual: Any, T: int, H: int) -> bool:
-    """Whether x and residual are different tensors (a partial overlap is the caller's to avoid)."""
-    if T == 0 or H == 0:
-        return True
-    at = address(x)
-    return at is None or at != address(residual)
+    """Whether x and residual start at different addresses (a partial overlap is the caller's to avoid)."""
+    return T == 0 or H == 0 or _address(x) != _address(residual)
 
 
 fused_add_rms_norm = cujit.op(
@@ -52,7 +67,8 @@ fused_add_rms_norm = cujit.op(
         "weight": cujit.TensorMatcher([_H]).with_dtype(*_FLOATS, symbol=_DTYPE),
     },
     values={
-        "config": _kernel_config,
+        "vector": _vector,
+        "config": kernel_config,
         "path": "config.path",
         "block": "config.block",
         "row_threads": "config.row_threads",

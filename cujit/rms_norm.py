@@ -9,18 +9,15 @@ choice of its template parameters by hidden size (:func:`norm_config`), which ``
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any, NamedTuple
 
 import cujit
 
 from ._runtime.dtypes import DType, as_dtype
-from ._runtime.tensors import TensorInfo, tensor_info
 
 __all__ = [
     "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig",
-    "address", "norm_config", "norm_precompile", "rms_norm", "row_stride", "vector_rows",
+    "NormConfig", "kernel_config", "norm_config", "norm_precompile", "rms_norm",
 ]
 
 # rms_norm_detail::kPath* in the kernel.
@@ -53,7 +50,7 @@ class NormConfig(NamedTuple):
         return self.block // self.row_threads
 
 
-def _config(path: int, row_threads: int, vecs: int) -> NormConfig:
+def _make(path: int, row_threads: int, vecs: int) -> NormConfig:
     return NormConfig(path, max(row_threads, _MIN_BLOCK), row_threads, vecs)
 
 
@@ -82,15 +79,15 @@ def norm_config(hidden: int, dtype: Any, vector: bool) -> NormConfig:
     lanes = 16 // as_dtype(dtype).itemsize
     for row_threads, vecs in VECTOR_CONFIGS if vector else SCALAR_CONFIGS:
         if row_threads * vecs * lanes >= hidden:
-            return _config(PATH_VECTOR if vector else PATH_SCALAR, row_threads, vecs)
-    return _config(PATH_TILED, *TILED_CONFIG)
+            return _make(PATH_VECTOR if vector else PATH_SCALAR, row_threads, vecs)
+    return _make(PATH_TILED, *TILED_CONFIG)
 
 
 def norm_precompile() -> list[dict[str, Any]]:
     """Every instantiation that :func:`norm_config` can choose, for each dtype and both weight forms."""
-    configs = [_config(PATH_VECTOR, *c) for c in VECTOR_CONFIGS]
-    configs += [_config(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
-    configs.append(_config(PATH_TILED, *TILED_CONFIG))
+    configs = [_make(PATH_VECTOR, *c) for c in VECTOR_CONFIGS]
+    configs += [_make(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
+    configs.append(_make(PATH_TILED, *TILED_CONFIG))
     return [
         {"dtype": dtype, "gemma": gemma, **c._asdict()}
         for dtype in ("float32", "float16", "bfloat16")
@@ -99,81 +96,18 @@ def norm_precompile() -> list[dict[str, Any]]:
     ]
 
 
-def _info(tensor: Any) -> TensorInfo | None:
-    try:
-        return tensor_info(tensor)
-    except (TypeError, ValueError, BufferError):
-        return None  # not a tensor: the op's own check of it raises the error that names it
+#: The configuration of a traced call (fake tensors, symbolic sizes): tracing launches nothing, so it picks nothing.
+TRACING_CONFIG = _make(PATH_TILED, *TILED_CONFIG)
 
 
-def address(tensor: Any) -> int | None:
-    """The address of a tensor's first element (torch, CuPy or DLPack), or None.
+def kernel_config(H: Any, dtype: DType, vector: bool) -> NormConfig:
+    """:func:`norm_config` for one call of hidden size ``H`` (the op passes its values by these names).
 
-    None for a torch tensor without storage (the fake tensors of tracing), whose layout then does not matter, and
-    for an object that is no tensor.
+    :data:`TRACING_CONFIG` when ``H`` is symbolic: a traced call launches nothing.
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(tensor, torch.Tensor):
-        if tensor.__class__ is not torch.Tensor and tensor.__class__ is not torch.nn.Parameter:
-            return None
-        return int(tensor.data_ptr())
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(tensor, cupy.ndarray):
-        return int(tensor.data.ptr)
-    info = _info(tensor)
-    return None if info is None else info.ptr
-
-
-def row_stride(tensor: Any) -> int | None:
-    """The stride between the rows of a 2-D tensor, in elements (torch, CuPy or DLPack); None if it has none."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(tensor, torch.Tensor):
-        return int(tensor.stride(0)) if tensor.dim() == 2 else None
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(tensor, cupy.ndarray):
-        return int(tensor.strides[0] // tensor.itemsize) if tensor.ndim == 2 else None
-    info = _info(tensor)
-    return info.strides[0] if info is not None and len(info.strides) == 2 else None
-
-
-def vector_rows(rows: int, hidden: int, itemsize: int, weight: Any, *tensors: tuple[Any, int | None]) -> bool:
-    """Whether 16-byte vectors apply to rows of ``hidden`` values.
-
-    That is: ``hidden`` a whole number of vectors, and the weight and every row start of each
-    ``(tensor, row stride)`` 16-byte aligned (a stride of None is read from the tensor).
-    """
-    lanes = 16 // itemsize
-    if hidden % lanes:
-        return False
-    for tensor, stride in ((weight, 0), *tensors):
-        at = address(tensor)
-        if at is None or at % 16:
-            return False
-        if rows > 1:
-            step = row_stride(tensor) if stride is None else stride
-            if step is None or step % lanes:
-                return False
-    return True
-
-
-#: What the values of a traced call (fake tensors, possibly symbolic sizes) are: they pick no kernel.
-TRACING_CONFIG = _config(PATH_TILED, *TILED_CONFIG)
-
-
-def _kernel_config(x: Any, weight: Any, out: Any, T: int, H: int, x_stride: int, dtype: DType) -> NormConfig:
-    if address(x) is None:
+    if type(H) is not int:
         return TRACING_CONFIG
-    # out is None when the op allocates it: contiguous, and aligned like every allocation.
-    tensors = ((x, x_stride),) if out is None else ((x, x_stride), (out, None))
-    return norm_config(H, dtype, vector_rows(T, H, dtype.itemsize, weight, *tensors))
-
-
-def _rows_apart(out: Any, T: int, H: int) -> bool:
-    """Rows of a given ``out`` do not overlap (in place, out may be x)."""
-    if out is None or T <= 1:
-        return True
-    step = row_stride(out)
-    return step is None or abs(step) >= H  # None: not a 2-D tensor, which the check of out reports
+    return norm_config(H, dtype, vector)
 
 
 # ------------------------------------------------------------------------------------------------ the op
@@ -192,13 +126,18 @@ rms_norm = cujit.op(
         "out": cujit.TensorMatcher([_T, _H]).with_strides([_OUT_STRIDE, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
     },
     values={
-        "config": _kernel_config,
+        "lanes": "16 // dtype.itemsize",  # values per 16-byte vector
+        # Whole vectors per row, and every row start and the weight 16-byte aligned. It reads out, so it is
+        # computed once out is allocated (or checked).
+        "vector": "H % lanes == 0 and aligned(x, 16) and aligned(weight, 16) and aligned(out, 16) "
+                  "and (T <= 1 or (x_stride % lanes == 0 and out_stride % lanes == 0))",
+        "config": kernel_config,
         "path": "config.path",
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
     },
-    checks=[(_rows_apart, "out: rows overlap (a row stride below hidden)")],
+    checks=[("T <= 1 or abs(out_stride) >= H", "out: rows overlap (a row stride below hidden)")],
     grid="cdiv(T, config.rows_per_block) if H else 0",
     block="block",
     args=("out", "x", "weight", "T", "H", "x_stride", "out_stride", "eps"),

@@ -3,8 +3,8 @@
 - The selection rules choose only precompiled instantiations, and only ones that hold the row. (Every
   instantiation is compiled for sm_80 and sm_90 by tests/test_compile_all.py, which finds the shipped ops itself.)
 - The generated launch code, run against the stub driver of tests/stub_cuda.py: which kernel path each layout
-  takes, the grid, the block and the packed arguments, and refused inputs launching nothing. The stub runs copies
-  of the shipped declarations under their own namespace, so that the real ops stay bound to the real driver.
+  takes, the grid, the block and the packed arguments, and refused inputs launching nothing. The stub runs
+  variants of the shipped ops under a namespace of their own, so that the real ops stay bound to the real driver.
 - CPU tensors are refused by the real ops' device check, with the message that names it.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,7 +38,6 @@ torch = pytest.importorskip("torch")
 OPS = {"rms_norm": rms_norm, "fused_add_rms_norm": fused_add_rms_norm, "silu_and_mul": silu_and_mul,
        "gelu_and_mul": gelu_and_mul}
 DTYPES = ("float32", "float16", "bfloat16")
-PACKAGE = Path(cujit.__file__).resolve().parent
 
 
 def _lanes(dtype: str) -> int:
@@ -92,17 +90,6 @@ def test_activation_rule_chooses_precompiled_configurations(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the stub
-def _declare_copy(name: str) -> Any:
-    """The shipped op ``name`` declared again under the namespace ``cujit_stub`` (bound to the driver in use)."""
-    path = PACKAGE / f"{name}.py"
-    text = path.read_text().replace('"cujit::', '"cujit_stub::')
-    assert '"cujit_stub::' in text
-    namespace: dict[str, Any] = {"__name__": f"tests.stub_copy_{name}", "__file__": str(path),
-                                 "__package__": "cujit"}
-    exec(compile(text, str(path), "exec"), namespace)
-    return namespace[name]
-
-
 @pytest.fixture
 def stub() -> Iterator[StubBackend]:
     with stub_backend() as backend:
@@ -111,7 +98,8 @@ def stub() -> Iterator[StubBackend]:
 
 @pytest.fixture
 def ops(stub: StubBackend) -> SimpleNamespace:
-    declared = SimpleNamespace(**{name: _declare_copy(name) for name in OPS})
+    # Variants declared under the stub, in a namespace of their own: the real ops stay bound to the real driver.
+    declared = SimpleNamespace(**{name: fn.op.variant("cujit_stub") for name, fn in OPS.items()})
     for fn in vars(declared).values():
         bind_fakes(fn.op.env, stub)
     return declared
