@@ -15,7 +15,7 @@ from ._runtime.cache import cache_stats
 from ._runtime.checks import runtime_check
 from ._runtime.cpp_args import CppArgs, make_cpp_args
 from ._runtime.dtypes import DType
-from ._runtime.errors import CheckError, CompileError, CujitError, LaunchError, TensorMatchError
+from ._runtime.errors import CheckError, CompileError, CompileWarning, CujitError, LaunchError, TensorMatchError
 from ._runtime.launch import LaunchKernel, device_check
 from ._runtime.matcher import (
     SymbolicDevice,
@@ -34,6 +34,7 @@ from ._runtime.version import __version__
 __all__ = [
     "CheckError",
     "CompileError",
+    "CompileWarning",
     "CppArgs",
     "CujitError",
     "DType",

@@ -1,5 +1,7 @@
 """The compile cache on the CPU: keys, invalidation, the memory and disk layers, corruption, permissions,
-offline mode, concurrency (threads and processes), CompileError and logging.
+offline mode, concurrency (threads and processes), CompileError and logging; keys that survive moving the
+package, the headers and the project; processes killed while compiling or publishing; a full disk; the diagnosis
+of wrong cuda_wrappers expressions and NVRTC's warnings.
 
 Everything compiles with an explicit arch (``compile(arch="sm_90")``), which needs NVRTC but no GPU. The autouse
 fixture of conftest.py gives each test its own ``CUJIT_CACHE_DIR`` and an empty memory cache;
@@ -823,3 +825,323 @@ def test_cujit_header_shadowed_in_an_extra_include_path_invalidates(
     second = module(kernel, "shadow", extra_include_paths=[vendored]).compile(arch=ARCH)
     assert count["compiles"] == 2
     assert second.cubin != first.cubin
+
+
+# ---------------------------------------------------------------------------------------------------- relocation
+def _project(root: Path) -> dict[str, object]:
+    """A kernel folder reaching headers in every way: next to it, below it, through include paths and -I flags."""
+    write(root / "kernels" / "reloc.cuh", """\
+        #include <cujit/base.cuh>
+        #include "local.cuh"
+        #include <proj/values.cuh>
+        #include <flagged.cuh>
+        template <int N>
+        __global__ void reloc(int* out) { out[threadIdx.x] = N + kLocal + PROJ_VALUE + FLAGGED + PRE_VALUE; }
+        """)
+    write(root / "kernels" / "local.cuh", '#include "sub/deeper.cuh"\nconstexpr int kLocal = kDeeper;\n')
+    write(root / "kernels" / "sub" / "deeper.cuh", "constexpr int kDeeper = 1;\n")
+    write(root / "include" / "proj" / "values.cuh", "#define PROJ_VALUE 10\n")
+    write(root / "flag-include" / "flagged.cuh", "#define FLAGGED 100\n")
+    write(root / "pre.cuh", "#define PRE_VALUE 1000\n")
+    return {
+        "cuda_files": [root / "kernels" / "reloc.cuh"],
+        "extra_include_paths": [root / "include"],
+        "extra_cuda_cflags": [f"-I{root / 'flag-include'}", f"--pre-include={root / 'pre.cuh'}"],
+    }
+
+
+def test_moved_project_folders_keep_their_key(tmp_path: Path) -> None:
+    one = _project(tmp_path / "one")
+    other = _project(tmp_path / "somewhere" / "else")
+
+    def key(spec: dict[str, object]) -> str:
+        return cujit.load_jit("reloc", cuda_wrappers=[("k", "reloc<3>")], **spec).cache_key(ARCH)  # type: ignore[arg-type]
+
+    assert key(one) == key(other)
+    # The same layout with other contents anywhere is another key.
+    write(tmp_path / "somewhere" / "else" / "kernels" / "sub" / "deeper.cuh", "constexpr int kDeeper = 2;\n")
+    assert key(one) != key(other)
+
+
+def test_moved_cujit_include_folder_keeps_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = small(tmp_path)
+    before = module(path).cache_key(ARCH)
+    moved = tmp_path / "moved" / "include"
+    shutil.copytree(toolchain.cujit_include_dir(), moved)
+    monkeypatch.setattr(toolchain, "cujit_include_dir", lambda: moved)
+    assert module(path).cache_key(ARCH) == before
+    (moved / "cujit" / "base.cuh").write_text((moved / "cujit" / "base.cuh").read_text() + "\n// edited\n")
+    assert module(path).cache_key(ARCH) != before
+
+
+def test_the_same_name_in_another_root_is_another_key(tmp_path: Path) -> None:
+    # values.cuh found through the include path, or next to the kernel: same bytes, different search roots.
+    write(tmp_path / "a" / "kernel.cuh", '#include <cujit/base.cuh>\n#include "values.cuh"\n' + KERNEL)
+    write(tmp_path / "a" / "values.cuh", "#define V 1\n")
+    write(tmp_path / "b" / "kernel.cuh", '#include <cujit/base.cuh>\n#include "values.cuh"\n' + KERNEL)
+    write(tmp_path / "b" / "inc" / "values.cuh", "#define V 1\n")
+    here = module(tmp_path / "a" / "kernel.cuh").cache_key(ARCH)
+    there = module(tmp_path / "b" / "kernel.cuh", extra_include_paths=[tmp_path / "b" / "inc"]).cache_key(ARCH)
+    assert here != there
+
+
+RELOCATED = r"""
+import json, sys
+import cujit
+from cujit._runtime import toolchain
+from cujit.add_constant import precompile_modules
+prefix, arch = sys.argv[1], sys.argv[2]
+assert cujit.__file__.startswith(prefix), cujit.__file__
+assert str(toolchain.cuda_include_dir()).startswith(prefix), toolchain.cuda_include_dir()
+modules = [*precompile_modules(), cujit.load_jit(
+    "reloc", cuda_wrappers=[("k", "reloc<3>")], cuda_files=[prefix + "/proj/kernels/reloc.cuh"],
+    extra_include_paths=[prefix + "/proj/include"],
+    extra_cuda_cflags=["-I" + prefix + "/proj/flag-include", "--pre-include=" + prefix + "/proj/pre.cuh"])]
+keys = [m.cache_key(arch) for m in modules]
+for m in modules:
+    m.compile(arch)
+print(json.dumps({"keys": keys, "stats": dict(cujit.cache_stats())}))
+"""
+
+
+def test_moved_package_headers_and_project_load_offline_with_no_compile(tmp_path: Path) -> None:
+    """Fill the cache from one prefix, move everything to another, load there with CUJIT_OFFLINE=1."""
+    first = tmp_path / "first"
+    shutil.copytree(REPO / "cujit", first / "pkg" / "cujit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(toolchain.cuda_include_dir(), first / "site" / "nvidia" / "cuda_runtime" / "include")
+    _project(first / "proj")
+
+    def run(prefix: Path, **env: str) -> dict[str, object]:
+        full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(prefix / "pkg"), str(prefix / "site")])}
+        # Run from the prefix: `python -c` puts the working folder first on sys.path, and the checkout's cujit
+        # must not be the one imported.
+        out = subprocess.run([sys.executable, "-c", RELOCATED, str(prefix), ARCH], capture_output=True, text=True,
+                             env=full, cwd=prefix, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    filled = run(first)
+    assert filled["stats"]["compiles"] == 5  # type: ignore[index]
+    second = tmp_path / "second" / "deeper"
+    shutil.copytree(first, second)
+    shutil.rmtree(first)  # nothing may still point there
+    loaded = run(second, CUJIT_OFFLINE="1")
+    assert loaded["keys"] == filled["keys"]
+    assert (loaded["stats"]["compiles"], loaded["stats"]["disk_hits"]) == (0, 5)  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------------- killed, full
+KILLED = r"""
+import os, signal, sys
+import cujit
+from cujit._runtime import cache
+where = sys.argv[2]
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if where == "compiling":
+    cache.compile_nvrtc = die          # killed inside NVRTC's compile, holding the lock
+else:
+    os.fsync = die                     # killed after writing the temporary file, before publishing it
+cujit.load_jit("killed", cuda_files=[sys.argv[1]], cuda_wrappers=[("k", "small_kernel<3>")]).compile(arch="sm_90")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs POSIX signals and flock")
+@pytest.mark.parametrize("where", ["compiling", "publishing"])
+def test_a_process_killed_mid_compile_leaves_nothing_that_breaks_later_runs(tmp_path: Path, where: str) -> None:
+    import fcntl
+    import signal
+
+    path = small(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([sys.executable, "-c", KILLED, str(path), where], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    m = cujit.load_jit("killed", cuda_files=[path], cuda_wrappers=[("k", "small_kernel<3>")])
+    key = m.cache_key(ARCH)
+    lock = cache_folder() / (key + ".lock")
+    assert lock.exists() and not entry(key).exists()
+    orphans = [p for p in cache_folder().iterdir() if ".tmp." in p.name]
+    assert len(orphans) == (1 if where == "publishing" else 0)
+
+    # The lock died with its holder: it is free at once.
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+    # An orphan younger than a minute may belong to a writer still at work; an older one is removed on publish.
+    for orphan in orphans:
+        old = time.time() - 120
+        os.utime(orphan, (old, old))
+    count = Counter()
+    compiled = m.compile(arch=ARCH)
+    assert count["compiles"] == 1 and count["disk_writes"] == 1
+    assert cache._decode(entry(key).read_bytes(), key) is not None and compiled.cubin
+    assert [p for p in cache_folder().iterdir() if ".tmp." in p.name] == []
+
+
+def test_temporary_files_are_removed_only_when_orphaned(tmp_path: Path) -> None:
+    folder = cache.disk_dir()
+    assert folder is not None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+
+    def plant(name: str, age: float) -> Path:
+        path = folder / name
+        path.write_bytes(b"partial")
+        os.utime(path, (now - age, now - age))
+        return path
+
+    key = "f" * 64
+    young_dead = plant(f"{key}.tmp.{dead.pid}.00000001", 5)
+    old_dead = plant(f"{key}.tmp.{dead.pid}.00000002", 120)
+    old_alive = plant(f"{key}.tmp.{os.getpid()}.00000003", 120)
+    ancient_alive = plant(f"{key}.tmp.{os.getpid()}.00000004", 2 * 3600)
+    unrelated = plant("notes.txt", 2 * 3600)
+    assert cache._sweep_temporaries(folder) == 2
+    assert young_dead.exists() and old_alive.exists() and unrelated.exists()
+    assert not old_dead.exists() and not ancient_alive.exists()
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "open"])
+def test_a_full_disk_keeps_working_from_memory_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    import errno
+
+    real = getattr(os, failing)
+
+    def full(*args: object, **kwargs: object) -> object:
+        if failing == "open" and ".tmp." not in str(args[0]):
+            return real(*args, **kwargs)  # the lock file opens; the entry cannot be written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    folder = cache.disk_dir()
+    assert folder is not None
+    monkeypatch.setattr(cache, "_WARNED", set())
+    count = Counter()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, failing, full)
+        with pytest.warns(RuntimeWarning) as record:
+            first = module(small(tmp_path)).compile(arch=ARCH)
+            module(small(tmp_path), "small_kernel<4>").compile(arch=ARCH)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1, messages
+    assert f"cannot save compiled kernels in {folder}: no space left on its disk" in messages[0]
+    assert "memory only" in messages[0] and "cache clear" in messages[0]
+    assert record[0].filename == __file__, record[0].filename
+    assert count["compiles"] == 2 and count["disk_errors"] == 2 and count["disk_writes"] == 0
+    assert cubins() == [] and [p for p in folder.iterdir() if ".tmp." in p.name] == []
+    assert module(small(tmp_path)).compile(arch=ARCH) is first  # from memory
+    assert count["compiles"] == 2
+
+
+def test_cache_warnings_point_at_the_callers_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-regular-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CUJIT_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(RuntimeWarning, match="not usable") as record:
+        module(small(tmp_path)).compile(arch=ARCH)
+    assert record[0].filename == __file__
+
+
+# ---------------------------------------------------------------------------------------------------- diagnostics
+DIAG = """\
+#include <cujit/base.cuh>
+template <int N>
+__global__ void templated(int* out) { out[threadIdx.x] = N; }
+__global__ void plain(int* out) { out[0] = 1; }
+__device__ void device_only(int* out) { out[0] = 2; }
+"""
+
+
+ARITY = ("whose template arguments do not fit function template 'templated' (wrong number or kind of template "
+         "arguments, or none given)")
+
+
+@pytest.mark.parametrize(
+    ("expr", "why"),
+    [
+        pytest.param("no_such_kernel<3>", "which names nothing declared there ('no_such_kernel' is undefined)",
+                     id="unknown-name"),
+        pytest.param("templated<1, 2>", ARITY, id="too-many-arguments"),
+        pytest.param("templated", ARITY, id="no-arguments"),
+        pytest.param("templated<float>", ARITY, id="type-for-a-value"),
+        pytest.param("plain<3>", "which gives template arguments to 'plain', a function that is not a template",
+                     id="not-a-template"),
+        pytest.param("device_only", "which does not name a __global__ function", id="device-function"),
+    ],
+)
+def test_a_wrong_wrapper_expression_is_named_in_the_first_line(tmp_path: Path, expr: str, why: str) -> None:
+    path = write(tmp_path / "diag.cuh", DIAG).resolve()
+    m = cujit.load_jit("diag", cuda_files=[path], cuda_wrappers=[("good", "plain"), ("bad", expr)])
+    with pytest.raises(CompileError) as info:
+        m.compile(arch=ARCH)
+    first, *rest = str(info.value).splitlines()
+    # Only the bad expression is named; the good one ("plain") is not blamed.
+    assert first == (f"cuda_wrappers of module 'diag': expected each expression to name a __global__ function (with "
+                     f"its template arguments) declared in {path.as_posix()}, got {expr!r}, {why}")
+    assert "NVRTC could not compile module 'diag'" in "\n".join(rest)
+    assert "__nv_name_map" in info.value.log  # NVRTC's own log follows, unchanged
+    assert info.value.log in str(info.value)
+
+
+def test_every_wrong_expression_is_named_in_declaration_order(tmp_path: Path) -> None:
+    path = write(tmp_path / "diag.cuh", DIAG).resolve()
+    m = cujit.load_jit("diag", cuda_files=[path],
+                       cuda_wrappers=[("a", "missing_a"), ("good", "templated<2>"), ("b", "device_only")])
+    with pytest.raises(CompileError) as info:
+        m.compile(arch=ARCH)
+    first = str(info.value).splitlines()[0]
+    assert first.endswith("got 'missing_a', which names nothing declared there ('missing_a' is undefined); "
+                          "'device_only', which does not name a __global__ function"), first
+
+
+def test_errors_in_the_kernel_file_come_first(tmp_path: Path) -> None:
+    path = write(tmp_path / "broken.cuh", "__global__ void broken(int* out) { out[0] = ; }\n").resolve()
+    m = cujit.load_jit("diag", cuda_files=[path], cuda_wrappers=[("k", "broken"), ("missing", "not_there")])
+    with pytest.raises(CompileError) as info:
+        m.compile(arch=ARCH)
+    message = str(info.value)
+    assert message.startswith("NVRTC could not compile module 'diag'")
+    assert f"{path.as_posix()}(1): error" in message
+
+
+UNUSED = """\
+#include <cujit/base.cuh>
+__global__ void unused_variable(int* out) { int never_read = 3; out[0] = 1; }
+"""
+
+
+def test_nvrtc_warnings_reach_the_caller_once_per_compile(tmp_path: Path) -> None:
+    path = write(tmp_path / "unused.cuh", UNUSED).resolve()
+
+    def fresh() -> cujit.JitModule:
+        return cujit.load_jit("warned", cuda_files=[path], cuda_wrappers=[("k", "unused_variable")])
+
+    with pytest.warns(cujit.CompileWarning) as record:
+        compiled = fresh().compile(arch=ARCH)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith(f"NVRTC warnings for module 'warned' ({ARCH}):")
+    assert f"{path.as_posix()}(2): warning" in message and "never_read" in message
+    assert record[0].filename == __file__
+    assert "never_read" in compiled.log
+
+    # A cached module does not warn again: from memory, nor from disk in a new process; its log is kept.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh().compile(arch=ARCH)
+        cache.clear_memory()
+        again = fresh().compile(arch=ARCH)
+    assert "never_read" in again.log
+
+
+def test_a_clean_compile_does_not_warn(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert module(small(tmp_path)).compile(arch=ARCH).cubin

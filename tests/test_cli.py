@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cujit._runtime import cache
 from tests.conftest import gpu_count
 
 
@@ -70,19 +71,75 @@ def test_cache_info_and_clear() -> None:
     assert json.loads(_run("cache", "info", "--json").stdout)["entries"] == 0
 
 
+def test_cache_info_and_clear_count_the_same_files() -> None:
+    assert _run("precompile", "--arch", "sm_90").returncode == 0
+    root = Path(os.environ["CUJIT_CACHE_DIR"])
+    folder = root / cache.SCHEMA
+    (folder / f"{'0' * 64}.tmp.999999999.abcd1234").write_bytes(b"half")  # a killed writer's leftover
+    old = root / "cujit-cache-1"  # an older schema: never read, but counted and cleared
+    old.mkdir(mode=0o700)
+    (old / f"{'1' * 64}.cubin").write_bytes(b"x" * 100)
+    (old / f"{'1' * 64}.lock").touch()
+
+    data = json.loads(_run("cache", "info", "--json").stdout)
+    assert (data["entries"], data["locks"], data["temporaries"]) == (4, 4, 1)
+    assert data["older_schemas"] == {"cujit-cache-1": {"entries": 1, "bytes": 100, "locks": 1, "temporaries": 0,
+                                                       "other": 0}}
+    text = _run("cache", "info").stdout
+    assert "4 entries" in text and "4 lock files, 1 temporary file" in text
+    assert "cujit-cache-1" in text and "1 entry (0.1 KiB), 1 lock file, 0 temporary files" in text
+
+    cleared = _run("cache", "clear").stdout
+    assert f"removed 11 files from {root}" in cleared, cleared
+    assert f"{cache.SCHEMA}: 4 entries" in cleared and "4 lock files, 1 temporary file" in cleared
+    assert "cujit-cache-1: 1 entry" in cleared
+    assert sorted(p.name for p in root.iterdir()) == [cache.SCHEMA]
+    assert list(folder.iterdir()) == []
+    after = json.loads(_run("cache", "info", "--json").stdout)
+    assert (after["entries"], after["locks"], after["temporaries"], after["older_schemas"]) == (0, 0, 0, {})
+
+
 @pytest.mark.parametrize("verb", [[], ["demo"], ["precompile"], ["cache"], ["cache", "info"], ["cache", "clear"]])
 def test_every_verb_has_help(verb: list[str]) -> None:
     out = _run(*verb, "--help")
     assert out.returncode == 0 and "usage: python -m cujit" in out.stdout
 
 
+def test_bench_help_is_the_benchmarks_own() -> None:
+    out = _run("bench", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m cujit bench")
+    assert "--only" in out.stdout
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="without --arch, a GPU's own arch is used; this checks the no-GPU case")
+def test_precompile_defaults_to_the_default_arch() -> None:
+    out = _run("precompile", env={"CUJIT_DEFAULT_ARCH": "sm_80"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("for sm_80: compiled") == 4 and "[4/4]" in out.stdout
+    data = json.loads(_run("cache", "info", "--json").stdout)
+    assert {m["arch"] for m in data["modules"]} == {"sm_80"}
+
+
 def test_errors_say_what_to_do(tmp_path: Path) -> None:
     bad = _run("precompile", "--arch", "90")
     assert bad.returncode == 1 and "expected an arch such as sm_80 or sm_90a, got '90'" in bad.stderr
-    missing = _run("precompile")
-    assert missing.returncode == 2 and "--arch" in missing.stderr
     wrong = _run("cache", "info", env={"CUJIT_DISK_CACHE": "maybe"})
     assert wrong.returncode == 1 and "CUJIT_DISK_CACHE: expected one of 0, 1" in wrong.stderr
+    # Every command checks every variable, also one it does not use.
+    offline = _run("cache", "info", env={"CUJIT_OFFLINE": "2"})
+    assert offline.returncode == 1 and "CUJIT_OFFLINE: expected one of 0, 1, true" in offline.stderr
+    arch = _run("precompile", env={"CUJIT_DEFAULT_ARCH": "hopper"})
+    assert arch.returncode == 1 and "CUJIT_DEFAULT_ARCH: expected an arch such as sm_80" in arch.stderr
+
+
+def test_misspelled_variable_gets_one_warning() -> None:
+    out = _run("cache", "info", env={"CUJIT_CACHE_DIRR": "/tmp/elsewhere"})
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "CUJIT_CACHE_DIRR" in line]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("warning: cujit: CUJIT_CACHE_DIRR is set but is not a cujit variable")
+    assert "did you mean CUJIT_CACHE_DIR?" in lines[0]
 
 
 def test_writes_clangd_and_refuses_to_overwrite(tmp_path: Path) -> None:

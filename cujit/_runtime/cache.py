@@ -1,43 +1,69 @@
 """The compile cache: one versioned key, an in-memory layer and an on-disk layer.
 
-Key: SHA-256 over labelled, length-prefixed fields (schema, cujit and NVRTC versions, CUDA headers, arch,
-options, name expressions, generated source, and the path and digest of every file the sources reach).
+Key: SHA-256 over labelled, length-prefixed fields: schema, cujit and NVRTC versions, the identities of the CUDA
+headers and of libcu++, arch, options, name expressions, the generated source, and the name and digest of every
+file the sources reach. The key depends on contents only, never on where things are installed: every path is
+written relative to its search root (the kernel file's folder, cujit's include folder, each include folder, the
+CUDA headers, libcu++), so a moved checkout or virtual environment, or identical wheels reinstalled elsewhere, keep
+their entries, and an edited header is never served stale.
 
-Disk: one file per key in ``CUJIT_CACHE_DIR``, ``MAGIC | sha256(payload) | payload``, published with a
-temporary file in the same folder and ``os.replace``. Reads are get-or-miss: a missing, short, corrupt or foreign
-file is a miss. Writers take an advisory lock and look again before compiling, so concurrent processes compile
-once; where locks are not honoured they still publish identical files atomically. The folder holds machine code
-that cujit loads, so it is created private (0700) and refused with a warning when other users can write it.
+Disk, in ``CUJIT_CACHE_DIR/cujit-cache-N`` (N changes with the key or entry format; older folders are never read):
+one ``<key>.cubin`` per module and arch, ``MAGIC | sha256(payload) | payload``, published as ``<key>.tmp.<pid>.<r>``
+in the same folder and ``os.replace``d; ``<key>.lock`` is the advisory lock compilers of that key take. Reads are
+get-or-miss: a missing, short, corrupt or foreign file is a miss. Writers lock and look again before compiling, so
+concurrent processes compile once; where locks are not honoured they still publish identical files atomically. A
+process killed mid-publish leaves a temporary file that the next publish removes once its writer is gone; its lock
+dies with it. The folder holds machine code that cujit loads, so it is created private (0700) and refused with a
+warning when other users can write it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import posixpath
+import re
 import secrets
 import stat
 import threading
 import time
-import warnings
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import config, toolchain
-from .compile import Compiled, SourceSet, compile_nvrtc, offline_error, scan_includes
+from .compile import Compiled, SourceSet, compile_nvrtc, offline_error, warn_compile_log
+from .errors import CujitError, warn_user
 from .signature import Param
 from .version import __version__ as _CUJIT_VERSION
 
-__all__ = ["CacheStats", "cache_key", "cache_stats", "get_or_compile"]
+__all__ = [
+    "SCHEMA",
+    "CacheStats",
+    "DiskCounts",
+    "cache_key",
+    "cache_stats",
+    "clear_disk",
+    "clear_memory",
+    "describe_entries",
+    "disk_dir",
+    "disk_usage",
+    "get_or_compile",
+]
 
-SCHEMA = "cujit-cache-2"
+SCHEMA = "cujit-cache-3"
 _MAGIC = b"CUJITC2\n"
 _SUFFIX = ".cubin"
+_LOCK_SUFFIX = ".lock"
+_TMP = re.compile(r"\.tmp\.(\d+)\.[0-9a-f]+$")
+#: A temporary file older than this whose writer is gone is an orphan; older than _ORPHAN_ANY, whatever its pid.
+_ORPHAN_AGE_S = 60.0
+_ORPHAN_ANY_S = 3600.0
 _logger = logging.getLogger("cujit")
-
 
 
 class CacheStats(dict[str, int]):
@@ -67,7 +93,11 @@ def _field(h: hashlib._Hash, label: str, value: bytes | str) -> None:
 
 
 def cache_key(sources: SourceSet, arch: str) -> str:
-    """The cache key of ``sources`` compiled for ``arch``: every input that changes the output, and nothing else."""
+    """The cache key of ``sources`` compiled for ``arch``: every input that changes the output, and nothing else.
+
+    Contents and names relative to their search roots go in, absolute paths and file times do not.
+    """
+    roots = _Roots.of(sources)
     h = hashlib.sha256()
     _field(h, "schema", SCHEMA)
     _field(h, "cujit", _CUJIT_VERSION)
@@ -75,21 +105,150 @@ def cache_key(sources: SourceSet, arch: str) -> str:
     _field(h, "cuda-headers", toolchain.cuda_headers_identity())
     _field(h, "libcu++", toolchain.cccl_identity())
     _field(h, "arch", arch)
-    options = sources.options(arch)
-    _field(h, "options", "\0".join(options))
+    _field(h, "options", "\0".join(roots.options(sources.options(arch))))
     _field(h, "names", "\0".join(sources.expressions))
-    _field(h, "source", sources.main_source())
-    files, computed = scan_includes((*sources.files, *sources.pre_included()), sources.search_dirs())
-    if computed:
-        # A `#include MACRO` can reach any file in the project folders: cover all of them.
-        extra: list[Path] = []
-        for folder in {*sources.search_dirs(), *(f.parent for f in sources.files)}:
-            extra += [p for p in folder.rglob("*") if p.is_file()]
-        files = sorted({*files, *((p.resolve(), p.read_bytes()) for p in extra)})
-    for path, data in files:
-        _field(h, "file", str(path))
+    _field(h, "source", roots.source(sources))
+    for name, data in _reached_files(roots):
+        _field(h, "file", name)
         _field(h, "digest", hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- key inputs
+# Not anchored at line starts: ten times faster, and a match inside a comment only adds a file to the key.
+_INCLUDE = re.compile(rb'#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]')
+_COMPUTED_INCLUDE = re.compile(rb"#[ \t]*include[ \t]*[A-Za-z_]")
+_PATH_FLAGS = ("-I", "--include-path", "--pre-include", "-include")
+
+
+@dataclass(frozen=True)
+class _Roots:
+    """The folders that names in the key are relative to, each with a label that stands for it.
+
+    ``search`` are the ``#include`` folders besides the includer's own, in NVRTC's order; the CUDA headers and
+    libcu++ are labelled only (their identities cover their contents); kernel files and pre-included files are
+    named relative to their own folders. Paths are absolute strings, unresolved (NVRTC does not resolve links).
+    """
+
+    search: tuple[tuple[str, str], ...]
+    fixed: tuple[tuple[str, str], ...]
+    files: tuple[tuple[str, str], ...]
+    #: (label, folder) of every root, deepest first, for labelling paths in options.
+    folders: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, sources: SourceSet) -> _Roots:
+        search = tuple((f"<I{i}>", os.path.abspath(p)) for i, p in enumerate(sources.search_dirs()))
+        fixed = [("<cuda>", os.path.abspath(toolchain.cuda_include_dir()))]
+        cccl = toolchain.cccl_include_dir()
+        if cccl is not None:
+            fixed.append(("<libcu++>", os.path.abspath(cccl)))
+        files = [(f"<file{i}>", os.path.abspath(p)) for i, p in enumerate(sources.files)]
+        files += [(f"<pre{i}>", os.path.abspath(p)) for i, p in enumerate(sources.pre_included())]
+        folders = [*search, *fixed, *((label, os.path.dirname(f)) for label, f in files)]  # noqa: PTH120
+        deepest = sorted(folders, key=lambda item: len(item[1]), reverse=True)  # stable: the first label wins ties
+        return cls(search, tuple(fixed), tuple(files), tuple(deepest))
+
+    def label(self, path: str) -> str:
+        """``path`` written relative to the deepest root that holds it (unchanged where none does)."""
+        absolute = os.path.abspath(path)
+        for label, root in self.folders:
+            if absolute == root:
+                return label
+            if absolute.startswith(root) and absolute[len(root) : len(root) + 1] == os.sep:
+                return f"{label}/{absolute[len(root) + 1 :]}".replace(os.sep, "/")
+        return path
+
+    def options(self, options: Sequence[str]) -> list[str]:
+        """``options`` with the path of every include and pre-include flag labelled."""
+        out: list[str] = []
+        pending = False
+        for opt in options:
+            if pending:
+                out.append(self.label(opt))
+                pending = False
+                continue
+            if opt.startswith("-"):
+                for flag in _PATH_FLAGS:
+                    if opt == flag:
+                        pending = True
+                    elif opt.startswith(flag + "="):
+                        opt = flag + "=" + self.label(opt[len(flag) + 1 :])
+                    elif flag == "-I" and opt.startswith("-I"):
+                        opt = "-I" + self.label(opt[2:])
+                    else:
+                        continue
+                    break
+            out.append(opt)
+        return out
+
+    def source(self, sources: SourceSet) -> str:
+        """The generated source with the kernel files' paths labelled."""
+        text = sources.main_source()
+        for i, path in enumerate(sources.files):
+            text = text.replace(f'"{Path(path).as_posix()}"', f'"<file{i}>/{Path(path).name}"')
+        return text
+
+
+def _reached_files(roots: _Roots) -> list[tuple[str, bytes]]:
+    """Every file the kernel and pre-included files reach through ``#include`` within the project folders.
+
+    Includes are resolved as NVRTC does: a quoted name first next to the including file, then in the search
+    folders. Names found nowhere there (the CUDA headers and libcu++, covered by their identities) are skipped.
+    Every ``#include`` line counts, whatever ``#if`` surrounds it: a key over a superset is still right. Each file
+    is named relative to the root it was found through. A computed ``#include MACRO`` can reach any file of the
+    project folders, so then all of them are covered.
+
+    Paths are handled as strings with ``os.path``: this runs on every module's first cache lookup in a process,
+    where pathlib would cost several times more.
+    """
+    seen: dict[str, tuple[str, bytes]] = {}
+    computed = False
+    stack = [(path, label, os.path.basename(path)) for label, path in reversed(roots.files)]  # noqa: PTH119
+    while stack:
+        path, label, rel = stack.pop()
+        if path in seen:
+            continue
+        try:
+            with open(path, "rb") as f:  # noqa: PTH123
+                data = f.read()
+        except OSError as exc:
+            raise CujitError(f"cannot read kernel source {path}: {exc.strerror}") from exc
+        seen[path] = (f"{label}/{rel}", data)
+        if not computed and _COMPUTED_INCLUDE.search(data):
+            computed = True
+        for kind, raw in _INCLUDE.findall(data):
+            name = raw.decode("utf-8", "replace").strip()
+            if os.path.isabs(name):  # noqa: PTH117
+                if os.path.isfile(name):  # noqa: PTH113
+                    stack.append((os.path.abspath(name), "<abs>", name))
+                continue
+            here = [(os.path.dirname(path), label, posixpath.dirname(rel))] if kind == b'"' else []  # noqa: PTH120
+            for folder, root_label, base in [*here, *((r, lb, "") for lb, r in roots.search)]:
+                # Not resolved: NVRTC looks for a header's own includes next to the path as it was named, also
+                # when that path is a symbolic link.
+                candidate = os.path.abspath(os.path.join(folder, name))  # noqa: PTH118
+                if os.path.isfile(candidate):  # noqa: PTH113
+                    stack.append((candidate, root_label, posixpath.normpath(posixpath.join(base, name))))
+                    break
+    files = list(seen.values())
+    if computed:
+        covered = set(seen)
+        folders = [*roots.search, *((label, os.path.dirname(f)) for label, f in roots.files)]  # noqa: PTH120
+        for label, folder in _unique_folders(folders):
+            for item in sorted(Path(folder).rglob("*")):
+                if item.is_file() and str(item) not in covered:
+                    covered.add(str(item))
+                    files.append((f"{label}/{item.relative_to(folder).as_posix()}", item.read_bytes()))
+    return sorted(files)
+
+
+def _unique_folders(folders: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each folder once, with the label it has first."""
+    out: dict[str, str] = {}
+    for label, folder in folders:
+        out.setdefault(folder, label)
+    return [(label, folder) for folder, label in out.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- memory
@@ -110,7 +269,7 @@ _WARNED: set[str] = set()
 def _warn_once(tag: str, message: str) -> None:
     if tag not in _WARNED:
         _WARNED.add(tag)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warn_user(message, RuntimeWarning)
 
 
 def disk_dir() -> Path | None:
@@ -188,25 +347,67 @@ def _publish(folder: Path, key: str, compiled: Compiled, name: str) -> None:
     tmp = folder / f"{key}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
     data = _encode(compiled, key, name)
     try:
+        _sweep_temporaries(folder)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, final)
-        except OSError:
+        except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         count("disk_writes")
     except OSError as exc:
         count("disk_errors")
-        _warn_once(f"write:{folder}", f"cujit: cannot write to cache folder {folder} ({exc.strerror}); "
-                   "compiled kernels stay in memory only")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _warn_once(f"full:{folder}", f"cujit: cannot save compiled kernels in {folder}: no space left on its "
+                       f"disk ({exc.strerror}); they stay in memory only. Free some space, or run "
+                       "`python -m cujit cache clear` or set CUJIT_CACHE_DIR to another disk.")
+        else:
+            _warn_once(f"write:{folder}", f"cujit: cannot write to cache folder {folder} ({exc.strerror}); "
+                       "compiled kernels stay in memory only")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _is_orphan(path: Path, now: float) -> bool:
+    """A temporary file whose writer died: older than a minute and its pid gone, or older than an hour."""
+    match = _TMP.search(path.name)
+    if match is None:
+        return False
+    try:
+        age = now - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > _ORPHAN_ANY_S or (age > _ORPHAN_AGE_S and not _pid_alive(int(match.group(1))))
+
+
+def _sweep_temporaries(folder: Path) -> int:
+    """Remove the temporary files that killed writers left behind; return how many."""
+    now = time.time()
+    removed = 0
+    with os.scandir(folder) as it:
+        names = [item.name for item in it if ".tmp." in item.name]
+    for name in names:
+        path = folder / name
+        if _is_orphan(path, now):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager
@@ -215,7 +416,7 @@ def _file_lock(folder: Path, key: str) -> Iterator[None]:
     try:
         import fcntl
 
-        fd = os.open(folder / (key + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(folder / (key + _LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o600)
     except (ImportError, OSError):
         yield
         return
@@ -230,7 +431,12 @@ def _file_lock(folder: Path, key: str) -> Iterator[None]:
 
 
 def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
-    """The compiled module for ``arch``: from memory, from disk, or from NVRTC (then stored in both)."""
+    """The compiled module for ``arch``: from memory, from disk, or from NVRTC (then stored in both).
+
+    Every ``CUJIT_`` variable is checked first, so that a bad value is reported whether or not the module is
+    cached.
+    """
+    config.validate()
     key = cache_key(sources, arch)
     found = _MEMORY.get(key)
     if found is not None:
@@ -267,6 +473,7 @@ def _compile(sources: SourceSet, arch: str, key: str) -> Compiled:
     ms = (time.perf_counter() - start) * 1e3
     count("compiles")
     _logger.info("compiled %s for %s in %.1f ms (key %s)", sources.name, arch, ms, key[:16])
+    warn_compile_log(sources, arch, compiled.log)
     return compiled
 
 
@@ -276,7 +483,7 @@ def clear_memory() -> None:
 
 
 def describe_entries(folder: Path) -> list[dict[str, object]]:
-    """What the cache folder holds: one dict per entry (file, bytes, module name, arch, valid)."""
+    """The entries of a cache folder: one dict per ``.cubin`` file (file, bytes, module name, arch, valid)."""
     out: list[dict[str, object]] = []
     for path in sorted(folder.glob("*" + _SUFFIX)):
         try:
@@ -297,14 +504,72 @@ def describe_entries(folder: Path) -> list[dict[str, object]]:
     return out
 
 
-def clear_disk(root: Path) -> int:
-    """Delete every cache folder of every schema under ``root``; return how many files were removed."""
-    removed = 0
-    for folder in root.glob("cujit-cache-*"):
-        if not folder.is_dir():
-            continue
+@dataclass
+class DiskCounts:
+    """What one schema folder holds, by kind of file (see the module docstring for the layout)."""
+
+    entries: int = 0
+    bytes: int = 0
+    locks: int = 0
+    temporaries: int = 0
+    other: int = 0
+
+    @property
+    def files(self) -> int:
+        """The files cujit wrote there: entries, locks and temporaries (what ``clear_disk`` removes)."""
+        return self.entries + self.locks + self.temporaries
+
+
+def _kind(name: str) -> str:
+    if name.endswith(_SUFFIX):
+        return "entries"
+    if name.endswith(_LOCK_SUFFIX):
+        return "locks"
+    if ".tmp." in name:
+        return "temporaries"
+    return "other"
+
+
+def _schema_folders(root: Path) -> list[Path]:
+    """The schema folders under ``root``, the current one first."""
+    found = [p for p in root.glob("cujit-cache-*") if p.is_dir()] if root.is_dir() else []
+    return sorted(found, key=lambda p: (p.name != SCHEMA, p.name))
+
+
+def disk_usage(root: Path) -> dict[str, DiskCounts]:
+    """What each schema folder under ``root`` holds, by folder name, the current schema first."""
+    out: dict[str, DiskCounts] = {}
+    for folder in _schema_folders(root):
+        counts = out[folder.name] = DiskCounts()
         for path in folder.iterdir():
-            if path.suffix in (_SUFFIX, ".lock") or ".tmp." in path.name:
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed
+            kind = _kind(path.name)
+            setattr(counts, kind, getattr(counts, kind) + 1)
+            if kind == "entries":
+                with contextlib.suppress(OSError):
+                    counts.bytes += path.stat().st_size
+    return out
+
+
+def clear_disk(root: Path) -> dict[str, DiskCounts]:
+    """Delete the entries, locks and temporary files of every schema folder under ``root``.
+
+    Returns what was removed, by folder name. Folders of older schemas are removed once empty.
+    """
+    out: dict[str, DiskCounts] = {}
+    for folder in _schema_folders(root):
+        counts = out[folder.name] = DiskCounts()
+        for path in folder.iterdir():
+            kind = _kind(path.name)
+            if kind == "other":
+                counts.other += 1
+                continue
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                path.unlink()
+                setattr(counts, kind, getattr(counts, kind) + 1)
+                if kind == "entries":
+                    counts.bytes += size
+        if folder.name != SCHEMA:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return out

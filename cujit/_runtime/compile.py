@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, toolchain
-from .errors import CompileError, CujitError
+from .errors import CompileError, CompileWarning, warn_user
 from .signature import PROBE_DECLARATION, Param, parse_probe, probe_expression
 
-__all__ = ["Compiled", "SourceSet", "compile_nvrtc", "scan_includes"]
-
-_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*([<"])([^>"\n]+)[>"]', re.MULTILINE)
-_COMPUTED_INCLUDE = re.compile(rb"^[ \t]*#[ \t]*include[ \t]*[A-Za-z_]", re.MULTILINE)
-
+__all__ = ["Compiled", "SourceSet", "compile_nvrtc", "failure_hints", "warn_compile_log"]
 
 _INCLUDE_FLAGS = ("-I", "--include-path")
 _PRE_INCLUDE_FLAGS = ("--pre-include", "-include")
@@ -101,42 +97,6 @@ class Compiled:
     log: str = ""
 
 
-def scan_includes(files: Iterable[Path], search_dirs: Sequence[Path]) -> tuple[list[tuple[Path, bytes]], bool]:
-    """Every file that ``files`` reach through ``#include`` within the project folders, with its contents.
-
-    Includes are resolved like NVRTC does: a quoted name first next to the including file, then in
-    ``search_dirs``. Names found nowhere there (the CUDA headers, covered by the toolchain's identity) are
-    skipped. Every ``#include`` line counts, whatever ``#if`` surrounds it: a key over a superset is still right.
-    Returns the files with their bytes and whether a computed ``#include MACRO`` was seen (then the caller must
-    fall back to hashing whole folders).
-    """
-    seen: dict[Path, bytes] = {}
-    computed = False
-    stack = [Path(f) for f in files]
-    while stack:
-        path = stack.pop()
-        if path in seen:
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CujitError(f"cannot read kernel source {path}: {exc.strerror}") from exc
-        seen[path] = data
-        if _COMPUTED_INCLUDE.search(data):
-            computed = True
-        for kind, raw in _INCLUDE.findall(data):
-            name = raw.decode("utf-8", "replace").strip()
-            dirs = ([path.parent] if kind == b'"' else []) + list(search_dirs)
-            for folder in dirs:
-                # Not resolved: NVRTC looks for a header's own includes next to the path as it was named,
-                # also when that path is a symbolic link.
-                candidate = Path(os.path.abspath(folder / name))
-                if candidate.is_file():
-                    stack.append(candidate)
-                    break
-    return sorted(seen.items()), computed
-
-
 def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
     """Compile ``sources`` for ``arch`` with NVRTC. Needs no GPU.
 
@@ -174,13 +134,90 @@ def _program_log(nvrtc: object, program: object) -> str:
 
 
 def _compile_error(sources: SourceSet, options: Sequence[str], source: str, log: str, status: str) -> CompileError:
-    lines = [f"NVRTC could not compile module {sources.name!r} ({status})", "", log or "(NVRTC gave no log)", ""]
+    # cujit's own diagnoses go first: they say what is wrong in the caller's terms, NVRTC's log follows.
+    hints = failure_hints(sources, log)
+    lines = [*hints, ""] if hints else []
+    lines += [f"NVRTC could not compile module {sources.name!r} ({status})", "", log or "(NVRTC gave no log)", ""]
     lines.append("name expressions: " + ", ".join(sources.expressions))
     lines.append("options: " + " ".join(options))
     err = CompileError("\n".join(lines), log=log, options=options, name_expressions=sources.expressions, source=source)
     if config.dump_source():
         err.args = (err.args[0] + "\n\ngenerated source:\n" + err.numbered_source(),)
     return err
+
+
+# ---------------------------------------------------------------------------------------------------- diagnostics
+# NVRTC compiles name expressions as `#pragma nv_mangled_name EXPR` lines of a pseudo-file of this name, after the
+# source; an error located there is an error in a cuda_wrappers expression (or in its signature probe).
+_NAME_MAP_ERROR = re.compile(
+    r"^__nv_name_map\(\d+\): error: (?P<message>.*)\n\s*#pragma nv_mangled_name (?P<expr>.*?)\s*$",
+    re.MULTILINE,
+)
+_FILE_ERROR = re.compile(r"^(?!__nv_name_map\()[^\n]*\(\d+\): (?:catastrophic )?error", re.MULTILINE)
+_UNDEFINED = re.compile(r'identifier "([^"]+)" is undefined')
+_AMBIGUOUS_TEMPLATE = re.compile(r'cannot determine which instance of function template "([^"]+)" is intended')
+_NOT_GLOBAL = "cannot form address of a non-__global__ function"
+
+
+def failure_hints(sources: SourceSet, log: str) -> list[str]:
+    """What cujit can tell about a failed compile beyond NVRTC's log, one line each, most specific first.
+
+    Every diagnosis of a failed compile is gathered here; the hints open the ``CompileError``'s message, before
+    NVRTC's own log.
+    """
+    hints: list[str] = []
+    hints += _wrapper_hints(sources, log)
+    return hints
+
+
+def _wrapper_hints(sources: SourceSet, log: str) -> list[str]:
+    """Name the ``cuda_wrappers`` expressions that name no ``__global__`` function, and why."""
+    def squeeze(text: str) -> str:
+        return re.sub(r"\s+", "", text)
+
+    # Each expression is asked for twice: itself, and inside its signature probe.
+    known = {squeeze(e): e for e in sources.expressions}
+    known |= {squeeze(probe_expression(e)): e for e in sources.expressions}
+    reasons: dict[str, list[str]] = {}
+    for match in _NAME_MAP_ERROR.finditer(log):
+        expr = known.get(squeeze(match["expr"]))
+        if expr is not None:
+            reasons.setdefault(expr, []).append(match["message"])
+    if not reasons or _FILE_ERROR.search(log):
+        return []  # errors in the kernel files come first, and may be why a name is missing: NVRTC's log says it
+    files = ", ".join(path.as_posix() for path in sources.files)
+    got = "; ".join(f"{expr!r}, {_wrapper_reason(expr, reasons[expr])}" for expr in sources.expressions
+                    if expr in reasons)
+    return [f"cuda_wrappers of module {sources.name!r}: expected each expression to name a __global__ function "
+            f"(with its template arguments) declared in {files}, got {got}"]
+
+
+def _wrapper_reason(expr: str, messages: Sequence[str]) -> str:
+    for message in messages:
+        undefined = _UNDEFINED.search(message)
+        if undefined:
+            return f"which names nothing declared there ({undefined[1]!r} is undefined)"
+    for message in messages:
+        template = _AMBIGUOUS_TEMPLATE.search(message)
+        if template:
+            return (f"whose template arguments do not fit function template {template[1]!r} (wrong number or kind "
+                    "of template arguments, or none given)")
+    if "<" in expr and any("operand types are incompatible" in m for m in messages):
+        # `f<3>` with a plain function f parses as the comparison `f < 3`.
+        return f"which gives template arguments to {expr.split('<')[0].strip()!r}, a function that is not a template"
+    if any(_NOT_GLOBAL in m for m in messages):
+        return "which does not name a __global__ function"
+    return f"which NVRTC rejects: {messages[0]}"
+
+
+def warn_compile_log(sources: SourceSet, arch: str, log: str) -> None:
+    """Show NVRTC's warnings of a successful compile as a :class:`~cujit.CompileWarning`.
+
+    Called where NVRTC has just compiled, so a warning shows once per compile; a module served from the cache does
+    not warn again (its log stays in ``Compiled.log``).
+    """
+    if re.search(r"\bwarning\b", log):
+        warn_user(f"NVRTC warnings for module {sources.name!r} ({arch}):\n{log}", CompileWarning)
 
 
 def offline_error(sources: SourceSet, arch: str, key: str) -> CompileError:

@@ -1,48 +1,42 @@
-"""Every environment variable that cujit reads, in one place.
+"""Every environment variable that cujit reads, in one place: one table of names, defaults, meanings and parsers.
 
 Values are read when they are needed (compiling, loading, touching the cache), never on the launch path, so a
-test can change them with ``monkeypatch.setenv``. A value that cannot be parsed raises a ``CujitError`` that
-names the variable.
+test can change them with ``monkeypatch.setenv``. :func:`validate` checks every variable at once; the cache calls
+it on each module's first compile or cache lookup and the command line before each command, so a bad value is
+reported even when everything is cached. A value that cannot be parsed raises a ``CujitError`` that names the
+variable; a ``CUJIT_`` name that cujit does not know gets one warning naming the closest known one.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CujitError
+from .errors import CujitError, warn_user
 
-__all__ = ["VARIABLES", "Variable", "cache_dir", "default_arch", "disk_cache_enabled", "dump_source", "offline"]
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One documented ``CUJIT_`` variable."""
-
-    name: str
-    default: str
-    help: str
-
-
-VARIABLES: tuple[Variable, ...] = (
-    Variable("CUJIT_CACHE_DIR", "~/.cache/cujit", "folder of the on-disk cache of compiled kernels"),
-    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing read from or written to disk"),
-    Variable("CUJIT_OFFLINE", "0", "1 never runs NVRTC: a kernel missing from the cache raises CompileError"),
-    Variable("CUJIT_DUMP_SOURCE", "0", "1 adds the whole generated source, with line numbers, to a CompileError"),
-    Variable("CUJIT_DEFAULT_ARCH", "sm_90", "arch for compiling with no GPU (`python -m cujit demo`, `precompile`)"),
-)
+__all__ = [
+    "VARIABLES",
+    "Variable",
+    "cache_dir",
+    "check_arch",
+    "default_arch",
+    "disk_cache_enabled",
+    "dump_source",
+    "offline",
+    "unknown_variables",
+    "validate",
+]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ARCH = re.compile(r"^(sm|compute)_(\d{2,3})[af]?$")
 
 
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
+def _parse_flag(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -51,27 +45,10 @@ def _flag(name: str, default: bool) -> bool:
     raise CujitError(f"{name}: expected one of 0, 1, true, false, yes, no, on, off, got {raw!r}")
 
 
-def cache_dir() -> Path:
-    """The cache folder: ``CUJIT_CACHE_DIR``, else ``~/.cache/cujit``."""
-    raw = os.environ.get("CUJIT_CACHE_DIR")
-    if raw is not None and raw.strip() == "":
-        raise CujitError("CUJIT_CACHE_DIR: expected a folder path, got an empty string")
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "cujit"
-
-
-def disk_cache_enabled() -> bool:
-    """``CUJIT_DISK_CACHE``: whether compiled code is kept on disk."""
-    return _flag("CUJIT_DISK_CACHE", True)
-
-
-def offline() -> bool:
-    """``CUJIT_OFFLINE``: whether a cache miss raises instead of compiling."""
-    return _flag("CUJIT_OFFLINE", False)
-
-
-def dump_source() -> bool:
-    """``CUJIT_DUMP_SOURCE``: whether a CompileError carries the numbered source in its message."""
-    return _flag("CUJIT_DUMP_SOURCE", False)
+def _parse_folder(name: str, raw: str) -> Path:
+    if raw.strip() == "":
+        raise CujitError(f"{name}: expected a folder path, got an empty string")
+    return Path(raw).expanduser()
 
 
 def check_arch(arch: str, what: str = "arch") -> str:
@@ -82,6 +59,97 @@ def check_arch(arch: str, what: str = "arch") -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Variable:
+    """One documented ``CUJIT_`` variable: its default (as it would be written in the environment) and parser."""
+
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str, str], object]
+
+    def check(self) -> None:
+        """Parse the value from the environment (else the default); raise ``CujitError`` if it is bad."""
+        self.parse(self.name, os.environ.get(self.name, self.default))
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("CUJIT_CACHE_DIR", "~/.cache/cujit", "folder of the on-disk cache of compiled kernels", _parse_folder),
+    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing read from or written to disk",
+             _parse_flag),
+    Variable("CUJIT_OFFLINE", "0", "1 never runs NVRTC: a kernel missing from the cache raises CompileError",
+             _parse_flag),
+    Variable("CUJIT_DUMP_SOURCE", "0", "1 adds the whole generated source, with line numbers, to a CompileError",
+             _parse_flag),
+    Variable("CUJIT_DEFAULT_ARCH", "sm_90", "arch to compile for where there is no GPU to ask (`demo`, "
+             "`precompile`, `JitModule.compile()`)", lambda name, raw: check_arch(raw, name)),
+)
+_BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
+
+
+def _raw(name: str) -> str:
+    """The variable's value in the environment, else its default from the table."""
+    return os.environ.get(name, _BY_NAME[name].default)
+
+
+def cache_dir() -> Path:
+    """``CUJIT_CACHE_DIR``: the cache folder."""
+    return _parse_folder("CUJIT_CACHE_DIR", _raw("CUJIT_CACHE_DIR"))
+
+
+def disk_cache_enabled() -> bool:
+    """``CUJIT_DISK_CACHE``: whether compiled code is kept on disk."""
+    return _parse_flag("CUJIT_DISK_CACHE", _raw("CUJIT_DISK_CACHE"))
+
+
+def offline() -> bool:
+    """``CUJIT_OFFLINE``: whether a cache miss raises instead of compiling."""
+    return _parse_flag("CUJIT_OFFLINE", _raw("CUJIT_OFFLINE"))
+
+
+def dump_source() -> bool:
+    """``CUJIT_DUMP_SOURCE``: whether a CompileError carries the numbered source in its message."""
+    return _parse_flag("CUJIT_DUMP_SOURCE", _raw("CUJIT_DUMP_SOURCE"))
+
+
 def default_arch() -> str:
     """``CUJIT_DEFAULT_ARCH``: the arch to compile for when there is no GPU to ask."""
-    return check_arch(os.environ.get("CUJIT_DEFAULT_ARCH", "sm_90"), "CUJIT_DEFAULT_ARCH")
+    return check_arch(_raw("CUJIT_DEFAULT_ARCH"), "CUJIT_DEFAULT_ARCH")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The ``CUJIT_`` names in ``environ`` (the process environment by default) that cujit does not read.
+
+    Each maps to the closest known name, or ``None`` when none is close.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, str | None] = {}
+    for name in env:
+        if name.startswith("CUJIT_") and name not in _BY_NAME:
+            close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.6)
+            out[name] = close[0] if close else None
+    return out
+
+
+_WARNED: set[str] = set()
+
+
+def validate() -> None:
+    """Check every ``CUJIT_`` variable; raise one ``CujitError`` naming each bad value.
+
+    Each unknown ``CUJIT_`` name gets one warning per process, naming the closest known variable.
+    """
+    for name, close in unknown_variables().items():
+        if name not in _WARNED:
+            _WARNED.add(name)
+            hint = f"; did you mean {close}?" if close else ""
+            warn_user(f"cujit: {name} is set but is not a cujit variable, so it has no effect{hint} (known: "
+                      f"{', '.join(_BY_NAME)})", UserWarning)
+    problems: list[str] = []
+    for variable in VARIABLES:
+        try:
+            variable.check()
+        except CujitError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise CujitError("; ".join(problems))

@@ -1,10 +1,15 @@
-"""The exception hierarchy of cujit: one base class, one subclass per failing stage."""
+"""The exception hierarchy of cujit: one base class, one subclass per failing stage; and its warnings."""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
-__all__ = ["CheckError", "CompileError", "CujitError", "LaunchError", "TensorMatchError"]
+__all__ = ["CheckError", "CompileError", "CompileWarning", "CujitError", "LaunchError", "TensorMatchError", "warn_user"]
 
 
 class CujitError(Exception):
@@ -61,3 +66,25 @@ def _rebuild_compile_error(
     message: str, log: str, options: tuple[str, ...], names: tuple[str, ...], source: str
 ) -> CompileError:
     return CompileError(message, log=log, options=options, name_expressions=names, source=source)
+
+
+class CompileWarning(UserWarning):
+    """NVRTC compiled a module but reported warnings (an unused variable, a narrowing conversion, ...)."""
+
+
+# Warnings skip frames in files under these folders (the package as imported, and with links resolved).
+_HERE = Path(__file__)
+_PACKAGE_PREFIXES = tuple({str(p) + os.sep for p in (_HERE.parent.parent, _HERE.resolve().parent.parent)})
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """Issue a warning attributed to the first caller outside the cujit package (the user's own line)."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, category, skip_file_prefixes=_PACKAGE_PREFIXES)
+        return
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # stacklevel 2 names warn_user's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_PREFIXES):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 import time
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 from .._runtime import cache, config, driver, toolchain
@@ -36,18 +38,21 @@ def _parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("precompile", help="fill the cache for the shipped kernels (no GPU needed)",
                          description="Compile every instantiation that the shipped ops declare, for each --arch, "
                          "into the disk cache (CUJIT_CACHE_DIR).")
-    pre.add_argument("--arch", dest="archs", action="append", required=True, help="e.g. sm_90; repeat for more")
+    pre.add_argument("--arch", dest="archs", action="append",
+                     help="e.g. sm_90; repeat for more (default: this GPU's arch, else CUJIT_DEFAULT_ARCH)")
 
     cache_cmd = sub.add_parser("cache", help="show or clear the on-disk cache",
                                description="Show (info) or delete (clear) the compiled kernels in CUJIT_CACHE_DIR.")
     cache_sub = cache_cmd.add_subparsers(dest="action", metavar="ACTION", required=True)
-    info = cache_sub.add_parser("info", help="folder, entries and sizes", description="Show the cache folder.")
+    info = cache_sub.add_parser("info", help="folder, entries, locks, temporary files and sizes",
+                                description="Show the cache folder: its entries, lock files, temporary files, and "
+                                "the folders of older cache schemas.")
     info.add_argument("--json", action="store_true", help="print JSON")
-    cache_sub.add_parser("clear", help="delete every entry", description="Delete every compiled kernel.")
+    cache_sub.add_parser("clear", help="delete every entry, lock and temporary file",
+                         description="Delete every compiled kernel, lock file and temporary file, of every schema.")
 
-    bench = sub.add_parser("bench", help="the benchmark table (GPU)", add_help=False,
-                           description="Per-call host time, matcher cost, bandwidth and start-up, side by side.")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed for the top-level help only: main() hands `bench ...` to the benchmark's own parser.
+    sub.add_parser("bench", help="the benchmark table (GPU); see `python -m cujit bench --help`")
     return parser
 
 
@@ -68,8 +73,8 @@ def _write_clangd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precompile(archs: list[str]) -> int:
-    archs = [config.check_arch(a, "--arch") for a in archs]
+def _precompile(archs: list[str] | None) -> int:
+    archs = [config.check_arch(a, "--arch") for a in archs] if archs else [driver.default_arch()]
     modules = shipped_modules()
     total = len(modules) * len(archs)
     done = 0
@@ -89,18 +94,33 @@ def _precompile(archs: list[str]) -> int:
     return 0 if folder else 1
 
 
+def _describe_counts(counts: cache.DiskCounts) -> str:
+    def count(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
+
+    return (f"{count(counts.entries, 'entry', 'entries')} ({counts.bytes / 1024:.1f} KiB), "
+            f"{count(counts.locks, 'lock file', 'lock files')}, "
+            f"{count(counts.temporaries, 'temporary file', 'temporary files')}")
+
+
 def _cache(action: str, as_json: bool) -> int:
     root = config.cache_dir()
     if action == "clear":
-        removed = cache.clear_disk(root) if root.is_dir() else 0
-        print(f"removed {removed} files from {root}")
+        removed = cache.clear_disk(root)
+        total = sum(c.files for c in removed.values())
+        print(f"removed {total} files from {root}")
+        for name, counts in removed.items():
+            print(f"  {name}: {_describe_counts(counts)}")
         return 0
     folder = root / cache.SCHEMA
     entries = cache.describe_entries(folder) if folder.is_dir() else []
+    usage = cache.disk_usage(root)
+    current = usage.pop(cache.SCHEMA, cache.DiskCounts())
     total = sum(int(str(e["bytes"])) for e in entries)
     summary = {
         "folder": str(folder), "disk_cache": config.disk_cache_enabled(), "offline": config.offline(),
-        "entries": len(entries), "bytes": total, "modules": entries,
+        "entries": len(entries), "bytes": total, "locks": current.locks, "temporaries": current.temporaries,
+        "older_schemas": {name: asdict(counts) for name, counts in usage.items()}, "modules": entries,
     }
     if as_json:
         print(json.dumps(summary, indent=1))
@@ -108,23 +128,37 @@ def _cache(action: str, as_json: bool) -> int:
     print(f"cache folder: {folder}{'' if folder.is_dir() else ' (not created yet)'}")
     print(f"disk cache: {'on' if summary['disk_cache'] else 'off (CUJIT_DISK_CACHE=0)'}; "
           f"offline: {'yes' if summary['offline'] else 'no'}")
-    print(f"{len(entries)} entries, {total / 1024:.1f} KiB")
+    print(_describe_counts(current))
     for e in sorted(entries, key=lambda e: (str(e["name"]), str(e["arch"]))):
         state = "" if e["valid"] else "  (unreadable: will be recompiled)"
         size = int(str(e["bytes"])) / 1024
         print(f"  {e['name']!s:<32} {e['arch']!s:<8} {size:7.1f} KiB  {Path(str(e['file'])).name}{state}")
+    for name, counts in usage.items():
+        print(f"older schema {root / name} (never read; `cache clear` removes it): {_describe_counts(counts)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"] and "-h" not in argv[1:2] and "--help" not in argv[1:2]:
+    if argv[:1] == ["bench"]:
+        # The benchmark parses its own arguments, --help included.
         from .bench import main as bench
 
         return bench(argv[1:])
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
+        config.validate()
         if args.command is None:
             return _write_clangd(args)
         if args.command == "demo":
@@ -135,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             return _precompile(args.archs)
         if args.command == "cache":
             return _cache(args.action, getattr(args, "json", False))
-        if args.command == "bench":  # only reached for --help
-            return 0
     except CujitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Join the parts written by fetch_cuda12_stack.sh, cut the wheels out by their sizes, check them and install them
+# with `pip install --no-deps --target TARGET_DIR`, beside whatever (CUDA 13) torch and CuPy the machine has.
+#
+#   bash .ci/gpu/install_cuda12_stack.sh PARTS_DIR TARGET_DIR
+#
+# Then, from the checkout, run the GPU tests and the demo with that stack first on the path:
+#
+#   PYTHONPATH=TARGET_DIR:$PWD python -m pytest -q
+#   PYTHONPATH=TARGET_DIR:$PWD python -m cujit demo
+#
+# Being first on the path, TARGET_DIR's cupy-cuda12x shadows an installed cupy-cuda13x, and torch preloads the
+# first libnvrtc it finds along the path (TARGET_DIR's NVRTC 12) just as it does when the CUDA 12 wheels sit in
+# site-packages beside its own CUDA 13 ones. The last lines printed say which NVRTC and which headers cujit uses.
+set -euo pipefail
+parts=${1:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
+target=${2:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
+manifest="$parts/manifest.txt"
+[ -f "$manifest" ] || { echo "error: $manifest not found" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat "$parts"/cuda12-stack.part.* > "$work/bundle"
+want=$(awk '{s += $2} END {print s}' "$manifest")
+got=$(stat -c %s "$work/bundle")
+[ "$want" = "$got" ] || { echo "error: the parts hold $got bytes, the manifest lists $want: a part is missing" >&2; exit 1; }
+
+offset=0
+files=()
+while read -r file size sum; do
+    dd if="$work/bundle" of="$work/$file" bs=1M iflag=skip_bytes,count_bytes skip="$offset" count="$size" \
+        status=none
+    echo "$sum  $work/$file" | sha256sum --check --quiet
+    files+=("$work/$file")
+    offset=$((offset + size))
+done < "$manifest"
+
+python -m pip install --quiet --no-deps --upgrade --target "$target" "${files[@]}"
+echo "installed into $target:"
+ls "$target"
+cd "$(dirname "$0")/../.."
+PYTHONPATH="$target:$PWD" python - <<'PY'
+import torch  # first, as in the tests: it preloads its NVRTC choice
+import cupy
+from cujit._runtime import toolchain
+print(f"torch {torch.__version__}, CuPy {cupy.__version__} from {cupy.__file__}")
+print("NVRTC {}.{}".format(*toolchain.nvrtc_version()), f"headers {toolchain.cuda_include_dir()}")
+PY
