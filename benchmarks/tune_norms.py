@@ -1,0 +1,400 @@
+"""Sweep the template parameters of the RMSNorm and gated-activation kernels on one GPU (a few minutes).
+
+For each op and shape it times every candidate instantiation around the current selection rule (CUDA events,
+median; L2 flushed before each launch by writing a 256 MB buffer unless the inputs alone exceed 50 MB; shapes of
+at most 16 tokens as CUDA-graph replays of 20 launches, the inputs warm in L2 as they are in decoding), checks
+each result against an fp32 torch reference, and prints the times, the best candidate per shape and, per op and
+dtype, the configuration that is best over all token counts of each hidden size: the table to write into
+``norm_config`` (cujit/rms_norm.py) and ``activation_config`` (cujit/silu_and_mul.py).
+
+    python benchmarks/tune_norms.py                  # everything
+    python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: bf16 at 4097 tokens only
+    python benchmarks/tune_norms.py --pdl            # a graph of rms_norm -> silu_and_mul -> rms_norm, PDL on/off
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import cujit
+from cujit.rms_norm import PATH_SCALAR, PATH_TILED, PATH_VECTOR, NormConfig, norm_config
+from cujit.silu_and_mul import activation_config
+
+KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
+HIDDEN = (64, 1000, 4096, 4097, 5120, 8192, 16384, 32768)
+TOKENS = (1, 16, 128, 4097)
+# Other dtypes at a few shapes: (tokens, hidden).
+EXTRA = {torch.float16: ((4097, 4096), (4097, 8192), (16, 4096)),
+         torch.float32: ((4097, 4096), (4097, 8192), (16, 4096), (4097, 16384))}
+CPP = {torch.float32: "fp32_t", torch.float16: "fp16_t", torch.bfloat16: "bf16_t"}
+TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
+FLUSH_BYTES = 256 << 20
+L2_BYTES = 50 << 20
+GRAPH_LAUNCHES = 20
+GRAPH_TOKENS = 16
+
+
+# ------------------------------------------------------------------------------------------------ candidates
+def norm_candidates(hidden: int, dtype: torch.dtype) -> list[NormConfig]:
+    """Configurations around the rule's choice: 1, 2 and 4 vectors a thread, the fewest threads that hold the row
+    and twice that many (at most 4x the row's size), 256-thread blocks for small rows, and for long rows the
+    two-pass kernel."""
+    lanes = 16 // dtype.itemsize
+    vector = hidden % lanes == 0
+    path = PATH_VECTOR if vector else PATH_SCALAR
+    found = {norm_config(hidden, dtype, vector)}
+    vector_values = math.ceil(hidden / lanes)
+    for vecs in (1, 2, 4):
+        if not vector and vecs > 2:
+            continue  # one register per value on the scalar path
+        fewest = max(8, 1 << math.ceil(math.log2(math.ceil(vector_values / vecs))))
+        for row_threads in (fewest, fewest * 2):
+            if row_threads > 1024 or row_threads * vecs * lanes >= 4 * hidden:
+                continue
+            found.add(NormConfig(path, max(row_threads, 128), row_threads, vecs))
+            if row_threads <= 64:
+                found.add(NormConfig(path, 256, row_threads, vecs))
+    if hidden > 8192:
+        found |= {NormConfig(PATH_TILED, 1024, 1024, 2), NormConfig(PATH_TILED, 512, 512, 4)}
+    return sorted(found)
+
+
+def activation_candidates(dtype: torch.dtype) -> list[tuple[int, int]]:
+    """(block, vectors per thread) pairs, the rule's first."""
+    rule = tuple(activation_config(4096, dtype))
+    others = [(128, 1), (256, 1), (512, 1), (128, 2), (256, 2)]
+    return [rule, *(c for c in others if c != rule)]
+
+
+def norm_expression(op: str, dtype: torch.dtype, c: NormConfig) -> str:
+    return f"{op}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}>"
+
+
+def activation_expression(op: str, dtype: torch.dtype, block: int, vecs: int) -> str:
+    if op == "silu_and_mul":
+        return f"silu_and_mul_kernel<{CPP[dtype]}, {block}, {vecs}>"
+    return f"gelu_and_mul_kernel<{CPP[dtype]}, false, {block}, {vecs}>"
+
+
+# ------------------------------------------------------------------------------------------------ compiling
+class Kernels:
+    """Every candidate, compiled up front in modules of a few kernels each (one NVRTC front end per module)."""
+
+    def __init__(self, wanted: dict[str, set[str]]) -> None:
+        self._kernels: dict[str, cujit.Kernel] = {}
+        start = time.perf_counter()
+        modules = []
+        for source, expressions in wanted.items():
+            ordered = sorted(expressions)
+            for i in range(0, len(ordered), 8):
+                chunk = ordered[i:i + 8]
+                module = cujit.load_jit(f"tune_{Path(source).stem}_{i // 8}", cuda_files=[KERNELS / source],
+                                        cuda_wrappers=[(f"k{j}", e) for j, e in enumerate(chunk)])
+                modules.append(module)
+                for j, expression in enumerate(chunk):
+                    self._kernels[expression] = getattr(module, f"k{j}")
+        compile_all = getattr(cujit, "compile_modules", None)
+        if compile_all is not None:
+            compile_all(modules)
+        else:
+            for module in modules:
+                module.compile()
+        print(f"compiled {len(self._kernels)} kernels in {len(modules)} modules in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+
+    def __getitem__(self, expression: str) -> cujit.Kernel:
+        return self._kernels[expression]
+
+
+# ------------------------------------------------------------------------------------------------ timing
+_FLUSH: list[torch.Tensor] = []
+
+
+def _flush() -> None:
+    if not _FLUSH:
+        _FLUSH.append(torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda"))
+    _FLUSH[0].fill_(1)
+
+
+def device_us(launch: Callable[[], None], input_bytes: int, tokens: int, repeats: int = 15) -> float:
+    """Median device time of one ``launch()`` in microseconds."""
+    if tokens <= GRAPH_TOKENS:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            launch()  # warm up (and load the module) outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(GRAPH_LAUNCHES):
+                launch()
+        for _ in range(3):
+            graph.replay()
+        pairs = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(20_000)  # keep the GPU busy while the host enqueues, so no idle gap is timed
+            start.record()
+            graph.replay()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize()
+        return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3 / GRAPH_LAUNCHES
+    launch()
+    pairs = []
+    for _ in range(repeats):
+        if input_bytes <= L2_BYTES:
+            _flush()  # also keeps the GPU busy while the host enqueues
+        else:
+            torch.cuda._sleep(20_000)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
+
+
+def copy_us(moved_bytes: int, tokens: int) -> float:
+    """The time of ``copy_`` moving the same number of bytes (half read, half written)."""
+    half = max(moved_bytes // 2, 1)
+    src = torch.empty(half, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return device_us(lambda: dst.copy_(src), half, tokens)
+
+
+# ------------------------------------------------------------------------------------------------ cases
+@dataclass
+class Result:
+    op: str
+    dtype: torch.dtype
+    tokens: int
+    hidden: int
+    copy: float
+    times: dict[object, float] = field(default_factory=dict)  # candidate -> us (inf when wrong)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> bool:
+    rtol, atol = TOLERANCE[dtype]
+    return bool(torch.allclose(actual.float(), expected.float(), rtol=rtol, atol=atol))
+
+
+def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hidden: int) -> Result:
+    eps = 1e-6
+    x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
+    residual = torch.randn_like(x)
+    weight = torch.randn(hidden, dtype=dtype, device="cuda")
+    out = torch.empty_like(x)
+    w32 = weight.float()
+    if op == "rms_norm":
+        x32 = x.float()
+        expected = [x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * w32]
+        moved = 2 * x.numel() * x.element_size()
+    else:
+        s = (x.float() + residual.float()).to(dtype)
+        s32 = s.float()
+        expected = [s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps) * w32, s]
+        moved = 4 * x.numel() * x.element_size()
+    result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens))
+    for c in norm_candidates(hidden, dtype):
+        kernel = kernels[norm_expression(op, dtype, c)]
+        launch_with = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
+        if op == "rms_norm":
+            def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = launch_with) -> None:
+                go(k, out, x, weight, tokens, hidden, hidden, hidden, eps)
+            launch()
+            ok = _close(out, expected[0], dtype)
+        else:
+            xs, rs = x.clone(), residual.clone()
+
+            def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = launch_with, xs: torch.Tensor = xs,
+                       rs: torch.Tensor = rs) -> None:
+                go(k, xs, rs, weight, tokens, hidden, hidden, hidden, eps)
+            launch()
+            ok = _close(xs, expected[0], dtype) and torch.equal(rs, expected[1])
+        if not ok:
+            print(f"  WRONG: {op} {dtype} {tokens}x{hidden} {c}", flush=True)
+        result.times[c] = device_us(launch, moved // 2, tokens) if ok else math.inf
+    return result
+
+
+def activation_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, d: int) -> Result:
+    x = torch.randn(tokens, 2 * d, dtype=dtype, device="cuda")
+    out = torch.empty(tokens, d, dtype=dtype, device="cuda")
+    a, b = x[:, :d].float(), x[:, d:].float()
+    expected = (F.silu(a) if op == "silu_and_mul" else F.gelu(a)) * b
+    moved = 3 * tokens * d * x.element_size()
+    result = Result(op, dtype, tokens, d, copy_us(moved, tokens))
+    lanes = 16 // x.element_size()
+    for block, vecs in activation_candidates(dtype):
+        kernel = kernels[activation_expression(op, dtype, block, vecs)]
+        go = cujit.LaunchKernel(math.ceil(tokens * d / (block * vecs * lanes)), block)
+
+        def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = go) -> None:
+            go(k, out, x, tokens, d)
+        launch()
+        ok = _close(out, expected, dtype)
+        if not ok:
+            print(f"  WRONG: {op} {dtype} {tokens}x{d} block {block} vecs {vecs}", flush=True)
+        result.times[(block, vecs)] = device_us(launch, x.numel() * x.element_size(), tokens) if ok else math.inf
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _name(candidate: object) -> str:
+    if isinstance(candidate, NormConfig):
+        path = {PATH_VECTOR: "vec", PATH_SCALAR: "scalar", PATH_TILED: "tiled"}[candidate.path]
+        return f"{path} {candidate.row_threads}x{candidate.vecs}/{candidate.block}"
+    block, vecs = candidate  # type: ignore[misc]
+    return f"block {block} x{vecs}"
+
+
+def report_shape(r: Result, rule: object) -> None:
+    best = min(r.times, key=r.times.__getitem__)
+    cells = "  ".join(f"{_name(c)}{'*' if c == rule else ''} {t:7.1f}" for c, t in r.times.items())
+    print(f"{r.op:18s} {str(r.dtype)[6:]:8s} {r.tokens:5d} x {r.hidden:5d}  copy {r.copy:7.1f} us  "
+          f"best {_name(best)}: {r.times[best]:7.1f} us = {r.copy / r.times[best]:.2f}x copy; "
+          f"rule {r.times.get(rule, math.nan):7.1f}  |  {cells}", flush=True)
+
+
+def report_table(results: list[Result]) -> None:
+    """Per op, dtype and hidden size: the candidate with the best geometric mean of time / best time."""
+    groups: dict[tuple[str, torch.dtype, int], list[Result]] = defaultdict(list)
+    for r in results:
+        groups[(r.op, r.dtype, r.hidden)].append(r)
+    print("\nbest over all token counts (geometric mean of time / best time at each count); * = the rule's choice")
+    for (op, dtype, hidden), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
+        common = set.intersection(*(set(r.times) for r in rs))
+        score = {c: math.exp(statistics.fmean(math.log(r.times[c] / min(r.times.values())) for r in rs))
+                 for c in common}
+        best = min(score, key=score.__getitem__)
+        tokens = ",".join(str(r.tokens) for r in rs)
+        ranked = ", ".join(f"{_name(c)} {score[c]:.3f}" for c in sorted(score, key=score.__getitem__)[:4])
+        print(f"  {op:18s} {str(dtype)[6:]:8s} hidden {hidden:5d} (tokens {tokens}): {_name(best)}  [{ranked}]")
+
+
+# ------------------------------------------------------------------------------------------------ PDL
+def pdl_chain(d: int = 4096, dtype: torch.dtype = torch.bfloat16) -> None:
+    """A CUDA graph of rms_norm -> silu_and_mul -> rms_norm at 1-16 tokens, with and without PDL."""
+    from cujit.rms_norm import rms_norm
+    from cujit.silu_and_mul import silu_and_mul
+
+    variants = {"pdl": (rms_norm, silu_and_mul),
+                "no pdl": (rms_norm.op.variant("tune_no_pdl", pdl=False),
+                           silu_and_mul.op.variant("tune_no_pdl", pdl=False))}
+    w1 = torch.randn(2 * d, dtype=dtype, device="cuda")
+    w2 = torch.randn(d, dtype=dtype, device="cuda")
+    print(f"\nrms_norm [T, {2 * d}] -> silu_and_mul -> rms_norm [T, {d}], {dtype}, CUDA graph of "
+          f"{GRAPH_LAUNCHES} chains, us per chain (median of 15 replays, the two variants interleaved)")
+    for tokens in (1, 2, 4, 8, 16):
+        x = torch.randn(tokens, 2 * d, dtype=dtype, device="cuda")
+        outs = {}
+        graphs = {}
+        for label, (norm, act) in variants.items():
+            a = torch.empty_like(x)
+            b = torch.empty(tokens, d, dtype=dtype, device="cuda")
+            c = torch.empty_like(b)
+
+            def chain(norm: Callable[..., object] = norm, act: Callable[..., object] = act, x: torch.Tensor = x,
+                      a: torch.Tensor = a, b: torch.Tensor = b, c: torch.Tensor = c) -> None:
+                norm(x, w1, out=a)
+                act(a, out=b)
+                norm(b, w2, out=c)
+            graphs[label] = graph_of(chain)
+            outs[label] = c
+        times: dict[str, list[float]] = {label: [] for label in graphs}
+        for _ in range(15):
+            for label, graph in graphs.items():
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda._sleep(20_000)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times[label].append(start.elapsed_time(end) * 1e3 / GRAPH_LAUNCHES)
+        same = torch.equal(outs["pdl"], outs["no pdl"])
+        cells = "  ".join(f"{label} {statistics.median(t):6.2f}" for label, t in times.items())
+        ratio = statistics.median(times["pdl"]) / statistics.median(times["no pdl"])
+        print(f"  tokens {tokens:2d}: {cells}  ratio {ratio:.3f}  {'same results' if same else 'RESULTS DIFFER'}",
+              flush=True)
+
+
+def graph_of(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """``fn`` run once (loading its kernels), then captured GRAPH_LAUNCHES times into one graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_LAUNCHES):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph
+
+
+# ------------------------------------------------------------------------------------------------ main
+def shapes(quick: bool) -> list[tuple[torch.dtype, int, int]]:
+    tokens = (4097,) if quick else TOKENS
+    found = [(torch.bfloat16, t, h) for h in HIDDEN for t in tokens]
+    if not quick:
+        found += [(dt, t, h) for dt, pairs in EXTRA.items() for t, h in pairs]
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="rms_norm,fused_add_rms_norm,silu_and_mul,gelu_and_mul")
+    parser.add_argument("--quick", action="store_true", help="bf16 at 4097 tokens only")
+    parser.add_argument("--pdl", action="store_true", help="only time a graph of rms_norm -> silu_and_mul -> "
+                        "rms_norm at 1-16 tokens with and without programmatic dependent launch")
+    args = parser.parse_args(argv)
+    if args.pdl:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
+        pdl_chain()
+        return 0
+    ops = args.ops.split(",")
+    cases = shapes(args.quick)
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for op in ops:
+        for dtype, _, hidden in cases:
+            if op in ("rms_norm", "fused_add_rms_norm"):
+                wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c) for c in norm_candidates(hidden, dtype)}
+            else:
+                wanted["activation.cuh"] |= {activation_expression(op, dtype, *c) for c in activation_candidates(dtype)}
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
+    start = time.perf_counter()
+    kernels = Kernels(wanted)
+    results = []
+    for op in ops:
+        for dtype, tokens, hidden in cases:
+            if op in ("rms_norm", "fused_add_rms_norm"):
+                r = rms_norm_case(kernels, op, dtype, tokens, hidden)
+                rule: object = norm_config(hidden, dtype, hidden % (16 // dtype.itemsize) == 0)
+            else:
+                r = activation_case(kernels, op, dtype, tokens, hidden)
+                rule = tuple(activation_config(hidden, dtype))
+            report_shape(r, rule)
+            results.append(r)
+    report_table(results)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    wrong = sum(math.isinf(t) for r in results for t in r.times.values())
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

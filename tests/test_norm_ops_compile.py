@@ -1,0 +1,284 @@
+"""The norm and activation ops without a GPU.
+
+- The selection rules choose only precompiled instantiations, and only ones that hold the row. (Every
+  instantiation is compiled for sm_80 and sm_90 by tests/test_compile_all.py, which finds the shipped ops itself.)
+- The generated launch code, run against the stub driver of tests/stub_cuda.py: which kernel path each layout
+  takes, the grid, the block and the packed arguments, and refused inputs launching nothing. The stub runs
+  variants of the shipped ops under a namespace of their own, so that the real ops stay bound to the real driver.
+- CPU tensors are refused by the real ops' device check, with the message that names it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import cujit
+from cujit.fused_add_rms_norm import fused_add_rms_norm
+from cujit.gelu_and_mul import gelu_and_mul
+from cujit.rms_norm import (
+    PATH_SCALAR,
+    PATH_TILED,
+    PATH_VECTOR,
+    SCALAR_CONFIGS,
+    VECTOR_CONFIGS,
+    norm_config,
+    rms_norm,
+)
+from cujit.silu_and_mul import activation_config, silu_and_mul
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+
+torch = pytest.importorskip("torch")
+
+OPS = {"rms_norm": rms_norm, "fused_add_rms_norm": fused_add_rms_norm, "silu_and_mul": silu_and_mul,
+       "gelu_and_mul": gelu_and_mul}
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _lanes(dtype: str) -> int:
+    return 16 // torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+
+
+def _as_fields(fields: dict[str, Any]) -> dict[str, str]:
+    return {k: str(cujit.DType.of(v).name if k == "dtype" else v) for k, v in fields.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+@pytest.mark.parametrize("name", ["rms_norm", "fused_add_rms_norm"])
+def test_norm_rule_chooses_precompiled_configurations_that_hold_the_row(name: str) -> None:
+    instances = [_as_fields(f) for f in OPS[name].op.instances()]
+    assert len(instances) == len({tuple(sorted(f.items())) for f in instances})  # each once
+    hidden_sizes = sorted({*range(1, 300), *(2**k + d for k in range(8, 17) for d in (-1, 0, 1)), 5120, 40000,
+                           2**20})
+    for dtype in DTYPES:
+        lanes = _lanes(dtype)
+        for vector in (True, False):
+            configs = VECTOR_CONFIGS if vector else SCALAR_CONFIGS
+            for hidden in hidden_sizes:
+                if vector and hidden % lanes:
+                    continue
+                c = norm_config(hidden, dtype, vector)
+                for gemma in (False, True):
+                    fields = _as_fields({"dtype": dtype, "gemma": gemma, **c._asdict()})
+                    assert fields in instances, (hidden, dtype, vector, c)
+                assert c.block % c.row_threads == 0 and c.block % 32 == 0 and c.block <= 1024
+                capacity = c.row_threads * c.vecs * lanes
+                if c.path == PATH_TILED:
+                    assert all(rt * v * lanes < hidden for rt, v in configs), (hidden, dtype, c)
+                else:
+                    assert c.path == (PATH_VECTOR if vector else PATH_SCALAR)
+                    assert capacity >= hidden, (hidden, dtype, c)
+                    # the smallest configuration that holds the row
+                    assert all(rt * v * lanes < hidden for rt, v in configs if rt * v * lanes < capacity)
+
+
+@pytest.mark.parametrize("name", ["silu_and_mul", "gelu_and_mul"])
+def test_activation_rule_chooses_precompiled_configurations(name: str) -> None:
+    instances = [_as_fields(f) for f in OPS[name].op.instances()]
+    for dtype in DTYPES:
+        for d in (1, 64, 4097, 8192, 1 << 20):
+            block, vecs = activation_config(d, dtype)
+            assert any(f["dtype"] == dtype and f["block"] == str(block) and f["vecs"] == str(vecs)
+                       for f in instances)
+    if name == "gelu_and_mul":
+        assert {f["tanh"] for f in instances} == {"False", "True"}
+
+
+# ------------------------------------------------------------------------------------------------ the stub
+@pytest.fixture
+def stub() -> Iterator[StubBackend]:
+    with stub_backend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def ops(stub: StubBackend) -> SimpleNamespace:
+    # Variants declared under the stub, in a namespace of their own: the real ops stay bound to the real driver.
+    declared = SimpleNamespace(**{name: fn.op.variant("cujit_stub") for name, fn in OPS.items()})
+    for fn in vars(declared).values():
+        bind_fakes(fn.op.env, stub)
+    return declared
+
+
+def fake(stub: StubBackend, t: torch.Tensor) -> FakeCudaTensor:
+    return FakeCudaTensor(t, 0, stub)
+
+
+def _last(stub: StubBackend, fn: Any) -> tuple[tuple[Any, ...], list[Any]]:
+    """The instantiation (template fields) and the decoded arguments of the last launch."""
+    launched = stub.launches[-1]
+    for key, loaded in fn.op.table.items():
+        if loaded.function == launched.function:
+            return key[:-1], launched.values(loaded.params)
+    raise AssertionError("the last launch is not one of this op's kernels")
+
+
+def _f32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: SimpleNamespace) -> None:
+    f16 = torch.float16
+    cases = [
+        # (x, weight, out, expected path, block, rows per block)
+        (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
+        (torch.randn(5, 4104, dtype=f16)[:, :4096], torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
+        (torch.randn(5, 4097, dtype=f16)[:, 1:], torch.randn(4096, dtype=f16), None, PATH_SCALAR, 512, 1),
+        (torch.randn(5, 4096, dtype=f16), torch.randn(4097, dtype=f16)[1:], None, PATH_SCALAR, 512, 1),
+        (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), torch.empty(5, 4097, dtype=f16)[:, 1:],
+         PATH_SCALAR, 512, 1),
+        (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_SCALAR, 512, 1),
+        (torch.randn(3, 40000, dtype=f16), torch.randn(40000, dtype=f16), None, PATH_TILED, 1024, 1),
+        (torch.randn(37, 64, dtype=torch.float32), torch.randn(64), None, PATH_VECTOR, 128, 8),
+        (torch.randn(37, 64, dtype=f16), torch.randn(64, dtype=f16), None, PATH_VECTOR, 128, 16),
+    ]
+    for x, w, out, path, block, rows_per_block in cases:
+        fx, fw = fake(stub, x), fake(stub, w)
+        fout = None if out is None else fake(stub, out)
+        for _ in range(2):  # the generic path (compile and load), then the generated one
+            result = ops.rms_norm(fx, fw, 1e-5, out=fout)
+            key, values = _last(stub, ops.rms_norm)
+            assert key[2:3] == (path,) and key[3] == block, (x.shape, x.stride(), key)
+            rows, hidden = x.shape
+            out_stride = hidden if fout is None else fout.stride()[0]
+            assert values == [result.data_ptr(), fx.data_ptr(), fw.data_ptr(), rows, hidden, x.stride(0), out_stride,
+                              _f32(1e-5)]
+            assert stub.launches[-1].grid == (math.ceil(rows / rows_per_block), 1, 1)
+            assert stub.launches[-1].block == (block, 1, 1)
+            assert stub.launches[-1].pdl  # sm_90: launched with programmatic dependent launch
+
+
+def test_rms_norm_in_place_gemma_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
+    x, w = fake(stub, torch.randn(4, 1000, dtype=torch.float16)), fake(stub, torch.randn(1000, dtype=torch.float16))
+    for _ in range(2):
+        assert ops.rms_norm(x, w, gemma=True, out=x) is x
+        key, values = _last(stub, ops.rms_norm)
+        assert key[1] is True and values[:2] == [x.data_ptr(), x.data_ptr()]
+    before = len(stub.launches)
+    overlapping = fake(stub, torch.empty(5000, dtype=torch.float16).as_strided((4, 1000), (999, 1)))
+    with pytest.raises(cujit.CujitError, match="out: rows overlap"):
+        ops.rms_norm(x, w, out=overlapping)
+    with pytest.raises(cujit.TensorMatchError, match="'weight': dimension 0"):
+        ops.rms_norm(x, fake(stub, torch.randn(999, dtype=torch.float16)))
+    with pytest.raises(TypeError, match="argument eps: expected float"):
+        ops.rms_norm(x, w, "1e-6")
+    with pytest.raises(TypeError, match="argument gemma: expected bool"):
+        ops.rms_norm(x, w, gemma=1)
+    assert len(stub.launches) == before
+    empty = ops.rms_norm(fake(stub, torch.randn(0, 1000, dtype=torch.float16)), w)
+    assert tuple(empty.shape) == (0, 1000) and len(stub.launches) == before
+
+
+def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
+    f16 = torch.float16
+    w = fake(stub, torch.randn(8192, dtype=f16))
+    cases = [
+        (torch.randn(7, 8192, dtype=f16), torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
+        (torch.randn(7, 8200, dtype=f16)[:, :8192], torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
+        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_SCALAR, 512),
+    ]
+    for x, residual, path, block in cases:
+        fx, fr = fake(stub, x), fake(stub, residual)
+        for _ in range(2):
+            assert ops.fused_add_rms_norm(fx, fr, w, 1e-6) is None
+            key, values = _last(stub, ops.fused_add_rms_norm)
+            assert key[2] == path and key[3] == block
+            assert values == [fx.data_ptr(), fr.data_ptr(), w.data_ptr(), 7, 8192, x.stride(0), residual.stride(0),
+                              _f32(1e-6)]
+            assert stub.launches[-1].grid == (7, 1, 1)
+    before = len(stub.launches)
+    fx = fake(stub, torch.randn(7, 8192, dtype=f16))
+    with pytest.raises(cujit.CujitError, match="x and residual must be different tensors"):
+        ops.fused_add_rms_norm(fx, fx, w)
+    with pytest.raises(cujit.TensorMatchError, match="'residual': dtype"):
+        ops.fused_add_rms_norm(fx, fake(stub, torch.randn(7, 8192)), w)
+    with pytest.raises(cujit.TensorMatchError, match="'residual': stride 1: expected 1"):
+        ops.fused_add_rms_norm(fx, fake(stub, torch.randn(7, 16384, dtype=f16)[:, ::2]), w)
+    with pytest.raises(cujit.CujitError, match="residual: rows overlap"):
+        ops.fused_add_rms_norm(fx, fake(stub, torch.empty(80000, dtype=f16).as_strided((7, 8192), (100, 1))), w)
+    assert len(stub.launches) == before
+
+
+@pytest.mark.parametrize("name", ["silu_and_mul", "gelu_and_mul"])
+def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNamespace, name: str) -> None:
+    fn = getattr(ops, name)
+    extra = ("tanh",) if name == "gelu_and_mul" else ()
+    for dtype, shape in ((torch.float16, (3, 2, 2 * 4096)), (torch.float32, (5, 2 * 1000)), (torch.float16, (6,))):
+        x = fake(stub, torch.randn(shape, dtype=dtype))
+        lanes = 16 // x.t.element_size()
+        d = shape[-1] // 2
+        rows = math.prod(shape[:-1])
+        for _ in range(2):
+            out = fn(x, *extra)
+            assert tuple(out.shape) == (*shape[:-1], d)
+            key, values = _last(stub, fn)
+            assert values == [out.data_ptr(), x.data_ptr(), rows, d]
+            block, vecs = activation_config(d, dtype)
+            assert stub.launches[-1].grid == (math.ceil(rows * d / (block * vecs * lanes)), 1, 1)
+            assert stub.launches[-1].block == (block, 1, 1) and stub.launches[-1].pdl
+            if name == "gelu_and_mul":
+                assert key[1] is True  # tanh
+    before = len(stub.launches)
+    x = fake(stub, torch.randn(4, 64, dtype=torch.float16))
+    with pytest.raises(cujit.CujitError, match="the last dimension must be even"):
+        fn(fake(stub, torch.randn(4, 63, dtype=torch.float16)))
+    with pytest.raises(cujit.TensorMatchError, match="'out': dimension 1"):
+        fn(x, *extra, out=fake(stub, torch.empty(4, 64, dtype=torch.float16)))
+    with pytest.raises(cujit.TensorMatchError, match="'x'"):
+        fn(fake(stub, torch.randn(4, 128, dtype=torch.float16)[:, ::2]))
+    if name == "gelu_and_mul":
+        with pytest.raises(cujit.CujitError, match="approximate must be 'none' or 'tanh'"):
+            fn(x, "exact")
+        fn(x)
+        assert _last(stub, fn)[0][1] is False
+    assert len(stub.launches) == before + (name == "gelu_and_mul")
+
+
+# ------------------------------------------------------------------------------------------------ real ops, CPU
+def test_cpu_tensors_are_refused_by_the_device_check() -> None:
+    x, weight = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+    calls = [
+        lambda: rms_norm(x, weight),
+        lambda: rms_norm(x, weight, 1e-5, gemma=True, out=torch.empty_like(x)),
+        lambda: fused_add_rms_norm(x, torch.randn_like(x), weight),
+        lambda: silu_and_mul(x),
+        lambda: gelu_and_mul(x, "tanh"),
+    ]
+    for call in calls:
+        with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+            call()
+
+
+def test_cujit_names_are_the_op_functions() -> None:
+    assert cujit.rms_norm is rms_norm and cujit.fused_add_rms_norm is fused_add_rms_norm
+    assert cujit.silu_and_mul is silu_and_mul and cujit.gelu_and_mul is gelu_and_mul
+    assert str(torch.ops.cujit.rms_norm.default._schema) == (
+        "cujit::rms_norm(Tensor x, Tensor weight, float eps=9.9999999999999995e-07, *, bool gemma=False) -> Tensor")
+
+
+def test_fake_tensors_give_output_shapes_without_a_gpu() -> None:
+    """What torch.compile sees: the fake implementations, on fake CUDA tensors, with fixed and symbolic sizes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.DYNAMIC])
+    symbolic = mode.from_tensor(torch.empty(4, 64, dtype=torch.bfloat16, device="meta"), symbolic_context=dynamic)
+    symbolic.fake_device = torch.device("cuda", 0)  # a CPU-only torch cannot move a fake tensor to CUDA
+    with mode:
+        fixed = torch.empty(4, 64, dtype=torch.bfloat16, device="cuda")
+        for x in (fixed, symbolic):
+            w = torch.empty(x.shape[1], dtype=torch.bfloat16, device="cuda")
+            for y in (torch.ops.cujit.rms_norm(x, w, 1e-6, gemma=True), rms_norm(x, w)):
+                assert y.shape == x.shape and y.device.type == "cuda" and y.dtype == torch.bfloat16
+            assert torch.ops.cujit.fused_add_rms_norm(x, torch.empty_like(x), w, 1e-6) is None
+            half = (x.shape[0], x.shape[1] // 2)
+            for y in (torch.ops.cujit.silu_and_mul(x), torch.ops.cujit.gelu_and_mul(x, "tanh"), gelu_and_mul(x)):
+                assert tuple(y.shape) == half and y.dtype == torch.bfloat16
+            out = torch.empty(half, dtype=torch.bfloat16, device="cuda")
+            assert torch.ops.cujit.silu_and_mul.out(x, out=out) is None
