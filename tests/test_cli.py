@@ -40,10 +40,8 @@ def test_demo_on_gpu_checks_both_results() -> None:
 
 
 def test_precompile_then_offline_load_compiles_nothing(tmp_path: Path) -> None:
-    from cujit.tools.shipped import shipped_modules
-
-    total = 2 * len(shipped_modules())  # every shipped op's instances, for two archs
-    out = _run("precompile", "--arch", "sm_80", "--arch", "sm_90")
+    total = 8  # add_constant's four instances, for two archs (every shipped op's: see test_compile_all)
+    out = _run("precompile", "--arch", "sm_80", "--arch", "sm_90", "--op", "add_constant")
     assert out.returncode == 0, out.stderr
     assert "[1/" in out.stdout and f"[{total}/{total}]" in out.stdout and f"precompiled {total} modules" in out.stdout
     code = (
@@ -55,15 +53,13 @@ def test_precompile_then_offline_load_compiles_nothing(tmp_path: Path) -> None:
                             env={**os.environ, "CUJIT_OFFLINE": "1"}, timeout=300)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["0", "8"]
-    again = _run("precompile", "--arch", "sm_90")
+    again = _run("precompile", "--arch", "sm_90", "--op", "cujit::add_constant")
     assert again.stdout.count(": cached in") == total // 2
 
 
 def test_cache_info_and_clear() -> None:
-    from cujit.tools.shipped import shipped_modules
-
-    total = len(shipped_modules())
-    assert _run("precompile", "--arch", "sm_90").returncode == 0
+    total = 4
+    assert _run("precompile", "--arch", "sm_90", "--op", "add_constant").returncode == 0
     info = _run("cache", "info", "--json")
     data = json.loads(info.stdout)
     assert data["entries"] == total and data["disk_cache"] is True
@@ -78,10 +74,8 @@ def test_cache_info_and_clear() -> None:
 
 
 def test_cache_info_and_clear_count_the_same_files() -> None:
-    from cujit.tools.shipped import shipped_modules
-
-    n = len(shipped_modules())  # one entry and one lock per shipped instance
-    assert _run("precompile", "--arch", "sm_90").returncode == 0
+    n = 4  # one entry and one lock per instance of add_constant
+    assert _run("precompile", "--arch", "sm_90", "--op", "add_constant").returncode == 0
     root = Path(os.environ["CUJIT_CACHE_DIR"])
     folder = root / cache.SCHEMA
     (folder / f"{'0' * 64}.tmp.999999999.abcd1234").write_bytes(b"half")  # a killed writer's leftover
@@ -123,14 +117,17 @@ def test_bench_help_is_the_benchmarks_own() -> None:
 
 @pytest.mark.skipif(gpu_count() > 0, reason="without --arch, a GPU's own arch is used; this checks the no-GPU case")
 def test_precompile_defaults_to_the_default_arch() -> None:
-    from cujit.tools.shipped import shipped_modules
-
-    n = len(shipped_modules())
-    out = _run("precompile", env={"CUJIT_DEFAULT_ARCH": "sm_80"})
+    n = 4
+    out = _run("precompile", "--op", "add_constant", env={"CUJIT_DEFAULT_ARCH": "sm_80"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("for sm_80: compiled") == n and f"[{n}/{n}]" in out.stdout
     data = json.loads(_run("cache", "info", "--json").stdout)
     assert {m["arch"] for m in data["modules"]} == {"sm_80"}
+
+
+def test_precompile_names_an_unknown_op() -> None:
+    out = _run("precompile", "--arch", "sm_90", "--op", "rms_nrom")
+    assert out.returncode == 1 and "--op: no shipped op named rms_nrom (the shipped ops: " in out.stderr
 
 
 def test_errors_say_what_to_do(tmp_path: Path) -> None:

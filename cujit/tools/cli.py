@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                          "into the disk cache (CUJIT_CACHE_DIR).")
     pre.add_argument("--arch", dest="archs", action="append",
                      help="e.g. sm_90; repeat for more (default: this GPU's arch, else CUJIT_DEFAULT_ARCH)")
+    pre.add_argument("--op", dest="ops", action="append",
+                     help="only this shipped op, e.g. rms_norm; repeat for more (default: every shipped op)")
 
     cache_cmd = sub.add_parser("cache", help="show or clear the on-disk cache",
                                description="Show (info) or delete (clear) the compiled kernels in CUJIT_CACHE_DIR.")
@@ -73,9 +75,9 @@ def _write_clangd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precompile(archs: list[str] | None) -> int:
+def _precompile(archs: list[str] | None, ops: list[str] | None = None) -> int:
     archs = [config.check_arch(a, "--arch") for a in archs] if archs else [driver.default_arch()]
-    modules = shipped_modules()
+    modules = shipped_modules(ops)
     total = len(modules) * len(archs)
     done = 0
     start = time.perf_counter()
@@ -166,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
 
             return demo(args.demo_arch)
         if args.command == "precompile":
-            return _precompile(args.archs)
+            return _precompile(args.archs, args.ops)
         if args.command == "cache":
             return _cache(args.action, getattr(args, "json", False))
     except CujitError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 
+from .._runtime.errors import CujitError
 from .._runtime.module import JitModule
 from .._runtime.ops import Op, declared_ops, shipped_module_names
 
@@ -17,10 +19,22 @@ def shipped_ops() -> list[Op]:
     return sorted((o for o in declared_ops() if o.module_name.startswith("cujit.")), key=lambda o: o.name)
 
 
-def shipped_modules() -> list[JitModule]:
-    """The instantiations the shipped ops declare for ``precompile`` (each once)."""
+def shipped_modules(names: Sequence[str] | None = None) -> list[JitModule]:
+    """The instantiations the shipped ops declare for ``precompile`` (each once); ``names`` picks some ops.
+
+    Raises:
+        CujitError: a name that no shipped op has.
+    """
+    ops = shipped_ops()
+    if names:
+        by_name = {o.schema.name: o for o in ops} | {o.name: o for o in ops}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise CujitError(f"--op: no shipped op named {', '.join(unknown)} (the shipped ops: "
+                             f"{', '.join(sorted(o.schema.name for o in ops))})")
+        ops = [by_name[n] for n in dict.fromkeys(names)]
     seen: dict[int, JitModule] = {}
-    for found in shipped_ops():
+    for found in ops:
         for module in found.precompile_modules():
             seen.setdefault(id(module), module)
     return list(seen.values())
