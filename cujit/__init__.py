@@ -13,6 +13,7 @@ from ._runtime.errors import CompileError, CujitError, LaunchError, TensorMatchE
 from ._runtime.launch import LaunchKernel, device_check
 from ._runtime.matcher import SymbolicDevice, SymbolicDType, SymbolicSize, TensorCheck, TensorMatcher
 from ._runtime.module import JitModule, Kernel, load_jit
+from ._runtime.parallel import compile_modules
 from ._runtime.tensors import Device
 from ._runtime.version import __version__
 
@@ -34,6 +35,7 @@ __all__ = [
     "TensorMatcher",
     "__version__",
     "cache_stats",
+    "compile_modules",
     "device_check",
     "load_jit",
     "make_cpp_args",

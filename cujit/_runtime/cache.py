@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from . import config, toolchain
+from . import config, headers, toolchain
 from .compile import Compiled, SourceSet, compile_nvrtc, offline_error, scan_includes
 from .signature import Param
 from .version import __version__ as _CUJIT_VERSION
@@ -73,6 +73,7 @@ def cache_key(sources: SourceSet, arch: str) -> str:
     _field(h, "nvrtc", "{}.{}".format(*toolchain.nvrtc_version()))
     _field(h, "cuda-headers", toolchain.cuda_headers_identity())
     _field(h, "libcu++", toolchain.cccl_identity())
+    _field(h, "headers", headers.identity())
     _field(h, "arch", arch)
     options = sources.options(arch)
     _field(h, "options", "\0".join(options))
@@ -256,6 +257,25 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
             found = _compile(sources, arch, key)
         _MEMORY[key] = found
         return key, found
+
+
+def lookup(sources: SourceSet, arch: str) -> Compiled | None:
+    """The compiled module from memory or disk (then kept in memory), or None; never compiles."""
+    key = cache_key(sources, arch)
+    found = _MEMORY.get(key)
+    if found is not None:
+        return found
+    folder = disk_dir()
+    found = _read(folder, key) if folder is not None else None
+    if found is not None:
+        _count("disk_hits")
+        _MEMORY.setdefault(key, found)
+    return found
+
+
+def remember(key: str, compiled: Compiled) -> None:
+    """Keep ``compiled``, made under ``key`` by another process (a compile worker), in the memory layer."""
+    _MEMORY.setdefault(key, compiled)
 
 
 def _compile(sources: SourceSet, arch: str, key: str) -> Compiled:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, toolchain
+from . import config, headers, toolchain
 from .errors import CompileError, CujitError
 from .signature import PROBE_DECLARATION, Param, parse_probe, probe_expression
 
@@ -73,21 +73,16 @@ class SourceSet:
 
         The CUDA and libcu++ folders are left out: the toolchain identity in the cache key covers them.
         """
-        return (toolchain.cujit_include_dir(), *self.include_paths, *_flag_paths(self.extra_cflags, _INCLUDE_FLAGS))
+        return (toolchain.cujit_include_dir(), *self.include_paths, headers.stand_in_dir(),
+                *_flag_paths(self.extra_cflags, _INCLUDE_FLAGS))
 
     def pre_included(self) -> tuple[Path, ...]:
         """Files that ``--pre-include`` / ``-include`` options make NVRTC read before the source."""
-        return _flag_paths(self.extra_cflags, _PRE_INCLUDE_FLAGS)
+        return (headers.prelude(), *_flag_paths(self.extra_cflags, _PRE_INCLUDE_FLAGS))
 
     def options(self, arch: str) -> tuple[str, ...]:
-        opts = [f"-arch={arch}", "-std=c++17", f"-I{toolchain.cujit_include_dir()}"]
-        opts += [f"-I{p}" for p in self.include_paths]
-        opts.append(f"-I{toolchain.cuda_include_dir()}")
-        cccl = toolchain.cccl_include_dir()
-        if cccl is not None:
-            opts.append(f"-I{cccl}")
-        opts += self.extra_cflags
-        return tuple(opts)
+        """Every NVRTC option for ``arch``: include folders, predefined macros, then ``extra_cflags``."""
+        return headers.nvrtc_options(arch, self.include_paths, self.extra_cflags)
 
 
 @dataclass(frozen=True)
@@ -175,6 +170,8 @@ def _program_log(nvrtc: object, program: object) -> str:
 
 def _compile_error(sources: SourceSet, options: Sequence[str], source: str, log: str, status: str) -> CompileError:
     lines = [f"NVRTC could not compile module {sources.name!r} ({status})", "", log or "(NVRTC gave no log)", ""]
+    hints = headers.hints(log)
+    lines += [*(f"hint: {hint}" for hint in hints), *([""] if hints else [])]
     lines.append("name expressions: " + ", ".join(sources.expressions))
     lines.append("options: " + " ".join(options))
     err = CompileError("\n".join(lines), log=log, options=options, name_expressions=sources.expressions, source=source)
