@@ -3,6 +3,7 @@
 // They compile with cujit unchanged; tests/test_ported_kernels*.py check them.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
