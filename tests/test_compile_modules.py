@@ -107,3 +107,22 @@ def test_precompile_jobs_option() -> None:
     bad = subprocess.run([sys.executable, "-m", "cujit", "precompile", "--arch", "sm_90", "--jobs", "0"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert bad.returncode == 1 and "--jobs: expected a positive number of processes, got 0" in bad.stderr
+
+
+def test_precompiled_headers_leave_no_trace_in_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cujit._runtime import headers
+
+    assert headers.pch_options() == ()  # never in the calling process; workers turn it on for themselves
+    kernels = Path(__file__).parent / "kernels"
+    folder = tmp_path / "pch"
+    folder.mkdir()
+    monkeypatch.setattr(headers, "_PCH", [])
+    headers.use_pch(folder)
+    norm = [cujit.load_jit("norm", t, cuda_files=[kernels / "ported_norm.cuh"],
+                           cuda_wrappers=[("k", f"ported::row_abs_max<{t}, 256>")]) for t in ("float", "__half")]
+    wmma = cujit.load_jit("wmma", cuda_files=[kernels / "ported_wmma.cuh"], cuda_wrappers=[("k", "ported::wmma_gemm")])
+    # Another prefix in between, then the first one again: NVRTC's notes about unusable PCH files stay out of the log.
+    for module in (norm[0], wmma, norm[1]):
+        compiled = module.compile("sm_90")
+        assert compiled.log == "" and compiled.cubin[:4] == b"\x7fELF"
+    assert list(folder.glob("*.pch"))

@@ -148,7 +148,7 @@ def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
         for expr in names:
             nvrtc.addNameExpression(program, expr)
         try:
-            nvrtc.compileProgram(program, list(options))
+            nvrtc.compileProgram(program, [*headers.pch_options(), *options])
         except nvrtc.NVRTCError as exc:
             log = _program_log(nvrtc, program)
             raise _compile_error(sources, options, source, log, str(exc)) from None

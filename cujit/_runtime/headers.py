@@ -33,8 +33,10 @@ __all__ = [
     "hints",
     "identity",
     "nvrtc_options",
+    "pch_options",
     "prelude",
     "stand_in_dir",
+    "use_pch",
     "STAND_INS",
 ]
 
@@ -235,6 +237,28 @@ def nvrtc_options(arch: str, include_paths: Sequence[Path], extra_cflags: Sequen
         opts.append(f"-D{_CCCL_UNROLL}={_CCCL_UNROLL_NVCC}")
     opts += flags
     return tuple(opts)
+
+
+# ---------------------------------------------------------------------------------------------------- PCH
+_PCH: list[str] = []
+
+
+def use_pch(folder: Path) -> None:
+    """Let NVRTC keep precompiled headers in ``folder`` for the rest of this process (compile workers do).
+
+    NVRTC's automatic PCH saves the parsed state of a module's headers after its first compile and reuses it for
+    every later module whose sources start the same way: all instantiations of one kernel file, most of all. The
+    files are bound to this process's NVRTC heap, so another process can never use them, and NVRTC checks on each
+    use that the headers and options are unchanged; the output is what a compile without PCH gives. Kept out of
+    the cache key for that reason.
+    """
+    # The diagnostics suppressed here only ever concern PCH files (#630: another prefix, #20282: another heap).
+    _PCH[:] = ["-pch", f"--pch-dir={folder}", "--pch-messages=false", "-diag-suppress=630,20282"]
+
+
+def pch_options() -> tuple[str, ...]:
+    """The PCH options of this process (NVRTC wants them first), or none."""
+    return tuple(_PCH)
 
 
 # ---------------------------------------------------------------------------------------------------- hints

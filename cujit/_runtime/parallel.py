@@ -139,7 +139,9 @@ def _compile_in_workers(
     started = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
         futures = {}
-        for index in pending:
+        # Modules that start with the same files, flags and arch next to each other: a worker that compiles two of
+        # them in a row reuses the first one's precompiled headers.
+        for index in sorted(pending, key=lambda i: _prefix(pairs[i])):
             module, arch = pairs[index]
             futures[pool.submit(worker.compile_one, module.sources, arch, environ)] = index
             started[index] = time.perf_counter()
@@ -158,6 +160,11 @@ def _compile_in_workers(
                 cache.remember(key, compiled)
                 result = CompileResult(module, arch, module.compile(arch), None, compiled_now, seconds)
             results[index] = _done(result, on_done)
+
+
+def _prefix(pair: tuple[JitModule, str]) -> tuple[str, ...]:
+    sources = pair[0].sources
+    return (*map(str, sources.files), *sources.extra_cflags, pair[1])
 
 
 def _context() -> multiprocessing.context.BaseContext:

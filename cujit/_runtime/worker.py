@@ -2,15 +2,21 @@
 
 Only worker processes import it: the fork server imports it once (``set_forkserver_preload``) and
 :func:`preload` loads NVRTC there, so every worker forked from the server starts with the compiler loaded instead of
-loading it again (a third of a second each).
+loading it again (a third of a second each). Each worker lets NVRTC keep precompiled headers (see
+``headers.use_pch``), so the second and later instantiations of a kernel file that a worker compiles skip the
+parsing of its headers: three to five times faster for kernels that include CUB.
 """
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
-from . import cache, toolchain
+from . import cache, headers, toolchain
 from .compile import Compiled, SourceSet
 from .errors import CujitError
 
@@ -25,11 +31,22 @@ def preload() -> None:
         pass
 
 
+def _start_pch() -> None:
+    """Once per worker: a private folder for NVRTC's precompiled headers, removed when the worker exits."""
+    if headers.pch_options():
+        return
+    folder = tempfile.mkdtemp(prefix="cujit-pch-")
+    # Workers end through multiprocessing, which runs its finalizers but not atexit handlers.
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=0)
+    headers.use_pch(Path(folder))
+
+
 def compile_one(sources: SourceSet, arch: str, environ: dict[str, str]) -> tuple[str, Compiled, bool, float]:
     """Compile ``sources`` for ``arch`` through the cache, with the caller's ``CUJIT_*`` settings.
 
     Returns the cache key, the compiled module, whether NVRTC ran (rather than a cache hit) and the seconds taken.
     """
+    _start_pch()
     for name in [k for k in os.environ if k.startswith("CUJIT_") and k not in environ]:
         del os.environ[name]
     os.environ.update(environ)
