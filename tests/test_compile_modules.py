@@ -112,17 +112,51 @@ def test_precompile_jobs_option() -> None:
 def test_precompiled_headers_leave_no_trace_in_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cujit._runtime import headers
 
-    assert headers.pch_options() == ()  # never in the calling process; workers turn it on for themselves
     kernels = Path(__file__).parent / "kernels"
     folder = tmp_path / "pch"
     folder.mkdir()
-    monkeypatch.setattr(headers, "_PCH", [])
-    headers.use_pch(folder)
+    monkeypatch.setattr(headers, "_PCH_ROOT", [folder])
     norm = [cujit.load_jit("norm", t, cuda_files=[kernels / "ported_norm.cuh"],
                            cuda_wrappers=[("k", f"ported::row_abs_max<{t}, 256>")]) for t in ("float", "__half")]
     wmma = cujit.load_jit("wmma", cuda_files=[kernels / "ported_wmma.cuh"], cuda_wrappers=[("k", "ported::wmma_gemm")])
-    # Another prefix in between, then the first one again: NVRTC's notes about unusable PCH files stay out of the log.
+    # Another prefix in between, then the first one again: NVRTC's notes about PCH files stay out of the log.
     for module in (norm[0], wmma, norm[1]):
         compiled = module.compile("sm_90")
         assert compiled.log == "" and compiled.cubin[:4] == b"\x7fELF"
-    assert list(folder.glob("*.pch"))
+    assert len(list(folder.rglob("*.pch"))) == 2
+
+
+def test_an_edited_header_never_meets_its_old_pch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # NVRTC alone would reuse the PCH of the old contents (same size, same name): cujit keys the PCH folder on them.
+    from cujit._runtime import headers
+
+    monkeypatch.setattr(headers, "_PCH_ROOT", [tmp_path / "pch"])
+    (tmp_path / "pch").mkdir()
+    header = tmp_path / "value.cuh"
+    kernel = tmp_path / "kernel.cuh"
+    kernel.write_text('#include "value.cuh"\n#include <type_traits>\n'
+                      "template <typename T> __global__ void k(T* p, Current tag) {}\n")
+    seen = []
+    for value, dtype in ((11, "int"), (11, "float"), (22, "int"), (33, "float")):
+        header.write_text(f"template <int N> struct Tag {{}};\nusing Current = Tag<{value}>;\n")
+        module = cujit.load_jit("k", value, dtype, cuda_files=[kernel], cuda_wrappers=[("k", f"k<{dtype}>")])
+        params = module.compile("sm_90").params[f"k<{dtype}>"] or ()
+        seen.append(params[1].cpp)
+    assert seen == ["Tag<11>", "Tag<11>", "Tag<22>", "Tag<33>"]
+
+
+def test_a_process_turns_pch_on_when_it_compiles_a_prefix_twice(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from cujit._runtime import headers
+
+    monkeypatch.setattr(headers, "_PCH_ROOT", [])
+    monkeypatch.setattr(headers, "_PCH_SEEN", set())
+    a, b = tmp_path / "a.cuh", tmp_path / "b.cuh"
+    a.write_text("// a\n")
+    b.write_text("// b\n")
+    assert headers.pch_options([a], [], (), "sm_90") == ()
+    assert headers.pch_options([a], [], ("-DX",), "sm_90") == ()
+    second = headers.pch_options([a], [], (), "sm_90")
+    assert second[0] == "-pch" and any(o.startswith("--pch-dir=") for o in second)
+    other = headers.pch_options([b], [], (), "sm_80")  # on for the rest of the process, in a folder per prefix
+    assert other[0] == "-pch" and other != second

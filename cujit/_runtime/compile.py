@@ -148,7 +148,8 @@ def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
         for expr in names:
             nvrtc.addNameExpression(program, expr)
         try:
-            nvrtc.compileProgram(program, [*headers.pch_options(), *options])
+            pch = headers.pch_options(sources.files, sources.search_dirs(), sources.extra_cflags, arch)
+            nvrtc.compileProgram(program, [*pch, *options])
         except nvrtc.NVRTCError as exc:
             log = _program_log(nvrtc, program)
             raise _compile_error(sources, options, source, log, str(exc)) from None

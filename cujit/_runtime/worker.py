@@ -31,10 +31,14 @@ def preload() -> None:
         pass
 
 
+_PCH_STARTED: list[bool] = []
+
+
 def _start_pch() -> None:
     """Once per worker: a private folder for NVRTC's precompiled headers, removed when the worker exits."""
-    if headers.pch_options():
+    if _PCH_STARTED:
         return
+    _PCH_STARTED.append(True)
     folder = tempfile.mkdtemp(prefix="cujit-pch-")
     # Workers end through multiprocessing, which runs its finalizers but not atexit handlers.
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=0)
