@@ -2,8 +2,10 @@
 
     python benchmarks/compile_many.py [--arch sm_90] [--jobs N]
 
-Each run starts from an empty cache folder. The modules are instantiations of tests/kernels/ported_*.cuh (RMSNorm
-with CUB, activations, a CUB max reduction, WMMA, C++20), each its own module, as a serving process declares them.
+Each run starts from an empty cache folder. "jobs=1, no PCH" is how cujit compiled before precompiled headers: one
+module after the other, every one parsing its headers in full. The modules are instantiations of
+tests/kernels/ported_*.cuh (RMSNorm with CUB, activations, a CUB max reduction, WMMA, C++20), each its own module,
+as a serving process declares them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ sys.path.insert(0, {repo!r})
 import cujit
 from benchmarks.compile_many import modules
 jobs = int(sys.argv[1])
+if sys.argv[3] == "no-pch":
+    from cujit._runtime import headers
+    headers.pch_options = lambda *args: ()
 mods = modules()
 start = time.perf_counter()
 cujit.compile_modules(mods, arch=sys.argv[2], jobs=jobs)
@@ -54,15 +59,16 @@ def main() -> None:
     args = parser.parse_args()
     repo = str(Path(__file__).resolve().parent.parent)
     print(f"{len(os.sched_getaffinity(0))} usable cores")
-    for jobs in (1, args.jobs):
+    for jobs, pch in ((1, "no-pch"), (1, "pch"), (args.jobs, "pch")):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "CUJIT_CACHE_DIR": cache}
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), str(jobs), args.arch], env=env,
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run([sys.executable, "-c", CHILD.format(repo=repo), str(jobs), args.arch, pch],
+                                  env=env, capture_output=True, text=True, check=True)
             count, seconds = done.stdout.split()
             total = time.perf_counter() - start
-            print(f"jobs={jobs}: {count} modules in {float(seconds):.1f} s (whole process {total:.1f} s)")
+            label = f"jobs={jobs}{', no PCH' if pch == 'no-pch' else ''}"
+            print(f"{label:16s} {count} modules in {float(seconds):6.1f} s (whole process {total:.1f} s)")
 
 
 if __name__ == "__main__":
