@@ -16,13 +16,10 @@ It also reads a failed compile's log and says what to do: see :func:`hints`.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -286,6 +283,10 @@ def pch_options(files: Sequence[Path], search_dirs: Sequence[Path], flags: Seque
             if prefix not in _PCH_SEEN:
                 _PCH_SEEN.add(prefix)
                 return ()
+            import atexit
+            import shutil
+            import tempfile
+
             root = tempfile.mkdtemp(prefix="cujit-pch-")
             atexit.register(shutil.rmtree, root, True)
             use_pch(Path(root))

@@ -12,8 +12,6 @@ variables, so a worker uses the same cache folder and settings even when they ch
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import sys
 import time
@@ -26,6 +24,8 @@ from .compile import Compiled
 from .errors import CujitError
 
 if TYPE_CHECKING:
+    import multiprocessing.context
+
     from .module import JitModule
 
 __all__ = ["CompileResult", "compile_modules", "compile_pairs"]
@@ -50,7 +50,9 @@ def compile_modules(
 
     Use it where a program knows the modules it will need (a server warming up, an image being built): forty
     instantiations that take a second each are compiled in about forty seconds divided by the number of cores.
-    Afterwards every module's first launch finds its kernels compiled. Needs no GPU when ``arch`` is given.
+    Afterwards every module's first launch finds its kernels compiled. Needs no GPU when ``arch`` is given. As
+    with any use of multiprocessing, a script that calls it should do so under ``if __name__ == "__main__":``
+    (the workers import the script's main module, as multiprocessing's spawn and forkserver methods do).
 
     Args:
         modules: :class:`JitModule` objects, from ``load_jit``.
@@ -133,6 +135,9 @@ def _compile_in_workers(
     results: list[CompileResult | None],
     on_done: Callable[[CompileResult], None] | None,
 ) -> None:
+    import concurrent.futures  # here, not at the top: `import cujit` should not pay for multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
     from . import worker  # only here: the parent needs its name, the workers its code
 
     environ = {k: v for k, v in os.environ.items() if k.startswith("CUJIT_")}
@@ -152,7 +157,7 @@ def _compile_in_workers(
                 key, compiled, compiled_now, seconds = future.result()
             except CujitError as exc:
                 result = CompileResult(module, arch, None, exc, True, time.perf_counter() - started[index])
-            except concurrent.futures.process.BrokenProcessPool as exc:
+            except BrokenProcessPool as exc:
                 error = CujitError(f"compile_modules: the worker compiling {module.name} for {arch} died ({exc}); "
                                    "compile it alone with module.compile(arch) to see why")
                 result = CompileResult(module, arch, None, error, True, time.perf_counter() - started[index])
@@ -168,6 +173,8 @@ def _prefix(pair: tuple[JitModule, str]) -> tuple[str, ...]:
 
 
 def _context() -> multiprocessing.context.BaseContext:
+    import multiprocessing
+
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         # The server imports the worker (and so loads NVRTC) once; every worker forked from it starts with both.
