@@ -1,6 +1,6 @@
 """Compile time of the standard headers under NVRTC, each compile in a new process with an empty cache.
 
-    python benchmarks/compile_headers.py [--arch sm_90] [--repeat 5]
+    python benchmarks/compile_headers.py [--arch sm_90] [--repeat 5] [--light]
 
 Prints, per case, the best and the median over the repeats of the time ``JitModule.compile`` takes in a fresh
 process, after one unrelated warm-up compile (the first compile of a process also loads NVRTC's builtins, about as
@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 KERNEL = "__global__ void k(float* p) { p[threadIdx.x] = 1.0f; }\n"
@@ -80,11 +81,46 @@ def run_case(folder: Path, name: str, prefix: str | None, flags: list[str], arch
     return float(out.stdout.strip().splitlines()[-1])
 
 
+LIGHT = ("<cstdint>", "<cstddef>", "<cmath>", "<cfloat>", "<climits>", "all five light")
+
+
+def light_in_process(arch: str, repeat: int) -> None:
+    """The light headers, interleaved in one process: the per-process noise is larger than what they cost."""
+    import cujit
+    from cujit._runtime import compile as compiling
+    from cujit._runtime import headers
+
+    headers.pch_options = lambda *args: ()  # every compile parses its headers in full, as the first one does
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = {}
+        for name in ("empty", *LIGHT):
+            path = Path(tmp) / f"light_{len(modules)}.cuh"
+            path.write_text(CASES[name][0] + KERNEL)  # type: ignore[operator]
+            modules[name] = cujit.load_jit("light", len(modules), cuda_files=[path], cuda_wrappers=[("k", "k")])
+        compiling.compile_nvrtc(modules["empty"].sources, arch)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in modules}
+        for _ in range(repeat):
+            for name, module in modules.items():
+                start = time.perf_counter()
+                compiling.compile_nvrtc(module.sources, arch)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    empty = min(times["empty"])
+    print(f"in one process, best / median of {repeat} interleaved compiles:")
+    for name, values in times.items():
+        best, median = min(values), statistics.median(values)
+        extra = "" if name == "empty" else f"  (+{best - empty:5.1f} ms over empty)"
+        print(f"{name:18s} best {best:8.1f} ms   median {median:8.1f} ms{extra}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--light", action="store_true", help="only the light headers, in one process, 4x repeats")
     args = parser.parse_args()
+    if args.light:
+        light_in_process(args.arch, args.repeat * 4)
+        return
     from cujit._runtime import toolchain
 
     print(f"NVRTC {'.'.join(map(str, toolchain.nvrtc_version()))}, {args.arch}, CPU: {_cpu()}, "
