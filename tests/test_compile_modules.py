@@ -160,3 +160,22 @@ def test_a_process_turns_pch_on_when_it_compiles_a_prefix_twice(tmp_path: Path,
     assert second[0] == "-pch" and any(o.startswith("--pch-dir=") for o in second)
     other = headers.pch_options([b], [], (), "sm_80")  # on for the rest of the process, in a folder per prefix
     assert other[0] == "-pch" and other != second
+
+
+def test_an_edited_pre_included_header_never_meets_its_old_pch(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from cujit._runtime import headers
+
+    monkeypatch.setattr(headers, "_PCH_ROOT", [tmp_path / "pch"])
+    (tmp_path / "pch").mkdir()
+    pre = tmp_path / "pre.cuh"
+    kernel = tmp_path / "kernel.cuh"
+    kernel.write_text("template <typename T> __global__ void k(T* p, Current tag) {}\n")
+    seen = []
+    for value, dtype in ((11, "int"), (11, "float"), (22, "int")):
+        pre.write_text(f"template <int N> struct Tag {{}};\nusing Current = Tag<{value}>;\n")
+        module = cujit.load_jit("k", value, dtype, cuda_files=[kernel], cuda_wrappers=[("k", f"k<{dtype}>")],
+                                extra_cuda_cflags=[f"--pre-include={pre}"])
+        params = module.compile("sm_90").params[f"k<{dtype}>"] or ()
+        seen.append(params[1].cpp)
+    assert seen == ["Tag<11>", "Tag<11>", "Tag<22>"]

@@ -148,7 +148,8 @@ def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
         for expr in names:
             nvrtc.addNameExpression(program, expr)
         try:
-            pch = headers.pch_options(sources.files, sources.search_dirs(), sources.extra_cflags, arch)
+            pch = headers.pch_options((*sources.files, *sources.pre_included()), sources.search_dirs(),
+                                      sources.extra_cflags, arch)
             nvrtc.compileProgram(program, [*pch, *options])
         except nvrtc.NVRTCError as exc:
             log = _program_log(nvrtc, program)

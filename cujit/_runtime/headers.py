@@ -262,18 +262,22 @@ def use_pch(folder: Path) -> None:
 def pch_options(files: Sequence[Path], search_dirs: Sequence[Path], flags: Sequence[str], arch: str) -> tuple[str, ...]:
     """The PCH options for a compile of ``files`` with ``flags`` for ``arch`` (NVRTC wants them first), or none.
 
-    NVRTC does not notice a header that changed since it saved the PCH (it served the old contents in a test), so
-    each PCH lives in a folder named after the digest of every file the sources reach, the flags and the arch: an
-    edited header leads to a new folder, never to a stale PCH. A process that is not a compile worker turns PCH on
-    the second time it compiles the same prefix: one that compiles one module of a kind pays nothing (saving the
-    PCH costs a tenth of a compile, and memory), one that compiles many instantiations of a kernel gains from the
-    third on.
+    ``files`` are the kernel files and the pre-included ones. NVRTC does not notice a header that changed since it
+    saved the PCH (it served the old contents in a test), so each PCH lives in a folder named after the digest of
+    every file the sources reach, the include folders, the flags and the arch: an edited header leads to a new
+    folder, never to a stale PCH; sources with a computed ``#include MACRO`` get no PCH.
+
+    A process that is not a compile worker turns PCH on the second time it compiles the same prefix: one that
+    compiles one module of a kind pays nothing (saving the PCH costs a tenth of a compile, and memory), one that
+    compiles many instantiations of a kernel gains from the third on.
     """
     from .compile import scan_includes  # compile.py calls this module; import late to keep the order one-way
 
-    found, _ = scan_includes(files, search_dirs)
+    found, computed = scan_includes(files, search_dirs)
+    if computed:
+        return ()  # an #include MACRO can reach files the scan does not see: no PCH rather than a stale one
     digest = hashlib.sha256()
-    for part in (arch, *flags, *(str(path) for path, _ in found)):
+    for part in (arch, *flags, *map(str, search_dirs), *(str(path) for path, _ in found)):
         digest.update(part.encode() + b"\0")
     for _, data in found:
         digest.update(hashlib.sha256(data).digest())
