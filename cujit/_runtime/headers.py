@@ -173,20 +173,19 @@ def _extra_include_dirs() -> tuple[Path, ...]:
 
 @functools.cache
 def identity() -> str:
-    """What the cache key needs to know about the folders added here: where they are and their versions.
+    """What the cache key needs to know about the folders added here, by content: no paths, no file times.
 
-    The stand-ins are covered file by file (they are found through the include scan); CUB's version is read from
-    its header; the crt and curand folders are identified by the size and time of a key file.
+    The stand-ins are covered file by file (they are found through the include scan). For CUB and thrust, the
+    crt/ headers and curand, the digest of a file that changes with every release of each stands for the folder.
     """
     parts = [f"cuda-version={cuda_version()}"]
     for path in _extra_include_dirs():
-        parts.append(str(path))
-        for probe in ("cub/version.cuh", "crt/mma.hpp", "curand_kernel.h"):
+        for probe in ("cub/version.cuh", "thrust/version.h", "crt/mma.hpp", "crt/host_defines.h", "curand_kernel.h"):
             try:
-                st = (path / probe).stat()
+                data = (path / probe).read_bytes()
             except OSError:
                 continue
-            parts.append(f"{probe}:{st.st_size}:{st.st_mtime_ns}")
+            parts.append(f"{probe}:{hashlib.sha256(data).hexdigest()[:16]}")
     return "|".join(parts)
 
 
