@@ -28,6 +28,7 @@ from ._runtime.matcher import (
 from ._runtime.module import JitModule, Kernel, load_jit
 from ._runtime.ops import Launch, Op, cdiv, op, shipped_module_names
 from ._runtime.ops import declared_ops as ops
+from ._runtime.parallel import compile_modules
 from ._runtime.tensors import Device
 from ._runtime.version import __version__
 
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "cache_stats",
     "cdiv",
+    "compile_modules",
     "device_check",
     "load_jit",
     "make_cpp_args",

@@ -88,7 +88,7 @@ def test_signature_of_the_shipped_kernel() -> None:
     params = add_constant.op.module(constant=3).compile("sm_90").params["add_constant_kernel<3>"]
     assert params is not None
     assert [(p.kind, p.cpp) for p in params] == [("pointer", "int*"), ("pointer", "const int*"),
-                                                 ("uint", "unsigned long")]
+                                                 ("uint", "unsigned long long")]
 
 
 def test_compile_needs_no_gpu_for_an_explicit_arch(monkeypatch: pytest.MonkeyPatch) -> None:

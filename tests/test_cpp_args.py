@@ -464,10 +464,13 @@ def test_symbolic_dtype_unwrap_from_numpy() -> None:
 
 @pytest.mark.parametrize(("tdtype", "npname", "cpp"), DTYPE_TABLE, ids=lambda v: str(v))
 def test_every_alias_is_defined_in_cujit_include(tdtype: torch.dtype, npname: str | None, cpp: str) -> None:
-    headers = "\n".join(p.read_text() for p in INCLUDE.glob("*.cuh"))
+    from cujit._runtime.headers import stand_in_dir
+
+    files = [*INCLUDE.glob("*.cuh"), *stand_in_dir().rglob("*.h")]
+    headers = "\n".join(p.read_text() for p in files)
     if cpp == "bool":
         return  # a C++ keyword
-    # The fixed-width integers come from a typedef under NVRTC (which has no <cstdint>), the rest from `using`.
+    # The fixed-width integers come from cujit's <cstdint> stand-in under NVRTC, the rest from cujit/types.cuh.
     pattern = rf"(using\s+{cpp}\s*=|typedef\s[^;]*\b{cpp}\s*;)"
     assert re.search(pattern, headers), f"{cpp} is not defined under {INCLUDE}"
 

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import config, toolchain
+from . import config, headers, toolchain
 from .compile import Compiled, SourceSet, compile_nvrtc, offline_error, warn_compile_log
 from .errors import CujitError, warn_user
 from .signature import Param
@@ -104,14 +104,24 @@ def cache_key(sources: SourceSet, arch: str) -> str:
     _field(h, "nvrtc", "{}.{}".format(*toolchain.nvrtc_version()))
     _field(h, "cuda-headers", toolchain.cuda_headers_identity())
     _field(h, "libcu++", toolchain.cccl_identity())
+    _field(h, "headers", headers.identity())
     _field(h, "arch", arch)
     _field(h, "options", "\0".join(roots.options(sources.options(arch))))
     _field(h, "names", "\0".join(sources.expressions))
     _field(h, "source", roots.source(sources))
-    for name, data in _reached_files(roots):
+    for name, data in _reached_files(roots)[0]:
         _field(h, "file", name)
         _field(h, "digest", hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+def header_files(sources: SourceSet) -> list[tuple[str, bytes]] | None:
+    """What a precompiled header of ``sources`` depends on: the files they reach, named relative to their roots.
+
+    None where a computed ``#include MACRO`` could reach other files.
+    """
+    files, computed = _reached_files(_Roots.of(sources))
+    return None if computed else files
 
 
 # ---------------------------------------------------------------------------------------------------- key inputs
@@ -143,6 +153,8 @@ class _Roots:
         cccl = toolchain.cccl_include_dir()
         if cccl is not None:
             fixed.append(("<libcu++>", os.path.abspath(cccl)))
+        # CUB and thrust, crt/ and curand: labelled like the CUDA headers (headers.identity() covers them).
+        fixed += [(f"<include{i}>", os.path.abspath(d)) for i, d in enumerate(headers.extra_include_dirs())]
         files = [(f"<file{i}>", os.path.abspath(p)) for i, p in enumerate(sources.files)]
         files += [(f"<pre{i}>", os.path.abspath(p)) for i, p in enumerate(sources.pre_included())]
         folders = [*search, *fixed, *((label, os.path.dirname(f)) for label, f in files)]  # noqa: PTH120
@@ -190,14 +202,14 @@ class _Roots:
         return text
 
 
-def _reached_files(roots: _Roots) -> list[tuple[str, bytes]]:
+def _reached_files(roots: _Roots) -> tuple[list[tuple[str, bytes]], bool]:
     """Every file the kernel and pre-included files reach through ``#include`` within the project folders.
 
     Includes are resolved as NVRTC does: a quoted name first next to the including file, then in the search
     folders. Names found nowhere there (the CUDA headers and libcu++, covered by their identities) are skipped.
     Every ``#include`` line counts, whatever ``#if`` surrounds it: a key over a superset is still right. Each file
     is named relative to the root it was found through. A computed ``#include MACRO`` can reach any file of the
-    project folders, so then all of them are covered.
+    project folders, so then all of them are covered. Returns the files and whether such an include was seen.
 
     Paths are handled as strings with ``os.path``: this runs on every module's first cache lookup in a process,
     where pathlib would cost several times more.
@@ -240,7 +252,7 @@ def _reached_files(roots: _Roots) -> list[tuple[str, bytes]]:
                 if item.is_file() and str(item) not in covered:
                     covered.add(str(item))
                     files.append((f"{label}/{item.relative_to(folder).as_posix()}", item.read_bytes()))
-    return sorted(files)
+    return sorted(files), computed
 
 
 def _unique_folders(folders: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -465,11 +477,30 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
         return key, found
 
 
+def lookup(sources: SourceSet, arch: str) -> Compiled | None:
+    """The compiled module from memory or disk (then kept in memory), or None; never compiles."""
+    key = cache_key(sources, arch)
+    found = _MEMORY.get(key)
+    if found is not None:
+        return found
+    folder = disk_dir()
+    found = _read(folder, key) if folder is not None else None
+    if found is not None:
+        count("disk_hits")
+        _MEMORY.setdefault(key, found)
+    return found
+
+
+def remember(key: str, compiled: Compiled) -> None:
+    """Keep ``compiled``, made under ``key`` by another process (a compile worker), in the memory layer."""
+    _MEMORY.setdefault(key, compiled)
+
+
 def _compile(sources: SourceSet, arch: str, key: str) -> Compiled:
     if config.offline():
         raise offline_error(sources, arch, key)
     start = time.perf_counter()
-    compiled = compile_nvrtc(sources, arch)
+    compiled = compile_nvrtc(sources, arch, header_files(sources))
     ms = (time.perf_counter() - start) * 1e3
     count("compiles")
     _logger.info("compiled %s for %s in %.1f ms (key %s)", sources.name, arch, ms, key[:16])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, toolchain
+from . import config, headers, toolchain
 from .errors import CompileError, CompileWarning, warn_user
 from .signature import PROBE_DECLARATION, Param, parse_probe, probe_expression
 
@@ -69,21 +69,16 @@ class SourceSet:
 
         The CUDA and libcu++ folders are left out: the toolchain identity in the cache key covers them.
         """
-        return (toolchain.cujit_include_dir(), *self.include_paths, *_flag_paths(self.extra_cflags, _INCLUDE_FLAGS))
+        return (toolchain.cujit_include_dir(), *self.include_paths, headers.stand_in_dir(),
+                *_flag_paths(self.extra_cflags, _INCLUDE_FLAGS))
 
     def pre_included(self) -> tuple[Path, ...]:
         """Files that ``--pre-include`` / ``-include`` options make NVRTC read before the source."""
-        return _flag_paths(self.extra_cflags, _PRE_INCLUDE_FLAGS)
+        return (headers.prelude(), *_flag_paths(self.extra_cflags, _PRE_INCLUDE_FLAGS))
 
     def options(self, arch: str) -> tuple[str, ...]:
-        opts = [f"-arch={arch}", "-std=c++17", f"-I{toolchain.cujit_include_dir()}"]
-        opts += [f"-I{p}" for p in self.include_paths]
-        opts.append(f"-I{toolchain.cuda_include_dir()}")
-        cccl = toolchain.cccl_include_dir()
-        if cccl is not None:
-            opts.append(f"-I{cccl}")
-        opts += self.extra_cflags
-        return tuple(opts)
+        """Every NVRTC option for ``arch``: include folders, predefined macros, then ``extra_cflags``."""
+        return headers.nvrtc_options(arch, self.include_paths, self.extra_cflags)
 
 
 @dataclass(frozen=True)
@@ -97,8 +92,11 @@ class Compiled:
     log: str = ""
 
 
-def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
+def compile_nvrtc(sources: SourceSet, arch: str, reached: Sequence[tuple[str, bytes]] | None = None) -> Compiled:
     """Compile ``sources`` for ``arch`` with NVRTC. Needs no GPU.
+
+    ``reached``: the files the sources reach (see ``cache.header_files``), for a precompiled header of them;
+    None compiles without one.
 
     Raises:
         CompileError: NVRTC rejected the source; the error carries the log, options and name expressions.
@@ -113,7 +111,8 @@ def compile_nvrtc(sources: SourceSet, arch: str) -> Compiled:
         for expr in names:
             nvrtc.addNameExpression(program, expr)
         try:
-            nvrtc.compileProgram(program, list(options))
+            pch = headers.pch_options(reached, sources.search_dirs(), sources.extra_cflags, arch)
+            nvrtc.compileProgram(program, [*pch, *options])
         except nvrtc.NVRTCError as exc:
             log = _program_log(nvrtc, program)
             raise _compile_error(sources, options, source, log, str(exc)) from None
@@ -138,6 +137,8 @@ def _compile_error(sources: SourceSet, options: Sequence[str], source: str, log:
     hints = failure_hints(sources, log)
     lines = [*hints, ""] if hints else []
     lines += [f"NVRTC could not compile module {sources.name!r} ({status})", "", log or "(NVRTC gave no log)", ""]
+    header_hints = headers.hints(log)
+    lines += [*(f"hint: {hint}" for hint in header_hints), *([""] if header_hints else [])]
     lines.append("name expressions: " + ", ".join(sources.expressions))
     lines.append("options: " + " ".join(options))
     err = CompileError("\n".join(lines), log=log, options=options, name_expressions=sources.expressions, source=source)

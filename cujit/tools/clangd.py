@@ -21,17 +21,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
-from .._runtime import config, toolchain
+from .._runtime import config, headers, toolchain
 from .._runtime.errors import CujitError
 
 __all__ = ["clangd_config", "clangd_flags", "crt_include_dir", "cuda_root_for_clang"]
-
-# cuda.pathfinder answers that come from an explicit installation rather than a guess at system folders.
-_TRUSTED_FOUND_VIA = ("site-packages", "conda", "CUDA_PATH", "CUDA_HOME")
-_CRT_PROBE = Path("crt") / "host_defines.h"
 
 
 def clangd_flags(arch: str) -> list[str]:
@@ -59,6 +54,8 @@ def clangd_flags(arch: str) -> list[str]:
     cccl = toolchain.cccl_include_dir()
     if cccl is not None:
         flags.append(f"-I{cccl}")
+    # CUB and thrust, as NVRTC gets them. The standard-header stand-ins are NVRTC's alone: clang has the real ones.
+    flags += [f"-I{p}" for p in headers.cccl_extra_dirs()]
     return flags
 
 
@@ -94,7 +91,7 @@ def crt_include_dir(cuda_include: Path) -> Path:
     Raises:
         CujitError: no candidate has them; the message says what to install.
     """
-    found = _first_with_crt(_crt_candidates(cuda_include))
+    found = headers.find_crt_dir(cuda_include)
     if found is not None:
         return found
     version = _cuda_version(cuda_include)
@@ -105,31 +102,6 @@ def crt_include_dir(cuda_include: Path) -> Path:
         f"{cuda_include}: pip install \"{wheel}\" (the nvcc wheel ships them for CUDA 12; match the version of "
         "your CUDA headers), or set CUDA_PATH to a CUDA toolkit"
     )
-
-
-def _first_with_crt(candidates: Iterable[Path]) -> Path | None:
-    for path in candidates:
-        if (path / _CRT_PROBE).is_file():
-            return path
-    return None
-
-
-def _crt_candidates(cuda_include: Path) -> Iterable[Path]:
-    """Where ``crt/`` may be, best first; lazily, so the slower look-ups run only when needed."""
-    yield cuda_include  # a toolkit, or the merged include folder of the CUDA 13 wheels
-    yield cuda_include.parent.parent / "cuda_nvcc" / "include"  # the CUDA 12 wheels: nvidia/cuda_runtime/include
-    try:
-        from cuda import pathfinder
-
-        located = pathfinder.locate_nvidia_header_directory("nvcc")
-    except (ImportError, AttributeError, RuntimeError):
-        located = None
-    if located is not None and located.abs_path and located.found_via in _TRUSTED_FOUND_VIA:
-        yield Path(located.abs_path)
-    for var in ("CUDA_PATH", "CUDA_HOME"):
-        root = os.environ.get(var)
-        if root:
-            yield Path(root) / "include"
 
 
 def _cuda_version(cuda_include: Path) -> tuple[int, int] | None:

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="e.g. sm_90; repeat for more (default: this GPU's arch, else CUJIT_DEFAULT_ARCH)")
     pre.add_argument("--op", dest="ops", action="append",
                      help="only this shipped op, e.g. rms_norm; repeat for more (default: every shipped op)")
+    pre.add_argument("--jobs", "-j", type=int, default=None,
+                     help="compile this many modules at once, in worker processes (default: the usable cores)")
 
     cache_cmd = sub.add_parser("cache", help="show or clear the on-disk cache",
                                description="Show (info) or delete (clear) the compiled kernels in CUJIT_CACHE_DIR.")
@@ -75,25 +77,35 @@ def _write_clangd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precompile(archs: list[str] | None, ops: list[str] | None = None) -> int:
+def _precompile(archs: list[str] | None, ops: list[str] | None = None, jobs: int | None = None) -> int:
+    from .._runtime.parallel import CompileResult, compile_pairs
+
     archs = [config.check_arch(a, "--arch") for a in archs] if archs else [driver.default_arch()]
+    if jobs is not None and jobs < 1:
+        raise CujitError(f"--jobs: expected a positive number of processes, got {jobs}")
     modules = shipped_modules(ops)
-    total = len(modules) * len(archs)
+    pairs = [(module, arch) for arch in archs for module in modules]
     done = 0
+    failed = 0
+
+    def report(result: CompileResult) -> None:
+        nonlocal done, failed
+        done += 1
+        if result.error is not None:
+            failed += 1
+            print(f"[{done}/{len(pairs)}] {result.module.name} for {result.arch}: FAILED\n{result.error}", flush=True)
+            return
+        how = "compiled" if result.compiled_now else "cached"
+        print(f"[{done}/{len(pairs)}] {result.module.name} for {result.arch}: {how} in {result.seconds * 1e3:.0f} ms",
+              flush=True)
+
     start = time.perf_counter()
-    for arch in archs:
-        for module in modules:
-            done += 1
-            before = cache.cache_stats()["compiles"]
-            t0 = time.perf_counter()
-            module.compile(arch)
-            how = "compiled" if cache.cache_stats()["compiles"] > before else "cached"
-            print(f"[{done}/{total}] {module.name} for {arch}: {how} in {(time.perf_counter() - t0) * 1e3:.0f} ms",
-                  flush=True)
+    compile_pairs(pairs, jobs, on_done=report)
     folder = cache.disk_dir()
     where = f"into {folder}" if folder else "in memory only (the disk cache is off or unusable)"
-    print(f"precompiled {total} modules {where} in {time.perf_counter() - start:.1f} s")
-    return 0 if folder else 1
+    count = f"{len(pairs) - failed} of {len(pairs)}" if failed else f"{len(pairs)}"
+    print(f"precompiled {count} modules {where} in {time.perf_counter() - start:.1f} s")
+    return 0 if folder and not failed else 1
 
 
 def _describe_counts(counts: cache.DiskCounts) -> str:
@@ -168,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
 
             return demo(args.demo_arch)
         if args.command == "precompile":
-            return _precompile(args.archs, args.ops)
+            return _precompile(args.archs, args.ops, args.jobs)
         if args.command == "cache":
             return _cache(args.action, getattr(args, "json", False))
     except CujitError as exc:

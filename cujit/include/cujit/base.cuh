@@ -1,27 +1,15 @@
 /// @file cujit/base.cuh
 /// @brief Fixed-width integers, qualifiers, div_ceil and the device-side grid-stride range.
 ///
-/// The root of every cujit header. It includes nothing under NVRTC (which has no C library headers), so a kernel
-/// that needs only integers pays no extra compile time.
+/// The root of every cujit header. It includes only <cstddef> and <cstdint>, which under NVRTC are cujit's light
+/// stand-ins, so a kernel that needs only integers pays no extra compile time.
 #ifndef CUJIT_BASE_CUH_
 #define CUJIT_BASE_CUH_
 
-#if defined(__CUDACC_RTC__)
-// NVRTC has no <cstdint>; these are the LP64 definitions that the host compilers use.
-typedef signed char int8_t;
-typedef short int16_t;
-typedef int int32_t;
-typedef long int64_t;
-typedef unsigned char uint8_t;
-typedef unsigned short uint16_t;
-typedef unsigned int uint32_t;
-typedef unsigned long uint64_t;
-typedef unsigned long uintptr_t;
-typedef long intptr_t;
-#else
+// Under NVRTC these are cujit's stand-ins (cujit/include_nvrtc), a few declarations each; elsewhere (clangd, a
+// host compiler) the real ones.
 #include <cstddef>
 #include <cstdint>
-#endif
 
 /// A function callable on host and device, inlined.
 #define CUJIT_HOST_DEVICE __host__ __device__ __forceinline__

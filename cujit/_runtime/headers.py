@@ -1,0 +1,402 @@
+"""What NVRTC sees besides the kernel files: include folders, predefined macros, options, and hints for errors.
+
+NVRTC has no standard library, no ``CUDA_VERSION`` and no CUB on its include path, so kernel code written for nvcc
+does not compile as it is. This module gives every compile what nvcc would have given it:
+
+* ``cujit/include_nvrtc``: stand-ins for the C and C++ standard headers (light ones written out, trait and
+  utility ones mapped onto libcu++), ``<cuda.h>``, and ``cujit_prelude.h``, which NVRTC reads first. Only NVRTC
+  gets this folder; clangd and host compilers keep their real standard library.
+* CUB and thrust from the same CCCL copy as libcu++ (CuPy's), and the CUDA compiler's ``crt/`` headers, which
+  ``<mma.h>`` and ``<cuda_device_runtime_api.h>`` include; curand's headers where the wheel is installed.
+* ``-DCUDA_VERSION=<NVRTC's version>``, ``-std=c++17`` unless the flags choose a standard, and the flags with
+  ``{arch}`` / ``{cc}`` replaced for the arch being compiled.
+
+It also reads a failed compile's log and says what to do: see :func:`hints`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from . import toolchain
+
+__all__ = [
+    "cccl_extra_dirs",
+    "crt_include_dir",
+    "cuda_version",
+    "expand_flags",
+    "find_crt_dir",
+    "hints",
+    "identity",
+    "nvrtc_options",
+    "pch_options",
+    "prelude",
+    "stand_in_dir",
+    "use_pch",
+    "STAND_INS",
+]
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+_DEFAULT_STD = "-std=c++17"
+# Set to the value nvcc builds get: libcu++ picks 16 for every other compiler, and its type-list metaprograms
+# then cost NVRTC about a second of preprocessing per module that reaches <cuda/std/type_traits>.
+_CCCL_UNROLL = "_CCCL_META_UNROLL_LIMIT"
+_CCCL_UNROLL_NVCC = 10
+_STD_FLAG = re.compile(r"^--?std(=|$)")
+_CRT_PROBE = Path("crt") / "host_defines.h"
+# cuda.pathfinder answers that come from an explicit installation rather than a guess at system folders.
+_TRUSTED_FOUND_VIA = ("site-packages", "conda", "CUDA_PATH", "CUDA_HOME")
+
+#: The standard headers that cujit provides under NVRTC (see cujit/include_nvrtc/README.md).
+STAND_INS: tuple[str, ...] = (
+    "algorithm", "array", "assert.h", "bit", "cassert", "cfloat", "climits", "cmath", "concepts", "cstddef",
+    "cstdint", "cstdio", "cstdlib", "cstring", "float.h", "functional", "initializer_list", "iostream", "limits",
+    "limits.h", "math.h", "numeric", "optional", "span", "stddef.h", "stdint.h", "stdio.h", "stdlib.h",
+    "string.h", "tuple", "type_traits", "utility",
+)
+
+# Standard headers that have no meaning on the device: a missing one gets its own hint.
+_HOST_ONLY = frozenset(
+    "any atomic chrono condition_variable csignal ctime deque exception filesystem format forward_list fstream "
+    "future iomanip ios iosfwd istream iterator list locale map memory memory_resource mutex ostream queue random "
+    "ranges regex set shared_mutex sstream stack stdexcept streambuf string string_view thread typeinfo "
+    "unordered_map unordered_set valarray variant vector signal.h time.h locale.h errno.h cerrno wchar.h cwchar "
+    "ctype.h cctype pthread.h unistd.h sys/types.h".split()
+)
+# The other standard headers: neither a stand-in nor host-only.
+_OTHER_STANDARD = frozenset(
+    "barrier bitset ccomplex cfenv charconv cinttypes codecvt compare complex coroutine csetjmp cstdarg cuchar "
+    "execution expected fenv.h inttypes.h latch mdspan new numbers ratio scoped_allocator semaphore "
+    "source_location stdarg.h stdbool.h system_error typeindex typeinfo version".split()
+)
+
+
+def stand_in_dir() -> Path:
+    """``cujit/include_nvrtc``: the standard-header stand-ins, on NVRTC's include path only."""
+    return _PACKAGE / "include_nvrtc"
+
+
+def prelude() -> Path:
+    """The file NVRTC reads before every module (``--pre-include``): what nvcc's implicit includes declare."""
+    return stand_in_dir() / "cujit_prelude.h"
+
+
+def cuda_version() -> int:
+    """``CUDA_VERSION`` as cuda.h spells it, for the NVRTC in use: 12.9 -> 12090."""
+    major, minor = toolchain.nvrtc_version()
+    return major * 1000 + minor * 10
+
+
+def find_crt_dir(cuda_include: Path) -> Path | None:
+    """The folder whose ``crt/`` holds ``host_defines.h``, ``mma.h`` and friends, or None.
+
+    A toolkit and the CUDA 13 wheels keep ``crt/`` next to the other CUDA headers; the CUDA 12 wheels ship it with
+    nvcc (``nvidia-cuda-nvcc-cu12``, a sibling folder). Guessed system folders (``/usr/local/cuda``) are never
+    used: their version need not match the headers in use.
+    """
+    for path in _crt_candidates(cuda_include):
+        if (path / _CRT_PROBE).is_file():
+            return path
+    return None
+
+
+def _crt_candidates(cuda_include: Path) -> Iterable[Path]:
+    """Where ``crt/`` may be, best first; lazily, so the slower look-ups run only when needed."""
+    yield cuda_include
+    yield cuda_include.parent.parent / "cuda_nvcc" / "include"  # the CUDA 12 wheels: nvidia/cuda_runtime/include
+    try:
+        from cuda import pathfinder
+
+        located = pathfinder.locate_nvidia_header_directory("nvcc")
+    except (ImportError, AttributeError, RuntimeError):
+        located = None
+    if located is not None and located.abs_path and located.found_via in _TRUSTED_FOUND_VIA:
+        yield Path(located.abs_path)
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        root = os.environ.get(var)
+        if root:
+            yield Path(root) / "include"
+
+
+@functools.cache
+def crt_include_dir() -> Path | None:
+    """The ``crt/`` folder's parent to add to NVRTC's path, or None (not found, or already the CUDA folder)."""
+    cuda_include = toolchain.cuda_include_dir()
+    found = find_crt_dir(cuda_include)
+    return None if found is None or found == cuda_include else found
+
+
+@functools.cache
+def cccl_extra_dirs() -> tuple[Path, ...]:
+    """CUB and thrust from the CCCL copy that libcu++ comes from (the versions must match).
+
+    CuPy keeps ``_cccl/{libcudacxx,cub,thrust}`` side by side; a CCCL folder that holds ``cub/`` itself (a CUDA
+    toolkit's ``include/cccl``) needs nothing more.
+    """
+    root = toolchain.cccl_include_dir()
+    if root is None or (root / "cub").is_dir():
+        return ()
+    return tuple(path for path in (root.parent / "cub", root.parent / "thrust") if (path / path.name).is_dir())
+
+
+@functools.cache
+def _curand_include_dir() -> Path | None:
+    """The folder of curand's headers (``curand_kernel.h``), where the wheel is installed (``cujit[curand]``)."""
+    try:
+        from cuda import pathfinder
+
+        found = pathfinder.find_nvidia_header_directory("curand")
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if not found or Path(found) == toolchain.cuda_include_dir():
+        return None
+    return Path(found) if (Path(found) / "curand_kernel.h").is_file() else None
+
+
+def extra_include_dirs() -> tuple[Path, ...]:
+    """The folders NVRTC searches after the CUDA headers and libcu++, in order."""
+    dirs = list(cccl_extra_dirs())
+    crt = crt_include_dir()
+    if crt is not None:
+        dirs.append(crt)
+    curand = _curand_include_dir()
+    if curand is not None:
+        dirs.append(curand)
+    return tuple(dirs)
+
+
+@functools.cache
+def identity() -> str:
+    """What the cache key needs to know about the folders added here, by content: no paths, no file times.
+
+    The stand-ins are covered file by file (they are found through the include scan). For CUB and thrust, the
+    crt/ headers and curand, the digest of a file that changes with every release of each stands for the folder.
+    """
+    parts = [f"cuda-version={cuda_version()}"]
+    for path in extra_include_dirs():
+        for probe in ("cub/version.cuh", "thrust/version.h", "crt/mma.hpp", "crt/host_defines.h", "curand_kernel.h"):
+            try:
+                data = (path / probe).read_bytes()
+            except OSError:
+                continue
+            parts.append(f"{probe}:{hashlib.sha256(data).hexdigest()[:16]}")
+    return "|".join(parts)
+
+
+def expand_flags(flags: Iterable[str], arch: str) -> tuple[str, ...]:
+    """``flags`` with ``{arch}`` replaced by the arch (``sm_90a``) and ``{cc}`` by its number (``90``).
+
+    So that an arch-dependent define (``-DSM={cc}``) follows the arch chosen at the first launch. Only these two
+    exact placeholders change; other braces in a flag stay as they are.
+    """
+    digits = re.search(r"\d+", arch)
+    number = digits.group(0) if digits else ""
+    return tuple(f.replace("{arch}", arch).replace("{cc}", number) for f in flags)
+
+
+def _defines(flags: Sequence[str], name: str) -> bool:
+    """Whether ``flags`` define or undefine macro ``name`` (``-DNAME``, ``-DNAME=1``, ``-D NAME``, ``-UNAME``)."""
+    pattern = re.compile(rf"^(?:-D|-U|--define-macro=|--undefine-macro=)?{re.escape(name)}(?:=|$)")
+    for i, flag in enumerate(flags):
+        if flag.startswith(("-D", "-U", "--define-macro=", "--undefine-macro=")) and pattern.match(flag):
+            return True
+        if flag in ("-D", "-U", "--define-macro", "--undefine-macro") and i + 1 < len(flags):
+            if re.match(rf"^{re.escape(name)}(?:=|$)", flags[i + 1]):
+                return True
+    return False
+
+
+def nvrtc_options(arch: str, include_paths: Sequence[Path], extra_cflags: Sequence[str]) -> tuple[str, ...]:
+    """Every NVRTC option of a compile for ``arch``, in order; the cache key hashes exactly these.
+
+    Include order: cujit's headers, the module's own folders, the stand-ins (before the CUDA headers, so that
+    ``<cuda.h>`` is cujit's), the CUDA headers, libcu++, CUB and thrust, ``crt/``, curand; then the user's flags,
+    last, so that their ``-I`` and ``-D`` see everything above. A ``-std=`` among them replaces the default.
+    """
+    flags = expand_flags(extra_cflags, arch)
+    opts = [f"-arch={arch}"]
+    if not any(_STD_FLAG.match(f) for f in flags):
+        opts.append(_DEFAULT_STD)
+    opts.append(f"-I{toolchain.cujit_include_dir()}")
+    opts += [f"-I{p}" for p in include_paths]
+    opts.append(f"-I{stand_in_dir()}")
+    opts.append(f"-I{toolchain.cuda_include_dir()}")
+    cccl = toolchain.cccl_include_dir()
+    if cccl is not None:
+        opts.append(f"-I{cccl}")
+    opts += [f"-I{p}" for p in extra_include_dirs()]
+    opts.append(f"--pre-include={prelude()}")
+    if not _defines(flags, "CUDA_VERSION"):
+        opts.append(f"-DCUDA_VERSION={cuda_version()}")
+    if not _defines(flags, _CCCL_UNROLL):
+        opts.append(f"-D{_CCCL_UNROLL}={_CCCL_UNROLL_NVCC}")
+    opts += flags
+    return tuple(opts)
+
+
+# ---------------------------------------------------------------------------------------------------- PCH
+_PCH_ROOT: list[Path] = []
+_PCH_SEEN: set[str] = set()
+_PCH_LOCK = threading.Lock()
+
+
+def use_pch(folder: Path) -> None:
+    """Let NVRTC keep precompiled headers under ``folder`` for every later compile of this process (workers do).
+
+    NVRTC's automatic PCH saves the parsed state of a module's headers after a compile and reuses it for every
+    later module whose sources start the same way: the instantiations of one kernel file, most of all, which then
+    compile three to five times faster when they include CUB. The files are bound to this process's NVRTC heap,
+    so no other process can use them, and the output is what a compile without PCH gives, so the PCH options stay
+    out of the cache key.
+    """
+    _PCH_ROOT[:] = [folder]
+
+
+def pch_options(reached: Sequence[tuple[str, bytes]] | None, search_dirs: Sequence[Path], flags: Sequence[str],
+                arch: str) -> tuple[str, ...]:
+    """The PCH options for a compile of ``files`` with ``flags`` for ``arch`` (NVRTC wants them first), or none.
+
+    ``reached`` are the files the kernel files and the pre-included ones reach, named and with their contents
+    (None where a computed ``#include MACRO`` could reach others: then no PCH). NVRTC does not notice a header that
+    changed since it saved the PCH (it served the old contents in a test), so each PCH lives in a folder named
+    after the digest of every reached file, the include folders, the flags and the arch: an edited header leads to
+    a new folder, never to a stale PCH.
+
+    A process that is not a compile worker turns PCH on the second time it compiles the same prefix: one that
+    compiles one module of a kind pays nothing (saving the PCH costs a tenth of a compile, and memory), one that
+    compiles many instantiations of a kernel gains from the third on.
+    """
+    if reached is None:
+        return ()  # an #include MACRO can reach files the scan does not see: no PCH rather than a stale one
+    digest = hashlib.sha256()
+    for part in (arch, *flags, *map(str, search_dirs), *(name for name, _ in reached)):
+        digest.update(part.encode() + b"\0")
+    for _, data in reached:
+        digest.update(hashlib.sha256(data).digest())
+    prefix = digest.hexdigest()[:24]
+    with _PCH_LOCK:
+        if not _PCH_ROOT:
+            if prefix not in _PCH_SEEN:
+                _PCH_SEEN.add(prefix)
+                return ()
+            import atexit
+            import shutil
+            import tempfile
+
+            root = tempfile.mkdtemp(prefix="cujit-pch-")
+            atexit.register(shutil.rmtree, root, True)
+            use_pch(Path(root))
+        folder = _PCH_ROOT[0] / prefix
+    folder.mkdir(exist_ok=True)
+    # The diagnostics suppressed here only ever concern PCH files (#629: other options, #630: another prefix,
+    # #20282: another heap); NVRTC then compiles without the PCH.
+    return ("-pch", f"--pch-dir={folder}", "--pch-messages=false", "-diag-suppress=629,630,20282")
+
+
+# ---------------------------------------------------------------------------------------------------- hints
+_MISSING = re.compile(r'cannot open source file "([^"]+)"')
+_HOST_CODE = re.compile(
+    r"(host functions are not allowed in JIT mode|__host__ function is not allowed in JIT mode"
+    r"|host variables are not allowed in JIT mode)"
+)
+_CUB_REMOVED = re.compile(r'namespace "cub" has no member "(Sum|Max|Min|ArgMax|ArgMin|Equality|Inequality)"')
+_DRIVER_CALL = re.compile(r'identifier "(cu[A-Z]\w*)" is undefined')
+_STD_MEMBER = re.compile(r'namespace "std" has no member "(\w+)"')
+_CUB_REPLACEMENTS = {
+    "Sum": "cuda::std::plus<>{}",
+    "Max": "cuda::maximum<>{}",
+    "Min": "cuda::minimum<>{}",
+    "ArgMax": "cub::detail::arg_max (or a reduction over cub::KeyValuePair)",
+    "ArgMin": "cub::detail::arg_min (or a reduction over cub::KeyValuePair)",
+    "Equality": "cuda::std::equal_to<>{}",
+    "Inequality": "cuda::std::not_equal_to<>{}",
+}
+
+
+def hints(log: str) -> list[str]:
+    """What to do about the errors in an NVRTC ``log``, one sentence each; empty when nothing is recognised."""
+    out: list[str] = []
+    if _HOST_CODE.search(log):
+        out.append(
+            "NVRTC compiles device code only: a function or variable without __device__ (a launcher, a binding, "
+            "a host helper) is host code. Keep host code out of the JIT build with #ifndef __CUDACC_RTC__ ... "
+            "#endif (NVRTC defines __CUDACC_RTC__, nvcc does not), or mark a helper __device__ or __host__ "
+            "__device__."
+        )
+    for name in dict.fromkeys(_MISSING.findall(log)):
+        out.append(_missing_header_hint(name))
+    for name in dict.fromkeys(_CUB_REMOVED.findall(log)):
+        out.append(
+            f"cub::{name} was removed in CCCL 3 (cujit uses CCCL {_cccl_version()}, the copy CuPy ships): use "
+            f"{_CUB_REPLACEMENTS[name]} (<cuda/functional> declares cuda::maximum and cuda::minimum)."
+        )
+    for name in dict.fromkeys(_DRIVER_CALL.findall(log)):
+        out.append(
+            f"{name} is a CUDA driver API function, host code: under NVRTC, <cuda.h> is cujit's stand-in, which "
+            "defines CUDA_VERSION, CUdeviceptr and CUtensorMap only. Call the driver from the host (cuda-python, "
+            "CuPy's driver module)."
+        )
+    missing_std = [n for n in dict.fromkeys(_STD_MEMBER.findall(log))]
+    if missing_std:
+        names = ", ".join(f"std::{n}" for n in missing_std)
+        out.append(
+            f"{names}: include the standard header that declares it; under NVRTC cujit's stand-ins provide "
+            f"<{'>, <'.join(h for h in STAND_INS if '.' not in h)}> (the trait and utility ones through "
+            "libcu++), and cuda::std:: has the rest of libcu++."
+        )
+    return out
+
+
+def _missing_header_hint(name: str) -> str:
+    if name.startswith("crt/"):
+        major = toolchain.nvrtc_version()[0]
+        wheel = "'cuda-toolkit[nvcc]==12.*' (nvidia-cuda-nvcc-cu12)" if major == 12 else "nvidia-cuda-crt"
+        return (
+            f"<{name}> is one of the CUDA compiler's crt/ headers, which <mma.h>, <cuda_device_runtime_api.h> "
+            f"and friends include: pip install {wheel}, matching the version of your CUDA headers."
+        )
+    if name.startswith("curand"):
+        return f"<{name}> comes with curand's headers: pip install 'cujit[curand]'."
+    if name in _HOST_ONLY:
+        return (
+            f"<{name}> is a host-only standard header: nothing in it runs on the device, and NVRTC has no "
+            "standard library. Guard the code that needs it with #ifndef __CUDACC_RTC__, or use the libcu++ "
+            f"counterpart where one exists{_libcu_hint(name)}."
+        )
+    if name in _OTHER_STANDARD:
+        stand_ins = ", ".join(f"<{h}>" for h in STAND_INS)
+        return (
+            f"<{name}> was not found. NVRTC has no standard library; under NVRTC cujit provides {stand_ins}"
+            f"{_libcu_hint(name)}. Other headers: pass their folder in extra_include_paths."
+        )
+    return f"<{name}> was not found: pass its folder in extra_include_paths (or -I in extra_cuda_cflags)."
+
+
+def _libcu_hint(name: str) -> str:
+    root = toolchain.cccl_include_dir()
+    if root is not None and (root / "cuda" / "std" / name).is_file():
+        return f" (for <{name}>: <cuda/std/{name}>, names in cuda::std::)"
+    return ""
+
+
+@functools.cache
+def _cccl_version() -> str:
+    """CCCL's version as major.minor.patch, read from the CUB header in use (``"unknown"`` if it cannot be)."""
+    for folder in (*cccl_extra_dirs(), toolchain.cccl_include_dir()):
+        if folder is None:
+            continue
+        try:
+            text = (folder / "cub" / "version.cuh").read_text(errors="replace")
+        except OSError:
+            continue
+        match = re.search(r"#define\s+CUB_VERSION\s+(\d+)", text)
+        if match:
+            number = int(match.group(1))
+            return f"{number // 100000}.{number // 100 % 1000}.{number % 100}"
+    return "unknown"

@@ -1,0 +1,2 @@
+// <limits.h> for NVRTC: the same as <climits>. See README.md in this folder.
+#include <climits>

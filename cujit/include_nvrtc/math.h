@@ -1,0 +1,2 @@
+// <math.h> for NVRTC: the same as <cmath>. See README.md in this folder.
+#include <cmath>
