@@ -98,11 +98,11 @@ def test_check_args_needs_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
                             cuda_wrappers=[("all_types", "all_types")]).all_types
     packed = kernel.check_args(torch.zeros(3), 1, 2, 3, 4, 5, 6, 7, 8, 9.0, 10.0, True, 0.5, 1.0, Pair(1, 1.0))
     assert len(packed) >= 8 + 8 + 8 + 8 + 8 + 2
-    with pytest.raises(cujit.LaunchError, match=r"argument 8 \(unsigned long\): cannot pass -1"):
+    with pytest.raises(cujit.LaunchError, match=r"argument 8 \(unsigned long long\): cannot pass -1"):
         kernel.check_args(None, 1, 2, 3, 4, 5, 6, 7, -1, 9.0, 10.0, True, 0.5, 1.0, Pair(1, 1.0))
     with pytest.raises(cujit.LaunchError, match="expected 15 arguments, got 1"):
         kernel.check_args(None)
-    with pytest.raises(cujit.LaunchError, match=r"argument 7 \(long\): cannot pass '4' of type str"):
+    with pytest.raises(cujit.LaunchError, match=r"argument 7 \(long long\): cannot pass '4' of type str"):
         kernel.check_args(None, 1, 2, 3, 4, 5, 6, "4", 8, 9.0, 10.0, True, 0.5, 1.0, Pair(1, 1.0))
 
 
@@ -208,13 +208,13 @@ def test_unrelated_modules_compile_at_the_same_time(tmp_path: Path, monkeypatch:
     guard = threading.Lock()
     real = cache.compile_nvrtc
 
-    def slow_compile(sources: Any, arch: str) -> Any:
+    def slow_compile(sources: Any, arch: str, *more: Any) -> Any:
         with guard:
             active[0] += 1
             most[0] = max(most[0], active[0])
         time.sleep(0.3)
         try:
-            return real(sources, arch)
+            return real(sources, arch, *more)
         finally:
             with guard:
                 active[0] -= 1
