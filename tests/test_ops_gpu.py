@@ -179,3 +179,10 @@ def test_tensors_on_the_second_gpu(ops: SimpleNamespace) -> None:
         torch.testing.assert_close(out, x * w * 1.5)
     with torch.cuda.device(1):
         torch.testing.assert_close(ops.scale_rows(x, w, 1.5), x * w * 1.5)
+
+
+def test_a_declaration_made_again_compiles_too() -> None:
+    again = op_decls.declare("cujit_gpu_test")  # a reloaded module, a notebook cell run twice
+    x, w = torch.randn(4, 32, device="cuda"), torch.randn(32, device="cuda")
+    compiled = torch.compile(lambda a, b: again.scale_rows(a, b, 3.0) - 1, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, w), x * w * 3.0 - 1)

@@ -59,11 +59,15 @@ def make(tokens: int, q_heads: int, k_heads: int, head_size: int, dtype: torch.d
 
 
 def check(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cache: torch.Tensor, head_size: int,
-          is_neox: bool, **kwargs: object) -> None:
-    """Run the op on q and k (views are fine) and compare both with the reference."""
+          is_neox: bool, *, give_head_size: bool = False) -> None:
+    """Run the op on q and k (views are fine) and compare both with the reference.
+
+    ``give_head_size`` passes ``head_size`` to the op (it defaults to the rotary dim, the cache's width).
+    """
     expect_q = reference(positions, q, cache, head_size, is_neox)
     expect_k = reference(positions, k, cache, head_size, is_neox)
-    rotary_embedding(positions, q, k, cache, is_neox=is_neox, **kwargs)
+    extra = {"head_size": head_size} if give_head_size else {}
+    rotary_embedding(positions, q, k, cache, is_neox=is_neox, **extra)
     torch.testing.assert_close(q, expect_q, **TOLERANCES[q.dtype])
     torch.testing.assert_close(k, expect_k, **TOLERANCES[k.dtype])
 
@@ -92,7 +96,7 @@ def test_dtypes(dtype: torch.dtype, cache_dtype: str, pos_dtype: torch.dtype, is
 def test_partial_rotary_leaves_the_rest_of_each_head(head_size: int, rotary_dim: int, is_neox: bool) -> None:
     positions, q, k = make(300, 8, 2, head_size)
     before_q, before_k = q.clone(), k.clone()
-    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, head_size=head_size)
+    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, give_head_size=True)
     tail = slice(rotary_dim, head_size)
     assert torch.equal(q.view(300, 8, head_size)[..., tail], before_q.view(300, 8, head_size)[..., tail])
     assert torch.equal(k.view(300, 2, head_size)[..., tail], before_k.view(300, 2, head_size)[..., tail])
@@ -141,7 +145,7 @@ def test_unaligned_views_take_the_element_path(offset: int, is_neox: bool) -> No
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 def test_odd_sizes(head_size: int, rotary_dim: int, is_neox: bool) -> None:
     positions, q, k = make(65, 3, 1, head_size, torch.float32)
-    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, head_size=head_size)
+    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, give_head_size=True)
 
 
 def test_wide_rotary_dims_loop_over_the_block() -> None:

@@ -20,6 +20,7 @@ import importlib.abc
 import importlib.util
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,8 @@ __all__ = ["call_traced", "declared", "ensure_registered", "torch_op", "tracing"
 _LOCK = threading.RLock()
 _LIBRARIES: dict[str, Any] = {}
 _REGISTERED: set[str] = set()
-_SUBSTITUTED: set[str] = set()
+# The op functions Dynamo already sees as their registered op (a declaration made again is a new function).
+_SUBSTITUTED: weakref.WeakSet[Any] = weakref.WeakSet()
 _HOOK: list[Any] = []
 
 
@@ -211,7 +213,7 @@ def call_traced(op: Op, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any
 # ------------------------------------------------------------------------------------------------ Dynamo
 def _substitute(op: Op) -> None:
     """Make Dynamo see a call of the registered op wherever user code calls ``op.function``."""
-    if op.name in _SUBSTITUTED:
+    if op.function in _SUBSTITUTED:
         return
     torch = frameworks.torch()
     if torch is None:
@@ -220,7 +222,7 @@ def _substitute(op: Op) -> None:
     if substitute is None:  # torch < 2.5: call torch.ops.<namespace>.<name> in compiled code instead
         return
     with _LOCK:
-        if op.name in _SUBSTITUTED:
+        if op.function in _SUBSTITUTED:
             return
         ensure_registered(op)
         handle = torch_op(op)
@@ -248,7 +250,7 @@ def _substitute(op: Op) -> None:
                 src(f"_functional({inputs})")
         codegen.build(src, env, kind="traced op", name=op.name)
         substitute(op.function)(env[op.schema.name])
-        _SUBSTITUTED.add(op.name)
+        _SUBSTITUTED.add(op.function)
 
 
 def _on_dynamo() -> None:
