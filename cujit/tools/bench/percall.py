@@ -82,7 +82,8 @@ def percall_section(rows: list[dict[str, Any]], row: Callable[..., dict[str, Any
         # CuPy's RawKernel on the same source, with the pointers read once: what CuPy users write by hand.
         source = (Path(cujit.__file__).parent / "kernels" / "add_constant.cuh").read_text()
         include = str(Path(cujit.__file__).parent / "include")
-        raw = cupy.RawModule(code=source, options=("-std=c++17", f"-I{include}"),
+        stand_ins = str(Path(cujit.__file__).parent / "include_nvrtc")  # <cstddef> and friends under NVRTC
+        raw = cupy.RawModule(code=source, options=("-std=c++17", f"-I{include}", f"-I{stand_ins}"),
                              name_expressions=["add_constant_kernel<3>"]).get_function("add_constant_kernel<3>")
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
         px, py, n = x.data_ptr(), y.data_ptr(), cupy.uint64(4096)
