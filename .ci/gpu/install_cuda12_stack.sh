@@ -6,8 +6,8 @@
 #
 # Then, from the checkout, run the GPU tests and the demo with that stack first on the path:
 #
-#   PYTHONPATH=TARGET_DIR:$PWD python -m pytest -q
-#   PYTHONPATH=TARGET_DIR:$PWD python -m cujit demo
+#   PYTHONPATH=TARGET_DIR:$PWD python3 -m pytest -q
+#   PYTHONPATH=TARGET_DIR:$PWD python3 -m cujit demo
 #
 # Being first on the path, TARGET_DIR's cupy-cuda12x shadows an installed cupy-cuda13x, and torch preloads the
 # first libnvrtc it finds along the path (TARGET_DIR's NVRTC 12) just as it does when the CUDA 12 wheels sit in
@@ -16,6 +16,7 @@ set -euo pipefail
 parts=${1:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
 target=${2:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
 manifest="$parts/manifest.txt"
+python=${PYTHON:-python3}
 [ -f "$manifest" ] || { echo "error: $manifest not found" >&2; exit 1; }
 
 work=$(mktemp -d)
@@ -35,11 +36,11 @@ while read -r file size sum; do
     offset=$((offset + size))
 done < "$manifest"
 
-python -m pip install --quiet --no-deps --upgrade --target "$target" "${files[@]}"
+"$python" -m pip install --quiet --no-deps --upgrade --target "$target" "${files[@]}"
 echo "installed into $target:"
 ls "$target"
 cd "$(dirname "$0")/../.."
-PYTHONPATH="$target:$PWD" python - <<'PY'
+PYTHONPATH="$target:$PWD" "$python" - <<'PY'
 import torch  # first, as in the tests: it preloads its NVRTC choice
 import cupy
 from cujit._runtime import toolchain
