@@ -237,6 +237,37 @@ def test_a_cuda_13_wheel_first_on_the_path_is_not_used_by_nvrtc_12(tmp_path: Pat
     assert Path(used) == real and int(size) > 0
 
 
+@pytest.mark.parametrize(("pathfinder_version", "nvrtc", "mismatch"),
+                         [(13000, (12, 9), True), (12090, (12, 9), False), (12040, (12, 9), False),
+                          (12090, (13, 0), True), (None, (12, 9), False)])
+def test_cupys_own_header_choice_is_checked_against_its_nvrtc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pathfinder_version: int | None, nvrtc: tuple[int, int],
+    mismatch: bool,
+) -> None:
+    cupy = pytest.importorskip("cupy")
+    pathfinder = pytest.importorskip("cuda.pathfinder")
+    if int(cupy.__version__.split(".")[0]) < 14:
+        pytest.skip(f"CuPy {cupy.__version__} does not take its headers from cuda.pathfinder")
+    folder = headers(tmp_path / "nvidia" / "cu13" / "include", pathfinder_version)
+    monkeypatch.setattr(pathfinder, "find_nvidia_header_directory", lambda name: str(folder))
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: nvrtc)
+    problem = toolchain.cupy_headers_mismatch()
+    if not mismatch:
+        assert problem is None
+        return
+    assert problem is not None
+    assert str(folder) in problem and "NVRTC {}.{}".format(*nvrtc) in problem
+    assert "cujit's kernels are not affected" in problem
+    if nvrtc[0] == 12:
+        assert "cupy-cuda13x" in problem
+
+
+def test_no_cuda_pathfinder_answer_is_no_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    pathfinder = pytest.importorskip("cuda.pathfinder")
+    monkeypatch.setattr(pathfinder, "find_nvidia_header_directory", lambda name: None)
+    assert toolchain.cupy_headers_mismatch() is None
+
+
 def _define(folder: Path) -> int:
     for line in (folder / "cuda.h").read_text().splitlines():
         parts = line.split()

@@ -33,6 +33,7 @@ __all__ = [
     "cuda_headers_identity",
     "cuda_include_dir",
     "cujit_include_dir",
+    "cupy_headers_mismatch",
     "header_version",
     "kernels_dir",
     "nvrtc",
@@ -233,6 +234,38 @@ def _pathfinder_candidates(known: Sequence[HeaderDir]) -> list[HeaderDir]:
     except (ImportError, AttributeError, RuntimeError, OSError):
         return []
     return _header_dirs([(Path(found), "cuda.pathfinder")], known) if found else []
+
+
+def cupy_headers_mismatch() -> str | None:
+    """Why CuPy's own kernels cannot compile here, or None when they can (or CuPy does not pick headers itself).
+
+    CuPy 14 compiles its array kernels (arithmetic, reductions, ``cupy.random``) with the CUDA headers that
+    ``cuda.pathfinder.find_nvidia_header_directory("cudart")`` finds first, and that search prefers a CUDA 13
+    wheel (``nvidia/cu13``, which torch 2.11 and later install) whatever NVRTC CuPy loads. Under NVRTC 12 those
+    headers do not parse. cujit's own kernels are not affected (:func:`cuda_include_dir` picks by NVRTC's
+    version); this says what to install so that CuPy's are not either.
+    """
+    try:
+        import cupy
+        from cuda import pathfinder
+
+        if int(cupy.__version__.split(".")[0]) < 14:
+            return None
+        found = pathfinder.find_nvidia_header_directory("cudart")
+    except (ImportError, AttributeError, RuntimeError, OSError, ValueError):
+        return None
+    if not found:
+        return None
+    headers = header_version(Path(found))
+    major, minor = nvrtc_version()
+    if headers is None or headers[0] == major:
+        return None
+    fix = ("install the CUDA 13 stack instead (pip install cupy-cuda13x 'cuda-toolkit[nvrtc,cudart]==13.*', then "
+           "cujit with --no-deps)" if headers[0] == 13 else _install_hint(major, minor))
+    return (f"CuPy's own kernels (array arithmetic, reductions, cupy.random) will not compile here: CuPy "
+            f"{cupy.__version__} takes the CUDA {headers[0]}.{headers[1]} headers in {found} (the first that "
+            f"cuda.pathfinder finds) but compiles with NVRTC {major}.{minor}. cujit's kernels are not affected. "
+            f"To use CuPy's kernels as well, {fix}.")
 
 
 def _listing_digest(root: Path, subfolders: tuple[str, ...] = ("crt",)) -> str:
