@@ -8,9 +8,9 @@
 /// unfused `residual += x; x = rms_norm(residual)` does.
 ///
 /// Layout: a group of kRowThreads threads owns one row at a time (a sub-warp group, a warp, or several warps), and
-/// a block of kBlock threads owns kBlock / kRowThreads * kRows consecutive rows. Each thread holds kVecs vectors' worth (16 bytes
-/// each) of its row in registers, so that the row is read from memory once: the sum of squares is reduced
-/// (register shuffles within a warp, then one shared-memory step across the warps of a row), and the same
+/// a block of kBlock threads owns kBlock / kRowThreads * kRows consecutive rows. Each thread holds kVecs vectors'
+/// worth (16 bytes each) of its row in registers, so that the row is read from memory once: the sum of squares is
+/// reduced (register shuffles within a warp, then one shared-memory step across the warps of a row), and the same
 /// registers are then scaled and written. One such "tile" covers kRowThreads * kVecs * 16 bytes of a row.
 ///
 /// kPath, chosen by the host per call (the choice must be right: the vector paths do not test alignment):
@@ -616,7 +616,9 @@ CUJIT_DEVICE void stage_weight(uint32_t* staged, const T* __restrict__ weight, i
 #pragma unroll
   for (int m = 0; m < kSteps; ++m) {
     const int64_t v = threadIdx.x + static_cast<int64_t>(m) * kBlock;
-    if (v < vectors) *reinterpret_cast<uint4*>(staged + 4 * v) = make_uint4(held[m].w[0], held[m].w[1], held[m].w[2], held[m].w[3]);
+    if (v < vectors) {
+      *reinterpret_cast<uint4*>(staged + 4 * v) = make_uint4(held[m].w[0], held[m].w[1], held[m].w[2], held[m].w[3]);
+    }
   }
   if (rest < hidden) packed::Packed<T>::store_one(reinterpret_cast<T*>(staged) + rest, last);
 }
