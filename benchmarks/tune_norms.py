@@ -8,7 +8,7 @@ dtype, the configuration that is best over all token counts of each hidden size:
 ``norm_config`` (cujit/rms_norm.py) and ``activation_config`` (cujit/silu_and_mul.py).
 
     python benchmarks/tune_norms.py                  # everything
-    python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: bf16 at 4097 tokens only
+    python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: mostly bf16 at 4097 tokens
     python benchmarks/tune_norms.py --pdl            # a graph of rms_norm -> silu_and_mul -> rms_norm, PDL on/off
 """
 
@@ -28,12 +28,23 @@ import torch
 import torch.nn.functional as F
 
 import cujit
-from cujit.rms_norm import PATH_SCALAR, PATH_TILED, PATH_VECTOR, NormConfig, norm_config
+from cujit.rms_norm import (
+    LOOP_TOKENS,
+    PATH_PHASED,
+    PATH_SCALAR,
+    PATH_TILED,
+    PATH_VECTOR,
+    PATH_VECTOR_LATE,
+    NormConfig,
+    norm_config,
+)
 from cujit.silu_and_mul import activation_config
 
 KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
-HIDDEN = (64, 1000, 4096, 4097, 5120, 8192, 16384, 32768)
+HIDDEN = (64, 1000, 4096, 4097, 5120, 5121, 8192, 16384, 32768)
 TOKENS = (1, 16, 128, 4097)
+QUICK_TOKENS = (1, 16)
+QUICK_HIDDEN = (4096, 4097, 8192)
 # Other dtypes at a few shapes: (tokens, hidden).
 EXTRA = {torch.float16: ((4097, 4096), (4097, 8192), (16, 4096)),
          torch.float32: ((4097, 4096), (4097, 8192), (16, 4096), (4097, 16384))}
@@ -46,25 +57,34 @@ GRAPH_TOKENS = 16
 
 
 # ------------------------------------------------------------------------------------------------ candidates
-def norm_candidates(hidden: int, dtype: torch.dtype) -> list[NormConfig]:
+def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormConfig]:
     """Configurations around the rule's choice: 1, 2 and 4 vectors a thread, the fewest threads that hold the row
     and twice that many (at most 4x the row's size), 256-thread blocks for small rows, and for long rows the
-    two-pass kernel."""
+    two-pass kernel. Aligned rows: the vector path with the weight loaded after the reduction (PATH_VECTOR_LATE)
+    and with it loaded with the row (PATH_VECTOR), the latter also looping over 2, 4 or 8 rows per row group
+    (from 128 tokens, at most 2 vectors a thread). Odd rows: the scalar path and the phased path (rows as
+    above)."""
     lanes = 16 // dtype.itemsize
     vector = hidden % lanes == 0
-    path = PATH_VECTOR if vector else PATH_SCALAR
-    found = {norm_config(hidden, dtype, vector)}
+    found = {norm_config(hidden, dtype, vector, not vector, tokens)}
+    loops = (2, 4, 8) if tokens >= 128 else ()
     vector_values = math.ceil(hidden / lanes)
     for vecs in (1, 2, 4):
-        if not vector and vecs > 2:
-            continue  # one register per value on the scalar path
         fewest = max(8, 1 << math.ceil(math.log2(math.ceil(vector_values / vecs))))
         for row_threads in (fewest, fewest * 2):
             if row_threads > 1024 or row_threads * vecs * lanes >= 4 * hidden:
                 continue
-            found.add(NormConfig(path, max(row_threads, 128), row_threads, vecs))
-            if row_threads <= 64:
-                found.add(NormConfig(path, 256, row_threads, vecs))
+            blocks = [max(row_threads, 128)] + ([256] if row_threads <= 64 else [])
+            for block in blocks:
+                if vector:
+                    found.add(NormConfig(PATH_VECTOR_LATE, block, row_threads, vecs))
+                    found.add(NormConfig(PATH_VECTOR, block, row_threads, vecs))
+                    if vecs <= 2:
+                        found |= {NormConfig(PATH_VECTOR, block, row_threads, vecs, rows) for rows in loops}
+                elif vecs <= 2:
+                    found.add(NormConfig(PATH_SCALAR, block, row_threads, vecs))
+                    if row_threads >= 32:
+                        found |= {NormConfig(PATH_PHASED, block, row_threads, vecs, rows) for rows in (1, *loops)}
     if hidden > 8192:
         found |= {NormConfig(PATH_TILED, 1024, 1024, 2), NormConfig(PATH_TILED, 512, 512, 4)}
     return sorted(found)
@@ -78,7 +98,7 @@ def activation_candidates(dtype: torch.dtype) -> list[tuple[int, int]]:
 
 
 def norm_expression(op: str, dtype: torch.dtype, c: NormConfig) -> str:
-    return f"{op}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}>"
+    return f"{op}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, {c.rows}>"
 
 
 def activation_expression(op: str, dtype: torch.dtype, block: int, vecs: int) -> str:
@@ -208,7 +228,7 @@ def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hi
         expected = [s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps) * w32, s]
         moved = 4 * x.numel() * x.element_size()
     result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens))
-    for c in norm_candidates(hidden, dtype):
+    for c in norm_candidates(hidden, dtype, tokens):
         kernel = kernels[norm_expression(op, dtype, c)]
         launch_with = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
         if op == "rms_norm":
@@ -255,8 +275,10 @@ def activation_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, 
 # ------------------------------------------------------------------------------------------------ report
 def _name(candidate: object) -> str:
     if isinstance(candidate, NormConfig):
-        path = {PATH_VECTOR: "vec", PATH_SCALAR: "scalar", PATH_TILED: "tiled"}[candidate.path]
-        return f"{path} {candidate.row_threads}x{candidate.vecs}/{candidate.block}"
+        path = {PATH_VECTOR: "vec", PATH_SCALAR: "scalar", PATH_TILED: "tiled", PATH_PHASED: "phased",
+                PATH_VECTOR_LATE: "late"}[candidate.path]
+        rows = f" r{candidate.rows}" if candidate.rows > 1 else ""
+        return f"{path} {candidate.row_threads}x{candidate.vecs}/{candidate.block}{rows}"
     block, vecs = candidate  # type: ignore[misc]
     return f"block {block} x{vecs}"
 
@@ -271,11 +293,12 @@ def report_shape(r: Result, rule: object) -> None:
 
 def report_table(results: list[Result]) -> None:
     """Per op, dtype and hidden size: the candidate with the best geometric mean of time / best time."""
-    groups: dict[tuple[str, torch.dtype, int], list[Result]] = defaultdict(list)
+    groups: dict[tuple[str, torch.dtype, int, bool], list[Result]] = defaultdict(list)
     for r in results:
-        groups[(r.op, r.dtype, r.hidden)].append(r)
-    print("\nbest over all token counts (geometric mean of time / best time at each count); * = the rule's choice")
-    for (op, dtype, hidden), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
+        groups[(r.op, r.dtype, r.hidden, r.tokens >= LOOP_TOKENS)].append(r)
+    print("\nbest over the token counts below and from LOOP_TOKENS (geometric mean of time / best time at each "
+          "count)")
+    for (op, dtype, hidden, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2:])):
         common = set.intersection(*(set(r.times) for r in rs))
         score = {c: math.exp(statistics.fmean(math.log(r.times[c] / min(r.times.values())) for r in rs))
                  for c in common}
@@ -349,17 +372,19 @@ def graph_of(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
 
 # ------------------------------------------------------------------------------------------------ main
 def shapes(quick: bool) -> list[tuple[torch.dtype, int, int]]:
-    tokens = (4097,) if quick else TOKENS
-    found = [(torch.bfloat16, t, h) for h in HIDDEN for t in tokens]
-    if not quick:
-        found += [(dt, t, h) for dt, pairs in EXTRA.items() for t, h in pairs]
-    return found
+    if quick:  # bf16 at 4097 tokens, a few decode shapes, fp32 at 4097 x 4096
+        found = [(torch.bfloat16, 4097, h) for h in HIDDEN]
+        found += [(torch.bfloat16, t, h) for t in QUICK_TOKENS for h in QUICK_HIDDEN]
+        return [*found, (torch.float32, 4097, 4096)]
+    found = [(torch.bfloat16, t, h) for h in HIDDEN for t in TOKENS]
+    return found + [(dt, t, h) for dt, pairs in EXTRA.items() for t, h in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", default="rms_norm,fused_add_rms_norm,silu_and_mul,gelu_and_mul")
-    parser.add_argument("--quick", action="store_true", help="bf16 at 4097 tokens only")
+    parser.add_argument("--quick", action="store_true", help="bf16 at 4097 tokens, and at 1 and 16 tokens for a few "
+                        "hidden sizes; fp32 at 4097 x 4096")
     parser.add_argument("--pdl", action="store_true", help="only time a graph of rms_norm -> silu_and_mul -> "
                         "rms_norm at 1-16 tokens with and without programmatic dependent launch")
     args = parser.parse_args(argv)
@@ -371,9 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = shapes(args.quick)
     wanted: dict[str, set[str]] = defaultdict(set)
     for op in ops:
-        for dtype, _, hidden in cases:
+        for dtype, tokens, hidden in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
-                wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c) for c in norm_candidates(hidden, dtype)}
+                wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c)
+                                           for c in norm_candidates(hidden, dtype, tokens)}
             else:
                 wanted["activation.cuh"] |= {activation_expression(op, dtype, *c) for c in activation_candidates(dtype)}
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
@@ -384,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, tokens, hidden in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 r = rms_norm_case(kernels, op, dtype, tokens, hidden)
-                rule: object = norm_config(hidden, dtype, hidden % (16 // dtype.itemsize) == 0)
+                vector = hidden % (16 // dtype.itemsize) == 0
+                rule: object = norm_config(hidden, dtype, vector, not vector, tokens)
             else:
                 r = activation_case(kernels, op, dtype, tokens, hidden)
                 rule = tuple(activation_config(hidden, dtype))

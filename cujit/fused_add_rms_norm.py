@@ -16,7 +16,7 @@ import cujit
 
 from ._runtime.ops import aligned
 from ._runtime.tensors import tensor_info
-from .rms_norm import kernel_config, norm_precompile
+from .rms_norm import NormConfig, layout_config, norm_precompile
 
 __all__ = ["fused_add_rms_norm"]
 
@@ -40,6 +40,12 @@ def _vector(x: Any, residual: Any, weight: Any, T: Any, H: Any, x_stride: Any, r
             and (T <= 1 or (x_stride % lanes == 0 and residual_stride % lanes == 0)))
 
 
+def _config(H: Any, dtype: cujit.DType, vector: bool, T: Any, x: Any, residual: Any, weight: Any, x_stride: Any,
+            residual_stride: Any) -> NormConfig:
+    """:func:`cujit.rms_norm.layout_config` of one call (the op passes its values by these names)."""
+    return layout_config(H, dtype, vector, T, x, residual, weight, x_stride, residual_stride)
+
+
 def _address(tensor: Any) -> int:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(tensor, torch.Tensor):
@@ -59,7 +65,7 @@ fused_add_rms_norm = cujit.op(
     "cujit::fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps=1e-6, *, "
     "bool gemma=False) -> ()",
     source="kernels/rms_norm.cuh",
-    kernel="fused_add_rms_norm_kernel<{dtype}, {gemma}, {path}, {block}, {row_threads}, {vecs}>",
+    kernel="fused_add_rms_norm_kernel<{dtype}, {gemma}, {path}, {block}, {row_threads}, {vecs}, {rows}>",
     tensors={
         "x": cujit.TensorMatcher([_T, _H]).with_strides([_X_STRIDE, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
         "residual": cujit.TensorMatcher([_T, _H]).with_strides([_RESIDUAL_STRIDE, 1])
@@ -68,11 +74,12 @@ fused_add_rms_norm = cujit.op(
     },
     values={
         "vector": _vector,
-        "config": kernel_config,
+        "config": _config,
         "path": "config.path",
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
+        "rows": "config.rows",
     },
     checks=[
         ("T <= 1 or abs(x_stride) >= H", "x: rows overlap (a row stride below hidden)"),

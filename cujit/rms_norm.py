@@ -9,25 +9,48 @@ choice of its template parameters by hidden size (:func:`norm_config`), which ``
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, NamedTuple
 
 import cujit
 
 from ._runtime.dtypes import DType, as_dtype
+from ._runtime.ops import aligned
+from ._runtime.tensors import tensor_info
 
 __all__ = [
-    "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig", "kernel_config", "norm_config", "norm_precompile", "rms_norm",
+    "LOOP_CONFIGS", "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
+    "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
+    "NormConfig", "data_address", "kernel_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
+    "same_phase",
 ]
 
 # rms_norm_detail::kPath* in the kernel.
-PATH_VECTOR = 0
-PATH_SCALAR = 1
-PATH_TILED = 2
+PATH_VECTOR = 0  #: 16-byte vectors; the weight loaded with the row; ``rows`` rows per row group, pipelined
+PATH_SCALAR = 1  #: element loads, any alignment
+PATH_TILED = 2  #: rows longer than every one-tile configuration: two passes
+PATH_PHASED = 3  #: rows not 16-byte aligned: vectors from each row's first 16-byte boundary, scalar head and tail
+PATH_VECTOR_LATE = 4  #: 16-byte vectors, the weight loaded after the reduction (chosen by no rule; for comparison)
 
 #: (threads per row, 16-byte vectors per thread) of the one-tile vector configurations, by increasing capacity.
 VECTOR_CONFIGS: tuple[tuple[int, int], ...] = (
     (8, 1), (16, 1), (32, 1), (32, 4), (64, 4), (128, 4), (256, 4), (512, 4), (1024, 4),
+)
+#: The vector configurations for many tokens, where each row group normalises LOOP_ROWS rows and holds the next
+#: row's vectors in flight besides the row and the weight: at most 2 vectors a thread (three fragments of 8
+#: registers), then VECTOR_CONFIGS for longer rows.
+LOOP_CONFIGS: tuple[tuple[int, int], ...] = (
+    (8, 1), (16, 1), (32, 1), (32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2),
+)
+#: Rows per row group for many tokens, and the token count from which it applies. Below it a block per row
+#: group keeps every SM busy sooner.
+LOOP_ROWS = 4
+LOOP_TOKENS = 1024
+#: Rows that are not 16-byte aligned, when every tensor has the same alignment at each row (and the weight is
+#: aligned): vectors from each row's first 16-byte boundary. At least 32 threads a row (the head and the tail
+#: take one thread per element); the staged weight (the capacity's bytes of shared memory) at most 32 KB.
+PHASED_CONFIGS: tuple[tuple[int, int], ...] = (
+    (32, 1), (32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2),
 )
 #: The same for rows that are not 16-byte aligned or not a whole number of vectors.
 SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 2), (128, 2), (512, 2))
@@ -39,53 +62,81 @@ _MIN_BLOCK = 128
 class NormConfig(NamedTuple):
     """The template parameters of one norm kernel instantiation."""
 
-    path: int  #: PATH_VECTOR, PATH_SCALAR or PATH_TILED
+    path: int  #: PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED or PATH_VECTOR_LATE
     block: int  #: threads per block
-    row_threads: int  #: threads per row (a power of two; a block holds block // row_threads rows)
+    row_threads: int  #: threads per row (a power of two; a block holds block // row_threads row groups)
     vecs: int  #: 16-byte vectors' worth of the row per thread
+    rows: int = 1  #: rows each row group normalises in turn (PATH_VECTOR and PATH_PHASED only)
 
     @property
     def rows_per_block(self) -> int:
         """Rows that one block normalises."""
-        return self.block // self.row_threads
+        return self.block // self.row_threads * self.rows
 
 
-def _make(path: int, row_threads: int, vecs: int) -> NormConfig:
-    return NormConfig(path, max(row_threads, _MIN_BLOCK), row_threads, vecs)
+def _make(path: int, row_threads: int, vecs: int, rows: int = 1) -> NormConfig:
+    return NormConfig(path, max(row_threads, _MIN_BLOCK), row_threads, vecs, rows)
 
 
-@functools.lru_cache(maxsize=4096)  # called on every op call, with the few hidden sizes of a model
-def norm_config(hidden: int, dtype: Any, vector: bool) -> NormConfig:
-    """The kernel configuration for rows of ``hidden`` values of ``dtype``.
+def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tokens: int = 1) -> NormConfig:
+    """The kernel configuration for ``tokens`` rows of ``hidden`` values of ``dtype``.
 
     ``vector``: whether 16-byte vectors apply (hidden a multiple of 16 bytes' worth of values; every row start and
-    the weight 16-byte aligned). The choice, by capacity (threads per row x vectors per thread x values per vector
+    the weight 16-byte aligned). ``phased``: otherwise, whether every tensor has the same alignment at each row
+    and the weight is 16-byte aligned (:func:`same_phase`), so that rows can be read with vectors from their
+    first 16-byte boundary. The choice, by capacity (threads per row x vectors per thread x values per vector
     must cover the row, so that the row is read once and kept in registers):
 
-    - Each thread holds at most 4 vectors (64 bytes of the row, 16 registers, plus 16 for the weight after the
-      reduction). With at most 64 registers a thread, an SM keeps 1024 or more threads, 64 KB of loads in flight:
+    - Each thread holds at most 4 vectors (64 bytes of the row, 16 registers, plus 16 for the weight, loaded with
+      the row). With at most 64 registers a thread, an SM keeps 1024 or more threads, 64 KB of loads in flight:
       more than the 25-30 KB that the memory latency times the bandwidth per SM asks for on an H100 or H200
       (3.35-4.8 TB/s x about 1 us / 132 SMs), so a row longer than 4 vectors a thread gets more threads instead.
+    - From LOOP_TOKENS rows on, each row group normalises LOOP_ROWS rows, issuing the loads of the next row before
+      it reduces the current one, with the weight loaded once per block: the memory pipe stays busy while rows
+      are reduced, and blocks start and end LOOP_ROWS times less often. The next row takes registers too, so a
+      thread holds at most 2 vectors (LOOP_CONFIGS).
     - Threads per row grow with the row (32 to 1024, then a whole block per row), so the reduction crosses at
       most one shared-memory step; rows of at most 256 bytes take 8 or 16 threads (two or four rows per warp),
       so that short rows, e.g. a per-head norm of 64 or 128 values, keep every lane busy.
     - Blocks have at least 128 threads (several rows per block for small rows), so that 16 resident blocks fill
       an SM.
-    - Rows that are not 16-byte aligned load element by element, one register per value: half the values per
-      thread (2 vectors' worth) for the same registers.
+    - Rows that are not 16-byte aligned but in phase take the vector loads of PHASED_CONFIGS (LOOP_ROWS rows per
+      group for many tokens, amortising the weight's copy to shared memory); other rows load element by element,
+      one register per value: half the values per thread (2 vectors' worth) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
       of 1024 threads over tiles, the second pass reading the row again, mostly from L1/L2.
     """
+    return _rule(hidden, dtype, vector, phased, tokens >= LOOP_TOKENS)
+
+
+@functools.lru_cache(maxsize=4096)  # called on every op call, with the few hidden sizes of a model
+def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool) -> NormConfig:
     lanes = 16 // as_dtype(dtype).itemsize
-    for row_threads, vecs in VECTOR_CONFIGS if vector else SCALAR_CONFIGS:
-        if row_threads * vecs * lanes >= hidden:
-            return _make(PATH_VECTOR if vector else PATH_SCALAR, row_threads, vecs)
+    rows = LOOP_ROWS if many else 1
+    if vector:
+        if many:
+            for row_threads, vecs in LOOP_CONFIGS:
+                if row_threads * vecs * lanes >= hidden:
+                    return _make(PATH_VECTOR, row_threads, vecs, rows)
+        for row_threads, vecs in VECTOR_CONFIGS:
+            if row_threads * vecs * lanes >= hidden:
+                return _make(PATH_VECTOR, row_threads, vecs)
+    elif phased:
+        for row_threads, vecs in PHASED_CONFIGS:
+            if row_threads * vecs * lanes >= hidden:
+                return _make(PATH_PHASED, row_threads, vecs, rows)
+    else:
+        for row_threads, vecs in SCALAR_CONFIGS:
+            if row_threads * vecs * lanes >= hidden:
+                return _make(PATH_SCALAR, row_threads, vecs)
     return _make(PATH_TILED, *TILED_CONFIG)
 
 
 def norm_precompile() -> list[dict[str, Any]]:
     """Every instantiation that :func:`norm_config` can choose, for each dtype and both weight forms."""
     configs = [_make(PATH_VECTOR, *c) for c in VECTOR_CONFIGS]
+    configs += [_make(PATH_VECTOR, *c, LOOP_ROWS) for c in LOOP_CONFIGS]
+    configs += [_make(PATH_PHASED, *c, rows) for c in PHASED_CONFIGS for rows in (1, LOOP_ROWS)]
     configs += [_make(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
     configs.append(_make(PATH_TILED, *TILED_CONFIG))
     return [
@@ -100,14 +151,53 @@ def norm_precompile() -> list[dict[str, Any]]:
 TRACING_CONFIG = _make(PATH_TILED, *TILED_CONFIG)
 
 
-def kernel_config(H: Any, dtype: DType, vector: bool) -> NormConfig:
-    """:func:`norm_config` for one call of hidden size ``H`` (the op passes its values by these names).
+def data_address(tensor: Any) -> int | None:
+    """The address of ``tensor``'s first element; None for a tensor without storage (the fake tensors of tracing)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(tensor, torch.Tensor):
+        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
+            from torch._subclasses.fake_tensor import is_fake
 
-    :data:`TRACING_CONFIG` when ``H`` is symbolic: a traced call launches nothing.
+            if is_fake(tensor):
+                return None
+        return int(tensor.data_ptr())
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(tensor, cupy.ndarray):
+        return int(tensor.data.ptr)
+    return tensor_info(tensor).ptr
+
+
+def same_phase(a: Any, b: Any, a_stride: int, b_stride: int, T: int, itemsize: int) -> bool:
+    """Whether the rows of ``a`` and ``b`` ([T, H] tensors of one dtype) are equally aligned relative to 16 bytes.
+
+    That is: equal addresses modulo 16 and equal row strides modulo a 16-byte vector, with element-aligned values.
     """
-    if type(H) is not int:
+    pa, pb = data_address(a), data_address(b)
+    if pa is None or pb is None:
+        return False
+    return (pa % itemsize == 0 and (pa - pb) % 16 == 0
+            and (T <= 1 or (a_stride - b_stride) % (16 // itemsize) == 0))
+
+
+def layout_config(H: Any, dtype: DType, vector: bool, T: Any, x: Any, other: Any, weight: Any, x_stride: Any,
+                  other_stride: Any) -> NormConfig:
+    """:func:`norm_config` for one call of ``T`` rows of hidden size ``H``.
+
+    ``other`` is the second tensor read or written row by row (``out``, or ``residual``). :data:`TRACING_CONFIG`
+    when a size is symbolic: a traced call launches nothing.
+    """
+    if type(H) is not int or type(T) is not int:
         return TRACING_CONFIG
-    return norm_config(H, dtype, vector)
+    if vector:
+        return _rule(H, dtype, True, False, T >= LOOP_TOKENS)
+    phased = aligned(weight, 16) and same_phase(x, other, x_stride, other_stride, T, dtype.itemsize)
+    return _rule(H, dtype, False, phased, T >= LOOP_TOKENS)
+
+
+def kernel_config(H: Any, dtype: DType, vector: bool, T: Any, x: Any, out: Any, weight: Any, x_stride: Any,
+                  out_stride: Any) -> NormConfig:
+    """:func:`layout_config` of one rms_norm call (the op passes its values by these names)."""
+    return layout_config(H, dtype, vector, T, x, out, weight, x_stride, out_stride)
 
 
 # ------------------------------------------------------------------------------------------------ the op
@@ -119,7 +209,7 @@ _DTYPE = cujit.SymbolicDType("dtype")
 rms_norm = cujit.op(
     "cujit::rms_norm(Tensor x, Tensor weight, float eps=1e-6, *, bool gemma=False, Tensor(a!)? out=None) -> Tensor",
     source="kernels/rms_norm.cuh",
-    kernel="rms_norm_kernel<{dtype}, {gemma}, {path}, {block}, {row_threads}, {vecs}>",
+    kernel="rms_norm_kernel<{dtype}, {gemma}, {path}, {block}, {row_threads}, {vecs}, {rows}>",
     tensors={
         "x": cujit.TensorMatcher([_T, _H]).with_strides([_X_STRIDE, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
         "weight": cujit.TensorMatcher([_H]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -136,6 +226,7 @@ rms_norm = cujit.op(
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
+        "rows": "config.rows",
     },
     checks=[("T <= 1 or abs(out_stride) >= H", "out: rows overlap (a row stride below hidden)")],
     grid="cdiv(T, config.rows_per_block) if H else 0",

@@ -22,6 +22,7 @@ import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.gelu_and_mul import gelu_and_mul
 from cujit.rms_norm import (
+    PATH_PHASED,
     PATH_SCALAR,
     PATH_TILED,
     PATH_VECTOR,
@@ -132,7 +133,7 @@ def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: Simpl
         (torch.randn(5, 4096, dtype=f16), torch.randn(4097, dtype=f16)[1:], None, PATH_SCALAR, 512, 1),
         (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), torch.empty(5, 4097, dtype=f16)[:, 1:],
          PATH_SCALAR, 512, 1),
-        (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_SCALAR, 512, 1),
+        (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_PHASED, 512, 1),
         (torch.randn(3, 40000, dtype=f16), torch.randn(40000, dtype=f16), None, PATH_TILED, 1024, 1),
         (torch.randn(37, 64, dtype=torch.float32), torch.randn(64), None, PATH_VECTOR, 128, 8),
         (torch.randn(37, 64, dtype=f16), torch.randn(64, dtype=f16), None, PATH_VECTOR, 128, 16),

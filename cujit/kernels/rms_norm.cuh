@@ -7,20 +7,28 @@
 /// the stored values and rounded once on the way out; the fused kernel normalises the rounded sum, as the
 /// unfused `residual += x; x = rms_norm(residual)` does.
 ///
-/// Layout: a group of kRowThreads threads owns one row (a sub-warp group, a warp, or several warps), and a block
-/// of kBlock threads owns kBlock / kRowThreads consecutive rows. Each thread holds kVecs vectors' worth (16 bytes
-/// each) of its row in registers, so that the row is read from memory once: the sum of squares is reduced
-/// (register shuffles within a warp, then one shared-memory step across the warps of a row), and the same
+/// Layout: a group of kRowThreads threads owns one row at a time (a sub-warp group, a warp, or several warps), and
+/// a block of kBlock threads owns kBlock / kRowThreads * kRows consecutive rows. Each thread holds kVecs vectors'
+/// worth (16 bytes each) of its row in registers, so that the row is read from memory once: the sum of squares is
+/// reduced (register shuffles within a warp, then one shared-memory step across the warps of a row), and the same
 /// registers are then scaled and written. One such "tile" covers kRowThreads * kVecs * 16 bytes of a row.
 ///
-/// kPath, chosen by the host per call (the choice must be right: the vector path does not test alignment):
+/// kPath, chosen by the host per call (the choice must be right: the vector paths do not test alignment):
 /// - kPathVector: the row fits in one tile, hidden is a multiple of the vector width and every row start (and
-///   the weight) is 16-byte aligned: 16-byte loads and stores. The fast path.
+///   the weight) is 16-byte aligned: 16-byte loads and stores, the weight loaded with the row and kept in
+///   registers; each row group normalises up to kRows rows in turn, the next row's loads in flight while the
+///   current one is reduced and written. The fast path.
+/// - kPathPhased: the row fits in one tile but is not 16-byte aligned (an odd hidden size, a sliced x), every
+///   tensor having the same alignment at each row and the weight 16-byte aligned: element loads up to the row's
+///   first 16-byte boundary and after its last whole vector, 16-byte vectors between; the weight copied once per
+///   block to shared memory and read there at the row's alignment. Rows looped over as for kPathVector.
 /// - kPathScalar: the row fits in one tile, any alignment: element loads in a thread-interleaved order (thread t
 ///   of a row takes elements t, t + kRowThreads, ...), so that a warp's loads stay coalesced.
 /// - kPathTiled: any hidden size: tile by tile in two passes, the second reading the row again (mostly from
 ///   L1/L2), with vectors where the alignment allows it (tested on the device). For rows beyond the largest
 ///   one-tile configuration.
+/// - kPathVectorLate: as kPathVector for one row per group, but the weight is loaded after the reduction (only
+///   prefetched before it): fewer registers held across the barrier, one more cache round trip per row.
 ///
 /// Aliasing: out may be x (in place), so those two pointers carry no __restrict__; nor do x and residual of the
 /// fused kernel, which must not overlap each other. Each thread loads every element it stores before storing it.
@@ -39,6 +47,8 @@ namespace rms_norm_detail {
 constexpr int kPathVector = 0;
 constexpr int kPathScalar = 1;
 constexpr int kPathTiled = 2;
+constexpr int kPathPhased = 3;
+constexpr int kPathVectorLate = 4;
 
 /// The part of one tile of a row that one thread holds: kVecs * kLanes values, as kVecs 16-byte vectors of packed
 /// 32-bit words (see packed.cuh).
@@ -119,6 +129,35 @@ struct Fragment {
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
         if (slot(i, 0) < count) asm volatile("prefetch.global.L1 [%0];" ::"l"(base + slot(i, 0)));
+      }
+    }
+  }
+
+  /// Load from a copy of the weight in shared memory (`staged`, 32-bit words, element 0 at the first word's low
+  /// end) whose element `first` is this thread's first element, at any element alignment; vectors at or past
+  /// `count` read as zero. Vector layout only. A 16-bit vector that starts at an odd element straddles five
+  /// words: each word of it is the funnel shift of two neighbours.
+  CUJIT_DEVICE void load_staged(const uint32_t* staged, int64_t first, int64_t count) {
+    static_assert(kVector, "staged weights follow the vector layout");
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (slot(i, 0) >= count) {
+        v[i] = V::zeros();
+        continue;
+      }
+      const int64_t at = first + slot(i, 0);
+      if constexpr (kPerWord == 1) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[i].w[j] = staged[at + j];
+      } else {
+        const uint32_t* words = staged + (at >> 1);
+        if (at & 1) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v[i].w[j] = __funnelshift_r(words[j], words[j + 1], 16);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) v[i].w[j] = words[j];
+        }
       }
     }
   }
@@ -221,6 +260,30 @@ CUJIT_DEVICE float row_sum(float value) {
   }
 }
 
+/// row_sum for kernels that reduce several rows in turn: the same sums, with the shared partials in one of two
+/// buffers, `parity` (0 or 1) alternating from one call to the next. Two buffers and one barrier per call are
+/// enough: a warp can write the partials of call k + 1 while a slower warp still reads those of call k, but not
+/// those of call k + 2, which come after the barrier of call k + 1 that the slower warp has not passed yet.
+template <int kBlock, int kRowThreads>
+CUJIT_DEVICE float row_sum_alternating(float value, int parity) {
+  if constexpr (kRowThreads <= cujit::kWarpSize) {
+    return row_sum<kBlock, kRowThreads>(value);
+  } else {
+    constexpr int kWarps = kBlock / cujit::kWarpSize;
+    constexpr int kWarpsPerRow = kRowThreads / cujit::kWarpSize;
+    __shared__ float partial[2][kWarps];
+    value = cujit::warp_sum(value);
+    const int warp = threadIdx.x / cujit::kWarpSize;
+    if (threadIdx.x % cujit::kWarpSize == 0) partial[parity][warp] = value;
+    __syncthreads();
+    const int first = warp / kWarpsPerRow * kWarpsPerRow;
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarpsPerRow; ++w) total += partial[parity][first + w];
+    return total;
+  }
+}
+
 /// 1 / sqrt(mean + eps) from the row's sum of squares.
 CUJIT_DEVICE float inverse_rms(float sum_squares, int64_t hidden, float eps) {
   return rsqrtf(sum_squares / static_cast<float>(hidden) + eps);
@@ -316,6 +379,337 @@ CUJIT_DEVICE void fused_add_rms_norm_tiles(T* x, T* residual, const T* __restric
   cujit::pdl_launch_dependents();
 }
 
+// ------------------------------------------------------------------------------------------------ row loops
+/// The rows of the calling thread's row group in a kernel where each group normalises up to kRows rows in turn:
+/// at step k the block's kGroups groups take rows (blockIdx.x * kRows + k) * kGroups + group. `steps`, the
+/// number of steps the block takes, is the same for all its threads (the reductions have barriers).
+template <int kBlock, int kRowThreads, int kRows>
+struct RowLoop {
+  static constexpr int kGroups = kBlock / kRowThreads;
+  int64_t rows;
+  int steps;
+
+  CUJIT_DEVICE explicit RowLoop(int64_t rows_) : rows(rows_) {
+    if constexpr (kRows == 1) {
+      steps = 1;  // a constant, so that the compiler drops the loads of a next row that never comes
+    } else {
+      const int64_t left = rows - static_cast<int64_t>(blockIdx.x) * kRows * kGroups;  // >= 1: the grid fits
+      steps = left >= static_cast<int64_t>(kRows) * kGroups ? kRows
+                                                             : static_cast<int>((left + kGroups - 1) / kGroups);
+    }
+  }
+  /// The group's row at step 0 (possibly past the last row).
+  static CUJIT_DEVICE int64_t first() {
+    return static_cast<int64_t>(blockIdx.x) * kRows * kGroups + threadIdx.x / kRowThreads;
+  }
+  /// `row` if it is a row (and the step one the block takes), else row 0: pointers stay inside the tensors.
+  CUJIT_DEVICE int64_t clamp(int64_t row, int k) const { return k < steps && row < rows ? row : 0; }
+  /// `count` for a row, 0 (nothing loaded or stored) for a step past the end.
+  CUJIT_DEVICE int64_t count(int64_t row, int k, int64_t count) const {
+    return k < steps && row < rows ? count : 0;
+  }
+};
+
+/// RMSNorm with 16-byte vectors (kPathVector), up to kRows rows per row group. The weight is loaded together
+/// with the first row and kept in registers for all of them, so that no load waits behind a reduction; and the
+/// next row's loads are issued before the current row is reduced, so that they are in flight while it is
+/// reduced, scaled and stored. Registers: three fragments (the row, the next row, the weight).
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
+CUJIT_DEVICE void rms_norm_rows(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
+                                int64_t x_stride, int64_t out_stride, float eps) {
+  using F = Fragment<true, T, kRowThreads, kVecs>;
+  using L = RowLoop<kBlock, kRowThreads, kRows>;
+  const L loop(rows);
+  const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
+  const int64_t count = hidden - first;
+  int64_t row = L::first();
+  F held, w;
+  held.load(x + loop.clamp(row, 0) * x_stride + first, loop.count(row, 0, count));
+  w.load(weight + first, count);
+#pragma unroll 1
+  for (int k = 0; k < loop.steps; ++k) {
+    const int64_t next_row = row + L::kGroups;
+    F next;
+    next.load(x + loop.clamp(next_row, k + 1) * x_stride + first, loop.count(next_row, k + 1, count));
+    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+    const float inv_rms =
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
+    held.forget();
+    held.template normalize<kGemma>(w, inv_rms);
+    held.store(out + loop.clamp(row, k) * out_stride + first, loop.count(row, k, count));
+    held = next;
+    row = next_row;
+  }
+}
+
+/// Fused add + RMSNorm with 16-byte vectors, up to kRows rows per row group; as rms_norm_rows, with the next
+/// row's x and residual in flight (four fragments: the sum, the next x and residual, the weight).
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
+CUJIT_DEVICE void fused_add_rms_norm_rows(T* x, T* residual, const T* __restrict__ weight, int64_t rows,
+                                          int64_t hidden, int64_t x_stride, int64_t residual_stride, float eps) {
+  using F = Fragment<true, T, kRowThreads, kVecs>;
+  using L = RowLoop<kBlock, kRowThreads, kRows>;
+  const L loop(rows);
+  const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
+  const int64_t count = hidden - first;
+  int64_t row = L::first();
+  F sum, w;
+  {
+    F in;
+    const int64_t at = loop.clamp(row, 0);
+    in.load(x + at * x_stride + first, loop.count(row, 0, count));
+    sum.load(residual + at * residual_stride + first, loop.count(row, 0, count));
+    w.load(weight + first, count);
+    sum.add(in);
+  }
+#pragma unroll 1
+  for (int k = 0; k < loop.steps; ++k) {
+    const int64_t at = loop.clamp(row, k), here = loop.count(row, k, count);
+    // The new residual is final before the reduction: store it now, so that the store overlaps the reduction.
+    sum.store(residual + at * residual_stride + first, here);
+    const int64_t next_row = row + L::kGroups;
+    const int64_t next_at = loop.clamp(next_row, k + 1), there = loop.count(next_row, k + 1, count);
+    F next_x, next_sum;
+    next_x.load(x + next_at * x_stride + first, there);
+    next_sum.load(residual + next_at * residual_stride + first, there);
+    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
+    sum.forget();  // keep the packed sums, not the fp32 values they were rounded from
+    const float inv_rms =
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(sum.sum_squares(), k & 1), hidden, eps);
+    sum.forget();
+    sum.template normalize<kGemma>(w, inv_rms);
+    sum.store(x + at * x_stride + first, here);
+    next_sum.add(next_x);
+    sum = next_sum;
+    row = next_row;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ odd rows
+/// Where the 16-byte vectors of one row lie when its start is not 16-byte aligned or its length not a whole
+/// number of vectors (kPathPhased): `head` elements up to the first 16-byte boundary, `body` elements of whole
+/// vectors, then `tail` elements, fewer than one vector's worth each. The host picks this path only when every
+/// tensor the kernel reads or writes row by row has the same alignment relative to 16 bytes at each row (equal
+/// addresses modulo 16 and row strides modulo a vector), so that the phase read from x holds for all of them.
+template <typename T>
+struct Phase {
+  static constexpr int64_t kLanes = 16 / sizeof(T);
+  int64_t head = 0;
+  int64_t body = 0;
+  int64_t tail = 0;
+
+  /// The phase of the row at `row` of `hidden` elements; all zero when `valid` is false (no row: nothing is
+  /// loaded or stored).
+  CUJIT_DEVICE Phase(const T* row, int64_t hidden, bool valid) {
+    if (!valid) return;
+    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16 / sizeof(T));
+    head = past == 0 ? 0 : (kLanes - past < hidden ? kLanes - past : hidden);
+    body = (hidden - head) / kLanes * kLanes;
+    tail = hidden - head - body;
+  }
+};
+
+/// The head and tail elements of a row that thread t of its row group holds: head element t (if t < head) and
+/// tail element t (if t < tail), each as the bits of one value in the low end of a 32-bit word (zero if absent).
+template <typename T>
+struct Edges {
+  using P = packed::Packed<T>;
+  static constexpr int kPerWord = P::kPerWord;
+  uint32_t head = 0;
+  uint32_t tail = 0;
+
+  static CUJIT_DEVICE float value(uint32_t bits) {
+    float f[kPerWord];
+    P::unpack(bits, f);
+    return f[0];
+  }
+  static CUJIT_DEVICE uint32_t bits(float value) {
+    float f[kPerWord] = {value};
+    return P::pack(f);
+  }
+  /// The bits of element j of the staged weight (see Fragment::load_staged).
+  static CUJIT_DEVICE uint32_t staged_bits(const uint32_t* staged, int64_t j) {
+    if constexpr (kPerWord == 1) {
+      return staged[j];
+    } else {
+      return staged[j >> 1] >> (16 * (j & 1));
+    }
+  }
+
+  CUJIT_DEVICE void load(const T* row, const Phase<T>& phase, int t) {
+    if (t < phase.head) head = P::load_one(row + t);
+    if (t < phase.tail) tail = P::load_one(row + phase.head + phase.body + t);
+  }
+  CUJIT_DEVICE void store(T* row, const Phase<T>& phase, int t) const {
+    if (t < phase.head) P::store_one(row + t, head);
+    if (t < phase.tail) P::store_one(row + phase.head + phase.body + t, tail);
+  }
+  /// this = round(this + other).
+  CUJIT_DEVICE void add(const Edges& other) {
+    head = bits(value(head) + value(other.head));
+    tail = bits(value(tail) + value(other.tail));
+  }
+  CUJIT_DEVICE float sum_squares() const {
+    const float h = value(head), t = value(tail);
+    return fmaf(h, h, t * t);
+  }
+  /// this = round(this * inv_rms * w), with w read from the staged weight.
+  template <bool kGemma>
+  CUJIT_DEVICE void normalize(const uint32_t* staged, const Phase<T>& phase, int t, float inv_rms) {
+    if (t < phase.head) {
+      const float w = value(staged_bits(staged, t));
+      head = bits(value(head) * inv_rms * (kGemma ? 1.0f + w : w));
+    }
+    if (t < phase.tail) {
+      const float w = value(staged_bits(staged, phase.head + phase.body + t));
+      tail = bits(value(tail) * inv_rms * (kGemma ? 1.0f + w : w));
+    }
+  }
+};
+
+/// One row of the phased layout held by one thread: its share of the row's vectors, and its edge elements.
+template <typename T, int kRowThreads, int kVecs>
+struct PhasedRow {
+  using F = Fragment<true, T, kRowThreads, kVecs>;
+  F body;
+  Edges<T> edges;
+
+  CUJIT_DEVICE void load(const T* row, const Phase<T>& phase, int t) {
+    body.load(row + phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
+    edges.load(row, phase, t);
+  }
+  CUJIT_DEVICE void store(T* row, const Phase<T>& phase, int t) const {
+    body.store(row + phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
+    edges.store(row, phase, t);
+  }
+  CUJIT_DEVICE void add(const PhasedRow& other) {
+    body.add(other.body);
+    edges.add(other.edges);
+  }
+  CUJIT_DEVICE float sum_squares() const { return body.sum_squares() + edges.sum_squares(); }
+  CUJIT_DEVICE void forget() { body.forget(); }
+  template <bool kGemma>
+  CUJIT_DEVICE void normalize(const uint32_t* staged, const Phase<T>& phase, int t, float inv_rms) {
+    F w;
+    w.load_staged(staged, phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
+    body.template normalize<kGemma>(w, inv_rms);
+    edges.template normalize<kGemma>(staged, phase, t, inv_rms);
+  }
+};
+
+/// Copy weight[0, hidden) into shared memory as 32-bit words (16-byte vectors, then the elements after the last
+/// whole one), for a block that reads it at every row's alignment. The weight must be 16-byte aligned; hidden at
+/// most kWords * 4 / sizeof(T). Call from every thread; the caller's barrier makes the copy visible.
+template <typename T, int kBlock, int kVectors>
+CUJIT_DEVICE void stage_weight(uint32_t* staged, const T* __restrict__ weight, int64_t hidden) {
+  using V = packed::Vec16Words<T>;
+  constexpr int kSteps = (kVectors + kBlock - 1) / kBlock;
+  const int64_t vectors = hidden / V::kValues;
+  V held[kSteps];
+#pragma unroll
+  for (int m = 0; m < kSteps; ++m) {
+    const int64_t v = threadIdx.x + static_cast<int64_t>(m) * kBlock;
+    held[m] = v < vectors ? V::load(weight + v * V::kValues) : V::zeros();
+  }
+  const int64_t rest = vectors * V::kValues + threadIdx.x;
+  const uint32_t last = rest < hidden ? packed::Packed<T>::load_one(weight + rest) : 0u;
+#pragma unroll
+  for (int m = 0; m < kSteps; ++m) {
+    const int64_t v = threadIdx.x + static_cast<int64_t>(m) * kBlock;
+    if (v < vectors) {
+      *reinterpret_cast<uint4*>(staged + 4 * v) = make_uint4(held[m].w[0], held[m].w[1], held[m].w[2], held[m].w[3]);
+    }
+  }
+  if (rest < hidden) packed::Packed<T>::store_one(reinterpret_cast<T*>(staged) + rest, last);
+}
+
+/// Shared memory for the staged weight of a phased kernel: a row's worth of vectors, plus the word that a
+/// funnel shift of the last vector may read.
+template <typename T, int kRowThreads, int kVecs>
+constexpr int kStagedWords = kRowThreads * kVecs * 4 + 4;
+
+/// RMSNorm of rows that are not 16-byte aligned (kPathPhased): vector loads and stores from each row's first
+/// 16-byte boundary, element loads for the head and tail, the weight read from a shared-memory copy at the row's
+/// alignment. Rows are looped over as in rms_norm_rows.
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
+CUJIT_DEVICE void rms_norm_phased(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
+                                  int64_t x_stride, int64_t out_stride, float eps) {
+  using R = PhasedRow<T, kRowThreads, kVecs>;
+  using L = RowLoop<kBlock, kRowThreads, kRows>;
+  __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
+  const L loop(rows);
+  const int t = threadIdx.x % kRowThreads;
+  int64_t row = L::first();
+  const T* in = x + loop.clamp(row, 0) * x_stride;
+  Phase<T> phase(in, hidden, loop.count(row, 0, 1) != 0);
+  R held;
+  held.load(in, phase, t);
+  stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
+  __syncthreads();
+#pragma unroll 1
+  for (int k = 0; k < loop.steps; ++k) {
+    const int64_t next_row = row + L::kGroups;
+    const T* next_in = x + loop.clamp(next_row, k + 1) * x_stride;
+    const Phase<T> next_phase(next_in, hidden, loop.count(next_row, k + 1, 1) != 0);
+    R next;
+    next.load(next_in, next_phase, t);
+    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
+    const float inv_rms =
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
+    held.forget();
+    held.template normalize<kGemma>(staged, phase, t, inv_rms);
+    held.store(out + loop.clamp(row, k) * out_stride, phase, t);
+    held = next;
+    phase = next_phase;
+    row = next_row;
+  }
+}
+
+/// Fused add + RMSNorm of rows that are not 16-byte aligned; as rms_norm_phased, with x and residual in phase.
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
+CUJIT_DEVICE void fused_add_rms_norm_phased(T* x, T* residual, const T* __restrict__ weight, int64_t rows,
+                                            int64_t hidden, int64_t x_stride, int64_t residual_stride, float eps) {
+  using R = PhasedRow<T, kRowThreads, kVecs>;
+  using L = RowLoop<kBlock, kRowThreads, kRows>;
+  __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
+  const L loop(rows);
+  const int t = threadIdx.x % kRowThreads;
+  int64_t row = L::first();
+  Phase<T> phase(x + loop.clamp(row, 0) * x_stride, hidden, loop.count(row, 0, 1) != 0);
+  R sum;
+  {
+    R in;
+    in.load(x + loop.clamp(row, 0) * x_stride, phase, t);
+    sum.load(residual + loop.clamp(row, 0) * residual_stride, phase, t);
+    stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
+    sum.add(in);
+  }
+  __syncthreads();
+#pragma unroll 1
+  for (int k = 0; k < loop.steps; ++k) {
+    const int64_t at = loop.clamp(row, k);
+    sum.store(residual + at * residual_stride, phase, t);
+    const int64_t next_row = row + L::kGroups;
+    const int64_t next_at = loop.clamp(next_row, k + 1);
+    const Phase<T> next_phase(x + next_at * x_stride, hidden, loop.count(next_row, k + 1, 1) != 0);
+    R next_x, next_sum;
+    next_x.load(x + next_at * x_stride, next_phase, t);
+    next_sum.load(residual + next_at * residual_stride, next_phase, t);
+    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
+    sum.forget();
+    const float inv_rms =
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(sum.sum_squares(), k & 1), hidden, eps);
+    sum.forget();
+    sum.template normalize<kGemma>(staged, phase, t, inv_rms);
+    sum.store(x + at * x_stride, phase, t);
+    next_sum.add(next_x);
+    sum = next_sum;
+    phase = next_phase;
+    row = next_row;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ one row per group
 /// Where the calling thread works: its row (clamped to a valid one, so that pointers stay inside the tensors),
 /// the offset of its first element in the row, and the number of elements of the row from there on.
 template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs>
@@ -341,35 +735,47 @@ CUJIT_DEVICE bool vectorizable(int64_t hidden, const T* a, int64_t a_stride, con
          cujit::is_aligned(b, 16) && cujit::is_aligned(weight, 16);
 }
 
-/// The register budget: a vector-path block asks for at least 1024 resident threads per SM (at most 64
+/// The register budget: the vector and phased paths ask for at least 1024 resident threads per SM (at most 64
 /// registers per thread), enough rows in flight to cover the memory latency. The scalar paths hold one register
 /// per value and get what they need (at most 255, or 65536 / kBlock).
 template <int kBlock, int kPath>
-constexpr int kMinBlocks = kPath == kPathVector && kBlock < 1024 ? 1024 / kBlock : 1;
+constexpr int kMinBlocks = kPath != kPathScalar && kPath != kPathTiled && kBlock < 1024 ? 1024 / kBlock : 1;
 
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kPath>
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kPath, int kRows>
 CUJIT_HOST_DEVICE constexpr bool check_config() {
   static_assert(kBlock % kRowThreads == 0 && (kRowThreads & (kRowThreads - 1)) == 0, "rows must tile the block");
   static_assert(kRowThreads <= cujit::kWarpSize || kRowThreads % cujit::kWarpSize == 0, "whole warps per row");
   static_assert(kBlock % cujit::kWarpSize == 0 && kBlock <= 1024, "whole warps per block, at most 1024 threads");
-  static_assert(kPath == kPathVector || kPath == kPathScalar || kPath == kPathTiled, "unknown path");
+  static_assert(kPath >= kPathVector && kPath <= kPathVectorLate, "unknown path");
+  static_assert(kRows >= 1 && (kRows == 1 || kPath == kPathVector || kPath == kPathPhased),
+                "only the vector and phased paths loop over rows");
+  static_assert(kPath != kPathPhased || kRowThreads >= static_cast<int>(16 / sizeof(T)),
+                "a phased row's head and tail need a thread per element");
+  static_assert(kPath != kPathPhased || kStagedWords<T, kRowThreads, kVecs> * 4 <= 40 * 1024,
+                "the staged weight must fit in static shared memory");
   return true;
 }
 
 }  // namespace rms_norm_detail
 
 /// out[r, :] = rms_norm(x[r, :]) * w for r < rows. Rows are x_stride / out_stride elements apart (the last
-/// dimension is contiguous); out may be x. Launch kBlock threads per block, cdiv(rows, kBlock / kRowThreads)
-/// blocks; for kPathVector and kPathScalar, hidden must be at most kRowThreads * kVecs * (16 / sizeof(T)).
-template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs>
+/// dimension is contiguous); out may be x. Launch kBlock threads per block and
+/// cdiv(rows, kBlock / kRowThreads * kRows) blocks. Except for kPathTiled, hidden must be at most
+/// kRowThreads * kVecs * (16 / sizeof(T)).
+template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs, int kRows>
 __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, kPath>))
     rms_norm_kernel(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
                     int64_t x_stride, int64_t out_stride, float eps) {
   using namespace rms_norm_detail;
-  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath>());
+  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath, kRows>());
   cujit::pdl_wait();  // x and weight may come from the previous kernel
-  constexpr bool kVector = kPath == kPathVector;
-  if constexpr (kPath == kPathTiled) {
+  if constexpr (kPath == kPathVector) {
+    rms_norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(out, x, weight, rows, hidden, x_stride,
+                                                                out_stride, eps);
+  } else if constexpr (kPath == kPathPhased) {
+    rms_norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(out, x, weight, rows, hidden, x_stride,
+                                                                  out_stride, eps);
+  } else if constexpr (kPath == kPathTiled) {
     if (vectorizable(hidden, x, x_stride, out, out_stride, weight)) {
       const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
       rms_norm_tiles<true, T, kBlock, kRowThreads, kVecs, kGemma>(out + at.row * out_stride + at.first,
@@ -382,6 +788,7 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
                                                                    weight + at.first, hidden, at.count, eps);
     }
   } else {
+    constexpr bool kVector = kPath == kPathVectorLate;
     const Position<kVector, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
     rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(out + at.row * out_stride + at.first,
                                                                   x + at.row * x_stride + at.first,
@@ -391,15 +798,20 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
 
 /// In place: residual[r, :] = round(residual[r, :] + x[r, :]), then x[r, :] = rms_norm(residual[r, :]) * w.
 /// x and residual must not overlap. Launch as rms_norm_kernel.
-template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs>
+template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs, int kRows>
 __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, kPath>))
     fused_add_rms_norm_kernel(T* x, T* residual, const T* __restrict__ weight, int64_t rows, int64_t hidden,
                               int64_t x_stride, int64_t residual_stride, float eps) {
   using namespace rms_norm_detail;
-  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath>());
+  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath, kRows>());
   cujit::pdl_wait();
-  constexpr bool kVector = kPath == kPathVector;
-  if constexpr (kPath == kPathTiled) {
+  if constexpr (kPath == kPathVector) {
+    fused_add_rms_norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(x, residual, weight, rows, hidden,
+                                                                          x_stride, residual_stride, eps);
+  } else if constexpr (kPath == kPathPhased) {
+    fused_add_rms_norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(x, residual, weight, rows, hidden,
+                                                                            x_stride, residual_stride, eps);
+  } else if constexpr (kPath == kPathTiled) {
     if (vectorizable(hidden, x, x_stride, residual, residual_stride, weight)) {
       const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
       fused_add_rms_norm_tiles<true, T, kBlock, kRowThreads, kVecs, kGemma>(
@@ -412,6 +824,7 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
           hidden, at.count, eps);
     }
   } else {
+    constexpr bool kVector = kPath == kPathVectorLate;
     const Position<kVector, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
     fused_add_rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(
         x + at.row * x_stride + at.first, residual + at.row * residual_stride + at.first, weight + at.first, hidden,

@@ -1,0 +1,241 @@
+"""The RMSNorm kernel paths on the GPU: rows looped over per row group, odd rows read in phase, and every path
+value launched directly (including the ones no rule picks, which benchmarks/tune_norms.py times).
+
+References and tolerances as in tests/test_norms_gpu.py: float64 torch, one unit in the last place of the storage
+dtype (1e-5 for fp32); fused_add_rms_norm's residual compared exactly with torch's own rounded sum.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import cujit
+from cujit.fused_add_rms_norm import fused_add_rms_norm
+from cujit.rms_norm import (
+    LOOP_CONFIGS,
+    LOOP_ROWS,
+    LOOP_TOKENS,
+    PATH_PHASED,
+    PATH_SCALAR,
+    PATH_TILED,
+    PATH_VECTOR,
+    PATH_VECTOR_LATE,
+    NormConfig,
+    layout_config,
+    rms_norm,
+)
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+CPP = {torch.float32: "fp32_t", torch.float16: "fp16_t", torch.bfloat16: "bf16_t"}
+KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gemma: bool = False) -> torch.Tensor:
+    x64, w64 = x.double(), weight.double()
+    if gemma:
+        w64 = w64 + 1
+    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.double(), expected, rtol=RTOL[dtype], atol=1e-6)
+
+
+def _weight(hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    return (torch.rand(hidden, device="cuda") * 2 - 0.5).to(dtype)
+
+
+def _config(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor) -> NormConfig:
+    """The configuration the ops pick for x and out (or residual)."""
+    tokens, hidden = x.shape
+    dtype = cujit.DType.of(x.dtype)
+    lanes = 16 // x.element_size()
+    vector = (hidden % lanes == 0 and x.data_ptr() % 16 == 0 and other.data_ptr() % 16 == 0
+              and weight.data_ptr() % 16 == 0 and (tokens <= 1 or (x.stride(0) % lanes == 0
+                                                                    and other.stride(0) % lanes == 0)))
+    return layout_config(hidden, dtype, vector, tokens, x, other, weight, x.stride(0), other.stride(0))
+
+
+# ------------------------------------------------------------------------------------------------ odd rows
+ODD = [(dt, t, h) for dt in DTYPES for t in (1, 7, 4097) for h in (1000, 4097, 5121)]
+
+
+@pytest.mark.parametrize("case", ODD, ids=lambda c: f"{str(c[0])[6:]}-{c[1]}x{c[2]}")
+@pytest.mark.parametrize("column", [1, 3, 7])
+def test_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], column: int) -> None:
+    dtype, tokens, hidden = case
+    width = hidden + 11
+    wide = torch.randn(tokens, width, device="cuda").to(dtype)
+    x = wide[:, column:column + hidden]
+    weight = _weight(hidden, dtype)
+    expected = reference(x, weight)
+    # out laid out as x: the same alignment at every row, so the phased path applies.
+    wide_out = torch.full((tokens, width), float("nan"), device="cuda", dtype=dtype)
+    out = wide_out[:, column:column + hidden]
+    config = _config(x, out, weight)
+    assert config.path == PATH_PHASED and config.rows == (LOOP_ROWS if tokens >= LOOP_TOKENS else 1), config
+    assert rms_norm(x, weight, out=out) is out
+    assert_matches(out, expected, dtype)
+    assert wide_out[:, :column].isnan().all() and wide_out[:, column + hidden:].isnan().all()
+    # A contiguous out: other alignments than x's (the scalar path, unless both happen to be in phase).
+    assert_matches(rms_norm(x, weight), expected, dtype)
+    # In place.
+    before = wide.clone()
+    assert rms_norm(x, weight, out=x) is x
+    assert_matches(x, expected, dtype)
+    assert torch.equal(wide[:, :column], before[:, :column])
+    assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+
+
+@pytest.mark.parametrize("case", ODD, ids=lambda c: f"{str(c[0])[6:]}-{c[1]}x{c[2]}")
+@pytest.mark.parametrize("column", [1, 3, 7])
+def test_fused_add_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], column: int) -> None:
+    dtype, tokens, hidden = case
+    width = hidden + 13
+    wide_x = torch.randn(tokens, width, device="cuda").to(dtype)
+    wide_residual = torch.randn(tokens, width, device="cuda").to(dtype)
+    x, residual = wide_x[:, column:column + hidden], wide_residual[:, column:column + hidden]
+    weight = _weight(hidden, dtype)
+    before_x, before_residual = wide_x.clone(), wide_residual.clone()
+    total = x + residual
+    expected_x = reference(total, weight, 1e-5, gemma=True)
+    assert _config(x, residual, weight).path == PATH_PHASED
+    fused_add_rms_norm(x, residual, weight, 1e-5, gemma=True)
+    assert torch.equal(residual, total)
+    assert_matches(x, expected_x, dtype)
+    for wide, before in ((wide_x, before_x), (wide_residual, before_residual)):
+        assert torch.equal(wide[:, :column], before[:, :column])
+        assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [1, 2, 3, 5, 7, 9, 15, 17, 255, 257])
+@pytest.mark.parametrize("tokens", [1, 33, 1100])
+def test_short_odd_rows(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """Rows shorter than a vector or two: the head and the tail are all there is (phased, contiguous)."""
+    x = torch.randn(tokens, hidden, device="cuda").to(dtype)
+    weight = _weight(hidden, dtype)
+    lanes = 16 // x.element_size()
+    if hidden % lanes:
+        assert _config(x, x, weight).path == PATH_PHASED
+    assert_matches(rms_norm(x, weight, 1e-5), reference(x, weight, 1e-5), dtype)
+    residual = torch.randn_like(x)
+    total = x + residual
+    expected_x = reference(total, weight)
+    fused_add_rms_norm(x, residual, weight)
+    assert torch.equal(residual, total)
+    assert_matches(x, expected_x, dtype)
+
+
+def test_odd_rows_out_of_phase_take_the_scalar_path() -> None:
+    dtype = torch.bfloat16
+    x = torch.randn(4097, 4098, device="cuda").to(dtype)[:, 1:]
+    residual = torch.randn(4097, 4097, device="cuda").to(dtype)
+    weight = _weight(4097, dtype)
+    assert _config(x, residual, weight).path == PATH_SCALAR
+    total = x + residual
+    expected_x = reference(total, weight)
+    fused_add_rms_norm(x, residual, weight)
+    assert torch.equal(residual, total)
+    assert_matches(x, expected_x, dtype)
+    misaligned_weight = torch.randn(4098, device="cuda").to(dtype)[1:]
+    y = torch.randn(4097, 4097, device="cuda").to(dtype)
+    assert _config(y, y, misaligned_weight).path == PATH_SCALAR
+    assert_matches(rms_norm(y, misaligned_weight), reference(y, misaligned_weight), dtype)
+
+
+# ------------------------------------------------------------------------------------------------ row loops
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [8, 64, 1000, 4096, 8192, 16384])
+@pytest.mark.parametrize("tokens", [LOOP_TOKENS - 1, LOOP_TOKENS, LOOP_TOKENS + 1, 1031, 4097])
+def test_rows_looped_over(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """Around the token count where row groups start looping, with a last block that has fewer rows."""
+    lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+    if hidden % lanes:
+        pytest.skip("not a whole number of vectors")
+    x = torch.randn(tokens, hidden, device="cuda").to(dtype)
+    weight = _weight(hidden, dtype)
+    config = _config(x, x, weight)
+    loops = tokens >= LOOP_TOKENS and any(rt * v * lanes >= hidden for rt, v in LOOP_CONFIGS)
+    assert config.path == PATH_VECTOR and config.rows == (LOOP_ROWS if loops else 1), config
+    expected = reference(x, weight, 1e-5, gemma=True)
+    out = rms_norm(x, weight, 1e-5, gemma=True)
+    assert_matches(out, expected, dtype)
+    residual = torch.randn_like(x)
+    total = x + residual
+    expected_x = reference(total, weight)
+    fused_add_rms_norm(x, residual, weight)
+    assert torch.equal(residual, total)
+    assert_matches(x, expected_x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_looped_over_strided_and_in_place(dtype: torch.dtype) -> None:
+    tokens, hidden = 4097, 4096
+    wide = torch.randn(tokens, hidden + 64, device="cuda").to(dtype)
+    x = wide[:, 32:32 + hidden]
+    weight = _weight(hidden, dtype)
+    expected = reference(x, weight)
+    config = _config(x, x, weight)
+    assert config.path == PATH_VECTOR and config.rows == LOOP_ROWS, config
+    before = wide.clone()
+    assert rms_norm(x, weight, out=x) is x
+    assert_matches(x, expected, dtype)
+    assert torch.equal(wide[:, :32], before[:, :32]) and torch.equal(wide[:, 32 + hidden:], before[:, 32 + hidden:])
+
+
+# ------------------------------------------------------------------------------------------------ every path
+def _variants(dtype: torch.dtype, hidden: int) -> list[NormConfig]:
+    """For each path that applies to contiguous rows of ``hidden`` values, the smallest of a few configurations
+    that holds the row, with 1, 2, 3 and 8 rows per row group where the path loops."""
+    lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+    sizes = ((8, 1), (32, 2), (128, 4), (256, 2), (512, 2), (1024, 1), (1024, 2))
+
+    def smallest(least_threads: int, most_vecs: int) -> tuple[int, int, int]:
+        row_threads, vecs = next((rt, v) for rt, v in sizes
+                                 if rt >= least_threads and v <= most_vecs and rt * v * lanes >= hidden)
+        return max(row_threads, 128), row_threads, vecs
+
+    found = [NormConfig(PATH_SCALAR, *smallest(32, 2)), NormConfig(PATH_TILED, 1024, 1024, 2),
+             NormConfig(PATH_TILED, 256, 256, 1)]
+    found += [NormConfig(PATH_PHASED, *smallest(32, 2), rows) for rows in (1, 2, 3, 8)]
+    if hidden % lanes == 0:
+        found.append(NormConfig(PATH_VECTOR_LATE, *smallest(1, 4)))
+        found += [NormConfig(PATH_VECTOR, *smallest(1, 4), rows) for rows in (1, 2, 3, 8)]
+    return found
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [64, 1000, 4096, 4097])
+@pytest.mark.parametrize("tokens", [1, 37, 1100])
+def test_every_path_launched_directly(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """Each path value and a few row counts per group, as the tuning script launches them."""
+    configs = _variants(dtype, hidden)
+    names = ("rms_norm", "fused_add_rms_norm")
+    wrappers = [(f"{n}_{i}", f"{n}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, "
+                 f"{c.rows}>") for i, c in enumerate(configs) for n in names]
+    module = cujit.load_jit(f"norm_paths_{str(dtype)[6:]}_{hidden}", cuda_files=[KERNELS / "rms_norm.cuh"],
+                            cuda_wrappers=wrappers)
+    x = torch.randn(tokens, hidden, device="cuda").to(dtype)
+    residual = torch.randn_like(x)
+    weight = _weight(hidden, dtype)
+    expected = reference(x, weight)
+    total = x + residual
+    expected_fused = reference(total, weight)
+    for i, c in enumerate(configs):
+        launch = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
+        out = torch.full_like(x, float("nan"))
+        launch(getattr(module, f"rms_norm_{i}"), out, x, weight, tokens, hidden, hidden, hidden, 1e-6)
+        assert_matches(out, expected, dtype)
+        xs, rs = x.clone(), residual.clone()
+        launch(getattr(module, f"fused_add_rms_norm_{i}"), xs, rs, weight, tokens, hidden, hidden, hidden, 1e-6)
+        assert torch.equal(rs, total), c
+        assert_matches(xs, expected_fused, dtype)

@@ -1,0 +1,156 @@
+"""The RMSNorm configuration rule without a GPU: token counts, phased rows, and the launches they give.
+
+- norm_config picks only precompiled instantiations (tests/test_compile_all.py compiles every one of them), that
+  hold the row, looping over LOOP_ROWS rows per group from LOOP_TOKENS tokens on.
+- layout_config reads the layout of real tensors (CPU tensors here: only their addresses and strides matter).
+- The generated launch code, against the stub driver: the grid covers rows_per_block rows per block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+import cujit
+from cujit.fused_add_rms_norm import fused_add_rms_norm
+from cujit.rms_norm import (
+    LOOP_CONFIGS,
+    LOOP_ROWS,
+    LOOP_TOKENS,
+    PATH_PHASED,
+    PATH_SCALAR,
+    PATH_TILED,
+    PATH_VECTOR,
+    PHASED_CONFIGS,
+    SCALAR_CONFIGS,
+    TRACING_CONFIG,
+    VECTOR_CONFIGS,
+    layout_config,
+    norm_config,
+    rms_norm,
+    same_phase,
+)
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+
+torch = pytest.importorskip("torch")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _fields(fields: dict[str, object]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(cujit.DType.of(v).name if k == "dtype" else v)) for k, v in fields.items()))
+
+
+@pytest.mark.parametrize("tokens", [1, 16, LOOP_TOKENS - 1, LOOP_TOKENS, 4097])
+def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int) -> None:
+    instances = {name: {_fields(f) for f in fn.op.instances()}
+                 for name, fn in (("rms_norm", rms_norm), ("fused", fused_add_rms_norm))}
+    assert instances["rms_norm"] == instances["fused"]
+    hidden_sizes = sorted({*range(1, 140), *(2**k + d for k in range(8, 17) for d in (-1, 0, 1)), 5120, 5121,
+                           40000})
+    many = tokens >= LOOP_TOKENS
+    for dtype in DTYPES:
+        lanes = 16 // cujit.DType.of(dtype).itemsize
+        for vector, phased in ((True, False), (False, True), (False, False)):
+            for hidden in hidden_sizes:
+                if vector and hidden % lanes:
+                    continue
+                c = norm_config(hidden, dtype, vector, phased, tokens)
+                for gemma in (False, True):
+                    assert _fields({"dtype": dtype, "gemma": gemma, **c._asdict()}) in instances["rms_norm"], c
+                capacity = c.row_threads * c.vecs * lanes
+                if vector:
+                    lists = [LOOP_CONFIGS, VECTOR_CONFIGS] if many else [VECTOR_CONFIGS]
+                else:
+                    lists = [PHASED_CONFIGS if phased else SCALAR_CONFIGS]
+                if c.path == PATH_TILED:
+                    assert all(rt * v * lanes < hidden for configs in lists for rt, v in configs), (hidden, c)
+                    continue
+                assert c.path == (PATH_VECTOR if vector else PATH_PHASED if phased else PATH_SCALAR)
+                assert capacity >= hidden, (hidden, dtype, c)
+                looped = c.path in (PATH_VECTOR, PATH_PHASED) and many and (c.path == PATH_PHASED or any(
+                    rt * v * lanes >= hidden for rt, v in LOOP_CONFIGS))
+                assert c.rows == (LOOP_ROWS if looped else 1), (hidden, dtype, tokens, c)
+                assert c.rows_per_block == c.block // c.row_threads * c.rows
+                if c.path == PATH_PHASED:
+                    assert c.row_threads >= 32 and c.vecs <= 2
+                if c.rows > 1:
+                    assert c.vecs <= 2  # the next row's vectors take registers too
+
+
+def test_layout_config_reads_the_phase_of_real_tensors() -> None:
+    bf16 = torch.bfloat16
+    dtype = cujit.DType.of(bf16)
+    wide = torch.empty(4097, 4110, dtype=bf16)
+    weight = torch.empty(4097, dtype=bf16)
+    assert weight.data_ptr() % 16 == 0 and wide.data_ptr() % 16 == 0
+
+    def config(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor = weight) -> tuple[int, int]:
+        c = layout_config(x.shape[1], dtype, False, x.shape[0], x, other, w, x.stride(0), other.stride(0))
+        return c.path, c.rows
+
+    contiguous = torch.empty(4097, 4097, dtype=bf16)
+    assert config(contiguous, contiguous) == (PATH_PHASED, LOOP_ROWS)
+    assert config(contiguous[:7], torch.empty(7, 4097, dtype=bf16)) == (PATH_PHASED, 1)
+    for column in (1, 3, 7):
+        x = wide[:, column:column + 4097]
+        assert config(x, x) == (PATH_PHASED, LOOP_ROWS)
+        assert config(x, torch.empty(4097, 4110, dtype=bf16)[:, column:column + 4097]) == (PATH_PHASED, LOOP_ROWS)
+        assert config(x, contiguous)[0] == PATH_SCALAR  # the strides differ modulo a vector
+        assert config(x, torch.empty(4097, 4110, dtype=bf16)[:, column + 1:column + 4098])[0] == PATH_SCALAR
+        assert config(x, x, torch.empty(4098, dtype=bf16)[1:])[0] == PATH_SCALAR  # a misaligned weight
+    one = wide[:1, 3:3 + 4097]
+    assert config(one, torch.empty(1, 4097, dtype=bf16)[:, :])[0] == PATH_SCALAR  # addresses out of phase
+    assert config(one, torch.empty(1, 4100, dtype=bf16)[:, 3:])[0] == PATH_PHASED  # one row: no stride matters
+    assert same_phase(wide[:, 8:], contiguous, 4110, 4102, 4097, 2)
+    assert not same_phase(wide[:, 8:], contiguous, 4110, 4101, 4097, 2)
+    assert layout_config(4097, dtype, False, object(), contiguous, contiguous, weight, 4097, 4097) == TRACING_CONFIG
+    aligned = layout_config(4096, dtype, True, 4097, contiguous, contiguous, weight, 4096, 4096)
+    assert (aligned.path, aligned.rows) == (PATH_VECTOR, LOOP_ROWS)
+
+
+# ------------------------------------------------------------------------------------------------ the stub
+@pytest.fixture
+def stub() -> Iterator[StubBackend]:
+    with stub_backend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def ops(stub: StubBackend) -> SimpleNamespace:
+    declared = SimpleNamespace(rms_norm=rms_norm.op.variant("cujit_stub_rule"),
+                               fused_add_rms_norm=fused_add_rms_norm.op.variant("cujit_stub_rule"))
+    for fn in vars(declared).values():
+        bind_fakes(fn.op.env, stub)
+    return declared
+
+
+def _key(stub: StubBackend, fn: object) -> tuple[object, ...]:
+    launched = stub.launches[-1]
+    for key, loaded in fn.op.table.items():  # type: ignore[attr-defined]
+        if loaded.function == launched.function:
+            return tuple(key[:-1])
+    raise AssertionError("the last launch is not one of this op's kernels")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_launches_cover_the_rows(stub: StubBackend, ops: SimpleNamespace, dtype: torch.dtype) -> None:
+    cases = [(4097, 4096, PATH_VECTOR), (1000, 4096, PATH_VECTOR), (4097, 4097, PATH_PHASED),
+             (7, 4097, PATH_PHASED), (2000, 64, PATH_VECTOR), (1100, 5, PATH_PHASED)]
+    lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+    for tokens, hidden, path in cases:
+        x = FakeCudaTensor(torch.randn(tokens, hidden, dtype=dtype), 0, stub)
+        residual = FakeCudaTensor(torch.randn(tokens, hidden, dtype=dtype), 0, stub)
+        w = FakeCudaTensor(torch.randn(hidden, dtype=dtype), 0, stub)
+        expected = norm_config(hidden, dtype, hidden % lanes == 0, hidden % lanes != 0, tokens)
+        assert expected.path == path
+        for fn, args in ((ops.rms_norm, (x, w)), (ops.fused_add_rms_norm, (x, residual, w))):
+            for _ in range(2):  # the generic path, then the generated one
+                fn(*args)
+                key = _key(stub, fn)
+                assert key[2:] == (expected.path, expected.block, expected.row_threads, expected.vecs, expected.rows)
+                assert stub.launches[-1].grid == (math.ceil(tokens / expected.rows_per_block), 1, 1)
+                assert stub.launches[-1].block == (expected.block, 1, 1)
