@@ -23,6 +23,15 @@ So an all-zero row (tensor, group) gets the floor scale 1 / (448 * 512) and zero
 saturate to +-448. inf and NaN follow from the rule: a row holding inf gets scale inf, its finite values become 0
 and its infs NaN (inf / inf); a row holding NaN gets scale NaN and NaN everywhere (NaN is 0x7F in e4m3).
 
+The kernels do not run an IEEE division per value: all values of a row (group, tensor) share the scale, so they
+take the scale's correctly rounded reciprocal once and each quotient as a multiplication and two FMAs, which is the
+IEEE quotient itself (Markstein's theorem; the range conditions and the exhaustive check are at
+``divide_by_reciprocal`` in cujit/include/cujit/fp8.cuh). Scales outside that range take the IEEE division.
+
+Plans (the functions below) depend on the token count as well as the row: few tokens (up to FEW_TOKENS) spread a
+row over more threads, one 16-byte vector each, so that the serial work per thread is short; many tokens hold
+MANY_VECS vectors per thread. benchmarks/tune_quant.py times the alternatives.
+
 Torch tensors: q is float8_e4m3fn, which CuPy (NumPy) has no dtype for; CuPy callers pass ``out`` as they can.
 """
 
