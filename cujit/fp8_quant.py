@@ -23,6 +23,15 @@ So an all-zero row (tensor, group) gets the floor scale 1 / (448 * 512) and zero
 saturate to +-448. inf and NaN follow from the rule: a row holding inf gets scale inf, its finite values become 0
 and its infs NaN (inf / inf); a row holding NaN gets scale NaN and NaN everywhere (NaN is 0x7F in e4m3).
 
+The kernels do not run an IEEE division per value: all values of a row (group, tensor) share the scale, so they
+take the scale's correctly rounded reciprocal once and each quotient as a multiplication and two FMAs, which is the
+IEEE quotient itself (Markstein's theorem; the range conditions and the exhaustive check are at
+``divide_by_reciprocal`` in cujit/include/cujit/fp8.cuh). Scales outside that range take the IEEE division.
+
+Plans (the functions below) depend on the token count as well as the row: few tokens (up to FEW_TOKENS) spread a
+row over more threads, one 16-byte vector each, so that the serial work per thread is short; many tokens hold
+MANY_VECS vectors per thread. benchmarks/tune_quant.py times the alternatives.
+
 Torch tensors: q is float8_e4m3fn, which CuPy (NumPy) has no dtype for; CuPy callers pass ``out`` as they can.
 """
 
@@ -38,59 +47,97 @@ __all__ = [
     "SIZE_CHECK",
     "T",
     "cached",
+    "divider",
     "group_plan",
     "one_float",
     "per_tensor_plan",
     "per_token_plan",
+    "plan_tokens",
     "q_matcher",
     "x_matcher",
 ]
 
-#: Blocks of the per-tensor split at most: about two waves of 4 resident 256-thread blocks on 132 SMs. Every
-#: block of the second kernel reads all partial maxima (4 KB at most, from L2).
-PER_TENSOR_BLOCKS = 1024
+#: Token counts up to this take the plans for few rows: one 16-byte vector per thread, so that the serial work of a
+#: thread (loads, max, divisions, conversions) is short when the GPU is far from full.
+FEW_TOKENS = 256
+#: Vectors a thread holds at once for many rows: enough bytes in flight per SM to cover the memory latency.
+MANY_VECS = 4
+#: Threads of a per-group block.
+GROUP_THREADS = 128
+#: Per tensor, dynamic: tensors of at most this many values take one block (one launch, no partial maxima).
+ONE_BLOCK_VALUES = 1 << 16
+#: Threads of the one-block kernel and of the partial-maxima kernel (tiles of 4 vectors per thread).
+ONE_BLOCK_THREADS = 1024
+AMAX_THREADS = 512
+#: Blocks of the partial-maxima kernel at most (kMaxPartials in the kernel): each block of the quantization kernel
+#: reduces that many floats.
+MAX_PARTIALS = 256
+#: Per tensor: tensors of at most this many values take blocks of 128 threads with one vector each.
+SMALL_TENSOR_VALUES = 1 << 20
+
+
+def plan_tokens(tokens: Any) -> int:
+    """A token count for a plan: torch.compile's symbolic sizes (no kernel is launched then) count as many."""
+    return tokens if isinstance(tokens, int) else 1 << 30
 
 
 @functools.lru_cache(maxsize=1024)
-def per_token_plan(hidden: int, itemsize: int) -> tuple[int, int]:
-    """(threads, vecs) for one row of ``hidden`` values.
+def per_token_plan(tokens: int, hidden: int, itemsize: int) -> tuple[int, int]:
+    """(threads, vecs) for rows of ``hidden`` values: one block of ``threads`` per row.
 
-    threads: the smallest block (32 to 1024 threads) that holds the row in at most 4 16-byte vectors per thread;
-    vecs: the vectors each thread keeps in registers (rows beyond 1024 x 4 vectors re-read the rest).
+    threads: the smallest power of two from 32 to 1024 that holds the row in at most 1 (up to FEW_TOKENS rows) or
+    MANY_VECS 16-byte vectors per thread; vecs: the vectors each thread keeps in registers (1 to 4; rows beyond
+    1024 x 4 vectors re-read the rest).
     """
     chunks = -(-hidden // (16 // itemsize))
+    target = 1 if tokens <= FEW_TOKENS else MANY_VECS
     threads = 32
-    while threads < 1024 and threads * 4 < chunks:
+    while threads < 1024 and threads * target < chunks:
         threads *= 2
     return threads, max(1, min(4, -(-chunks // threads)))
 
 
 @functools.lru_cache(maxsize=1024)
-def group_plan(group_size: int, itemsize: int) -> int:
-    """Groups per 256-thread block, kBatch * 256 / kLanes as per_token_group_quant_fp8_kernel computes them.
+def group_plan(tokens: int, group_size: int, itemsize: int) -> tuple[int, int, int]:
+    """(threads, vecs, groups per block) of per_token_group_quant_fp8_kernel.
 
-    A group is kLanes threads (up to 32) holding one 16-byte vector each, or more for groups beyond 32 vectors;
-    kBatch groups per thread per step keep about 4 vectors in flight per thread.
+    A group is kLanes threads of one warp (up to 32, each one 16-byte vector or more for groups beyond 32
+    vectors); a thread holds ``vecs`` groups: 1 for few rows (more, smaller blocks), about MANY_VECS vectors for
+    many. Groups per block = vecs * threads / kLanes, as the kernel's GroupGeometry computes them.
     """
-    chunks = max(group_size // (16 // itemsize), 1)
-    lanes = min(chunks, 32)
-    batch = 1 if chunks >= 128 else (2 if chunks >= 64 else 4)
-    return batch * 256 // lanes
+    vec = 16 // itemsize
+    lanes = min(group_size // vec, 32)
+    width = group_size // lanes  # values per thread of one group
+    vecs = 1 if tokens <= FEW_TOKENS else max(1, MANY_VECS * vec // width)
+    return GROUP_THREADS, vecs, vecs * GROUP_THREADS // lanes
+
+
+def divider(d: int) -> tuple[int, int]:
+    """(magic, shift) with n // d == umulhi(n, magic) >> shift for every 0 <= n < 2**31 (d from 2 to 2**31 - 1).
+
+    magic = ceil(2**p / d) for p = 31 + ceil(log2(d)): below 2**32, and n * magic / 2**p exceeds n / d by less than
+    1 / d, so the floor is the quotient. d = 1 gives (0, 0): the kernel takes n itself.
+    """
+    if not isinstance(d, int) or d <= 1:
+        return 0, 0  # 1, or a symbolic size under torch.compile (no kernel is launched then)
+    p = 31 + (d - 1).bit_length()
+    return ((1 << p) + d - 1) // d, p - 32
 
 
 @functools.lru_cache(maxsize=1024)
-def per_tensor_plan(total: int) -> tuple[int, int]:
-    """(blocks, chunk): the tensor's ``total`` values as ``blocks`` chunks of ``chunk`` values.
+def per_tensor_plan(total: int, itemsize: int) -> tuple[int, int, int, bool, int]:
+    """(threads, vecs, blocks, one_block, partials) for a tensor of ``total`` values.
 
-    A chunk is a multiple of 16 values (no vector straddles two chunks) and at least 8192 values (256 threads with
-    two steps of four 16-byte bf16 vectors); there are at most PER_TENSOR_BLOCKS chunks.
+    The quantization kernel: ``blocks`` (at least 1, the one that writes the scale) of ``threads`` threads with
+    ``vecs`` 16-byte vectors each: 128 x 1 up to SMALL_TENSOR_VALUES values, 256 x MANY_VECS beyond. A dynamic
+    scale takes the one-block kernel up to ONE_BLOCK_VALUES values (``one_block``), else ``partials`` blocks of
+    the partial-maxima kernel (tiles of AMAX_THREADS x 4 vectors, at most MAX_PARTIALS blocks).
     """
-    if total == 0:
-        return 0, 16
-    blocks = min(PER_TENSOR_BLOCKS, -(-total // 8192))
-    chunk = -(-total // blocks)
-    chunk += -chunk % 16
-    return -(-total // chunk), chunk
+    vec = 16 // itemsize
+    threads, vecs = (128, 1) if total <= SMALL_TENSOR_VALUES else (256, MANY_VECS)
+    blocks = max(1, -(-total // (threads * vecs * vec)))
+    partials = max(1, min(MAX_PARTIALS, -(-total // (AMAX_THREADS * 4 * vec))))
+    return threads, vecs, blocks, total <= ONE_BLOCK_VALUES, partials
 
 
 T, H, XS = (cujit.SymbolicSize(n) for n in ("T", "H", "XS"))

@@ -3,20 +3,37 @@
 Dynamic FP8 (e4m3) quantization with one scale per group of ``group_size`` consecutive values of a row (a power of
 two from 16 to 1024 dividing the row): scales [tokens, hidden / group_size], row-major, or column-major (strides
 (1, tokens), the layout DeepGEMM-style GEMMs read) with ``column_major_scales``. The rule, bit for bit:
-cujit/fp8_quant.py.
+cujit/fp8_quant.py. The kernel takes the groups of all rows in order, a few consecutive ones per block
+(cujit.fp8_quant.group_plan).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import cujit
 
-from .fp8_quant import T, cached, group_plan, q_matcher, x_matcher
+from .fp8_quant import T, cached, divider, group_plan, plan_tokens, q_matcher, x_matcher
 
 __all__ = ["per_token_group_quant_fp8"]
 
 
-def _groups_per_block(group_size: int, dtype: cujit.DType) -> int:
-    return cached(group_plan, group_size, dtype.itemsize)  # type: ignore[no-any-return]
+def _group_plan(T: Any, group_size: int, dtype: cujit.DType) -> tuple[int, int, int]:
+    return cached(group_plan, plan_tokens(T), group_size, dtype.itemsize)  # type: ignore[no-any-return]
+
+
+def _divider(G: Any) -> tuple[int, int]:
+    return divider(G)
+
+
+def _precompiled() -> list[dict[str, Any]]:
+    """Groups of 128 in bf16 and fp16, few and many tokens."""
+    found = []
+    for d, itemsize in (("bfloat16", 2), ("float16", 2)):
+        for tokens in (1, 1 << 20):
+            threads, vecs, _ = group_plan(tokens, 128, itemsize)
+            found.append({"dtype": d, "group_size": 128, "threads": threads, "vecs": vecs})
+    return found
 
 
 G, SR, SC = (cujit.SymbolicSize(n) for n in ("G", "SR", "SC"))
@@ -25,7 +42,7 @@ per_token_group_quant_fp8 = cujit.op(
     "cujit::per_token_group_quant_fp8(Tensor x, int group_size=128, *, bool column_major_scales=False, "
     "Tensor(a!)? out=None, Tensor(b!)? scales=None) -> (Tensor, Tensor)",
     source="kernels/fp8_quant.cuh",
-    kernel="per_token_group_quant_fp8_kernel<{dtype}, {group_size}>",
+    kernel="per_token_group_quant_fp8_kernel<{dtype}, {group_size}, {threads}, {vecs}, true>",
     tensors={"x": x_matcher, "out": q_matcher,
              "scales": cujit.TensorMatcher([T, G]).with_strides([SR, SC]).with_dtype("float32")},
     values={
@@ -33,16 +50,22 @@ per_token_group_quant_fp8 = cujit.op(
         "SR": "1 if column_major_scales else G",
         "SC": "T if column_major_scales else 1",
         "groups": "T * G",
-        "per_block": _groups_per_block,
+        "plan": _group_plan,
+        "threads": "plan[0]",
+        "vecs": "plan[1]",
+        "per_block": "plan[2]",
+        "div": _divider,
+        "magic": "div[0]",
+        "shift": "div[1]",
     },
     checks=[
         ("16 <= group_size <= 1024 and group_size & (group_size - 1) == 0",
          "group_size: expected a power of two from 16 to 1024"),
         ("H % group_size == 0", "x: expected a number of columns that is a multiple of group_size"),
-        ("T * G < 2**32 and H < 2**31", "x: expected fewer than 2**32 groups"),
+        ("T * G < 2**31 and H < 2**31", "x: expected fewer than 2**31 groups"),
     ],
     grid="cdiv(groups, per_block)",
-    block=256,
-    args=("x", "out", "scales", "XS", "H", "groups", "per_block", "SR", "SC"),
-    precompile=[{"dtype": d, "group_size": 128} for d in ("bfloat16", "float16")],
+    block="threads",
+    args=("x", "out", "scales", "XS", "H", "groups", "G", "magic", "shift", "SR", "SC"),
+    precompile=_precompiled,
 )

@@ -73,16 +73,18 @@ def test_kv_plan() -> None:
 
 
 def test_quant_plans() -> None:
-    assert per_token_plan(4096, 2) == (128, 4)
-    assert per_token_plan(7168, 2) == (256, 4)
-    assert per_token_plan(65536, 2) == (1024, 4)  # longer rows re-read what the registers cannot hold
-    assert per_token_plan(100, 4) == (32, 1)
-    assert group_plan(128, 2) == 64  # 16 lanes per group, 4 groups per thread
-    assert group_plan(1024, 4) == 8  # 256 chunks: 32 lanes x 8, one group per thread
-    blocks, chunk = per_tensor_plan(4097 * 4096)
-    assert blocks == 1024 and chunk % 16 == 0 and (blocks - 1) * chunk < 4097 * 4096 <= blocks * chunk
-    assert per_tensor_plan(0) == (0, 16)
-    assert per_tensor_plan(5) == (1, 16)
+    assert per_token_plan(4097, 4096, 2) == (128, 4)
+    assert per_token_plan(4097, 7168, 2) == (256, 4)
+    assert per_token_plan(16, 4096, 2) == (512, 1)  # few tokens: one vector per thread
+    assert per_token_plan(4097, 65536, 2) == (1024, 4)  # longer rows re-read what the registers cannot hold
+    assert per_token_plan(1, 100, 4) == (32, 1)
+    assert group_plan(4097, 128, 2) == (128, 4, 32)  # 16 lanes per group, 4 groups per thread
+    assert group_plan(1, 128, 2) == (128, 1, 8)
+    assert group_plan(4097, 1024, 4) == (128, 1, 4)  # 256 chunks: 32 lanes x 8, one group per thread
+    threads, vecs, blocks, one_block, partials = per_tensor_plan(4097 * 4096, 2)
+    assert (threads, vecs, one_block, partials) == (256, 4, False, 256) and blocks == -(-4097 * 4096 // 8192)
+    assert per_tensor_plan(0, 2) == (128, 1, 1, True, 1)  # one block still writes the scale
+    assert per_tensor_plan(5, 4) == (128, 1, 1, True, 1)
 
 
 @pytest.mark.parametrize(("dtype", "neox", "head_size", "rotary_dim"),
@@ -225,34 +227,37 @@ with stub_backend() as stub:
                       128, 64, 5], values
 
     # per_token_quant_fp8: fp16 [3, 4096] with a scale bound; q and scales allocated.
-    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=128, vecs=4))
+    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=512, vecs=1))
     x, ub = fake(torch.randn(3, 4096, dtype=f16)), fake(torch.ones(1))
     [(grid, block, values)], (q, scales) = launches(per_token_quant_fp8, kernels, x, scale_ub=ub)
-    assert grid == (3, 1, 1) and block == (128, 1, 1), (grid, block)
+    assert grid == (3, 1, 1) and block == (512, 1, 1), (grid, block)
     assert tuple(q.shape) == (3, 4096) and q.dtype == torch.float8_e4m3fn and tuple(scales.shape) == (3, 1)
     assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), ub.data_ptr(), 4096, 4096], values
 
-    # per_tensor_quant_fp8: two launches sharing the scratch partial maxima; static and dynamic.
-    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16"))
+    # per_tensor_quant_fp8: partial maxima, then the quantization (no one-block launch); static: one launch.
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1))
     x = fake(torch.randn(33, 4096, dtype=f16)[:, :4000])
     [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
     partials = allocated[-1]
-    assert g1 == g2 == (17, 1, 1) and b1 == b2 == (256, 1, 1), (g1, g2)
-    assert v1 == [x.data_ptr(), partials.data_ptr(), 0, 4096, 4000, 132000, 7776], v1
-    assert v2 == [x.data_ptr(), q.data_ptr(), partials.data_ptr(), 0, scale.data_ptr(), 4096, 4000, 132000, 7776,
-                  17], v2
+    assert g1 == (9, 1, 1) and b1 == (512, 1, 1) and g2 == (129, 1, 1) and b2 == (128, 1, 1), (g1, b1, g2, b2)
+    assert v1 == [x.data_ptr(), partials.data_ptr(), 4096, 4000, 132000], v1
+    assert v2 == [x.data_ptr(), q.data_ptr(), partials.data_ptr(), 0, scale.data_ptr(), 4096, 4000, 132000, 9], v2
     static = fake(torch.full((1,), 0.5))
     [(g2, _, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x, static)  # static: no maxima to take
-    assert v2[3] == static.data_ptr() and g2 == (17, 1, 1)
+    assert v2[3] == static.data_ptr() and g2 == (129, 1, 1)
+    small = fake(torch.randn(4, 4096, dtype=f16))
+    [(g3, b3, v3)], (q, scale) = launches(per_tensor_quant_fp8, kernels, small)  # dynamic, small: one block
+    assert g3 == (1, 1, 1) and b3 == (1024, 1, 1) and v3 == [small.data_ptr(), q.data_ptr(), scale.data_ptr(), 4096,
+                                                             4096, 16384], v3
 
     # per_token_group_quant_fp8: column-major scales are allocated with strides (1, tokens).
-    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128))
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128, threads=128, vecs=1))
     x = fake(torch.randn(7, 1024, dtype=f16))
     [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128,
                                                      column_major_scales=True)
-    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert grid == (7, 1, 1) and block == (128, 1, 1), (grid, block)  # 8 groups per block
     assert tuple(scales.shape) == (7, 8) and scales.stride() == (1, 7), scales.stride()
-    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1024, 1024, 56, 64, 1, 7], values
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1024, 1024, 56, 8, 2**31, 2, 1, 7], values
 
     # rotary_embedding_with_kv_cache: 3-D views of one qkv tensor, 8 + 2 + 2 heads of 64.
     kernels = prepare(rotary_embedding_with_kv_cache, dict(dtype="float16", cs_dtype="float32",

@@ -303,3 +303,129 @@ def test_out_untouched_when_refused() -> None:
         per_token_quant_fp8(x, out=out, scales=torch.empty(8, 2, device="cuda"))
     torch.cuda.synchronize()
     assert (out.view(torch.uint8) == 0x33).all()
+
+
+# ---------------------------------------------------------------------------------------------------- plans
+# The plans depend on the token count (one vector per thread up to FEW_TOKENS rows, more beyond) and, per tensor,
+# on the size (one block for small dynamic tensors, partial maxima beyond): every path, odd sizes and strides.
+PLAN_TOKENS = [1, 2, 16, 17, 300, 4097]
+
+
+@pytest.mark.parametrize("tokens", PLAN_TOKENS)
+@pytest.mark.parametrize(("hidden", "pad"), [(7, 0), (136, 0), (4096, 0), (7168, 0), (4096, 8), (136, 3)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_token_plans(tokens: int, hidden: int, pad: int, dtype: torch.dtype) -> None:
+    x = rows(tokens, hidden, dtype, pad)
+    assert_same(*per_token_quant_fp8(x), *ref_per_token(x))
+
+
+@pytest.mark.parametrize("tokens", [2, 300])
+def test_per_token_scale_upper_bound_both_plans(tokens: int) -> None:
+    x = rows(tokens, 4096, torch.float32, scale=1e6)  # capped far below the max: quotients far beyond 448
+    ub = torch.tensor([1e-3], device="cuda")
+    assert_same(*per_token_quant_fp8(x, scale_ub=ub), *ref_per_token(x, ub))
+
+
+@pytest.mark.parametrize("tokens", PLAN_TOKENS)
+@pytest.mark.parametrize(("hidden", "group_size"), [(4096, 128), (7168, 128), (128, 128), (144, 16), (2048, 1024),
+                                                    (1536, 512), (192, 64)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("column_major", [False, True], ids=["row_major", "column_major"])
+def test_per_group_plans(tokens: int, hidden: int, group_size: int, dtype: torch.dtype, column_major: bool) -> None:
+    x = rows(tokens, hidden, dtype)
+    q, scales = per_token_group_quant_fp8(x, group_size, column_major_scales=column_major)
+    assert_same(q, scales.contiguous(), *ref_per_group(x, group_size))
+
+
+@pytest.mark.parametrize("tokens", [1, 17, 4097])
+@pytest.mark.parametrize("pad", [8, 1, 16])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_group_strided_plans(tokens: int, pad: int, dtype: torch.dtype) -> None:
+    x = rows(tokens, 7168, dtype, pad)
+    q, scales = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+    assert_same(q, scales.contiguous(), *ref_per_group(x, 128))
+
+
+def test_per_group_many_groups_per_row() -> None:
+    # 4096 groups of 16 a row: the row index of a group comes from a multiply-high, checked across many rows
+    x = rows(600, 65536, torch.bfloat16)
+    assert_same(*per_token_group_quant_fp8(x, 16), *ref_per_group(x, 16))
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 16, 17, 4097])
+@pytest.mark.parametrize(("hidden", "pad"), [(7, 0), (136, 0), (4096, 0), (7168, 0), (7, 1), (136, 8)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_per_tensor_plans(tokens: int, hidden: int, pad: int, dtype: torch.dtype, static: bool) -> None:
+    x = rows(tokens, hidden, dtype, pad)
+    scale = torch.tensor([0.0123], device="cuda") if static else None
+    assert_same(*per_tensor_quant_fp8(x, scale), *ref_per_tensor(x, scale))
+
+
+@pytest.mark.parametrize(("tokens", "hidden"), [(16, 4096), (1, 65537), (8, 8193), (256, 4096), (257, 4096),
+                                                (1, 1 << 20), (3, 349529)])
+def test_per_tensor_size_thresholds(tokens: int, hidden: int) -> None:
+    x = rows(tokens, hidden, torch.bfloat16)
+    x.view(-1)[-1] = -77.0  # the max in the last values
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------------- specials
+def _special_rows(tokens: int, hidden: int, dtype: torch.dtype) -> torch.Tensor:
+    x = rows(tokens, hidden, dtype)
+    x[0] = 0.0
+    x[1, 7] = float("inf")
+    x[2, 9] = float("-inf")
+    x[3, hidden // 2] = float("nan")
+    x[4] = -0.0
+    x[5, ::3] = -0.0  # negative zeros among other values keep their sign (0x80)
+    x[-1, -1] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("tokens", [7, 300])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_token_special_rows_both_plans(tokens: int, dtype: torch.dtype) -> None:
+    x = _special_rows(tokens, 4096, dtype)
+    q, scales = per_token_quant_fp8(x)
+    assert_same(q, scales, *ref_per_token(x))
+    assert (fp8_bytes(q[4]) == 0x80).all() and (fp8_bytes(q[5, ::3]) == 0x80).all()
+
+
+@pytest.mark.parametrize("tokens", [7, 300])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_group_special_rows_both_plans(tokens: int, dtype: torch.dtype) -> None:
+    x = _special_rows(tokens, 1024, dtype)
+    q, scales = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+    assert_same(q, scales.contiguous(), *ref_per_group(x, 128))
+    assert (fp8_bytes(q[4]) == 0x80).all()
+
+
+@pytest.mark.parametrize(("tokens", "hidden"), [(7, 1024), (300, 4096)])
+def test_per_tensor_nan_inf_and_negative_zero_both_plans(tokens: int, hidden: int) -> None:
+    x = rows(tokens, hidden, torch.bfloat16)
+    x[1, 5] = -0.0
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+    q, _ = per_tensor_quant_fp8(x)
+    assert fp8_bytes(q)[1, 5].item() == 0x80
+    x[2, 3] = float("inf")
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+    x[-1, -1] = float("nan")
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+
+
+# Static scales on both sides of the range where the kernels divide by the reciprocal (2^-60 to 2^125), and the
+# ones that always take the IEEE division.
+STATIC_SCALES = [2.0**-60, 2.0**-61, 2.0**125, 2.0**126, 1e-40, 1e-30, 1e30, 3e-3, -0.5, 0.0, -0.0, float("inf"),
+                 float("nan"), 1.0 + 2.0**-23, 2.0 - 2.0**-23]
+
+
+@pytest.mark.parametrize("scale", STATIC_SCALES, ids=repr)
+@pytest.mark.parametrize("tokens", [3, 4097])
+def test_per_tensor_static_scales_over_the_float_range(scale: float, tokens: int) -> None:
+    # fp32 values spread over many binades, so that the quotients cover underflow, the e4m3 range and overflow
+    mantissa = torch.randn(tokens, 1024, device="cuda")
+    x = mantissa * torch.pow(2.0, torch.randint(-140, 120, (tokens, 1024), device="cuda").float())
+    x[0, :8] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-45, 3e38])
+    s = torch.tensor([scale], device="cuda")
+    assert_same(*per_tensor_quant_fp8(x, s), *ref_per_tensor(x, s))

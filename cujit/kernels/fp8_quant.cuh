@@ -5,24 +5,34 @@
 ///     amax  = x.abs().amax(...).float()                 (NaN propagates, as torch's amax)
 ///     scale = (amax / 448).clamp(min=kMinScale)         (dynamic scales; NaN stays NaN)
 ///     q     = (x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
-/// with an IEEE division (not a multiplication by the reciprocal) and round to nearest even. kMinScale =
-/// 1 / (448 * 512), vLLM's floor for dynamic scales: an all-zero row gets that scale and zeros, never 0 / 0.
-/// What inf and NaN inputs give follows from the rule: a row (group, tensor) holding inf gets scale inf, its finite
-/// values quantize to 0 and its infs to NaN (inf / inf); one holding NaN gets scale NaN and NaN everywhere.
+/// with an IEEE division and round to nearest even. kMinScale = 1 / (448 * 512), vLLM's floor for dynamic scales:
+/// an all-zero row gets that scale and zeros, never 0 / 0. What inf and NaN inputs give follows from the rule: a
+/// row (group, tensor) holding inf gets scale inf, its finite values quantize to 0 and its infs to NaN (inf / inf);
+/// one holding NaN gets scale NaN and NaN everywhere.
+///
+/// The division: with kRecip (every op uses it), a scale in the range where cujit::divide_by_reciprocal equals
+/// the IEEE quotient divides by one multiplication and two FMAs from the scale's reciprocal (computed once);
+/// other scales (zero, inf, NaN, extreme static scales) take the IEEE division. Without kRecip every value takes
+/// the IEEE division (the reference form, kept for comparisons).
 ///
 /// x is [tokens, hidden] with rows at any stride (the values of a row contiguous); q is contiguous. Loads are
-/// 16-byte vectors when x's pointer and row stride allow it, else element-wise over the same work split.
+/// 16-byte vectors when x's pointer and row stride allow it, else element-wise over the same work split. Each
+/// thread issues all of its loads before any arithmetic.
 ///
-/// - per token: one block per row; each thread keeps up to kVecs vectors of the row in registers between the max
-///   and the quantization, so the row is read once (rows longer than the block's registers re-read the rest).
-/// - per group: a group of group_size values is kLanes threads (a 16-lane half-warp for 128 bf16 values, one
-///   vector each); the max is a shuffle over those lanes; kBatch groups per thread with all loads issued first;
-///   the scale of (row, group) goes to scales[row * scale_row_stride + group * scale_group_stride] (row- or
-///   column-major).
-/// - per tensor: a dynamic scale needs the max of the whole tensor before any value is quantized: one kernel
-///   writes a max per block of a chunked split, a second kernel reduces those partial maxima (a few KB, in every
-///   block) and quantizes the same chunks in reverse block order, so that the first chunks it reads are the last
-///   ones the first kernel read, still in L2. A static scale skips the first kernel.
+/// - per token: one block of kThreads threads per row; each thread keeps kVecs vectors of the row in registers
+///   between the max and the quantization (rows longer than kThreads * kVecs vectors re-read the rest). Few tokens
+///   take one vector per thread (short serial work per thread), many tokens four.
+/// - per group: the groups of all rows in row-major order, kGroupsPerBlock consecutive ones per block; a group is
+///   kLanes threads of one warp (16 lanes of one 16-byte vector each for 128 bf16 values) and its max a shuffle
+///   over those lanes; each thread holds kVecs groups. A group's row comes from a multiply-high by a magic number
+///   the host computes (no integer division). The scale of (row, group) goes to
+///   scales[row * scale_row_stride + group * scale_group_stride] (row- or column-major).
+/// - per tensor: the values in flat order, kThreads * kVecs vectors per block. A static scale is one kernel. A
+///   dynamic scale needs the max of the whole tensor first: small tensors take one block that reduces, then
+///   quantizes (one launch); larger ones a first kernel of at most kMaxPartials blocks, each a strided set of
+///   tiles so that the tensor is read front to back over time, writing one max per block, and the quantization
+///   kernel, which reduces those maxima in every block (after issuing its loads) and walks the blocks in reverse
+///   order, so that the first values it reads are the last ones the first kernel read, still in L2.
 #ifndef CUJIT_KERNELS_FP8_QUANT_CUH_
 #define CUJIT_KERNELS_FP8_QUANT_CUH_
 
@@ -38,9 +48,12 @@ namespace fp8_quant_detail {
 /// The floor of dynamic scales: 1 / (448 * 512).
 constexpr float kMinScale = 1.0f / (448.0f * 512.0f);
 
+/// Blocks of the per-tensor max kernel at most (MAX_PARTIALS in cujit/fp8_quant.py).
+constexpr int kMaxPartials = 256;
+
 /// A dynamic scale from an absolute max: max(amax / 448, kMinScale), NaN kept.
 CUJIT_DEVICE float scale_of(float amax) {
-  const float scale = amax / cujit::kFp8E4m3Max;
+  const float scale = __fdiv_rn(amax, cujit::kFp8E4m3Max);
   return scale < kMinScale ? kMinScale : scale;  // a NaN compares false and stays
 }
 
@@ -52,159 +65,51 @@ CUJIT_DEVICE uint32_t amax_bits(const T (&v)[N], uint32_t acc) {
   return acc;
 }
 
+/// Division of many values by one scale: x / scale, bit for bit the IEEE quotient.
+template <bool kRecip>
+struct Divide {
+  float scale;
+  float recip;
+  CUJIT_DEVICE float operator()(float x) const {
+    if constexpr (kRecip) {
+      return cujit::divide_by_reciprocal(x, scale, recip);
+    } else {
+      return __fdiv_rn(x, scale);
+    }
+  }
+};
+
+/// The e4m3 bytes of saturate(float(v[i]) / scale), stored at `q` (a vector store when `vector`).
+template <typename T, int N, bool kRecip>
+CUJIT_DEVICE void store_quantized(uint8_t* q, bool vector, const T (&v)[N], Divide<kRecip> divide) {
+  float y[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) y[i] = divide(cujit::to_float(v[i]));
+  uint8_t bytes[N];
+  if constexpr (N % 2 == 0) {
+    cujit::fp8_e4m3_saturate<N>(y, bytes);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) bytes[i] = cujit::fp8_e4m3_saturate(y[i]);
+  }
+  vec_io::store<uint8_t, N>(q, vector, bytes);
+}
+
+/// store_quantized with the reciprocal form where kRecip and the scale allow it, the IEEE division otherwise.
+template <bool kRecip, typename T, int N>
+CUJIT_DEVICE void quantize(uint8_t* q, bool vector, const T (&v)[N], float scale) {
+  if (kRecip && cujit::reciprocal_division_exact(scale)) {
+    store_quantized<T, N, true>(q, vector, v, Divide<true>{scale, __frcp_rn(scale)});
+  } else {
+    store_quantized<T, N, false>(q, vector, v, Divide<false>{scale, 0.0f});
+  }
+}
+
 /// Element offset of the flat index `e` of a [rows, hidden] tensor whose rows are `stride` apart.
 CUJIT_DEVICE uint64_t strided_offset(uint64_t e, uint64_t hidden, int64_t stride) {
   if (static_cast<uint64_t>(stride) == hidden) return e;
   const uint64_t row = e / hidden;
   return row * static_cast<uint64_t>(stride) + (e - row * hidden);
-}
-
-/// Per token, one row: kVecs chunks of kVec values per thread kept in registers.
-template <int kVec, int kVecs, typename T>
-CUJIT_DEVICE void quantize_row(const T* x_row, fp8_e4m3_t* q_row, float* scale_out, const float* scale_ub,
-                               uint32_t hidden) {
-  constexpr bool kVector = kVec > 1;
-  const uint32_t chunks = hidden / kVec;
-  const uint32_t held = kVecs * blockDim.x;  // chunks kept in registers
-  const float ub = scale_ub != nullptr ? *scale_ub : 0.0f;  // issued now, used after the reduction
-  T v[kVecs][kVec];
-  uint32_t bits = 0;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const uint32_t c = threadIdx.x + i * blockDim.x;
-    if (c < chunks) vec_io::load<T, kVec>(x_row + c * kVec, kVector, v[i]);
-  }
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    if (threadIdx.x + i * blockDim.x < chunks) bits = amax_bits<T, kVec>(v[i], bits);
-  }
-#pragma unroll 1
-  for (uint32_t c = held + threadIdx.x; c < chunks; c += blockDim.x) {
-    T w[kVec];
-    vec_io::load<T, kVec>(x_row + c * kVec, kVector, w);
-    bits = amax_bits<T, kVec>(w, bits);
-  }
-  bits = cujit::block_reduce(bits, cujit::Max());
-  float amax = __uint_as_float(bits);
-  if (scale_ub != nullptr) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
-  const float scale = scale_of(amax);
-  if (threadIdx.x == 0) *scale_out = scale;
-#pragma unroll
-  for (int i = 0; i < kVecs; ++i) {
-    const uint32_t c = threadIdx.x + i * blockDim.x;
-    if (c < chunks) vec_io::store_as<T, fp8_e4m3_t, kVec>(q_row + c * kVec, kVector, v[i], scale);
-  }
-#pragma unroll 1
-  for (uint32_t c = held + threadIdx.x; c < chunks; c += blockDim.x) {
-    T w[kVec];
-    vec_io::load<T, kVec>(x_row + c * kVec, kVector, w);
-    vec_io::store_as<T, fp8_e4m3_t, kVec>(q_row + c * kVec, kVector, w, scale);
-  }
-}
-
-/// Per group: one (row, group) pair per kLanes threads, kBatch pairs per thread per step; pairs [first, last).
-template <int kVec, int kGroupSize, int kBatch, typename T>
-CUJIT_DEVICE void quantize_groups(const T* x, fp8_e4m3_t* q, float* scales, int64_t x_stride, uint32_t hidden,
-                                  uint32_t first, uint32_t last, int64_t scale_row_stride,
-                                  int64_t scale_group_stride) {
-  constexpr bool kVector = kVec > 1;
-  constexpr int kChunks = kGroupSize / kVec;           // chunks of a group
-  constexpr int kLanes = kChunks < 32 ? kChunks : 32;  // threads of a group
-  constexpr int kPerLane = kChunks / kLanes;           // chunks of a group per thread
-  static_assert(kChunks % kLanes == 0 && 32 % kLanes == 0, "a group is a power-of-two number of chunks");
-  const uint32_t lane = threadIdx.x % kLanes;
-  const uint32_t slot = threadIdx.x / kLanes;
-  const uint32_t slots = blockDim.x / kLanes;  // groups the block works on at once
-  const uint32_t group_row = hidden / kGroupSize;
-  // Every thread runs the same number of steps, so the shuffles below always see their whole group.
-#pragma unroll 1
-  for (uint32_t g0 = first; g0 < last; g0 += kBatch * slots) {
-    T v[kBatch][kPerLane][kVec];
-    uint32_t bits[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const uint32_t g = g0 + b * slots + slot;
-      bits[b] = 0;
-      if (g < last) {
-        const uint32_t row = g / group_row;
-        const T* src = x + row * x_stride + static_cast<uint64_t>(g - row * group_row) * kGroupSize;
-#pragma unroll
-        for (int m = 0; m < kPerLane; ++m) vec_io::load<T, kVec>(src + (lane + m * kLanes) * kVec, kVector, v[b][m]);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (g0 + b * slots + slot < last) {
-#pragma unroll
-        for (int m = 0; m < kPerLane; ++m) bits[b] = amax_bits<T, kVec>(v[b][m], bits[b]);
-      }
-#pragma unroll
-      for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-        bits[b] = cujit::max_bits(bits[b], __shfl_xor_sync(0xffffffffu, bits[b], offset));
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const uint32_t g = g0 + b * slots + slot;
-      if (g < last) {
-        const float scale = scale_of(__uint_as_float(bits[b]));
-        const uint32_t row = g / group_row;
-        const uint32_t col = g - row * group_row;
-        if (lane == 0) scales[row * scale_row_stride + col * scale_group_stride] = scale;
-        fp8_e4m3_t* dst = q + static_cast<uint64_t>(g) * kGroupSize;  // q is contiguous: group g starts at g * size
-#pragma unroll
-        for (int m = 0; m < kPerLane; ++m) {
-          vec_io::store_as<T, fp8_e4m3_t, kVec>(dst + (lane + m * kLanes) * kVec, kVector, v[b][m], scale);
-        }
-      }
-    }
-  }
-}
-
-/// The absolute max of flat elements [begin, end) of x (bits), over the calling block.
-template <int kVec, typename T>
-CUJIT_DEVICE uint32_t chunk_amax(const T* x, int64_t x_stride, uint64_t hidden, uint64_t begin, uint64_t end) {
-  constexpr bool kVector = kVec > 1;
-  constexpr int kBatch = kVector ? 4 : 1;
-  uint32_t bits = 0;
-  const uint64_t step = static_cast<uint64_t>(blockDim.x) * kVec;
-#pragma unroll 1
-  for (uint64_t e0 = begin + threadIdx.x * kVec; e0 < end; e0 += kBatch * step) {
-    T v[kBatch][kVec];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const uint64_t e = e0 + b * step;
-      if (e < end) vec_io::load<T, kVec>(x + strided_offset(e, hidden, x_stride), kVector, v[b]);
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (e0 + b * step < end) bits = amax_bits<T, kVec>(v[b], bits);
-    }
-  }
-  return bits;
-}
-
-/// Quantize flat elements [begin, end) of x with `scale` into the contiguous q.
-template <int kVec, typename T>
-CUJIT_DEVICE void quantize_chunk(const T* x, fp8_e4m3_t* q, int64_t x_stride, uint64_t hidden, uint64_t begin,
-                                 uint64_t end, float scale) {
-  constexpr bool kVector = kVec > 1;
-  constexpr int kBatch = kVector ? 4 : 1;
-  const uint64_t step = static_cast<uint64_t>(blockDim.x) * kVec;
-#pragma unroll 1
-  for (uint64_t e0 = begin + threadIdx.x * kVec; e0 < end; e0 += kBatch * step) {
-    T v[kBatch][kVec];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const uint64_t e = e0 + b * step;
-      if (e < end) vec_io::load<T, kVec>(x + strided_offset(e, hidden, x_stride), kVector, v[b]);
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const uint64_t e = e0 + b * step;
-      if (e < end) vec_io::store_as<T, fp8_e4m3_t, kVec>(q + e, kVector, v[b], scale);
-    }
-  }
 }
 
 /// Whether x's rows allow kVec-value vectors.
@@ -219,94 +124,317 @@ CUJIT_DEVICE bool vector_ok(const T* x, const fp8_e4m3_t* q, int64_t x_stride, u
   return vector_ok<kVec>(x, x_stride, hidden) && cujit::is_aligned(q, vec_io::access_bytes<fp8_e4m3_t, kVec>());
 }
 
+// ------------------------------------------------------------------------------------------------ per token
+
+/// Per token, one row: kVecs chunks of kVec values per thread kept in registers.
+template <int kVec, int kThreads, int kVecs, bool kRecip, typename T>
+CUJIT_DEVICE void quantize_row(const T* x_row, uint8_t* q_row, float* scale_out, const float* scale_ub,
+                               uint32_t hidden) {
+  constexpr bool kVector = kVec > 1;
+  const uint32_t chunks = hidden / kVec;
+  constexpr uint32_t kHeld = kVecs * kThreads;  // chunks kept in registers
+  const float ub = scale_ub != nullptr ? *scale_ub : 0.0f;  // issued now, used after the reduction
+  T v[kVecs][kVec];
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const uint32_t c = threadIdx.x + i * kThreads;
+    if (c < chunks) vec_io::load<T, kVec>(x_row + c * kVec, kVector, v[i]);
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    if (threadIdx.x + i * kThreads < chunks) bits = amax_bits<T, kVec>(v[i], bits);
+  }
+#pragma unroll 1
+  for (uint32_t c = kHeld + threadIdx.x; c < chunks; c += kThreads) {
+    T w[kVec];
+    vec_io::load<T, kVec>(x_row + c * kVec, kVector, w);
+    bits = amax_bits<T, kVec>(w, bits);
+  }
+  if constexpr (kThreads == cujit::kWarpSize) {
+    bits = cujit::warp_reduce(bits, cujit::Max());
+  } else {
+    bits = cujit::block_reduce(bits, cujit::Max());
+  }
+  float amax = __uint_as_float(bits);
+  if (scale_ub != nullptr) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
+  const float scale = scale_of(amax);
+  if (threadIdx.x == 0) *scale_out = scale;
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const uint32_t c = threadIdx.x + i * kThreads;
+    if (c < chunks) quantize<kRecip>(q_row + c * kVec, kVector, v[i], scale);
+  }
+#pragma unroll 1
+  for (uint32_t c = kHeld + threadIdx.x; c < chunks; c += kThreads) {
+    T w[kVec];
+    vec_io::load<T, kVec>(x_row + c * kVec, kVector, w);
+    quantize<kRecip>(q_row + c * kVec, kVector, w, scale);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ per group
+
+/// How a block of kThreads threads splits groups of kGroup values of T on the vector path: kLanes threads of one
+/// 16-byte vector (or more, for groups beyond 32 vectors) per group, kVecs groups per thread.
+template <typename T, int kGroup, int kThreads, int kVecs>
+struct GroupGeometry {
+  static constexpr int kVec = 16 / sizeof(T);
+  static constexpr int kLanes = kGroup / kVec < 32 ? kGroup / kVec : 32;
+  /// Groups per block. The host computes the same number (cujit.fp8_quant.group_plan).
+  static constexpr int kGroupsPerBlock = kVecs * kThreads / kLanes;
+  static_assert(kThreads % 32 == 0 && kGroup % kVec == 0 && (kGroup & (kGroup - 1)) == 0, "geometry");
+};
+
+/// The row of group `g` < 2^31: g / group_row by a multiply-high (magic and shift from the host; a group_row of
+/// 1 is g itself).
+CUJIT_DEVICE uint32_t row_of(uint32_t g, uint32_t group_row, uint32_t magic, uint32_t shift) {
+  return group_row == 1 ? g : __umulhi(g, magic) >> shift;
+}
+
+/// Groups [first, last) of the row-major list, kLanes threads of kWidth values per group, kSteps groups per
+/// thread with all loads first. Every thread runs the same steps, so the shuffles always see their whole group.
+template <int kVec, int kGroup, int kThreads, int kSteps, bool kRecip, typename T>
+CUJIT_DEVICE void quantize_groups(const T* x, uint8_t* q, float* scales, int64_t x_stride, uint32_t group_row,
+                                  uint32_t magic, uint32_t shift, uint32_t first, uint32_t last,
+                                  int64_t scale_row_stride, int64_t scale_group_stride) {
+  constexpr bool kVector = kVec > 1;
+  constexpr int kLanes = kGroup / kVec < 32 ? kGroup / kVec : 32;
+  constexpr int kWidth = kGroup / kLanes;    // values per thread of a group: kVec or more
+  constexpr int kSlots = kThreads / kLanes;  // groups the block works on per step
+  static_assert(kWidth % kVec == 0 && 32 % kLanes == 0, "a group is whole accesses of a power-of-two of lanes");
+  const uint32_t lane = threadIdx.x % kLanes;
+  const uint32_t slot = threadIdx.x / kLanes;
+#pragma unroll 1
+  for (uint32_t g0 = first; g0 < last; g0 += kSteps * kSlots) {
+    T v[kSteps][kWidth];
+    uint32_t rows[kSteps];
+#pragma unroll
+    for (int b = 0; b < kSteps; ++b) {
+      const uint32_t g = g0 + b * kSlots + slot;
+      rows[b] = 0;
+      if (g < last) {
+        rows[b] = row_of(g, group_row, magic, shift);
+        const uint32_t col = g - rows[b] * group_row;
+        const T* src = x + static_cast<int64_t>(rows[b]) * x_stride + static_cast<uint64_t>(col) * kGroup;
+        vec_io::load<T, kWidth>(src + lane * kWidth, kVector, v[b]);
+      }
+    }
+    uint32_t bits[kSteps];
+#pragma unroll
+    for (int b = 0; b < kSteps; ++b) {
+      bits[b] = g0 + b * kSlots + slot < last ? amax_bits<T, kWidth>(v[b], 0u) : 0u;
+#pragma unroll
+      for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+        bits[b] = cujit::max_bits(bits[b], __shfl_xor_sync(0xffffffffu, bits[b], offset));
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kSteps; ++b) {
+      const uint32_t g = g0 + b * kSlots + slot;
+      if (g < last) {
+        const float scale = scale_of(__uint_as_float(bits[b]));
+        const uint32_t col = g - rows[b] * group_row;
+        if (lane == 0) scales[rows[b] * scale_row_stride + col * scale_group_stride] = scale;
+        // q is contiguous: group g starts at g * kGroup
+        quantize<kRecip>(q + static_cast<uint64_t>(g) * kGroup + lane * kWidth, kVector, v[b], scale);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ per tensor
+
+/// Flat elements of x [rows, hidden] (rows `stride` apart), `total` of them, read as chunks of kVec values.
+template <typename T>
+struct Flat {
+  const T* x;
+  int64_t stride;
+  uint64_t hidden;
+  uint64_t total;
+  bool contiguous;  // rows back to back (or one row): element e is at x + e
+  bool vector;      // 16-byte vectors: x aligned, and rows of whole vectors unless contiguous
+
+  /// The chunk of kVec values at flat index e (a multiple of kVec); values at or past `total` read as zero.
+  template <int kVec>
+  CUJIT_DEVICE void load(uint64_t e, T (&v)[kVec]) const {
+    if (vector && e + kVec <= total) {
+      vec_io::load<T, kVec>(x + (contiguous ? e : strided_offset(e, hidden, stride)), true, v);
+    } else {
+      // One division for the chunk, then the column steps on (a chunk may cross rows when hidden < kVec).
+      uint64_t row = contiguous ? 0 : e / hidden;
+      uint64_t col = contiguous ? e : e - row * hidden;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        v[j] = e + j < total ? x[row * static_cast<uint64_t>(stride) + col] : cujit::from_float<T>(0.0f);
+        if (++col == hidden && !contiguous) {
+          ++row;
+          col = 0;
+        }
+      }
+    }
+  }
+
+  /// Quantize the chunk at flat index e into the contiguous q (a vector store when `q_vector`).
+  template <bool kRecip, int kVec>
+  CUJIT_DEVICE void store(uint8_t* q, uint64_t e, const T (&v)[kVec], float scale, bool q_vector) const {
+    if (q_vector && e + kVec <= total) {
+      quantize<kRecip>(q + e, true, v, scale);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        if (e + j < total) {
+          const T one[1] = {v[j]};
+          quantize<kRecip>(q + e + j, false, one, scale);
+        }
+      }
+    }
+  }
+};
+
+template <int kVec, typename T>
+CUJIT_DEVICE Flat<T> flat_of(const T* x, int64_t x_stride, uint64_t hidden, uint64_t total) {
+  const bool contiguous = static_cast<uint64_t>(x_stride) == hidden || total <= hidden;
+  const bool vector = cujit::is_aligned(x, vec_io::access_bytes<T, kVec>()) &&
+                      (contiguous || (x_stride % kVec == 0 && hidden % kVec == 0));
+  return Flat<T>{x, x_stride, hidden, total, contiguous, vector};
+}
+
+/// The absolute max (bits) of this thread's chunks of the tiles first, first + step, ... (tiles of 4 * kThreads
+/// chunks of kVec values; in tile t, chunks t * 4 * kThreads + i * kThreads + threadIdx.x for i < 4).
+template <int kThreads, typename T>
+CUJIT_DEVICE uint32_t tiles_amax(const Flat<T>& flat, uint64_t first, uint64_t step) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kBatch = 4;
+  constexpr uint64_t kTile = static_cast<uint64_t>(kBatch) * kThreads * kVec;
+  uint32_t bits = 0;
+#pragma unroll 1
+  for (uint64_t base = first * kTile; base < flat.total; base += step * kTile) {
+    T v[kBatch][kVec];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) flat.template load<kVec>(base + (b * kThreads + threadIdx.x) * kVec, v[b]);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) bits = amax_bits<T, kVec>(v[b], bits);
+  }
+  return bits;
+}
+
 }  // namespace fp8_quant_detail
 
-/// Per-token dynamic quantization: one block (kThreads threads) per row; scales [tokens] (the [tokens, 1] tensor).
-/// scale_ub, when not null, caps each row's absolute max (a device fp32 value).
-/// At least 1024 threads per SM (the register cap that keeps a row's vectors out of local memory).
-template <typename T, int kThreads, int kVecs>
-__global__ void __launch_bounds__(kThreads, 1024 / kThreads)
+/// Per-token dynamic quantization: one block (kThreads threads, a multiple of 32) per row; scales [tokens] (the
+/// [tokens, 1] tensor). scale_ub, when not null, caps each row's absolute max (a device fp32 value).
+template <typename T, int kThreads, int kVecs, bool kRecip>
+__global__ void __launch_bounds__(kThreads, (1024 / kThreads > 0 ? 1024 / kThreads : 1))
     per_token_quant_fp8_kernel(const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scales,
                                const float* __restrict__ scale_ub, int64_t x_stride, uint32_t hidden) {
   using namespace fp8_quant_detail;
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "a block is whole warps");
   constexpr int kVec = 16 / sizeof(T);
   const uint64_t row = blockIdx.x;
   const T* x_row = x + row * x_stride;
-  fp8_e4m3_t* q_row = q + row * hidden;
+  uint8_t* q_row = reinterpret_cast<uint8_t*>(q) + row * hidden;
   if (vector_ok<kVec>(x, q, x_stride, hidden)) {
-    quantize_row<kVec, kVecs>(x_row, q_row, scales + row, scale_ub, hidden);
+    quantize_row<kVec, kThreads, kVecs, kRecip>(x_row, q_row, scales + row, scale_ub, hidden);
   } else {
-    quantize_row<1, kVecs>(x_row, q_row, scales + row, scale_ub, hidden);
+    quantize_row<1, kThreads, kVecs, kRecip>(x_row, q_row, scales + row, scale_ub, hidden);
   }
 }
 
-/// Per-group dynamic quantization over the row-major list of `groups` (row, group) pairs. Block b works on pairs
-/// [b * groups_per_block, (b + 1) * groups_per_block); groups_per_block = kBatch * blockDim.x / kLanes of the vector
-/// path (the host computes it the same way).
-template <typename T, int kGroupSize>
-__global__ void __launch_bounds__(256) per_token_group_quant_fp8_kernel(
+/// Per-group dynamic quantization over the row-major list of `groups` (row, group) pairs, group_row per row.
+/// Block b works on groups [b * kGroupsPerBlock, (b + 1) * kGroupsPerBlock) (GroupGeometry; the host computes
+/// the same number). magic and shift: group_row's multiply-high divisor (cujit.fp8_quant.divider).
+template <typename T, int kGroup, int kThreads, int kVecs, bool kRecip>
+__global__ void __launch_bounds__(kThreads) per_token_group_quant_fp8_kernel(
     const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, int64_t x_stride, uint32_t hidden,
-    uint32_t groups, uint32_t groups_per_block, int64_t scale_row_stride, int64_t scale_group_stride) {
+    uint32_t groups, uint32_t group_row, uint32_t magic, uint32_t shift, int64_t scale_row_stride,
+    int64_t scale_group_stride) {
   using namespace fp8_quant_detail;
-  constexpr int kVec = 16 / sizeof(T);
-  const uint32_t first = blockIdx.x * groups_per_block;
-  const uint32_t last = min(groups, first + groups_per_block);
+  using G = GroupGeometry<T, kGroup, kThreads, kVecs>;
+  constexpr int kVec = G::kVec;
+  const uint32_t first = blockIdx.x * G::kGroupsPerBlock;
+  const uint32_t last = min(groups, first + G::kGroupsPerBlock);
+  uint8_t* q8 = reinterpret_cast<uint8_t*>(q);
   if (vector_ok<kVec>(x, q, x_stride, hidden)) {
-    constexpr int kChunks = kGroupSize / kVec;
-    constexpr int kBatch = kChunks >= 128 ? 1 : (kChunks >= 64 ? 2 : 4);  // 4 vectors per thread per step
-    quantize_groups<kVec, kGroupSize, kBatch>(x, q, scales, x_stride, hidden, first, last, scale_row_stride,
-                                              scale_group_stride);
+    quantize_groups<kVec, kGroup, kThreads, kVecs, kRecip>(x, q8, scales, x_stride, group_row, magic, shift, first,
+                                                           last, scale_row_stride, scale_group_stride);
   } else {
-    quantize_groups<1, kGroupSize, 1>(x, q, scales, x_stride, hidden, first, last, scale_row_stride,
-                                      scale_group_stride);
+    quantize_groups<1, kGroup, kThreads, 1, kRecip>(x, q8, scales, x_stride, group_row, magic, shift, first, last,
+                                                    scale_row_stride, scale_group_stride);
   }
 }
 
-/// Per-tensor, first kernel: partial[b] = the absolute max (as float) of the b-th chunk of `chunk` elements.
-/// With a static scale (scale_in not null) there is nothing to reduce and it returns at once.
-template <typename T>
-__global__ void __launch_bounds__(256) per_tensor_amax_kernel(const T* __restrict__ x, float* __restrict__ partial,
-                                                              const float* __restrict__ scale_in, int64_t x_stride,
-                                                              uint64_t hidden, uint64_t total, uint64_t chunk) {
+/// Per-tensor dynamic scale, first kernel: partial[blockIdx.x] = the absolute max (as float) of the tiles
+/// blockIdx.x, blockIdx.x + gridDim.x, ... (tiles of 4 * kThreads vectors), gridDim.x <= kMaxPartials.
+template <typename T, int kThreads>
+__global__ void __launch_bounds__(kThreads) per_tensor_amax_kernel(const T* __restrict__ x, float* __restrict__ partial,
+                                                                   int64_t x_stride, uint64_t hidden,
+                                                                   uint64_t total) {
   using namespace fp8_quant_detail;
-  if (scale_in != nullptr) return;
   constexpr int kVec = 16 / sizeof(T);
-  const uint64_t begin = blockIdx.x * chunk;
-  const uint64_t end = begin + chunk < total ? begin + chunk : total;
-  const uint32_t bits = vector_ok<kVec>(x, x_stride, hidden) ? chunk_amax<kVec>(x, x_stride, hidden, begin, end)
-                                                                 : chunk_amax<1>(x, x_stride, hidden, begin, end);
+  const Flat<T> flat = flat_of<kVec>(x, x_stride, hidden, total);
+  const uint32_t bits = tiles_amax<kThreads>(flat, blockIdx.x, gridDim.x);
   const uint32_t all = cujit::block_reduce(bits, cujit::Max());
   if (threadIdx.x == 0) partial[blockIdx.x] = __uint_as_float(all);
 }
 
-/// Per-tensor, second kernel: the scale is `*scale_in` when given (static), else from the `blocks` partial maxima;
-/// block i quantizes chunk blocks - 1 - i; the block of chunk 0 writes the scale to `*scale_out`.
-template <typename T>
-__global__ void __launch_bounds__(256) per_tensor_quant_fp8_kernel(
+/// Per-tensor quantization: the scale is `*scale_in` when given (static), else from the `partials` maxima of the
+/// first kernel. Block i quantizes the flat chunks of block gridDim.x - 1 - i (kThreads * kVecs vectors); the block
+/// of the first chunks writes the scale to `*scale_out`.
+template <typename T, int kThreads, int kVecs, bool kRecip>
+__global__ void __launch_bounds__(kThreads) per_tensor_quant_fp8_kernel(
     const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, const float* __restrict__ partial,
     const float* __restrict__ scale_in, float* __restrict__ scale_out, int64_t x_stride, uint64_t hidden,
-    uint64_t total, uint64_t chunk, uint32_t blocks) {
+    uint64_t total, uint32_t partials) {
   using namespace fp8_quant_detail;
   constexpr int kVec = 16 / sizeof(T);
-  float scale;
-  if (scale_in != nullptr) {
-    scale = *scale_in;
-  } else {
+  const Flat<T> flat = flat_of<kVec>(x, x_stride, hidden, total);
+  const uint64_t index = gridDim.x - 1 - blockIdx.x;
+  const uint64_t base = index * (static_cast<uint64_t>(kThreads) * kVecs * kVec);
+  float scale = scale_in != nullptr ? *scale_in : 0.0f;
+  T v[kVecs][kVec];
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) flat.template load<kVec>(base + (i * kThreads + threadIdx.x) * kVec, v[i]);
+  if (scale_in == nullptr) {
     uint32_t bits = 0;
-    for (uint32_t i = threadIdx.x; i < blocks; i += blockDim.x) {
+    for (uint32_t i = threadIdx.x; i < partials; i += kThreads) {
       bits = cujit::max_bits(bits, __float_as_uint(partial[i]));
     }
     scale = scale_of(__uint_as_float(cujit::block_reduce(bits, cujit::Max())));
   }
-  const uint64_t index = gridDim.x - 1 - blockIdx.x;
   if (index == 0 && threadIdx.x == 0) *scale_out = scale;
-  const uint64_t begin = index * chunk;
-  const uint64_t end = begin + chunk < total ? begin + chunk : total;
-  if (begin >= end) return;
-  if (vector_ok<kVec>(x, q, x_stride, hidden)) {
-    quantize_chunk<kVec>(x, q, x_stride, hidden, begin, end, scale);
-  } else {
-    quantize_chunk<1>(x, q, x_stride, hidden, begin, end, scale);
+  uint8_t* q8 = reinterpret_cast<uint8_t*>(q);
+  const bool q_vector = cujit::is_aligned(q8, kVec);
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    flat.template store<kRecip, kVec>(q8, base + (i * kThreads + threadIdx.x) * kVec, v[i], scale, q_vector);
+  }
+}
+
+/// Per-tensor dynamic quantization of a small tensor in one block: the max, the scale (to `*scale_out`), then the
+/// quantization (the values read again, from L1 or L2).
+template <typename T, int kThreads, bool kRecip>
+__global__ void __launch_bounds__(kThreads) per_tensor_quant_fp8_one_block_kernel(
+    const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scale_out, int64_t x_stride,
+    uint64_t hidden, uint64_t total) {
+  using namespace fp8_quant_detail;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kBatch = 4;
+  const Flat<T> flat = flat_of<kVec>(x, x_stride, hidden, total);
+  const uint32_t bits = cujit::block_reduce(tiles_amax<kThreads>(flat, 0, 1), cujit::Max());
+  const float scale = scale_of(__uint_as_float(bits));
+  if (threadIdx.x == 0) *scale_out = scale;
+  uint8_t* q8 = reinterpret_cast<uint8_t*>(q);
+  const bool q_vector = cujit::is_aligned(q8, kVec);
+  constexpr uint64_t kTile = static_cast<uint64_t>(kBatch) * kThreads * kVec;
+#pragma unroll 1
+  for (uint64_t base = 0; base < total; base += kTile) {
+    T v[kBatch][kVec];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) flat.template load<kVec>(base + (b * kThreads + threadIdx.x) * kVec, v[b]);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      flat.template store<kRecip, kVec>(q8, base + (b * kThreads + threadIdx.x) * kVec, v[b], scale, q_vector);
+    }
   }
 }
 
