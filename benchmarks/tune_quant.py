@@ -1,12 +1,12 @@
 """Time the candidate instantiations of the FP8 quantization kernels on one GPU (about a minute on an H100).
 
 For each op and shape (bf16; tokens 1, 16 and 4097; hidden 4096 and 7168; groups of 128) it times every candidate
-(block size, vectors per thread, reciprocal or IEEE division, and for a dynamic per-tensor scale the one-block and
-two-kernel paths) next to ``copy_`` of the same bytes: CUDA events, median of 15; L2 flushed before each launch
-for 4097 tokens (a 256 MB write); shapes of at most 16 tokens as CUDA-graph replays of 32 launches, the inputs warm
-in L2 as in decoding. Every candidate's q and scales are first compared byte for byte with the torch rule of
-cujit/fp8_quant.py; a wrong one is reported and not timed. The op itself (its plan, through its generated launch
-path) is timed as the row "op"; "*" marks the plan's choice among the candidates.
+(block size, vectors per thread, reciprocal or IEEE division) next to ``copy_`` of the same bytes: CUDA events,
+median of 15; L2 flushed before each launch for 4097 tokens (a 256 MB write); shapes of at most 16 tokens as CUDA
+graph replays of 32 launches, the inputs warm in L2 as in decoding. Every candidate's q and scales are first
+compared byte for byte with the torch rule of cujit/fp8_quant.py; a wrong one is reported and not timed. The op
+itself (its plan, through its generated launch path) is timed as the row "op"; "*" marks the plan's choice among the
+candidates.
 
     python benchmarks/tune_quant.py                       # everything
     python benchmarks/tune_quant.py --ops per_token_group_quant_fp8 --tokens 4097
@@ -29,7 +29,6 @@ import torch
 import cujit
 from cujit.fp8_quant import (
     AMAX_THREADS,
-    ONE_BLOCK_THREADS,
     divider,
     group_plan,
     per_tensor_plan,
@@ -64,7 +63,7 @@ class Candidate:
     threads: int
     vecs: int
     recip: bool = True
-    path: str = ""  # per tensor, dynamic: "one block" or "two kernels"
+    path: str = ""  # per tensor, dynamic: "two kernels" (the partial maxima, then the quantization)
 
     def name(self) -> str:
         division = "" if self.recip else " ieee"
@@ -101,7 +100,7 @@ def group_candidates(tokens: int) -> tuple[list[Candidate], Candidate]:
 
 
 def static_candidates(total: int) -> tuple[list[Candidate], Candidate]:
-    threads, vecs, *_ = per_tensor_plan(total, ITEMSIZE)
+    threads, vecs, *_ = per_tensor_plan(total, ITEMSIZE, False)
     rule = Candidate(threads, vecs)
     found = {rule, Candidate(threads, vecs, recip=False)}
     for t, v in ((128, 1), (128, 2), (256, 1), (256, 2), (256, 4), (512, 1), (512, 2), (128, 4)):
@@ -110,12 +109,9 @@ def static_candidates(total: int) -> tuple[list[Candidate], Candidate]:
 
 
 def dynamic_candidates(total: int) -> tuple[list[Candidate], Candidate]:
-    threads, vecs, _, one_block, _ = per_tensor_plan(total, ITEMSIZE)
-    rule = Candidate(ONE_BLOCK_THREADS, 4, path="one block") if one_block else Candidate(threads, vecs,
-                                                                                           path="two kernels")
+    threads, vecs, *_ = per_tensor_plan(total, ITEMSIZE, True)
+    rule = Candidate(threads, vecs, path="two kernels")
     found = {rule, Candidate(rule.threads, rule.vecs, recip=False, path=rule.path)}
-    if total <= 1 << 17:
-        found |= {Candidate(512, 4, path="one block"), Candidate(1024, 4, path="one block")}
     for t, v in ((128, 1), (256, 1), (256, 2), (256, 4)):
         found.add(Candidate(t, v, path="two kernels"))
     return sorted(found), rule
@@ -127,8 +123,6 @@ def expressions(op: str, c: Candidate) -> list[str]:
         return [f"per_token_quant_fp8_kernel<{CPP}, {c.threads}, {c.vecs}, {recip}>"]
     if op == "per_token_group_quant_fp8":
         return [f"per_token_group_quant_fp8_kernel<{CPP}, {GROUP}, {c.threads}, {c.vecs}, {recip}>"]
-    if c.path == "one block":
-        return [f"per_tensor_quant_fp8_one_block_kernel<{CPP}, {c.threads}, {recip}>"]
     return [f"per_tensor_amax_kernel<{CPP}, {AMAX_THREADS}>",
             f"per_tensor_quant_fp8_kernel<{CPP}, {c.threads}, {c.vecs}, {recip}>"]
 
@@ -315,14 +309,11 @@ def _launcher(op: str, c: Candidate, ks: list[cujit.Kernel], x: torch.Tensor, q:
         go = cujit.LaunchKernel(-(-tokens * groups_row // per_block), c.threads)
         return lambda: go(ks[0], x, q, scales, hidden, hidden, tokens * groups_row, groups_row, magic, shift,
                           groups_row, 1)
-    if c.path == "one block":
-        go = cujit.LaunchKernel(1, c.threads)
-        return lambda: go(ks[0], x, q, scale_out, hidden, hidden, total)
     blocks = max(1, -(-total // (c.threads * c.vecs * VEC)))
     quant = cujit.LaunchKernel(blocks, c.threads)
     if op == "per_tensor_static":
         return lambda: quant(ks[1], x, q, None, static, scale_out, hidden, hidden, total, 0)
-    partials = per_tensor_plan(total, ITEMSIZE)[4]
+    partials = per_tensor_plan(total, ITEMSIZE, True)[3]
     partial = torch.empty(partials, device="cuda")
     amax = cujit.LaunchKernel(partials, AMAX_THREADS)
 

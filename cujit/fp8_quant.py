@@ -30,7 +30,9 @@ IEEE quotient itself (Markstein's theorem; the range conditions and the exhausti
 
 Plans (the functions below) depend on the token count as well as the row: few tokens (up to FEW_TOKENS) spread a
 row over more threads, one 16-byte vector each, so that the serial work per thread is short; many tokens hold
-MANY_VECS vectors per thread. benchmarks/tune_quant.py times the alternatives.
+MANY_VECS vectors per thread. benchmarks/tune_quant.py times the alternatives; a one-block kernel for small
+dynamic per-tensor scales (one launch instead of two) was among them and lost to the two kernels at every size
+measured (1 and 16 tokens of 4096 values: 6.7 and 9.9 us against 4.4 and 4.5 us on an H200), so it is not kept.
 
 Torch tensors: q is float8_e4m3fn, which CuPy (NumPy) has no dtype for; CuPy callers pass ``out`` as they can.
 """
@@ -64,15 +66,13 @@ FEW_TOKENS = 256
 MANY_VECS = 4
 #: Threads of a per-group block.
 GROUP_THREADS = 128
-#: Per tensor, dynamic: tensors of at most this many values take one block (one launch, no partial maxima).
-ONE_BLOCK_VALUES = 1 << 16
-#: Threads of the one-block kernel and of the partial-maxima kernel (tiles of 4 vectors per thread).
-ONE_BLOCK_THREADS = 1024
+#: Threads of the partial-maxima kernel (tiles of 4 vectors per thread).
 AMAX_THREADS = 512
 #: Blocks of the partial-maxima kernel at most (kMaxPartials in the kernel): each block of the quantization kernel
 #: reduces that many floats.
 MAX_PARTIALS = 256
-#: Per tensor: tensors of at most this many values take blocks of 128 threads with one vector each.
+#: Per tensor, dynamic: tensors of at most this many values take blocks of 128 threads with one vector each, larger
+#: ones 256 threads with MANY_VECS vectors (fewer blocks, each of which reduces the partial maxima first).
 SMALL_TENSOR_VALUES = 1 << 20
 
 
@@ -125,19 +125,19 @@ def divider(d: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=1024)
-def per_tensor_plan(total: int, itemsize: int) -> tuple[int, int, int, bool, int]:
-    """(threads, vecs, blocks, one_block, partials) for a tensor of ``total`` values.
+def per_tensor_plan(total: int, itemsize: int, dynamic: bool) -> tuple[int, int, int, int]:
+    """(threads, vecs, blocks, partials) for a tensor of ``total`` values.
 
     The quantization kernel: ``blocks`` (at least 1, the one that writes the scale) of ``threads`` threads with
-    ``vecs`` 16-byte vectors each: 128 x 1 up to SMALL_TENSOR_VALUES values, 256 x MANY_VECS beyond. A dynamic
-    scale takes the one-block kernel up to ONE_BLOCK_VALUES values (``one_block``), else ``partials`` blocks of
-    the partial-maxima kernel (tiles of AMAX_THREADS x 4 vectors, at most MAX_PARTIALS blocks).
+    ``vecs`` 16-byte vectors each. A static scale takes 128 x 1 at every size; a dynamic one 128 x 1 up to
+    SMALL_TENSOR_VALUES values and 256 x MANY_VECS beyond, after ``partials`` blocks of the partial-maxima kernel
+    (tiles of AMAX_THREADS x 4 vectors, at most MAX_PARTIALS blocks).
     """
     vec = 16 // itemsize
-    threads, vecs = (128, 1) if total <= SMALL_TENSOR_VALUES else (256, MANY_VECS)
+    threads, vecs = (256, MANY_VECS) if dynamic and total > SMALL_TENSOR_VALUES else (128, 1)
     blocks = max(1, -(-total // (threads * vecs * vec)))
     partials = max(1, min(MAX_PARTIALS, -(-total // (AMAX_THREADS * 4 * vec))))
-    return threads, vecs, blocks, total <= ONE_BLOCK_VALUES, partials
+    return threads, vecs, blocks, partials
 
 
 T, H, XS = (cujit.SymbolicSize(n) for n in ("T", "H", "XS"))

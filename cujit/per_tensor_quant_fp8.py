@@ -1,10 +1,10 @@
 """``per_tensor_quant_fp8(x, scale=None) -> (q, scale)``: FP8 (e4m3) quantization with one scale for the tensor.
 
 Static with ``scale`` (a device float32 tensor [1], returned as a copy): one kernel. Dynamic without: scale =
-max(amax / 448, 1 / (448 * 512)) over the whole tensor, computed on the device with no host sync: one block does
-all of a small tensor (one launch); a larger one takes two kernels (partial maxima over tiles read front to back,
-then the scale and the quantization, blocks in reverse order so that the values read last by the first kernel are
-read first, from L2). Plans: cujit.fp8_quant.per_tensor_plan. The rule, bit for bit: cujit/fp8_quant.py.
+max(amax / 448, 1 / (448 * 512)) over the whole tensor, computed on the device with no host sync, in two kernels:
+partial maxima over tiles read front to back, then the scale and the quantization, blocks in reverse order so that
+the values read last by the first kernel are read first, from L2. Plans: cujit.fp8_quant.per_tensor_plan. The
+rule, bit for bit: cujit/fp8_quant.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import cujit
 
 from .fp8_quant import (
     AMAX_THREADS,
-    ONE_BLOCK_THREADS,
     SIZE_CHECK,
     cached,
     one_float,
@@ -27,17 +26,19 @@ from .fp8_quant import (
 __all__ = ["per_tensor_quant_fp8"]
 
 
-def _tensor_plan(total: Any, dtype: cujit.DType) -> tuple[int, int, int, bool, int]:
-    return cached(per_tensor_plan, total if isinstance(total, int) else 1 << 30, dtype.itemsize)  # type: ignore[no-any-return]
+def _tensor_plan(total: Any, dtype: cujit.DType, scale: Any) -> tuple[int, int, int, int]:
+    size = total if isinstance(total, int) else 1 << 30
+    return cached(per_tensor_plan, size, dtype.itemsize, scale is None)  # type: ignore[no-any-return]
 
 
 def _precompiled() -> list[dict[str, Any]]:
-    """bf16 and fp16, small and large tensors."""
+    """bf16 and fp16, small and large tensors, static and dynamic scales."""
     found = []
     for d, itemsize in (("bfloat16", 2), ("float16", 2)):
         for total in (4096, 1 << 24):
-            threads, vecs, *_ = per_tensor_plan(total, itemsize)
-            found.append({"dtype": d, "threads": threads, "vecs": vecs})
+            for dynamic in (False, True):
+                threads, vecs, *_ = per_tensor_plan(total, itemsize, dynamic)
+                found.append({"dtype": d, "threads": threads, "vecs": vecs})
     return found
 
 
@@ -46,18 +47,14 @@ per_tensor_quant_fp8 = cujit.op(
     "Tensor(b!)? scale_out=None) -> (Tensor, Tensor)",
     source="kernels/fp8_quant.cuh",
     launches=[
-        # Dynamic, larger tensors: the partial maxima.
+        # Dynamic: the partial maxima.
         cujit.Launch(kernel=f"per_tensor_amax_kernel<{{dtype}}, {AMAX_THREADS}>",
-                     grid="partials if scale is None and not one_block else 0", block=AMAX_THREADS,
+                     grid="partials if scale is None else 0", block=AMAX_THREADS,
                      args=("x", "partial_max", "XS", "H", "total")),
         # The scale (given, or from the partial maxima), then q, blocks in reverse order.
         cujit.Launch(kernel="per_tensor_quant_fp8_kernel<{dtype}, {threads}, {vecs}, true>",
-                     grid="blocks if scale is not None or not one_block else 0", block="threads",
+                     grid="blocks", block="threads",
                      args=("x", "out", "partial_max", "scale", "scale_out", "XS", "H", "total", "partials")),
-        # Dynamic, small tensors: everything in one block.
-        cujit.Launch(kernel=f"per_tensor_quant_fp8_one_block_kernel<{{dtype}}, {ONE_BLOCK_THREADS}, true>",
-                     grid="1 if scale is None and one_block else 0", block=ONE_BLOCK_THREADS,
-                     args=("x", "out", "scale_out", "XS", "H", "total")),
     ],
     tensors={"x": x_matcher, "scale": one_float, "out": q_matcher, "scale_out": one_float},
     values={
@@ -66,8 +63,7 @@ per_tensor_quant_fp8 = cujit.op(
         "threads": "plan[0]",
         "vecs": "plan[1]",
         "blocks": "plan[2]",
-        "one_block": "plan[3]",
-        "partials": "plan[4]",
+        "partials": "plan[3]",
     },
     scratch={"partial_max": ("float32", ["partials"])},
     checks=[SIZE_CHECK],

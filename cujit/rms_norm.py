@@ -19,7 +19,7 @@ from ._runtime.ops import aligned
 from ._runtime.tensors import tensor_info
 
 __all__ = [
-    "LOOP_CONFIGS", "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
+    "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
     "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
     "NormConfig", "data_address", "kernel_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
     "same_phase",
@@ -36,14 +36,8 @@ PATH_VECTOR_LATE = 4  #: 16-byte vectors, the weight loaded after the reduction 
 VECTOR_CONFIGS: tuple[tuple[int, int], ...] = (
     (8, 1), (16, 1), (32, 1), (32, 4), (64, 4), (128, 4), (256, 4), (512, 4), (1024, 4),
 )
-#: The vector configurations for many tokens, where each row group normalises LOOP_ROWS rows and holds the next
-#: row's vectors in flight besides the row and the weight: at most 2 vectors a thread (three fragments of 8
-#: registers), then VECTOR_CONFIGS for longer rows.
-LOOP_CONFIGS: tuple[tuple[int, int], ...] = (
-    (8, 1), (16, 1), (32, 1), (32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2),
-)
-#: Rows per row group for many tokens, and the token count from which it applies. Below it a block per row
-#: group keeps every SM busy sooner.
+#: Rows per row group of the phased path for many tokens, and the token count from which it applies. Below it a
+#: block per row group keeps every SM busy sooner.
 LOOP_ROWS = 4
 LOOP_TOKENS = 1024
 #: Rows that are not 16-byte aligned, when every tensor has the same alignment at each row (and the weight is
@@ -91,18 +85,20 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       the row). With at most 64 registers a thread, an SM keeps 1024 or more threads, 64 KB of loads in flight:
       more than the 25-30 KB that the memory latency times the bandwidth per SM asks for on an H100 or H200
       (3.35-4.8 TB/s x about 1 us / 132 SMs), so a row longer than 4 vectors a thread gets more threads instead.
-    - From LOOP_TOKENS rows on, each row group normalises LOOP_ROWS rows, issuing the loads of the next row before
-      it reduces the current one, with the weight loaded once per block: the memory pipe stays busy while rows
-      are reduced, and blocks start and end LOOP_ROWS times less often. The next row takes registers too, so a
-      thread holds at most 2 vectors (LOOP_CONFIGS).
+    - Aligned rows take one row per row group at every token count. Looping over LOOP_ROWS rows per group, with
+      the next row's loads issued before the current row is reduced (PATH_VECTOR with ``rows`` > 1, which
+      benchmarks/tune_norms.py still times), was 1-12% slower for bf16 rows of 64 to 16384 values at 4097 tokens
+      on an H200 than one row a group with up to 4 vectors a thread, whose loads already keep enough bytes in
+      flight (the point above); the next row's vectors only add registers.
     - Threads per row grow with the row (32 to 1024, then a whole block per row), so the reduction crosses at
       most one shared-memory step; rows of at most 256 bytes take 8 or 16 threads (two or four rows per warp),
       so that short rows, e.g. a per-head norm of 64 or 128 values, keep every lane busy.
     - Blocks have at least 128 threads (several rows per block for small rows), so that 16 resident blocks fill
       an SM.
-    - Rows that are not 16-byte aligned but in phase take the vector loads of PHASED_CONFIGS (LOOP_ROWS rows per
-      group for many tokens, amortising the weight's copy to shared memory); other rows load element by element,
-      one register per value: half the values per thread (2 vectors' worth) for the same registers.
+    - Rows that are not 16-byte aligned but in phase take the vector loads of PHASED_CONFIGS, with LOOP_ROWS
+      rows per group from LOOP_TOKENS tokens on, which amortises the weight's copy to shared memory (4% faster at
+      4097 x 4097 bf16 on an H200); other rows load element by element, one register per value: half the values
+      per thread (2 vectors' worth) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
       of 1024 threads over tiles, the second pass reading the row again, mostly from L1/L2.
     """
@@ -114,10 +110,6 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool) -> No
     lanes = 16 // as_dtype(dtype).itemsize
     rows = LOOP_ROWS if many else 1
     if vector:
-        if many:
-            for row_threads, vecs in LOOP_CONFIGS:
-                if row_threads * vecs * lanes >= hidden:
-                    return _make(PATH_VECTOR, row_threads, vecs, rows)
         for row_threads, vecs in VECTOR_CONFIGS:
             if row_threads * vecs * lanes >= hidden:
                 return _make(PATH_VECTOR, row_threads, vecs)
@@ -135,7 +127,6 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool) -> No
 def norm_precompile() -> list[dict[str, Any]]:
     """Every instantiation that :func:`norm_config` can choose, for each dtype and both weight forms."""
     configs = [_make(PATH_VECTOR, *c) for c in VECTOR_CONFIGS]
-    configs += [_make(PATH_VECTOR, *c, LOOP_ROWS) for c in LOOP_CONFIGS]
     configs += [_make(PATH_PHASED, *c, rows) for c in PHASED_CONFIGS for rows in (1, LOOP_ROWS)]
     configs += [_make(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
     configs.append(_make(PATH_TILED, *TILED_CONFIG))

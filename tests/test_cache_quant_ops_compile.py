@@ -81,10 +81,11 @@ def test_quant_plans() -> None:
     assert group_plan(4097, 128, 2) == (128, 4, 32)  # 16 lanes per group, 4 groups per thread
     assert group_plan(1, 128, 2) == (128, 1, 8)
     assert group_plan(4097, 1024, 4) == (128, 1, 4)  # 256 chunks: 32 lanes x 8, one group per thread
-    threads, vecs, blocks, one_block, partials = per_tensor_plan(4097 * 4096, 2)
-    assert (threads, vecs, one_block, partials) == (256, 4, False, 256) and blocks == -(-4097 * 4096 // 8192)
-    assert per_tensor_plan(0, 2) == (128, 1, 1, True, 1)  # one block still writes the scale
-    assert per_tensor_plan(5, 4) == (128, 1, 1, True, 1)
+    threads, vecs, blocks, partials = per_tensor_plan(4097 * 4096, 2, True)
+    assert (threads, vecs, partials) == (256, 4, 256) and blocks == -(-4097 * 4096 // 8192)
+    assert per_tensor_plan(4097 * 4096, 2, False) == (128, 1, -(-4097 * 4096 // 1024), 256)  # static: 128 x 1
+    assert per_tensor_plan(0, 2, True) == (128, 1, 1, 1)  # one block still writes the scale
+    assert per_tensor_plan(5, 4, False) == (128, 1, 1, 1)
 
 
 @pytest.mark.parametrize(("dtype", "neox", "head_size", "rotary_dim"),
@@ -234,7 +235,7 @@ with stub_backend() as stub:
     assert tuple(q.shape) == (3, 4096) and q.dtype == torch.float8_e4m3fn and tuple(scales.shape) == (3, 1)
     assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), ub.data_ptr(), 4096, 4096], values
 
-    # per_tensor_quant_fp8: partial maxima, then the quantization (no one-block launch); static: one launch.
+    # per_tensor_quant_fp8: partial maxima, then the quantization, at every size; static: one launch.
     kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1))
     x = fake(torch.randn(33, 4096, dtype=f16)[:, :4000])
     [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
@@ -246,9 +247,12 @@ with stub_backend() as stub:
     [(g2, _, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x, static)  # static: no maxima to take
     assert v2[3] == static.data_ptr() and g2 == (129, 1, 1)
     small = fake(torch.randn(4, 4096, dtype=f16))
-    [(g3, b3, v3)], (q, scale) = launches(per_tensor_quant_fp8, kernels, small)  # dynamic, small: one block
-    assert g3 == (1, 1, 1) and b3 == (1024, 1, 1) and v3 == [small.data_ptr(), q.data_ptr(), scale.data_ptr(), 4096,
-                                                             4096, 16384], v3
+    [(g3, b3, v3), (g4, b4, v4)], (q, scale) = launches(per_tensor_quant_fp8, kernels, small)  # dynamic, small
+    partials = allocated[-1]
+    assert g3 == (1, 1, 1) and b3 == (512, 1, 1) and v3 == [small.data_ptr(), partials.data_ptr(), 4096, 4096,
+                                                            16384], v3
+    assert g4 == (16, 1, 1) and b4 == (128, 1, 1) and v4[:3] == [small.data_ptr(), q.data_ptr(),
+                                                                 partials.data_ptr()], (g4, v4)
 
     # per_token_group_quant_fp8: column-major scales are allocated with strides (1, tokens).
     kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128, threads=128, vecs=1))

@@ -12,7 +12,6 @@ import pytest
 import cujit
 from cujit.fp8_quant import (
     AMAX_THREADS,
-    ONE_BLOCK_THREADS,
     divider,
     group_plan,
     per_tensor_plan,
@@ -48,11 +47,11 @@ def _group_expressions(dtype: str) -> set[str]:
 
 def _tensor_expressions(dtype: str) -> set[str]:
     cpp, itemsize = DTYPES[dtype]
-    found = {f"per_tensor_amax_kernel<{cpp}, {AMAX_THREADS}>",
-             f"per_tensor_quant_fp8_one_block_kernel<{cpp}, {ONE_BLOCK_THREADS}, true>"}
+    found = {f"per_tensor_amax_kernel<{cpp}, {AMAX_THREADS}>"}
     for total in TOTALS:
-        threads, vecs, *_ = per_tensor_plan(total, itemsize)
-        found.add(f"per_tensor_quant_fp8_kernel<{cpp}, {threads}, {vecs}, true>")
+        for dynamic in (False, True):
+            threads, vecs, *_ = per_tensor_plan(total, itemsize, dynamic)
+            found.add(f"per_tensor_quant_fp8_kernel<{cpp}, {threads}, {vecs}, true>")
     return found
 
 
@@ -69,8 +68,7 @@ def test_the_tuning_variants_compile() -> None:
     """The IEEE-division forms (kRecip false) that benchmarks/tune_quant.py compares, for sm_80 and sm_90."""
     expressions = ["per_token_quant_fp8_kernel<bf16_t, 512, 1, false>",
                    "per_token_group_quant_fp8_kernel<bf16_t, 128, 128, 4, false>",
-                   "per_tensor_quant_fp8_kernel<bf16_t, 256, 4, false>",
-                   "per_tensor_quant_fp8_one_block_kernel<bf16_t, 1024, false>"]
+                   "per_tensor_quant_fp8_kernel<bf16_t, 256, 4, false>"]
     module = cujit.load_jit("fp8_ieee_variants", cuda_files=[KERNEL],
                             cuda_wrappers=[(f"k{i}", e) for i, e in enumerate(expressions)])
     for arch in ("sm_80", "sm_90"):
@@ -91,8 +89,9 @@ def test_precompile_lists_hold_the_serving_shapes(dtype: str) -> None:
             threads, vecs, _ = group_plan(tokens, 128, itemsize)
             assert {"dtype": dtype, "group_size": 128, "threads": threads, "vecs": vecs} in _fields(
                 per_token_group_quant_fp8)
-            threads, vecs, *_ = per_tensor_plan(tokens * hidden, itemsize)
-            assert {"dtype": dtype, "threads": threads, "vecs": vecs} in _fields(per_tensor_quant_fp8)
+            for dynamic in (False, True):
+                threads, vecs, *_ = per_tensor_plan(tokens * hidden, itemsize, dynamic)
+                assert {"dtype": dtype, "threads": threads, "vecs": vecs} in _fields(per_tensor_quant_fp8)
 
 
 def test_group_geometry_of_the_host_is_the_kernels(tmp_path: Path) -> None:

@@ -307,7 +307,7 @@ def test_out_untouched_when_refused() -> None:
 
 # ---------------------------------------------------------------------------------------------------- plans
 # The plans depend on the token count (one vector per thread up to FEW_TOKENS rows, more beyond) and, per tensor,
-# on the size (one block for small dynamic tensors, partial maxima beyond): every path, odd sizes and strides.
+# on the size and on whether the scale is given: every path, odd sizes and strides.
 PLAN_TOKENS = [1, 2, 16, 17, 300, 4097]
 
 

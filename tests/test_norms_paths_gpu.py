@@ -1,5 +1,6 @@
-"""The RMSNorm kernel paths on the GPU: rows looped over per row group, odd rows read in phase, and every path
-value launched directly (including the ones no rule picks, which benchmarks/tune_norms.py times).
+"""The RMSNorm kernel paths on the GPU: token counts around LOOP_TOKENS, odd rows read in phase (looped over per row
+group for many tokens), and every path value launched directly (including the ones no rule picks, which
+benchmarks/tune_norms.py times).
 
 References and tolerances as in tests/test_norms_gpu.py: float64 torch, one unit in the last place of the storage
 dtype (1e-5 for fp32); fused_add_rms_norm's residual compared exactly with torch's own rounded sum.
@@ -15,7 +16,6 @@ import pytest
 import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.rms_norm import (
-    LOOP_CONFIGS,
     LOOP_ROWS,
     LOOP_TOKENS,
     PATH_PHASED,
@@ -152,20 +152,19 @@ def test_odd_rows_out_of_phase_take_the_scalar_path() -> None:
     assert_matches(rms_norm(y, misaligned_weight), reference(y, misaligned_weight), dtype)
 
 
-# ------------------------------------------------------------------------------------------------ row loops
+# ------------------------------------------------------------------------------------------------ token counts
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [8, 64, 1000, 4096, 8192, 16384])
 @pytest.mark.parametrize("tokens", [LOOP_TOKENS - 1, LOOP_TOKENS, LOOP_TOKENS + 1, 1031, 4097])
-def test_rows_looped_over(dtype: torch.dtype, hidden: int, tokens: int) -> None:
-    """Around the token count where row groups start looping, with a last block that has fewer rows."""
+def test_aligned_rows_around_loop_tokens(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """Around the token count where phased row groups start looping: aligned rows keep one row per group."""
     lanes = 16 // torch.empty(0, dtype=dtype).element_size()
     if hidden % lanes:
         pytest.skip("not a whole number of vectors")
     x = torch.randn(tokens, hidden, device="cuda").to(dtype)
     weight = _weight(hidden, dtype)
     config = _config(x, x, weight)
-    loops = tokens >= LOOP_TOKENS and any(rt * v * lanes >= hidden for rt, v in LOOP_CONFIGS)
-    assert config.path == PATH_VECTOR and config.rows == (LOOP_ROWS if loops else 1), config
+    assert config.path == PATH_VECTOR and config.rows == 1, config
     expected = reference(x, weight, 1e-5, gemma=True)
     out = rms_norm(x, weight, 1e-5, gemma=True)
     assert_matches(out, expected, dtype)
@@ -178,14 +177,14 @@ def test_rows_looped_over(dtype: torch.dtype, hidden: int, tokens: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rows_looped_over_strided_and_in_place(dtype: torch.dtype) -> None:
+def test_aligned_rows_strided_and_in_place(dtype: torch.dtype) -> None:
     tokens, hidden = 4097, 4096
     wide = torch.randn(tokens, hidden + 64, device="cuda").to(dtype)
     x = wide[:, 32:32 + hidden]
     weight = _weight(hidden, dtype)
     expected = reference(x, weight)
     config = _config(x, x, weight)
-    assert config.path == PATH_VECTOR and config.rows == LOOP_ROWS, config
+    assert config.path == PATH_VECTOR and config.rows == 1, config
     before = wide.clone()
     assert rms_norm(x, weight, out=x) is x
     assert_matches(x, expected, dtype)

@@ -1,7 +1,7 @@
 """The RMSNorm configuration rule without a GPU: token counts, phased rows, and the launches they give.
 
 - norm_config picks only precompiled instantiations (tests/test_compile_all.py compiles every one of them), that
-  hold the row, looping over LOOP_ROWS rows per group from LOOP_TOKENS tokens on.
+  hold the row; the phased path loops over LOOP_ROWS rows per group from LOOP_TOKENS tokens on, aligned rows never.
 - layout_config reads the layout of real tensors (CPU tensors here: only their addresses and strides matter).
 - The generated launch code, against the stub driver: the grid covers rows_per_block rows per block.
 """
@@ -17,7 +17,6 @@ import pytest
 import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.rms_norm import (
-    LOOP_CONFIGS,
     LOOP_ROWS,
     LOOP_TOKENS,
     PATH_PHASED,
@@ -63,7 +62,7 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int) ->
                     assert _fields({"dtype": dtype, "gemma": gemma, **c._asdict()}) in instances["rms_norm"], c
                 capacity = c.row_threads * c.vecs * lanes
                 if vector:
-                    lists = [LOOP_CONFIGS, VECTOR_CONFIGS] if many else [VECTOR_CONFIGS]
+                    lists = [VECTOR_CONFIGS]
                 else:
                     lists = [PHASED_CONFIGS if phased else SCALAR_CONFIGS]
                 if c.path == PATH_TILED:
@@ -71,8 +70,7 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int) ->
                     continue
                 assert c.path == (PATH_VECTOR if vector else PATH_PHASED if phased else PATH_SCALAR)
                 assert capacity >= hidden, (hidden, dtype, c)
-                looped = c.path in (PATH_VECTOR, PATH_PHASED) and many and (c.path == PATH_PHASED or any(
-                    rt * v * lanes >= hidden for rt, v in LOOP_CONFIGS))
+                looped = c.path == PATH_PHASED and many
                 assert c.rows == (LOOP_ROWS if looped else 1), (hidden, dtype, tokens, c)
                 assert c.rows_per_block == c.block // c.row_threads * c.rows
                 if c.path == PATH_PHASED:
@@ -109,7 +107,7 @@ def test_layout_config_reads_the_phase_of_real_tensors() -> None:
     assert not same_phase(wide[:, 8:], contiguous, 4110, 4101, 4097, 2)
     assert layout_config(4097, dtype, False, object(), contiguous, contiguous, weight, 4097, 4097) == TRACING_CONFIG
     aligned = layout_config(4096, dtype, True, 4097, contiguous, contiguous, weight, 4096, 4096)
-    assert (aligned.path, aligned.rows) == (PATH_VECTOR, LOOP_ROWS)
+    assert (aligned.path, aligned.rows) == (PATH_VECTOR, 1)
 
 
 # ------------------------------------------------------------------------------------------------ the stub

@@ -28,11 +28,10 @@
 ///   the host computes (no integer division). The scale of (row, group) goes to
 ///   scales[row * scale_row_stride + group * scale_group_stride] (row- or column-major).
 /// - per tensor: the values in flat order, kThreads * kVecs vectors per block. A static scale is one kernel. A
-///   dynamic scale needs the max of the whole tensor first: small tensors take one block that reduces, then
-///   quantizes (one launch); larger ones a first kernel of at most kMaxPartials blocks, each a strided set of
-///   tiles so that the tensor is read front to back over time, writing one max per block, and the quantization
-///   kernel, which reduces those maxima in every block (after issuing its loads) and walks the blocks in reverse
-///   order, so that the first values it reads are the last ones the first kernel read, still in L2.
+///   dynamic scale needs the max of the whole tensor first: a first kernel of at most kMaxPartials blocks, each a
+///   strided set of tiles so that the tensor is read front to back over time, writing one max per block, then the
+///   quantization kernel, which reduces those maxima in every block (after issuing its loads) and walks the blocks
+///   in reverse order, so that the first values it reads are the last ones the first kernel read, still in L2.
 #ifndef CUJIT_KERNELS_FP8_QUANT_CUH_
 #define CUJIT_KERNELS_FP8_QUANT_CUH_
 
@@ -407,34 +406,6 @@ __global__ void __launch_bounds__(kThreads) per_tensor_quant_fp8_kernel(
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     flat.template store<kRecip, kVec>(q8, base + (i * kThreads + threadIdx.x) * kVec, v[i], scale, q_vector);
-  }
-}
-
-/// Per-tensor dynamic quantization of a small tensor in one block: the max, the scale (to `*scale_out`), then the
-/// quantization (the values read again, from L1 or L2).
-template <typename T, int kThreads, bool kRecip>
-__global__ void __launch_bounds__(kThreads) per_tensor_quant_fp8_one_block_kernel(
-    const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scale_out, int64_t x_stride,
-    uint64_t hidden, uint64_t total) {
-  using namespace fp8_quant_detail;
-  constexpr int kVec = 16 / sizeof(T);
-  constexpr int kBatch = 4;
-  const Flat<T> flat = flat_of<kVec>(x, x_stride, hidden, total);
-  const uint32_t bits = cujit::block_reduce(tiles_amax<kThreads>(flat, 0, 1), cujit::Max());
-  const float scale = scale_of(__uint_as_float(bits));
-  if (threadIdx.x == 0) *scale_out = scale;
-  uint8_t* q8 = reinterpret_cast<uint8_t*>(q);
-  const bool q_vector = cujit::is_aligned(q8, kVec);
-  constexpr uint64_t kTile = static_cast<uint64_t>(kBatch) * kThreads * kVec;
-#pragma unroll 1
-  for (uint64_t base = 0; base < total; base += kTile) {
-    T v[kBatch][kVec];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) flat.template load<kVec>(base + (b * kThreads + threadIdx.x) * kVec, v[b]);
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      flat.template store<kRecip, kVec>(q8, base + (b * kThreads + threadIdx.x) * kVec, v[b], scale, q_vector);
-    }
   }
 }
 
