@@ -276,7 +276,9 @@ def test_second_gpu_while_current_is_first() -> None:
 def test_arguments_on_two_gpus_raise() -> None:
     x = torch.zeros(10, dtype=torch.int32, device="cuda:0")
     y = torch.zeros(10, dtype=torch.int32, device="cuda:1")
-    with pytest.raises(cujit.TensorMatchError, match=r"'src': device: expected device = cuda:1 .*got cuda:0"):
+    # src binds the device; out, checked after it, is the one that disagrees
+    with pytest.raises(cujit.TensorMatchError,
+                       match=r"'out': device: expected device = cuda:0 \(bound by 'src' device\), got cuda:1"):
         add_constant(x, 1, out=y)
     k = _module().copy_one
     with pytest.raises(cujit.LaunchError, match="argument 1 is on cuda:1 but earlier tensor arguments are on cuda:0"):

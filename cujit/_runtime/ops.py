@@ -319,7 +319,7 @@ class Op:
             raise CujitError(f"{where}: tensors: every tensor of an op is on one device; use one SymbolicDevice")
         # The op's device: the user's SymbolicDevice (then its name can be used), else one of cujit's own.
         user_device = bool(device_symbols)
-        self.device_symbol: SymbolicDevice = device_symbols.pop() if device_symbols else SymbolicDevice("_device")  # type: ignore[assignment]
+        self.device_symbol: SymbolicDevice = device_symbols.pop() if device_symbols else SymbolicDevice("device")  # type: ignore[assignment]
         self.specs: dict[str, MatchSpec] = {}
         for name, matcher in tensors.items():
             if not isinstance(matcher, TensorMatcher):
