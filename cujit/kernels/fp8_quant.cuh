@@ -84,6 +84,14 @@ CUJIT_DEVICE void store_quantized(uint8_t* q, bool vector, const T (&v)[N], Divi
   float y[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) y[i] = divide(cujit::to_float(v[i]));
+  if constexpr (N % 4 == 0) {
+    if (vector) {  // whole words: no byte extraction between the conversions and the store
+      uint32_t words[N / 4];
+      cujit::fp8_e4m3_saturate<N>(y, words);
+      vec_io::store<uint32_t, N / 4>(reinterpret_cast<uint32_t*>(q), true, words);
+      return;
+    }
+  }
   uint8_t bytes[N];
   if constexpr (N % 2 == 0) {
     cujit::fp8_e4m3_saturate<N>(y, bytes);

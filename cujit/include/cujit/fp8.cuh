@@ -30,6 +30,19 @@ CUJIT_DEVICE uint16_t fp8x2_e4m3_saturate(float lo, float hi) {
   return static_cast<uint16_t>(__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3));
 }
 
+/// `N` floats (N a multiple of 4) to e4m3 bytes packed four to a word, the first value in the low byte (the
+/// lower address): two conversions and one byte permute per word.
+template <int N>
+CUJIT_DEVICE void fp8_e4m3_saturate(const float (&x)[N], uint32_t (&out)[N / 4]) {
+  static_assert(N % 4 == 0, "convert whole words");
+#pragma unroll
+  for (int i = 0; i < N; i += 4) {
+    const uint32_t lo = fp8x2_e4m3_saturate(x[i], x[i + 1]);
+    const uint32_t hi = fp8x2_e4m3_saturate(x[i + 2], x[i + 3]);
+    out[i / 4] = lo | (hi << 16);
+  }
+}
+
 /// `N` floats (N even) to `N` e4m3 bytes in `out`, saturating, two per conversion.
 template <int N>
 CUJIT_DEVICE void fp8_e4m3_saturate(const float (&x)[N], uint8_t (&out)[N]) {
@@ -64,8 +77,8 @@ CUJIT_DEVICE bool reciprocal_division_exact(float scale) {
 CUJIT_DEVICE float divide_by_reciprocal(float x, float scale, float r) {
   const float q0 = __fmul_rn(x, r);
   const float q1 = __fmaf_rn(-__fmaf_rn(q0, scale, -x), r, q0);
-  const uint32_t a = __float_as_uint(q0) & 0x7FFFFFFFu;
-  return a - 0x35800000u <= 0x71800000u - 0x35800000u ? q1 : q0;  // 2^-20 <= |q0| <= 2^100
+  const float m = fabsf(q0);  // two compares with the |.| operand modifier; NaN fails both and returns q0
+  return m >= 0x1p-20f && m <= 0x1p100f ? q1 : q0;
 }
 
 /// The bits of |x|. For non-negative floats the integer order is the numeric order and every NaN is above +inf,
