@@ -28,11 +28,12 @@ take the scale's correctly rounded reciprocal once and each quotient as a multip
 IEEE quotient itself (Markstein's theorem; the range conditions and the exhaustive check are at
 ``divide_by_reciprocal`` in cujit/include/cujit/fp8.cuh). Scales outside that range take the IEEE division.
 
-Plans (the functions below) depend on the token count as well as the row: few tokens (up to FEW_TOKENS) spread a
-row over more threads, one 16-byte vector each, so that the serial work per thread is short; many tokens hold
-MANY_VECS vectors per thread. benchmarks/tune_quant.py times the alternatives; a one-block kernel for small
-dynamic per-tensor scales (one launch instead of two) was among them and lost to the two kernels at every size
-measured (1 and 16 tokens of 4096 values: 6.7 and 9.9 us against 4.4 and 4.5 us on an H200), so it is not kept.
+Plans (the functions below) depend on the token count as well as the row: per token, few tokens (up to FEW_TOKENS)
+spread a row over more threads, one 16-byte vector each, so that the serial work per thread is short; many tokens
+hold MANY_VECS vectors per thread. Per group, one group a thread at every count. benchmarks/tune_quant.py times the
+alternatives; a one-block kernel for small dynamic per-tensor scales (one launch instead of two) was among them and
+lost to the two kernels at every size measured (1 and 16 tokens of 4096 values: 6.7 and 9.9 us against 4.4 and 4.5
+us on an H200), so it is not kept.
 
 Torch tensors: q is float8_e4m3fn, which CuPy (NumPy) has no dtype for; CuPy callers pass ``out`` as they can.
 """
@@ -102,13 +103,14 @@ def group_plan(tokens: int, group_size: int, itemsize: int) -> tuple[int, int, i
     """(threads, vecs, groups per block) of per_token_group_quant_fp8_kernel.
 
     A group is kLanes threads of one warp (up to 32, each one 16-byte vector or more for groups beyond 32
-    vectors); a thread holds ``vecs`` groups: 1 for few rows (more, smaller blocks), about MANY_VECS vectors for
-    many. Groups per block = vecs * threads / kLanes, as the kernel's GroupGeometry computes them.
+    vectors); a thread holds ``vecs`` groups, one at every token count: with 4 groups a thread for many tokens the
+    kernel was 5-8% slower at 4097 x 4096 and x 7168 bf16 on an H200 (benchmarks/tune_quant.py), the extra loads
+    in flight not paying for the registers. Groups per block = vecs * threads / kLanes, as the kernel's
+    GroupGeometry computes them. ``tokens`` is part of the signature so that every plan is asked the same way.
     """
     vec = 16 // itemsize
     lanes = min(group_size // vec, 32)
-    width = group_size // lanes  # values per thread of one group
-    vecs = 1 if tokens <= FEW_TOKENS else max(1, MANY_VECS * vec // width)
+    vecs = 1
     return GROUP_THREADS, vecs, vecs * GROUP_THREADS // lanes
 
 

@@ -32,7 +32,9 @@ def _precompiled() -> list[dict[str, Any]]:
     for d, itemsize in (("bfloat16", 2), ("float16", 2)):
         for tokens in (1, 1 << 20):
             threads, vecs, _ = group_plan(tokens, 128, itemsize)
-            found.append({"dtype": d, "group_size": 128, "threads": threads, "vecs": vecs})
+            entry = {"dtype": d, "group_size": 128, "threads": threads, "vecs": vecs}
+            if entry not in found:
+                found.append(entry)
     return found
 
 

@@ -78,7 +78,7 @@ def test_quant_plans() -> None:
     assert per_token_plan(16, 4096, 2) == (512, 1)  # few tokens: one vector per thread
     assert per_token_plan(4097, 65536, 2) == (1024, 4)  # longer rows re-read what the registers cannot hold
     assert per_token_plan(1, 100, 4) == (32, 1)
-    assert group_plan(4097, 128, 2) == (128, 4, 32)  # 16 lanes per group, 4 groups per thread
+    assert group_plan(4097, 128, 2) == (128, 1, 8)  # 16 lanes per group, one group per thread at any count
     assert group_plan(1, 128, 2) == (128, 1, 8)
     assert group_plan(4097, 1024, 4) == (128, 1, 4)  # 256 chunks: 32 lanes x 8, one group per thread
     threads, vecs, blocks, partials = per_tensor_plan(4097 * 4096, 2, True)
