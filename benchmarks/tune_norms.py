@@ -1,8 +1,8 @@
 """Sweep the template parameters of the RMSNorm and gated-activation kernels on one GPU (a few minutes).
 
 For each op and shape it times every candidate instantiation around the current selection rule (CUDA events,
-median; L2 flushed before each launch by writing a 256 MB buffer unless the inputs alone exceed 50 MB; shapes of
-at most 16 tokens as CUDA-graph replays of 20 launches, the inputs warm in L2 as they are in decoding), checks
+median of 15, through cujit/tools/bench/timing.py: L2 flushed before each launch; shapes of at most 16 tokens as
+CUDA-graph replays of 20 launches, the inputs warm in L2 as they are in decoding), checks
 each result against an fp32 torch reference, and prints the times, the best candidate per shape and, per op and
 dtype, the configuration that is best over all token counts of each hidden size: the table to write into
 ``norm_config`` (cujit/rms_norm.py) and ``activation_config`` (cujit/silu_and_mul.py).
@@ -39,6 +39,7 @@ from cujit.rms_norm import (
     norm_config,
 )
 from cujit.silu_and_mul import activation_config
+from cujit.tools.bench import timing
 
 KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
 HIDDEN = (64, 1000, 4096, 4097, 5120, 5121, 8192, 16384, 32768)
@@ -50,8 +51,6 @@ EXTRA = {torch.float16: ((4097, 4096), (4097, 8192), (16, 4096)),
          torch.float32: ((4097, 4096), (4097, 8192), (16, 4096), (4097, 16384))}
 CPP = {torch.float32: "fp32_t", torch.float16: "fp16_t", torch.bfloat16: "bf16_t"}
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2)}
-FLUSH_BYTES = 256 << 20
-L2_BYTES = 50 << 20
 GRAPH_LAUNCHES = 20
 GRAPH_TOKENS = 16
 
@@ -138,61 +137,14 @@ class Kernels:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-_FLUSH: list[torch.Tensor] = []
-
-
-def _flush() -> None:
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda"))
-    _FLUSH[0].fill_(1)
-
-
-def device_us(launch: Callable[[], None], input_bytes: int, tokens: int, repeats: int = 15) -> float:
-    """Median device time of one ``launch()`` in microseconds."""
-    if tokens <= GRAPH_TOKENS:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            launch()  # warm up (and load the module) outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(GRAPH_LAUNCHES):
-                launch()
-        for _ in range(3):
-            graph.replay()
-        pairs = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(20_000)  # keep the GPU busy while the host enqueues, so no idle gap is timed
-            start.record()
-            graph.replay()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3 / GRAPH_LAUNCHES
-    launch()
-    pairs = []
-    for _ in range(repeats):
-        if input_bytes <= L2_BYTES:
-            _flush()  # also keeps the GPU busy while the host enqueues
-        else:
-            torch.cuda._sleep(20_000)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
+def device_us(launch: Callable[[], None], tokens: int) -> float:
+    """Median device time of one ``launch()`` in microseconds (graph replays for few tokens, L2 flushed else)."""
+    return timing.device_us(launch, graph_calls=GRAPH_LAUNCHES if tokens <= GRAPH_TOKENS else 0)
 
 
 def copy_us(moved_bytes: int, tokens: int) -> float:
     """The time of ``copy_`` moving the same number of bytes (half read, half written)."""
-    half = max(moved_bytes // 2, 1)
-    src = torch.empty(half, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    return device_us(lambda: dst.copy_(src), half, tokens)
+    return timing.copy_us(moved_bytes, graph_calls=GRAPH_LAUNCHES if tokens <= GRAPH_TOKENS else 0)
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -246,7 +198,7 @@ def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hi
             ok = _close(xs, expected[0], dtype) and torch.equal(rs, expected[1])
         if not ok:
             print(f"  WRONG: {op} {dtype} {tokens}x{hidden} {c}", flush=True)
-        result.times[c] = device_us(launch, moved // 2, tokens) if ok else math.inf
+        result.times[c] = device_us(launch, tokens) if ok else math.inf
     return result
 
 
@@ -268,7 +220,7 @@ def activation_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, 
         ok = _close(out, expected, dtype)
         if not ok:
             print(f"  WRONG: {op} {dtype} {tokens}x{d} block {block} vecs {vecs}", flush=True)
-        result.times[(block, vecs)] = device_us(launch, x.numel() * x.element_size(), tokens) if ok else math.inf
+        result.times[(block, vecs)] = device_us(launch, tokens) if ok else math.inf
     return result
 
 
@@ -335,39 +287,14 @@ def pdl_chain(d: int = 4096, dtype: torch.dtype = torch.bfloat16) -> None:
                 norm(x, w1, out=a)
                 act(a, out=b)
                 norm(b, w2, out=c)
-            graphs[label] = graph_of(chain)
+            graphs[label] = timing.capture_graph(chain, GRAPH_LAUNCHES, warmup=1)
             outs[label] = c
-        times: dict[str, list[float]] = {label: [] for label in graphs}
-        for _ in range(15):
-            for label, graph in graphs.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda._sleep(20_000)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                times[label].append(start.elapsed_time(end) * 1e3 / GRAPH_LAUNCHES)
+        times = timing.time_graphs(graphs, GRAPH_LAUNCHES, rounds=15, iters=1)
         same = torch.equal(outs["pdl"], outs["no pdl"])
-        cells = "  ".join(f"{label} {statistics.median(t):6.2f}" for label, t in times.items())
-        ratio = statistics.median(times["pdl"]) / statistics.median(times["no pdl"])
+        cells = "  ".join(f"{label} {t.median_us:6.2f}" for label, t in times.items())
+        ratio = times["pdl"].median_us / times["no pdl"].median_us
         print(f"  tokens {tokens:2d}: {cells}  ratio {ratio:.3f}  {'same results' if same else 'RESULTS DIFFER'}",
               flush=True)
-
-
-def graph_of(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
-    """``fn`` run once (loading its kernels), then captured GRAPH_LAUNCHES times into one graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(GRAPH_LAUNCHES):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph
 
 
 # ------------------------------------------------------------------------------------------------ main

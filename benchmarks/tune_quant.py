@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from cujit.fp8_quant import (
     per_token_plan,
     per_token_quant_fp8,
 )
+from cujit.tools.bench import timing
 
 KERNEL = Path(cujit.__file__).resolve().parent / "kernels" / "fp8_quant.cuh"
 OPS = ("per_token_quant_fp8", "per_token_group_quant_fp8", "per_tensor_static", "per_tensor_dynamic")
@@ -49,7 +49,6 @@ ITEMSIZE = 2
 VEC = 16 // ITEMSIZE
 FP8 = torch.float8_e4m3fn
 MIN_SCALE = 1 / (448 * 512)
-FLUSH_BYTES = 256 << 20
 GRAPH_LAUNCHES = 32
 GRAPH_TOKENS = 16
 REPEATS = 15
@@ -162,57 +161,14 @@ class Kernels:
 
 
 # ------------------------------------------------------------------------------------------------ timing
-_FLUSH: list[torch.Tensor] = []
-
-
-def _flush() -> None:
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda"))
-    _FLUSH[0].fill_(1)
-
-
 def device_us(launch: Callable[[], object], tokens: int) -> float:
     """Median device time of one ``launch()`` in microseconds (graph replays for few tokens, L2 flushed else)."""
-    if tokens <= GRAPH_TOKENS:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            launch()  # load the module outside the capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(GRAPH_LAUNCHES):
-                launch()
-        graph.replay()
-        pairs = []
-        for _ in range(REPEATS):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(20_000)  # the GPU stays busy while the host enqueues: no idle gap is timed
-            start.record()
-            graph.replay()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3 / GRAPH_LAUNCHES
-    launch()
-    pairs = []
-    for _ in range(REPEATS):
-        _flush()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
+    return timing.device_us(launch, graph_calls=GRAPH_LAUNCHES if tokens <= GRAPH_TOKENS else 0, repeats=REPEATS)
 
 
 def copy_us(moved_bytes: int, tokens: int) -> float:
     """The time of ``copy_`` moving the same bytes (half read, half written)."""
-    half = max(moved_bytes // 2, 1)
-    src = torch.empty(half, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    return device_us(lambda: dst.copy_(src), tokens)
+    return timing.copy_us(moved_bytes, graph_calls=GRAPH_LAUNCHES if tokens <= GRAPH_TOKENS else 0, repeats=REPEATS)
 
 
 # ------------------------------------------------------------------------------------------------ the rule

@@ -33,6 +33,8 @@ __all__ = [
     "Spin",
     "Timing",
     "capture_graph",
+    "copy_us",
+    "device_us",
     "interleaved",
     "median_seconds",
     "per_call_us",
@@ -274,3 +276,35 @@ def time_graphs(graphs: Mapping[str, Any], calls: int, *, rounds: int = 10, iter
         for name, start, end in pending:
             samples[name].append(start.elapsed_time(end) * 1e3 / calls)
     return {name: summarize(values) for name, values in samples.items()}
+
+
+_FLUSHES: dict[int, L2Flush] = {}
+
+
+def device_us(fn: Callable[[], Any], *, graph_calls: int = 0, repeats: int = 15) -> float:
+    """The median device time of one call of ``fn`` in microseconds, for the tuning scripts.
+
+    With ``graph_calls``, that many calls captured in one CUDA graph and timed by ``time_graphs`` (for calls too
+    short to time alone, with their inputs warm in L2 as in decoding); without, each call timed alone after an L2
+    flush by ``time_flushed``. ``repeats`` samples either way.
+    """
+    if graph_calls:
+        graph = capture_graph(fn, graph_calls, warmup=1)
+        return time_graphs({"fn": graph}, graph_calls, rounds=repeats, iters=1, warmup=1)["fn"].median_us
+    import torch
+
+    device = torch.cuda.current_device()
+    flush = _FLUSHES.get(device)
+    if flush is None:
+        flush = _FLUSHES[device] = L2Flush(device)
+    return time_flushed({"fn": fn}, flush, rounds=repeats, iters=1, warmup=1)["fn"].median_us
+
+
+def copy_us(moved_bytes: int, *, graph_calls: int = 0, repeats: int = 15) -> float:
+    """:func:`device_us` of ``copy_`` moving ``moved_bytes`` (half read, half written): the bandwidth ceiling."""
+    import torch
+
+    half = max(moved_bytes // 2, 1)
+    src = torch.empty(half, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return device_us(lambda: dst.copy_(src), graph_calls=graph_calls, repeats=repeats)
