@@ -12,7 +12,17 @@ from typing import Any, NamedTuple
 
 import cujit
 
-__all__ = ["ActivationConfig", "activation_config", "activation_precompile", "silu_and_mul"]
+__all__ = [
+    "GATED_ARGS",
+    "GATED_CHECK",
+    "GATED_GRID",
+    "GATED_TENSORS",
+    "GATED_VALUES",
+    "ActivationConfig",
+    "activation_config",
+    "activation_precompile",
+    "silu_and_mul",
+]
 
 
 class ActivationConfig(NamedTuple):
@@ -56,25 +66,33 @@ def _config(D: int, dtype: Any) -> ActivationConfig:
     return activation_config(D, dtype)
 
 
+#: What every gated activation op declares alike (gelu_and_mul too): x [..., 2d] and out [..., d] of one float
+#: dtype, the row count, the configuration, the check of the last dimension, the grid and the kernel arguments.
+GATED_TENSORS = {
+    "x": cujit.TensorMatcher([_LEAD, _TWO_D]).with_dtype(*_FLOATS, symbol=_DTYPE),
+    "out": cujit.TensorMatcher([_LEAD, _D]).with_dtype(*_FLOATS, symbol=_DTYPE),
+}
+GATED_VALUES = {
+    "D": "two_d // 2",
+    "rows": "prod(lead)",
+    "config": _config,
+    "block": "config.block",
+    "vecs": "config.vecs",
+}
+GATED_CHECK = ("two_d % 2 == 0", "x: the last dimension must be even (2 * d)")
+GATED_GRID = "cdiv(rows * D, block * vecs * (16 // dtype.itemsize))"
+GATED_ARGS = ("out", "x", "rows", "D")
+
 silu_and_mul = cujit.op(
     "cujit::silu_and_mul(Tensor x, *, Tensor(a!)? out=None) -> Tensor",
     source="kernels/activation.cuh",
     kernel="silu_and_mul_kernel<{dtype}, {block}, {vecs}>",
-    tensors={
-        "x": cujit.TensorMatcher([_LEAD, _TWO_D]).with_dtype(*_FLOATS, symbol=_DTYPE),
-        "out": cujit.TensorMatcher([_LEAD, _D]).with_dtype(*_FLOATS, symbol=_DTYPE),
-    },
-    values={
-        "D": "two_d // 2",
-        "rows": "prod(lead)",
-        "config": _config,
-        "block": "config.block",
-        "vecs": "config.vecs",
-    },
-    checks=[("two_d % 2 == 0", "x: the last dimension must be even (2 * d)")],
-    grid="cdiv(rows * D, block * vecs * (16 // dtype.itemsize))",
+    tensors=GATED_TENSORS,
+    values=GATED_VALUES,
+    checks=[GATED_CHECK],
+    grid=GATED_GRID,
     block="block",
-    args=("out", "x", "rows", "D"),
+    args=GATED_ARGS,
     precompile=activation_precompile(),
     pdl=True,
 )
