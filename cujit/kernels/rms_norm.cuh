@@ -307,6 +307,20 @@ CUJIT_DEVICE void rms_norm_tile(T* out, const T* x, const T* __restrict__ weight
   row.store(out, count);
 }
 
+/// The second pass of the tiled paths: out = src * inv_rms * weight (or (1 + weight)), tile by tile; each thread
+/// reads and writes the same elements of every tile as in the first pass.
+template <bool kVector, typename T, int kRowThreads, int kVecs, bool kGemma>
+CUJIT_DEVICE void normalize_tiles(T* out, const T* src, const T* __restrict__ weight, int64_t count, float inv_rms) {
+  using F = Fragment<kVector, T, kRowThreads, kVecs>;
+  for (int64_t begin = 0; begin < count; begin += F::kTile) {
+    F part, w;
+    part.load(src + begin, count - begin);
+    w.load(weight + begin, count - begin);
+    part.template normalize<kGemma>(w, inv_rms);
+    part.store(out + begin, count - begin);
+  }
+}
+
 /// RMSNorm of a row of any length, tile by tile; arguments as for rms_norm_tile.
 template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma>
 CUJIT_DEVICE void rms_norm_tiles(T* out, const T* x, const T* __restrict__ weight, int64_t hidden, int64_t count,
@@ -319,13 +333,7 @@ CUJIT_DEVICE void rms_norm_tiles(T* out, const T* x, const T* __restrict__ weigh
     squares += part.sum_squares();
   }
   const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(squares), hidden, eps);
-  for (int64_t begin = 0; begin < count; begin += F::kTile) {
-    F part, w;
-    part.load(x + begin, count - begin);
-    w.load(weight + begin, count - begin);
-    part.template normalize<kGemma>(w, inv_rms);
-    part.store(out + begin, count - begin);
-  }
+  normalize_tiles<kVector, T, kRowThreads, kVecs, kGemma>(out, x, weight, count, inv_rms);
   cujit::pdl_launch_dependents();
 }
 
@@ -369,13 +377,7 @@ CUJIT_DEVICE void fused_add_rms_norm_tiles(T* x, T* residual, const T* __restric
   }
   const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(squares), hidden, eps);
   // Each thread reads back the sums it stored itself above, in the same layout, so no barrier is needed.
-  for (int64_t begin = 0; begin < count; begin += F::kTile) {
-    F sum, w;
-    sum.load(residual + begin, count - begin);
-    w.load(weight + begin, count - begin);
-    sum.template normalize<kGemma>(w, inv_rms);
-    sum.store(x + begin, count - begin);
-  }
+  normalize_tiles<kVector, T, kRowThreads, kVecs, kGemma>(x, residual, weight, count, inv_rms);
   cujit::pdl_launch_dependents();
 }
 
