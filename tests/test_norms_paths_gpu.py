@@ -2,7 +2,7 @@
 group for many tokens), and every path value launched directly (including the ones no rule picks, which
 benchmarks/tune_norms.py times).
 
-References and tolerances as in tests/test_norms_gpu.py: float64 torch, one unit in the last place of the storage
+References and tolerances are those of tests/test_norms_gpu.py: float64 torch, one unit in the last place of the storage
 dtype (1e-5 for fp32); fused_add_rms_norm's residual compared exactly with torch's own rounded sum.
 """
 
@@ -27,26 +27,13 @@ from cujit.rms_norm import (
     layout_config,
     rms_norm,
 )
+from tests.test_norms_gpu import DTYPES, assert_matches, reference
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.gpu
-DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 CPP = {torch.float32: "fp32_t", torch.float16: "fp16_t", torch.bfloat16: "bf16_t"}
 KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
-
-
-def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gemma: bool = False) -> torch.Tensor:
-    x64, w64 = x.double(), weight.double()
-    if gemma:
-        w64 = w64 + 1
-    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    assert actual.dtype == dtype
-    torch.testing.assert_close(actual.double(), expected, rtol=RTOL[dtype], atol=1e-6)
 
 
 def _weight(hidden: int, dtype: torch.dtype) -> torch.Tensor:
