@@ -185,19 +185,22 @@ def test_the_loaded_nvrtc_is_found_in_this_process() -> None:
 def test_a_mismatch_that_cannot_be_avoided_fails_before_nvrtc_parses_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_toolchain: None
 ) -> None:
-    cu13 = headers(tmp_path / "site" / "nvidia" / "cu13" / "include", 13000)
-    monkeypatch.setattr(toolchain, "cuda_header_candidates", lambda: [HeaderDir(cu13, (13, 0), "an NVIDIA wheel")])
+    # Headers of the next major release after NVRTC's: whatever NVRTC is installed, nothing fits it.
+    major, minor = toolchain.nvrtc_version()
+    newer = major + 1
+    folder = headers(tmp_path / "site" / "nvidia" / f"cu{newer}" / "include", newer * 1000)
+    monkeypatch.setattr(toolchain, "cuda_header_candidates",
+                        lambda: [HeaderDir(folder, (newer, 0), "an NVIDIA wheel")])
     monkeypatch.setattr(toolchain, "_beside_loaded_nvrtc", lambda: iter([]))
     monkeypatch.setattr(toolchain, "_pathfinder_candidates", lambda known: [])
     kernel = tmp_path / "k.cuh"
     kernel.write_text("#include <cuda_fp8.h>\n__global__ void k(int* out) { out[0] = 1; }\n")
-    major, minor = toolchain.nvrtc_version()
     m = cujit.load_jit("mismatch", cuda_files=[kernel], cuda_wrappers=[("k", "k")])
     with pytest.raises(cujit.CujitError) as info:
         m.compile(arch="sm_90")
     assert not isinstance(info.value, cujit.CompileError)
     message = str(info.value)
-    assert f"NVRTC {major}.{minor}" in message and f"CUDA 13.0 in {cu13}" in message
+    assert f"NVRTC {major}.{minor}" in message and f"CUDA {newer}.0 in {folder}" in message
     assert "error:" not in message
 
 

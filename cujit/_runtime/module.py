@@ -183,6 +183,7 @@ class JitModule:
         launch inside a CUDA graph capture works.
         """
         active = driver.backend()
+        toolchain.check_driver_for_launch()
         key, compiled = self._compiled_for(active.arch_of(device))
         slot = (key, device)
         table = active.modules()

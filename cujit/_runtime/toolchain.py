@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import release
 from .errors import CujitError
 
 __all__ = [
@@ -59,7 +60,11 @@ def kernels_dir() -> Path:
 
 @functools.cache
 def nvrtc() -> Any:
-    """CuPy's NVRTC binding (``cupy_backends.cuda.libs.nvrtc``): compiles with no GPU and no driver."""
+    """CuPy's NVRTC binding (``cupy_backends.cuda.libs.nvrtc``), bound to the libnvrtc that ``release`` chooses.
+
+    Compiles with no GPU and no driver.
+    """
+    release.preload_chosen()
     try:
         from cupy_backends.cuda.libs import nvrtc as binding
     except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -74,6 +79,8 @@ def nvrtc_version() -> tuple[int, int]:
     """NVRTC's (major, minor) version; loading the library is the first thing that can fail."""
     try:
         major, minor = nvrtc().getVersion()
+    except CujitError:
+        raise
     except Exception as exc:  # CuPy raises several types when libnvrtc is missing
         raise CujitError(
             "NVRTC could not be loaded: install the NVRTC wheel that matches your CuPy "
@@ -82,6 +89,25 @@ def nvrtc_version() -> tuple[int, int]:
             f"or point CUDA_PATH at a CUDA toolkit; the loader said: {exc}"
         ) from exc
     return int(major), int(minor)
+
+
+@functools.cache
+def nvrtc_library() -> Path | None:
+    """The file of the libnvrtc in use (after :func:`nvrtc` loaded it), or None where the process map is unreadable."""
+    version = nvrtc_version()
+    for library in release.loaded_nvrtc():
+        if library.version is None or library.version[0] == version[0]:
+            return library.path
+    return None
+
+
+@functools.cache
+def check_driver_for_launch() -> None:
+    """Raise ``CujitError`` before code is built for a GPU whose driver could not load NVRTC's cubins.
+
+    Memoised once it passes; a failure is raised again on every call.
+    """
+    release.check_driver(nvrtc_version(), release.driver_version())
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA headers

@@ -1,0 +1,225 @@
+"""Which CUDA release compiles: the NVRTC library cujit uses, chosen by one rule, and the driver that loads its output.
+
+The rule, in order:
+
+1. An NVRTC already in this process is the one. torch's CUDA builds link libnvrtc, so ``import torch`` loads
+   torch's own, and CuPy's binding (through ``cuda.pathfinder``) takes a library that is already loaded before
+   searching anywhere; a second NVRTC could not be handed to CuPy anyway.
+2. Otherwise, among the NVRTC libraries installed (NVIDIA's wheels on ``sys.path``, ``CONDA_PREFIX``,
+   ``CUDA_PATH``, ``CUDA_HOME``, ``/usr/local/cuda``), those the driver can use (the release's major version not
+   above the driver's; any when no driver is present, e.g. compiling for an explicit arch on a build machine),
+   newest release first. cujit loads that library itself before CuPy's binding looks, so the choice never
+   depends on the order in which a third-party finder searches.
+3. The CUDA headers are always of NVRTC's own release (``toolchain.cuda_include_dir``).
+4. Before code is built for a GPU, the driver must accept NVRTC's release: a cubin of a newer major version than
+   the driver's is never built (``check_driver``).
+
+Nothing here needs a GPU; the driver's version is read with ``cuDriverGetVersion``, which needs no context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CujitError
+
+__all__ = ["LOADED", "NvrtcLibrary", "check_driver", "choose_nvrtc", "chosen", "driver_version", "installed_nvrtc",
+           "library_version", "loaded_nvrtc", "preload_chosen"]
+
+_BUILTINS = re.compile(r"libnvrtc-builtins\.so\.(\d+)\.(\d+)$")
+_VERSIONED = re.compile(r"libnvrtc\.so\.(\d+)\.(\d+)")
+_SONAME = re.compile(r"libnvrtc\.so\.(\d+)$")
+# Where NVIDIA's wheels put libnvrtc, relative to a site-packages folder, newest layout first: one folder per
+# major version from CUDA 13 on, a per-component folder for CUDA 12.
+_WHEEL_LIB_DIRS = ("nvidia/cu[0-9]*/lib", "nvidia/cuda_nvrtc/lib")
+LOADED = "already loaded in this process"
+# The oldest driver of each CUDA major version (Linux), for messages.
+_DRIVER_FLOOR = {12: "525", 13: "580"}
+
+
+@dataclass(frozen=True)
+class NvrtcLibrary:
+    """One libnvrtc on this machine: its file, its CUDA (major, minor) release and where it was found."""
+
+    path: Path
+    version: tuple[int, int] | None
+    origin: str
+
+    def describe(self) -> str:
+        """``NVRTC 13.0 in /path (origin)`` for messages."""
+        release = "NVRTC of unknown version" if self.version is None else "NVRTC {}.{}".format(*self.version)
+        return f"{release} in {self.path} ({self.origin})"
+
+
+def library_version(path: Path) -> tuple[int, int] | None:
+    """The release of a libnvrtc file: from its own versioned name, else from ``libnvrtc-builtins.so.X.Y`` beside it.
+
+    Every NVIDIA package ships the builtins library next to libnvrtc under its exact major.minor name; the wheels
+    name libnvrtc itself by major version only.
+    """
+    real = Path(os.path.realpath(path))
+    for name in (real.name, path.name):
+        match = _VERSIONED.match(name)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    try:
+        names = sorted((item.name for item in real.parent.iterdir()), reverse=True)
+    except OSError:
+        return None
+    major = _SONAME.match(path.name)
+    for name in names:
+        found = _BUILTINS.match(name)
+        if found and (major is None or found.group(1) == major.group(1)):
+            return int(found.group(1)), int(found.group(2))
+    return None
+
+
+def _library_folders(search_path: Sequence[str]) -> Iterable[tuple[Path, str]]:
+    for entry in search_path:
+        site = Path(entry or ".")
+        for pattern in _WHEEL_LIB_DIRS:
+            for folder in sorted(site.glob(pattern), reverse=True):
+                yield folder, "an NVIDIA wheel"
+    conda = os.environ.get("CONDA_PREFIX")
+    if conda:
+        yield Path(conda) / "lib", "CONDA_PREFIX"
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        root = os.environ.get(var)
+        if root:
+            yield Path(root) / "lib64", var
+            yield Path(root) / "lib", var
+    yield Path("/usr/local/cuda/lib64"), "the system toolkit"
+
+
+def installed_nvrtc(search_path: Sequence[str] | None = None) -> list[NvrtcLibrary]:
+    """Every libnvrtc in the usual places, in search order, each once (by real path), with its release."""
+    out: list[NvrtcLibrary] = []
+    seen: set[str] = set()
+    for folder, origin in _library_folders(sys.path if search_path is None else search_path):
+        try:
+            names = sorted((item.name for item in folder.iterdir()), reverse=True)
+        except OSError:
+            continue
+        for name in names:
+            if not _SONAME.match(name):
+                continue
+            path = folder / name
+            real = os.path.realpath(path)
+            if real in seen or not Path(real).is_file():
+                continue
+            seen.add(real)
+            out.append(NvrtcLibrary(Path(os.path.abspath(path)), library_version(path), origin))
+    return out
+
+
+def loaded_nvrtc() -> list[NvrtcLibrary]:
+    """The libnvrtc files this process has loaded already (Linux: ``/proc/self/maps``), newest major first.
+
+    That is the order in which ``cuda.pathfinder`` asks the loader for one, so the first is what CuPy's binding
+    takes.
+    """
+    try:
+        data = Path("/proc/self/maps").read_text(errors="surrogateescape")
+    except OSError:
+        return []
+    paths = dict.fromkeys(re.findall(r"(/\S*/libnvrtc\.so\.\d+\S*)$", data, re.MULTILINE))
+    found = [NvrtcLibrary(Path(p), library_version(Path(p)), LOADED) for p in paths]
+    return sorted(found, key=lambda lib: -(lib.version or (0, 0))[0])
+
+
+def choose_nvrtc(installed: Sequence[NvrtcLibrary], loaded: Sequence[NvrtcLibrary],
+                 driver: tuple[int, int] | None) -> NvrtcLibrary:
+    """The rule (see the module's docstring) as a pure function. Raises ``CujitError`` when nothing is usable."""
+    if loaded:
+        return loaded[0]
+    known = [lib for lib in installed if lib.version is not None]
+    usable = [lib for lib in known if driver is None or (lib.version is not None and lib.version[0] <= driver[0])]
+    if usable:
+        best = max(lib.version for lib in usable if lib.version is not None)
+        return next(lib for lib in usable if lib.version == best)
+    if installed and not known:
+        return installed[0]  # versions unreadable: the first found, as the loader would have it; checked later
+    raise CujitError(_nothing_usable(installed, driver))
+
+
+def _nothing_usable(installed: Sequence[NvrtcLibrary], driver: tuple[int, int] | None) -> str:
+    got = "; ".join(lib.describe() for lib in installed) or (
+        "no libnvrtc (looked at the NVIDIA wheels on sys.path, CONDA_PREFIX, CUDA_PATH, CUDA_HOME and "
+        "/usr/local/cuda)")
+    if driver is None or not installed:
+        fix = "pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12"
+    else:
+        fix = f"pip install 'nvidia-cuda-nvrtc-cu12' 'nvidia-cuda-runtime-cu12' (CUDA 12, which driver " \
+              f"{_driver_text(driver)} loads), or update the NVIDIA driver"
+    return (f"no NVRTC that this machine can use: the driver supports {_driver_text(driver)}, found {got}. "
+            f"Fix: {fix}")
+
+
+def _driver_text(driver: tuple[int, int] | None) -> str:
+    return "no driver (compile-only)" if driver is None else "CUDA {}.{}".format(*driver)
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+@functools.cache
+def driver_version() -> tuple[int, int] | None:
+    """The CUDA (major, minor) the installed driver supports, or None without a driver. Needs no GPU context."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    value = ctypes.c_int(0)
+    try:
+        status = libcuda.cuDriverGetVersion(ctypes.byref(value))
+    except AttributeError:
+        return None
+    if status != 0 or value.value <= 0:
+        return None
+    return value.value // 1000, (value.value % 1000) // 10
+
+
+def check_driver(nvrtc_version: tuple[int, int], driver: tuple[int, int] | None) -> None:
+    """Raise ``CujitError`` when the driver cannot load cubins of NVRTC's release (a newer major version).
+
+    Within one major version a driver loads cubins of any minor release (CUDA's minor version compatibility), so
+    only the major versions are compared. No driver: nothing is loaded, nothing to check.
+    """
+    if driver is None or nvrtc_version[0] <= driver[0]:
+        return
+    major = nvrtc_version[0]
+    floor = _DRIVER_FLOOR.get(major, "a newer one")
+    raise CujitError(
+        f"NVRTC {major}.{nvrtc_version[1]} ({chosen().describe()}) builds CUDA {major} code, which the installed "
+        f"driver (CUDA {driver[0]}.{driver[1]}) cannot load. Fix: update the NVIDIA driver to {floor} or newer. "
+        f"Where NVRTC was loaded by torch, a torch built for CUDA {driver[0]} is the other way out; otherwise "
+        f"pip install 'nvidia-cuda-nvrtc-cu{driver[0]}' 'nvidia-cuda-runtime-cu{driver[0]}' gives cujit a CUDA "
+        f"{driver[0]} NVRTC. `python -m cujit doctor` shows what is installed."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+@functools.cache
+def chosen() -> NvrtcLibrary:
+    """The NVRTC library the rule picks in this process (what is loaded, or what :func:`preload_chosen` loads)."""
+    return choose_nvrtc(installed_nvrtc(), loaded_nvrtc(), driver_version())
+
+
+def preload_chosen() -> NvrtcLibrary:
+    """Load the chosen libnvrtc (if the process holds none yet), so that CuPy's binding takes exactly that one."""
+    library = chosen()
+    if library.origin == LOADED:
+        return library
+    builtins = [p for p in library.path.parent.glob("libnvrtc-builtins.so.*") if _BUILTINS.match(p.name)]
+    try:
+        for path in builtins:  # the loader of some wheels does not find them beside libnvrtc by itself
+            ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
+        ctypes.CDLL(str(library.path), mode=os.RTLD_GLOBAL)
+    except OSError as exc:
+        raise CujitError(f"{library.describe()} could not be loaded: {exc}") from exc
+    return library
