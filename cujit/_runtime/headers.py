@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from . import toolchain
+from .errors import CujitError
 
 __all__ = [
     "cccl_extra_dirs",
@@ -94,16 +95,43 @@ def cuda_version() -> int:
 
 
 def find_crt_dir(cuda_include: Path) -> Path | None:
-    """The folder whose ``crt/`` holds ``host_defines.h``, ``mma.h`` and friends, or None.
+    """The folder whose ``crt/`` holds ``host_defines.h``, ``mma.h`` and friends, of the CUDA headers' release.
 
-    A toolkit and the CUDA 13 wheels keep ``crt/`` next to the other CUDA headers; the CUDA 12 wheels ship it with
-    nvcc (``nvidia-cuda-nvcc-cu12``, a sibling folder). Guessed system folders (``/usr/local/cuda``) are never
-    used: their version need not match the headers in use.
+    A toolkit keeps ``crt/`` next to the other CUDA headers, and so does the CUDA 13 wheel layout (from the
+    ``nvidia-cuda-crt`` wheel); the CUDA 12 wheels ship it with nvcc (``nvidia-cuda-nvcc-cu12``, a sibling folder).
+    A ``crt/`` of another major version than the headers, or newer than NVRTC, is never used. Guessed system
+    folders (``/usr/local/cuda``) are never used either: their version need not match the headers in use.
     """
+    headers_release = toolchain.header_version(cuda_include)
     for path in _crt_candidates(cuda_include):
-        if (path / _CRT_PROBE).is_file():
+        if (path / _CRT_PROBE).is_file() and _crt_fits(path, cuda_include, headers_release):
             return path
     return None
+
+
+def crt_release(folder: Path) -> tuple[int, int] | None:
+    """The CUDA release of a folder holding ``crt/``: its wheel's version where a wheel installed it, else cuda.h's."""
+    layout = folder.parent
+    if layout.parent.name == "nvidia":
+        site = layout.parent.parent
+        wheel = "nvidia_cuda_nvcc_cu12" if layout.name == "cuda_nvcc" else "nvidia_cuda_crt"
+        for info in sorted(site.glob(f"{wheel}-*.dist-info"), reverse=True):
+            match = re.match(r".*-(\d+)\.(\d+)", info.name)
+            if match:
+                return int(match.group(1)), int(match.group(2))
+    return toolchain.header_version(folder)
+
+
+def _crt_fits(path: Path, cuda_include: Path, headers_release: tuple[int, int] | None) -> bool:
+    release = crt_release(path)
+    if release is None or headers_release is None:
+        # Unknown: only the headers' own folder, or the CUDA 12 wheels' nvcc folder beside CUDA 12 headers.
+        return path == cuda_include or (path.parent.name == "cuda_nvcc" and (headers_release or (12,))[0] == 12)
+    try:
+        nvrtc = toolchain.nvrtc_version()
+    except CujitError:
+        nvrtc = headers_release
+    return release[0] == headers_release[0] and release <= max(nvrtc, headers_release)
 
 
 def _crt_candidates(cuda_include: Path) -> Iterable[Path]:
@@ -356,7 +384,9 @@ def hints(log: str) -> list[str]:
 def _missing_header_hint(name: str) -> str:
     if name.startswith("crt/"):
         major = toolchain.nvrtc_version()[0]
-        wheel = "'cuda-toolkit[nvcc]==12.*' (nvidia-cuda-nvcc-cu12)" if major == 12 else "nvidia-cuda-crt"
+        minor = toolchain.nvrtc_version()[1]
+        wheel = (f"'nvidia-cuda-nvcc-cu12=={major}.{minor}.*'" if major == 12
+                 else f"'nvidia-cuda-crt=={major}.{minor}.*'")
         return (
             f"<{name}> is one of the CUDA compiler's crt/ headers, which <mma.h>, <cuda_device_runtime_api.h> "
             f"and friends include: pip install {wheel}, matching the version of your CUDA headers."
