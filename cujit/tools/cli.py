@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     cache_sub.add_parser("clear", help="delete every entry, lock and temporary file",
                          description="Delete every compiled kernel, lock file and temporary file, of every schema.")
 
+    doctor = sub.add_parser("doctor", help="which NVRTC, CUDA headers, driver and GPU cujit uses here, and whether "
+                            "they work together",
+                            description="Show the CUDA stack cujit uses on this machine (NVRTC, its CUDA headers, "
+                            "the driver, the GPUs, CuPy, torch, the cache folder), whether CuPy's own kernels "
+                            "compile here, and a verdict naming each problem with its fix. Exit code 1 when "
+                            "something is wrong.")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+
     # Listed for the top-level help only: main() hands `bench ...` to the benchmark's own parser.
     sub.add_parser("bench", help="the benchmark table (GPU); see `python -m cujit bench --help`")
     return parser
@@ -181,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
             return demo(args.demo_arch)
         if args.command == "precompile":
             return _precompile(args.archs, args.ops, args.jobs)
+        if args.command == "doctor":
+            from .doctor import doctor
+
+            return doctor(args.json)
         if args.command == "cache":
             return _cache(args.action, getattr(args, "json", False))
     except CujitError as exc:
