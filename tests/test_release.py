@@ -1,0 +1,253 @@
+"""Which NVRTC compiles: the rule of ``cujit._runtime.release``, the driver check, crt/ of the same release, doctor.
+
+The rule's pieces are tested on layouts built in tmp_path (NVIDIA's CUDA 12 and CUDA 13 wheel layouts, a toolkit
+under CUDA_PATH); the end-to-end tests run child processes against the NVRTC libraries really installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import cujit
+from cujit._runtime import headers, release, toolchain
+from cujit._runtime.release import NvrtcLibrary, check_driver, choose_nvrtc, installed_nvrtc, library_version
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nvrtc_files(lib: Path, soname: str, builtins: str | None, real: str | None = None) -> Path:
+    """A fake libnvrtc (and its builtins library) in ``lib``; ``real``: the versioned file the soname links to."""
+    lib.mkdir(parents=True, exist_ok=True)
+    if real is not None:
+        (lib / real).write_bytes(b"\x7fELF")
+        (lib / soname).symlink_to(real)
+    else:
+        (lib / soname).write_bytes(b"\x7fELF")
+    if builtins is not None:
+        (lib / builtins).write_bytes(b"\x7fELF")
+    return lib / soname
+
+
+@pytest.fixture
+def no_toolkits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CUDA_PATH", "CUDA_HOME", "CONDA_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def lib(version: tuple[int, int] | None, name: str = "") -> NvrtcLibrary:
+    return NvrtcLibrary(Path(f"/l/{name or version}"), version, "test")
+
+
+# ---------------------------------------------------------------------------------------------------- discovery
+def test_versions_come_from_the_builtins_library_or_the_versioned_name(tmp_path: Path) -> None:
+    cu13 = nvrtc_files(tmp_path / "a", "libnvrtc.so.13", "libnvrtc-builtins.so.13.0")
+    cu12 = nvrtc_files(tmp_path / "b", "libnvrtc.so.12", "libnvrtc-builtins.so.12.9")
+    toolkit = nvrtc_files(tmp_path / "c", "libnvrtc.so.12", None, real="libnvrtc.so.12.4.127")
+    bare = nvrtc_files(tmp_path / "d", "libnvrtc.so.12", None)
+    assert [library_version(p) for p in (cu13, cu12, toolkit, bare)] == [(13, 0), (12, 9), (12, 4), None]
+
+
+def test_wheels_then_toolkits_each_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_toolkits: None) -> None:
+    site = tmp_path / "site"
+    cu13 = nvrtc_files(site / "nvidia" / "cu13" / "lib", "libnvrtc.so.13", "libnvrtc-builtins.so.13.0")
+    cu12 = nvrtc_files(site / "nvidia" / "cuda_nvrtc" / "lib", "libnvrtc.so.12", "libnvrtc-builtins.so.12.9")
+    toolkit = nvrtc_files(tmp_path / "cuda" / "lib64", "libnvrtc.so.12", None, real="libnvrtc.so.12.4.127")
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "cuda"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))  # the same toolkit twice: listed once
+    found = [(f.path, f.version, f.origin) for f in installed_nvrtc([str(site), str(site)])]
+    assert found[:3] == [(cu13, (13, 0), "an NVIDIA wheel"), (cu12, (12, 9), "an NVIDIA wheel"),
+                         (toolkit, (12, 4), "CUDA_PATH")]
+    assert all(path != toolkit for path, _, origin in found[3:])
+
+
+# ---------------------------------------------------------------------------------------------------- the rule
+@pytest.mark.parametrize(("driver", "chosen"), [(None, (13, 0)), ((13, 0), (13, 0)), ((13, 2), (13, 0)),
+                                                ((12, 8), (12, 9)), ((12, 2), (12, 9))])
+def test_the_newest_release_the_driver_can_load(driver: tuple[int, int] | None, chosen: tuple[int, int]) -> None:
+    installed = [lib((12, 4)), lib((13, 0)), lib((12, 9))]
+    assert choose_nvrtc(installed, [], driver).version == chosen
+
+
+def test_a_library_already_in_the_process_wins() -> None:
+    # torch's CUDA builds link their NVRTC: CuPy's binding takes the loaded one, so cujit must too.
+    loaded = [lib((13, 0), "torch")]
+    assert choose_nvrtc([lib((12, 9)), lib((13, 0))], loaded, (13, 0)) is loaded[0]
+
+
+def test_nothing_the_driver_can_load_is_one_error_naming_what_was_found() -> None:
+    with pytest.raises(cujit.CujitError) as info:
+        choose_nvrtc([lib((13, 0), "cu13")], [], (12, 4))
+    message = str(info.value)
+    assert "CUDA 12.4" in message and "NVRTC 13.0 in /l/cu13" in message
+    assert "pip install 'nvidia-cuda-nvrtc-cu12' 'nvidia-cuda-runtime-cu12'" in message
+
+
+def test_no_nvrtc_at_all() -> None:
+    with pytest.raises(cujit.CujitError, match=r"found no libnvrtc \(looked at the NVIDIA wheels"):
+        choose_nvrtc([], [], None)
+
+
+def test_unreadable_versions_keep_the_search_order() -> None:
+    first, second = lib(None, "a"), lib(None, "b")
+    assert choose_nvrtc([first, second], [], (13, 0)) is first
+
+
+@pytest.mark.parametrize(("nvrtc", "driver", "fails"), [((13, 0), (12, 9), True), ((12, 9), (12, 2), False),
+                                                        ((13, 0), (13, 0), False), ((12, 9), (13, 1), False),
+                                                        ((13, 0), None, False)])
+def test_the_driver_must_load_nvrtcs_major_version(
+    nvrtc: tuple[int, int], driver: tuple[int, int] | None, fails: bool
+) -> None:
+    if not fails:
+        check_driver(nvrtc, driver)
+        return
+    with pytest.raises(cujit.CujitError) as info:
+        check_driver(nvrtc, driver)
+    message = str(info.value)
+    assert "cannot load" in message and "580" in message and "nvidia-cuda-nvrtc-cu12" in message
+
+
+# ---------------------------------------------------------------------------------------------------- this machine
+def test_the_library_in_use_is_the_chosen_one() -> None:
+    toolchain.nvrtc_version()
+    used = toolchain.nvrtc_library()
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("no /proc/self/maps on this platform")
+    assert used is not None
+    assert release.library_version(used) in (None, toolchain.nvrtc_version())
+    assert toolchain.header_version(toolchain.cuda_include_dir())[0] == toolchain.nvrtc_version()[0]
+
+
+CHILD = textwrap.dedent("""\
+    import json, sys
+    from cujit._runtime import release, toolchain
+    if sys.argv[1] != "none":
+        major, minor = map(int, sys.argv[1].split("."))
+        release.driver_version = lambda: (major, minor)
+    chosen = release.chosen()
+    version = toolchain.nvrtc_version()
+    print(json.dumps({"chosen": str(chosen.path), "chosen_version": list(chosen.version or ()),
+                      "version": list(version), "library": str(toolchain.nvrtc_library()),
+                      "headers": list(toolchain.header_version(toolchain.cuda_include_dir()))}))
+    """)
+
+
+def _child(driver: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", CHILD, driver], capture_output=True, text=True, env=env,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("driver", ["none", "12.8", "13.0"])
+def test_cupys_binding_takes_the_library_the_rule_chose(driver: str) -> None:
+    # In a new process nothing is loaded yet: the rule decides, whatever order cuda.pathfinder would search in.
+    installed = [lib for lib in installed_nvrtc() if lib.version is not None]
+    majors = {lib.version[0] for lib in installed if lib.version is not None}
+    if driver != "none" and int(driver.split(".")[0]) not in majors:
+        pytest.skip(f"no NVRTC of CUDA {driver.split('.')[0]} is installed here")
+    result = _child(driver)
+    assert result["version"] == result["chosen_version"]
+    assert Path(str(result["library"])).resolve() == Path(str(result["chosen"])).resolve()
+    assert result["headers"][0] == result["version"][0]  # type: ignore[index]
+    if driver != "none":
+        assert result["version"][0] == int(driver.split(".")[0])  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------------- crt/
+def _crt(folder: Path) -> Path:
+    (folder / "crt").mkdir(parents=True, exist_ok=True)
+    (folder / "crt" / "host_defines.h").write_text("")
+    return folder
+
+
+def test_crt_of_another_major_version_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    include = site / "nvidia" / "cu13" / "include"
+    include.mkdir(parents=True)
+    (include / "cuda.h").write_text("#define CUDA_VERSION 13000\n")
+    _crt(site / "nvidia" / "cuda_nvcc" / "include")
+    (site / "nvidia_cuda_nvcc_cu12-12.9.86.dist-info").mkdir()
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    from cuda import pathfinder
+
+    monkeypatch.setattr(pathfinder, "locate_nvidia_header_directory", lambda name: None)
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: (13, 0))
+    assert headers.find_crt_dir(include) is None
+    _crt(include)  # nvidia-cuda-crt puts them beside the CUDA 13 headers
+    (site / "nvidia_cuda_crt-13.0.88.dist-info").mkdir()
+    assert headers.find_crt_dir(include) == include
+    assert headers.crt_release(include) == (13, 0)
+
+
+def test_crt_newer_than_nvrtc_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    include = site / "nvidia" / "cuda_runtime" / "include"
+    include.mkdir(parents=True)
+    (include / "cuda.h").write_text("#define CUDA_VERSION 12040\n")
+    nvcc = _crt(site / "nvidia" / "cuda_nvcc" / "include")
+    (site / "nvidia_cuda_nvcc_cu12-12.9.86.dist-info").mkdir()
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    from cuda import pathfinder
+
+    monkeypatch.setattr(pathfinder, "locate_nvidia_header_directory", lambda name: None)
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: (12, 4))
+    assert headers.find_crt_dir(include) is None
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: (12, 9))
+    assert headers.find_crt_dir(include) == nvcc
+
+
+# ---------------------------------------------------------------------------------------------------- doctor
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "cujit", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300, check=False)
+
+
+def test_doctor_reports_the_stack_as_json() -> None:
+    out = _cli("doctor", "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == (0 if report["verdict"] == "ok" else 1), out.stderr
+    major, minor = toolchain.nvrtc_version()
+    assert report["nvrtc"]["version"] == f"{major}.{minor}"
+    assert report["headers"]["version"].split(".")[0] == str(major)
+    assert report["nvrtc"]["library"] and report["nvrtc"]["installed"]
+    assert report["cache"]["folder"]
+    assert set(report) >= {"driver", "gpus", "cupy", "torch", "cupy_kernels", "problems", "verdict"}
+
+
+def test_doctor_on_one_screen() -> None:
+    out = _cli("doctor")
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("NVRTC:") and any(line.startswith("verdict:") for line in lines), out.stdout
+    assert len(lines) <= 24
+
+
+def test_the_command_line_works_from_the_folder_above_a_clone(tmp_path: Path) -> None:
+    # A folder named cujit with no __init__.py (a clone's root) first on sys.path shadows the package; with an
+    # editable install, `python -m cujit` then ran this package's __main__ beside a namespace package `cujit`.
+    clone = tmp_path / "cujit"
+    clone.mkdir()
+    (clone / "README.md").write_text("a clone's root\n")
+    child = textwrap.dedent(f"""\
+        import runpy, sys, types
+        shadow = types.ModuleType("cujit")
+        shadow.__path__ = [{str(clone)!r}]
+        sys.modules["cujit"] = shadow
+        sys.argv = ["cujit", "cache", "info", "--json"]
+        runpy.run_path({str(REPO / "cujit" / "__main__.py")!r}, run_name="__main__")
+        """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert "folder" in json.loads(out.stdout)
