@@ -4,16 +4,19 @@
 #
 #   bash .ci/gpu/fetch_cuda12_stack.sh OUT_DIR [PYTHON_VERSION]
 #
-# Fetches the exact wheels (CPython PYTHON_VERSION, default 3.12, manylinux x86_64) that `pip install .` installs
-# beside a CUDA 13 torch: cupy-cuda12x, NVRTC 12 and the CUDA 12 runtime headers, and cuda-pathfinder. Writes
+# Fetches the exact wheels (CPython PYTHON_VERSION, default 3.12, manylinux x86_64) that `pip install .` adds
+# beside a CUDA 13 torch: cupy-cuda12x, NVRTC 12 with the CUDA 12 runtime headers and nvcc's crt/ headers, the
+# CUDA 13 crt/ headers of torch's release (CRT_VERSION, default 13.0.88, torch 2.11's), and cuda-pathfinder. Writes
 # OUT_DIR/cuda12-stack.part.NN (55 MB each, the wheels concatenated in manifest order) and OUT_DIR/manifest.txt
 # (one line per wheel: file name, size in bytes, sha256). Send every part and the manifest to one folder on the
 # GPU machine, outside the checkout, then run .ci/gpu/install_cuda12_stack.sh there.
 set -euo pipefail
 out=${1:?usage: fetch_cuda12_stack.sh OUT_DIR [PYTHON_VERSION]}
 py=${2:-3.12}
-# The versions `pip install .` resolves beside torch 2.15.0 (checked by .ci/check_resolution.py).
-wheels=(cupy-cuda12x==14.2.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 cuda-pathfinder==1.9.1)
+crt=${CRT_VERSION:-13.0.88}
+# The versions `pip install .` resolves beside a CUDA 13 torch (checked by .ci/check_resolution.py).
+wheels=(cupy-cuda12x==14.2.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
+        nvidia-cuda-nvcc-cu12==12.9.86 "nvidia-cuda-crt==$crt" cuda-pathfinder==1.9.1)
 
 mkdir -p "$out"
 work=$(mktemp -d)

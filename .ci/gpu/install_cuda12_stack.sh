@@ -9,9 +9,9 @@
 #   PYTHONPATH=TARGET_DIR:$PWD python3 -m pytest -q
 #   PYTHONPATH=TARGET_DIR:$PWD python3 -m cujit demo
 #
-# Being first on the path, TARGET_DIR's cupy-cuda12x shadows an installed cupy-cuda13x, and torch preloads the
-# first libnvrtc it finds along the path (TARGET_DIR's NVRTC 12) just as it does when the CUDA 12 wheels sit in
-# site-packages beside its own CUDA 13 ones. The last lines printed say which NVRTC and which headers cujit uses.
+# Being first on the path, TARGET_DIR's cupy-cuda12x shadows an installed cupy-cuda13x, as when the default
+# install's wheels sit in site-packages beside torch's own CUDA 13 ones. The last lines printed say which NVRTC and
+# which headers cujit uses (`python -m cujit doctor`).
 set -euo pipefail
 parts=${1:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
 target=${2:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
@@ -41,9 +41,10 @@ echo "installed into $target:"
 ls "$target"
 cd "$(dirname "$0")/../.."
 PYTHONPATH="$target:$PWD" "$python" - <<'PY'
-import torch  # first, as in the tests: it preloads its NVRTC choice
+import torch  # first, as in the tests: its CUDA build loads its own NVRTC
 import cupy
 from cujit._runtime import toolchain
 print(f"torch {torch.__version__}, CuPy {cupy.__version__} from {cupy.__file__}")
-print("NVRTC {}.{}".format(*toolchain.nvrtc_version()), f"headers {toolchain.cuda_include_dir()}")
+print("NVRTC {}.{}".format(*toolchain.nvrtc_version()), toolchain.nvrtc_library(),
+      f"headers {toolchain.cuda_include_dir()}")
 PY
