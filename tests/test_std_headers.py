@@ -50,7 +50,7 @@ TOUCH = "__global__ void touch(int* p) { p[0] = 1; }\n"
 
 
 # ------------------------------------------------------------------------------------------- standard headers
-@pytest.mark.parametrize("header", headers.STAND_INS)
+@pytest.mark.parametrize("header", (*headers.STAND_INS, "iostream", "string", "atomic"))
 def test_each_stand_in_compiles_alone_without_warnings(header: str, tmp_path: Path) -> None:
     compiled = _compile(tmp_path, f"#include <{header}>\n" + TOUCH, "touch")
     assert compiled.cubin[:4] == b"\x7fELF"
@@ -222,9 +222,57 @@ def test_missing_standard_header_names_the_stand_ins(tmp_path: Path) -> None:
     assert "<cstdint>" in message and "<type_traits>" in message and "<cuda/std/complex>" in message
 
 
-def test_missing_host_only_header_says_to_guard_it(tmp_path: Path) -> None:
-    message = _error(tmp_path, "#include <vector>\n" + TOUCH, "touch")
-    assert "hint: <vector> is a host-only standard header" in message and "__CUDACC_RTC__" in message
+def test_host_only_headers_resolve_and_guarded_or_uninstantiated_host_code_compiles(tmp_path: Path) -> None:
+    includes = "".join(f"#include <{h}>\n" for h in headers.HOST_ONLY_STAND_INS)
+    source = includes + (
+        "#ifndef __CUDACC_RTC__\n"
+        "inline std::string describe(const std::vector<int>& v) {\n"
+        "  std::ostringstream out; out << v.size(); return out.str();\n}\n"
+        "#endif\n"
+        # NVRTC rejects every host function, template or not; a __host__ __device__ template that a module never
+        # instantiates with a host container is fine.
+        "template <typename Map> __host__ __device__ void fill(Map& m) { m[typename Map::key_type{}] = 1; }\n"
+    ) + TOUCH
+    compiled = _compile(tmp_path, source, "touch")
+    assert compiled.cubin[:4] == b"\x7fELF"
+    assert compiled.log == ""
+
+
+@pytest.mark.parametrize(("use", "header", "instead"), [
+    ("std::string s;", "<string>", "const char*"),
+    ("std::vector<int> v;", "<vector>", "a pointer and a length"),
+    ("std::atomic<int> a;", "<atomic>", "cuda::std::atomic"),
+    ("std::cout << 1;", "<iostream>", "printf"),
+    ("std::unique_ptr<int> q;", "<memory>", "raw pointers"),
+    ("throw std::runtime_error(\"x\");", "<stdexcept>", "cannot throw"),
+    ("std::mutex m;", "<mutex>", "atomics"),
+    ("std::unordered_map<int, int> m;", "<unordered_map>", "hash table"),
+])
+def test_device_use_of_a_host_only_name_names_the_header_and_what_to_use(use: str, header: str, instead: str,
+                                                                        tmp_path: Path) -> None:
+    bare = header.strip("<>")
+    source = f"#include {header}\n__global__ void k(int* p) {{ {use} p[0] = 1; }}\n"
+    message = _error(tmp_path, source, "k")
+    hint = next(line for line in message.splitlines() if line.startswith("hint: std::"))
+    assert f"is declared by {header}, a host-only standard header" in hint
+    assert instead in hint and "__CUDACC_RTC__" in hint
+    assert f"cujit's <{bare}> declares nothing" in hint
+
+
+def test_std_function_gets_its_own_hint(tmp_path: Path) -> None:
+    source = "#include <functional>\n__global__ void k(int* p) { std::function<int()> f; p[0] = 1; }\n"
+    assert "std::function is host-only" in _error(tmp_path, source, "k")
+
+
+def test_missing_c_host_header_says_to_guard_it(tmp_path: Path) -> None:
+    message = _error(tmp_path, "#include <unistd.h>\n" + TOUCH, "touch")
+    assert "hint: <unistd.h> is a host-only standard header" in message and "__CUDACC_RTC__" in message
+
+
+def test_cuda_device_runtime_api_first_gives_no_warning(tmp_path: Path) -> None:
+    # nvcc includes cuda_runtime.h first; a kernel that includes this header before it must not warn either.
+    source = "#include <cuda_device_runtime_api.h>\n#include <cuda_runtime.h>\n" + TOUCH
+    assert _compile(tmp_path, source, "touch").log == ""
 
 
 def test_missing_project_header_suggests_extra_include_paths(tmp_path: Path) -> None:

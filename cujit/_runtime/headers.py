@@ -4,7 +4,8 @@ NVRTC has no standard library, no ``CUDA_VERSION`` and no CUB on its include pat
 does not compile as it is. This module gives every compile what nvcc would have given it:
 
 * ``cujit/include_nvrtc``: stand-ins for the C and C++ standard headers (light ones written out, trait and
-  utility ones mapped onto libcu++), ``<cuda.h>``, and ``cujit_prelude.h``, which NVRTC reads first. Only NVRTC
+  utility ones mapped onto libcu++, host-only ones empty, so that guarded host code may keep its includes),
+  ``<cuda.h>``, and ``cujit_prelude.h``, which NVRTC reads first. Only NVRTC
   gets this folder; clangd and host compilers keep their real standard library.
 * CUB and thrust from the same CCCL copy as libcu++ (CuPy's), and the CUDA compiler's ``crt/`` headers, which
   ``<mma.h>`` and ``<cuda_device_runtime_api.h>`` include; curand's headers where the wheel is installed.
@@ -40,6 +41,7 @@ __all__ = [
     "prelude",
     "stand_in_dir",
     "use_pch",
+    "HOST_ONLY_STAND_INS",
     "STAND_INS",
 ]
 
@@ -54,28 +56,119 @@ _CRT_PROBE = Path("crt") / "host_defines.h"
 # cuda.pathfinder answers that come from an explicit installation rather than a guess at system folders.
 _TRUSTED_FOUND_VIA = ("site-packages", "conda", "CUDA_PATH", "CUDA_HOME")
 
-#: The standard headers that cujit provides under NVRTC (see cujit/include_nvrtc/README.md).
+#: The standard headers that cujit provides under NVRTC with their device meaning (see
+#: cujit/include_nvrtc/README.md).
 STAND_INS: tuple[str, ...] = (
     "algorithm", "array", "assert.h", "bit", "cassert", "cfloat", "climits", "cmath", "concepts", "cstddef",
-    "cstdint", "cstdio", "cstdlib", "cstring", "float.h", "functional", "initializer_list", "iostream", "limits",
+    "cstdint", "cstdio", "cstdlib", "cstring", "float.h", "functional", "initializer_list", "limits",
     "limits.h", "math.h", "numeric", "optional", "span", "stddef.h", "stdint.h", "stdio.h", "stdlib.h",
     "string.h", "tuple", "type_traits", "utility",
 )
 
-# Standard headers that have no meaning on the device: a missing one gets its own hint.
+#: Host-only standard headers: their stand-ins declare nothing, so that host code behind ``#ifndef
+#: __CUDACC_RTC__`` or in templates never instantiated compiles while its includes stay as they are.
+HOST_ONLY_STAND_INS: tuple[str, ...] = (
+    "any", "atomic", "chrono", "condition_variable", "deque", "exception", "filesystem", "fstream", "future",
+    "iomanip", "ios", "iosfwd", "iostream", "istream", "iterator", "list", "locale", "map", "memory",
+    "memory_resource", "mutex", "ostream", "queue", "random", "regex", "set", "shared_mutex", "sstream", "stack",
+    "stdexcept", "streambuf", "string", "string_view", "thread", "typeinfo", "unordered_map", "unordered_set",
+    "valarray", "variant", "vector",
+)
+
+# Host-only headers without a stand-in (C and POSIX headers): a missing one gets its own hint.
 _HOST_ONLY = frozenset(
-    "any atomic chrono condition_variable csignal ctime deque exception filesystem format forward_list fstream "
-    "future iomanip ios iosfwd istream iterator list locale map memory memory_resource mutex ostream queue random "
-    "ranges regex set shared_mutex sstream stack stdexcept streambuf string string_view thread typeinfo "
-    "unordered_map unordered_set valarray variant vector signal.h time.h locale.h errno.h cerrno wchar.h cwchar "
-    "ctype.h cctype pthread.h unistd.h sys/types.h".split()
+    "csignal ctime signal.h time.h locale.h errno.h cerrno wchar.h cwchar ctype.h cctype pthread.h unistd.h "
+    "sys/types.h".split()
 )
 # The other standard headers: neither a stand-in nor host-only.
 _OTHER_STANDARD = frozenset(
     "barrier bitset ccomplex cfenv charconv cinttypes codecvt compare complex coroutine csetjmp cstdarg cuchar "
     "execution expected fenv.h inttypes.h latch mdspan new numbers ratio scoped_allocator semaphore "
-    "source_location stdarg.h stdbool.h system_error typeindex typeinfo version".split()
+    "source_location stdarg.h stdbool.h system_error typeindex version".split()
 )
+
+# What device code uses instead of the names that the host-only stand-ins leave out, by header.
+_DEVICE_INSTEAD = {
+    "string": "a const char* and a length, or a fixed-size char array (printf prints them)",
+    "string_view": "cuda::std::string_view (<cuda/std/string_view>)",
+    "sstream": "printf",
+    "iostream": "printf",
+    "ostream": "printf",
+    "istream": "data read on the host and passed to the kernel",
+    "iomanip": "printf's format specifiers",
+    "fstream": "data read on the host and passed to the kernel",
+    "vector": "a pointer and a length passed to the kernel, or cuda::std::array (<array>) of a fixed size",
+    "deque": "a pointer and a length passed to the kernel",
+    "list": "a pointer and a length passed to the kernel",
+    "map": "a sorted array built on the host and searched on the device",
+    "set": "a sorted array built on the host and searched on the device",
+    "unordered_map": "a hash table in device memory, built on the host",
+    "unordered_set": "a hash table in device memory, built on the host",
+    "queue": "a ring buffer in shared or global memory",
+    "stack": "a fixed-size array and an index",
+    "atomic": "cuda::std::atomic or cuda::atomic_ref (<cuda/std/atomic>, <cuda/atomic>), or atomicAdd and friends",
+    "memory": "raw pointers to memory that the host allocates (cuda::std::addressof is in <cuda/std/memory>)",
+    "exception": "assert() or an error code written to memory: device code cannot throw",
+    "stdexcept": "assert() or an error code written to memory: device code cannot throw",
+    "mutex": "atomics (cuda::std::atomic, atomicCAS) and __syncthreads()",
+    "shared_mutex": "atomics (cuda::std::atomic, atomicCAS) and __syncthreads()",
+    "condition_variable": "atomics and __syncthreads(), or cuda::std::barrier",
+    "thread": "the CUDA thread hierarchy (threadIdx, blockIdx)",
+    "future": "a second kernel on a stream, ordered by the host",
+    "chrono": "clock64() or globaltimer, or cuda::std::chrono (<cuda/std/chrono>)",
+    "random": "curand (<curand_kernel.h>) or a counter-based hash",
+    "iterator": "cuda::std's iterators (<cuda/std/iterator>)",
+    "variant": "cuda::std::variant (<cuda/std/variant>)",
+    "any": "a template parameter or a tagged union",
+    "typeinfo": "templates and cuda::std::is_same_v (<type_traits>)",
+}
+# The names of those headers that kernel code most often reaches for, and the header that declares each.
+_HOST_NAMES = {
+    **dict.fromkeys(("string", "wstring", "to_string", "stoi", "stol", "stoll", "stof", "stod", "getline",
+                     "char_traits", "basic_string"), "string"),
+    **dict.fromkeys(("ostringstream", "stringstream", "istringstream", "basic_stringstream"), "sstream"),
+    **dict.fromkeys(("cout", "cerr", "clog", "cin", "endl", "flush"), "iostream"),
+    **dict.fromkeys(("ostream", "basic_ostream"), "ostream"),
+    **dict.fromkeys(("istream", "basic_istream"), "istream"),
+    **dict.fromkeys(("setw", "setprecision", "setfill", "hex", "dec", "fixed", "scientific"), "iomanip"),
+    **dict.fromkeys(("ifstream", "ofstream", "fstream"), "fstream"),
+    "vector": "vector", "deque": "deque", "list": "list", "forward_list": "list",
+    **dict.fromkeys(("map", "multimap"), "map"), **dict.fromkeys(("set", "multiset"), "set"),
+    **dict.fromkeys(("unordered_map", "unordered_multimap"), "unordered_map"),
+    **dict.fromkeys(("unordered_set", "unordered_multiset"), "unordered_set"),
+    **dict.fromkeys(("queue", "priority_queue"), "queue"), "stack": "stack",
+    **dict.fromkeys(("atomic", "atomic_flag", "atomic_ref", "memory_order", "memory_order_relaxed",
+                     "memory_order_acquire", "memory_order_release", "memory_order_seq_cst",
+                     "atomic_thread_fence"), "atomic"),
+    **dict.fromkeys(("unique_ptr", "shared_ptr", "weak_ptr", "make_unique", "make_shared", "allocator",
+                     "allocator_traits", "default_delete"), "memory"),
+    **dict.fromkeys(("exception", "exception_ptr", "terminate", "current_exception", "rethrow_exception"),
+                    "exception"),
+    **dict.fromkeys(("runtime_error", "logic_error", "invalid_argument", "out_of_range", "length_error",
+                     "domain_error", "range_error", "overflow_error", "underflow_error"), "stdexcept"),
+    **dict.fromkeys(("mutex", "recursive_mutex", "timed_mutex", "lock_guard", "unique_lock", "scoped_lock",
+                     "call_once", "once_flag"), "mutex"),
+    **dict.fromkeys(("shared_mutex", "shared_lock"), "shared_mutex"),
+    "condition_variable": "condition_variable",
+    **dict.fromkeys(("thread", "this_thread", "jthread"), "thread"),
+    **dict.fromkeys(("future", "promise", "async", "packaged_task"), "future"),
+    "chrono": "chrono",
+    **dict.fromkeys(("mt19937", "mt19937_64", "random_device", "uniform_int_distribution",
+                     "uniform_real_distribution", "normal_distribution", "default_random_engine"), "random"),
+    **dict.fromkeys(("iterator_traits", "back_inserter", "istream_iterator", "ostream_iterator",
+                     "reverse_iterator", "make_reverse_iterator", "advance", "distance", "next", "prev"),
+                    "iterator"),
+    **dict.fromkeys(("variant", "visit", "holds_alternative", "monostate"), "variant"),
+    "string_view": "string_view",
+    **dict.fromkeys(("any", "any_cast", "bad_any_cast"), "any"),
+    **dict.fromkeys(("type_info", "bad_cast", "bad_typeid"), "typeinfo"),
+}
+#: The name std::function is not in libcu++: <functional>'s stand-in has the rest of the header.
+_NOT_IN_LIBCU = {
+    "function": "std::function is host-only (it erases the type and may allocate): device code takes the "
+                "callable as a template parameter (a functor or a lambda type)",
+    "bind": "std::bind is host-only: use a lambda",
+}
 
 
 def stand_in_dir() -> Path:
@@ -370,7 +463,13 @@ def hints(log: str) -> list[str]:
             "defines CUDA_VERSION, CUdeviceptr and CUtensorMap only. Call the driver from the host (cuda-python, "
             "CuPy's driver module)."
         )
-    missing_std = [n for n in dict.fromkeys(_STD_MEMBER.findall(log))]
+    missing_std = []
+    for name in dict.fromkeys(_STD_MEMBER.findall(log)):
+        hint = _host_name_hint(name)
+        if hint is None:
+            missing_std.append(name)
+        else:
+            out.append(hint)
     if missing_std:
         names = ", ".join(f"std::{n}" for n in missing_std)
         out.append(
@@ -379,6 +478,21 @@ def hints(log: str) -> list[str]:
             "libcu++), and cuda::std:: has the rest of libcu++."
         )
     return out
+
+
+def _host_name_hint(name: str) -> str | None:
+    """The hint for device code that names ``std::name`` from a host-only header, or None for other names."""
+    if name in _NOT_IN_LIBCU:
+        return f"{_NOT_IN_LIBCU[name]}."
+    header = _HOST_NAMES.get(name)
+    if header is None:
+        return None
+    return (
+        f"std::{name} is declared by <{header}>, a host-only standard header: under NVRTC cujit's <{header}> "
+        "declares nothing, so that host code behind #ifndef __CUDACC_RTC__ (or in a template never instantiated) "
+        f"compiles, and device code cannot use it. In device code, use {_DEVICE_INSTEAD[header]}; keep host code "
+        "that needs it behind #ifndef __CUDACC_RTC__."
+    )
 
 
 def _missing_header_hint(name: str) -> str:
