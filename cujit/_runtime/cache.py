@@ -15,6 +15,10 @@ concurrent processes compile once; where locks are not honoured they still publi
 process killed mid-publish leaves a temporary file that the next publish removes once its writer is gone; its lock
 dies with it. The folder holds machine code that cujit loads, so it is created private (0700) and refused with a
 warning when other users can write it.
+
+Read-only layers, ``CUJIT_CACHE_LAYERS`` (folders that ``precompile --layer`` wrote and an image or a wheel ships,
+each holding ``cujit-cache-N`` as above), are read in order after memory and before the own folder. cujit never
+writes, locks or sweeps a layer; a layer that other users can write is refused with a warning, as the own folder is.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "disk_dir",
     "disk_usage",
     "get_or_compile",
+    "layer_dirs",
 ]
 
 SCHEMA = "cujit-cache-3"
@@ -67,10 +72,14 @@ _logger = logging.getLogger("cujit")
 
 
 class CacheStats(dict[str, int]):
-    """Process-wide counters: ``compiles``, ``disk_hits``, ``memory_hits``, ``disk_writes``, ``loads``."""
+    """Process-wide counters: ``compiles``, ``disk_hits``, ``layer_hits``, ``memory_hits``, ``disk_writes``, ``loads``.
+
+    ``layer_hits`` counts modules read from a read-only layer (``CUJIT_CACHE_LAYERS``), ``disk_hits`` those read
+    from ``CUJIT_CACHE_DIR``.
+    """
 
 
-_STATS = CacheStats(compiles=0, disk_hits=0, memory_hits=0, disk_writes=0, disk_errors=0, loads=0)
+_STATS = CacheStats(compiles=0, disk_hits=0, layer_hits=0, memory_hits=0, disk_writes=0, disk_errors=0, loads=0)
 _STATS_LOCK = threading.Lock()
 
 
@@ -314,6 +323,40 @@ def disk_dir() -> Path | None:
     return folder
 
 
+def layer_dirs() -> list[Path]:
+    """The schema folders of the usable read-only layers of ``CUJIT_CACHE_LAYERS``, in order.
+
+    A layer that does not exist, or has no folder of this schema, is skipped with one warning; one that other users
+    can write is refused with one warning (it holds machine code that cujit loads).
+    """
+    out: list[Path] = []
+    for layer in config.cache_layers():
+        folder = layer / SCHEMA
+        try:
+            info = folder.stat()
+        except OSError:
+            _warn_once(f"layer:{folder}", f"cujit: cache layer {layer} holds no {SCHEMA} folder (not written by "
+                       "`python -m cujit precompile --layer` of this cujit version?); it is skipped")
+            continue
+        unsafe = [p for p, st in ((layer, layer.stat()), (folder, info)) if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)]
+        if unsafe:
+            _warn_once(f"unsafe:{unsafe[0]}", f"cujit: refusing to load kernels from cache layer {unsafe[0]}: it is "
+                       f"writable by other users (mode {stat.S_IMODE(unsafe[0].stat().st_mode):o})")
+            continue
+        out.append(folder)
+    return out
+
+
+def _read_layers(key: str) -> Compiled | None:
+    """The module under ``key`` from the first read-only layer that holds it, or None."""
+    for folder in layer_dirs():
+        found = _read(folder, key)
+        if found is not None:
+            count("layer_hits")
+            return found
+    return None
+
+
 def _encode(compiled: Compiled, key: str, name: str) -> bytes:
     meta = {
         "key": key,
@@ -459,6 +502,10 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
         if found is not None:
             count("memory_hits")
             return key, found
+        found = _read_layers(key)
+        if found is not None:
+            _MEMORY[key] = found
+            return key, found
         folder = disk_dir()
         if folder is not None:
             found = _read(folder, key)
@@ -478,11 +525,14 @@ def get_or_compile(sources: SourceSet, arch: str) -> tuple[str, Compiled]:
 
 
 def lookup(sources: SourceSet, arch: str) -> Compiled | None:
-    """The compiled module from memory or disk (then kept in memory), or None; never compiles."""
+    """The compiled module from memory, a layer or disk (then kept in memory), or None; never compiles."""
     key = cache_key(sources, arch)
     found = _MEMORY.get(key)
     if found is not None:
         return found
+    found = _read_layers(key)
+    if found is not None:
+        return _MEMORY.setdefault(key, found)
     folder = disk_dir()
     found = _read(folder, key) if folder is not None else None
     if found is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "VARIABLES",
     "Variable",
     "cache_dir",
+    "cache_layers",
     "check_arch",
     "default_arch",
     "disk_cache_enabled",
@@ -51,6 +52,11 @@ def _parse_folder(name: str, raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _parse_folders(name: str, raw: str) -> tuple[Path, ...]:
+    """A list of folders joined with ``os.pathsep`` (``:`` on Linux), as PATH is; empty entries are skipped."""
+    return tuple(Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip())
+
+
 def check_arch(arch: str, what: str = "arch") -> str:
     """Validate an arch string such as ``sm_90`` or ``sm_90a``; return it normalised."""
     value = arch.strip()
@@ -75,7 +81,10 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("CUJIT_CACHE_DIR", "~/.cache/cujit", "folder of the on-disk cache of compiled kernels", _parse_folder),
-    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing read from or written to disk",
+    Variable("CUJIT_CACHE_LAYERS", "", "read-only cache layers (folders written by `precompile --layer`), joined with "
+             "os.pathsep, read in order before CUJIT_CACHE_DIR and never written", _parse_folders),
+    Variable("CUJIT_DISK_CACHE", "1", "0 keeps compiled kernels in memory only: nothing read from or written to "
+             "CUJIT_CACHE_DIR (layers are still read)",
              _parse_flag),
     Variable("CUJIT_OFFLINE", "0", "1 never runs NVRTC: a kernel missing from the cache raises CompileError",
              _parse_flag),
@@ -95,6 +104,11 @@ def _raw(name: str) -> str:
 def cache_dir() -> Path:
     """``CUJIT_CACHE_DIR``: the cache folder."""
     return _parse_folder("CUJIT_CACHE_DIR", _raw("CUJIT_CACHE_DIR"))
+
+
+def cache_layers() -> tuple[Path, ...]:
+    """``CUJIT_CACHE_LAYERS``: the read-only cache layers, in the order they are read."""
+    return _parse_folders("CUJIT_CACHE_LAYERS", _raw("CUJIT_CACHE_LAYERS"))
 
 
 def disk_cache_enabled() -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,15 +38,26 @@ def _parser() -> argparse.ArgumentParser:
                           "only compiles.")
     demo.add_argument("--arch", dest="demo_arch", help="arch to compile for when there is no GPU")
 
-    pre = sub.add_parser("precompile", help="fill the cache for the shipped kernels (no GPU needed)",
-                         description="Compile every instantiation that the shipped ops declare, for each --arch, "
-                         "into the disk cache (CUJIT_CACHE_DIR).")
+    pre = sub.add_parser("precompile", help="fill the cache, or write a cache layer, for the shipped ops and "
+                         "yours (no GPU needed)",
+                         description="Compile every instantiation that the shipped ops (and those of --ops-from) "
+                         "declare, for each --arch, into the disk cache (CUJIT_CACHE_DIR) or into a read-only "
+                         "layer (--layer).")
     pre.add_argument("--arch", dest="archs", action="append",
                      help="e.g. sm_90; repeat for more (default: this GPU's arch, else CUJIT_DEFAULT_ARCH)")
     pre.add_argument("--op", dest="ops", action="append",
                      help="only this shipped op, e.g. rms_norm; repeat for more (default: every shipped op)")
     pre.add_argument("--jobs", "-j", type=int, default=None,
                      help="compile this many modules at once, in worker processes (default: the usable cores)")
+    pre.add_argument("--ops-from", dest="ops_from", action="append", metavar="SPEC",
+                     help="also your ops: an importable module or a .py file that declares cujit.op's, or "
+                     "MODULE:NAME / FILE.py:NAME naming a registry (ops, JitModules, or a function returning them); "
+                     "repeat for more")
+    pre.add_argument("--no-shipped", dest="shipped", action="store_false",
+                     help="leave out the shipped ops (precompile only those of --ops-from)")
+    pre.add_argument("--layer", metavar="DIR",
+                     help="write into DIR, a read-only cache layer to ship (an image, a wheel), instead of "
+                     "CUJIT_CACHE_DIR; processes read it first when DIR is in CUJIT_CACHE_LAYERS")
 
     cache_cmd = sub.add_parser("cache", help="show or clear the on-disk cache",
                                description="Show (info) or delete (clear) the compiled kernels in CUJIT_CACHE_DIR.")
@@ -85,13 +99,22 @@ def _write_clangd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precompile(archs: list[str] | None, ops: list[str] | None = None, jobs: int | None = None) -> int:
+def _precompile(archs: list[str] | None, ops: list[str] | None = None, jobs: int | None = None,
+                ops_from: list[str] | None = None, shipped: bool = True, layer: str | None = None) -> int:
     from .._runtime.parallel import CompileResult, compile_pairs
+    from .user_ops import user_modules
 
     archs = [config.check_arch(a, "--arch") for a in archs] if archs else [driver.default_arch()]
     if jobs is not None and jobs < 1:
         raise CujitError(f"--jobs: expected a positive number of processes, got {jobs}")
-    modules = shipped_modules(ops)
+    if not shipped and not ops_from:
+        raise CujitError("--no-shipped: expected --ops-from naming your ops, got nothing to precompile")
+    if ops and not shipped:
+        raise CujitError("--op picks shipped ops, but --no-shipped leaves them out")
+    modules = shipped_modules(ops) if shipped else []
+    if ops_from:
+        known = {id(m) for m in modules}
+        modules += [m for m in user_modules(ops_from) if id(m) not in known]
     pairs = [(module, arch) for arch in archs for module in modules]
     done = 0
     failed = 0
@@ -108,12 +131,51 @@ def _precompile(archs: list[str] | None, ops: list[str] | None = None, jobs: int
               flush=True)
 
     start = time.perf_counter()
-    compile_pairs(pairs, jobs, on_done=report)
-    folder = cache.disk_dir()
+    with _writing_layer(layer):
+        compile_pairs(pairs, jobs, on_done=report)
+        folder = cache.disk_dir()
+        if layer is not None and folder is not None:
+            _seal_layer(Path(layer))
     where = f"into {folder}" if folder else "in memory only (the disk cache is off or unusable)"
     count = f"{len(pairs) - failed} of {len(pairs)}" if failed else f"{len(pairs)}"
     print(f"precompiled {count} modules {where} in {time.perf_counter() - start:.1f} s")
+    if layer is not None and folder is not None:
+        print(f"layer {layer}: ship it and list it in CUJIT_CACHE_LAYERS (with CUJIT_OFFLINE=1, nothing compiles)")
     return 0 if folder and not failed else 1
+
+
+@contextlib.contextmanager
+def _writing_layer(layer: str | None) -> Iterator[None]:
+    """Within: the disk cache is ``layer`` and no other layer is read, so the layer gets every module (workers too).
+
+    The compile workers start inside and inherit the environment; the process's own values come back afterwards.
+    """
+    if layer is None:
+        yield
+        return
+    names = ("CUJIT_CACHE_DIR", "CUJIT_CACHE_LAYERS", "CUJIT_DISK_CACHE")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(CUJIT_CACHE_DIR=str(Path(layer).resolve()), CUJIT_CACHE_LAYERS="", CUJIT_DISK_CACHE="1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _seal_layer(root: Path) -> None:
+    """Make a written layer shippable: no lock or temporary files; folders 0755 and entries 0644 (others read)."""
+    folder = root / cache.SCHEMA
+    for path in folder.iterdir():
+        if not path.name.endswith(".cubin"):
+            path.unlink(missing_ok=True)
+        else:
+            path.chmod(0o644)
+    folder.chmod(0o755)
+    root.chmod(0o755)
 
 
 def _describe_counts(counts: cache.DiskCounts) -> str:
@@ -188,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
 
             return demo(args.demo_arch)
         if args.command == "precompile":
-            return _precompile(args.archs, args.ops, args.jobs)
+            return _precompile(args.archs, args.ops, args.jobs, args.ops_from, args.shipped, args.layer)
         if args.command == "doctor":
             from .doctor import doctor
 
