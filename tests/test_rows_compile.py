@@ -59,3 +59,10 @@ def test_a_type_wider_than_8_bytes_is_refused(tmp_path: Path) -> None:
     module = cujit.load_jit("wide", cuda_files=[source], cuda_wrappers=[("wide", "wide")])
     with pytest.raises(cujit.CompileError, match="T must be 1, 2, 4 or 8 bytes"):
         module.compile("sm_90")
+
+
+def test_the_benchmark_kernels_compile() -> None:
+    source = Path(__file__).parent.parent / "benchmarks" / "odd_widths.cuh"
+    module = cujit.load_jit("odd_widths", cuda_files=[source], cuda_wrappers=[
+        (f"{form}_{d}", f"affine_{form}<{d}>") for form in ("aligned_only", "rows") for d in ("fp32_t", "bf16_t")])
+    assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
