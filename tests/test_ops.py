@@ -317,6 +317,78 @@ def test_argument_count_mismatch_with_the_kernel_is_named(stub: StubBackend) -> 
         fn(fake(stub, torch.ones(4)), fake(stub, torch.ones(4)), 1.0)
 
 
+# ------------------------------------------------------------------------------------------------ args vs kernel
+F32_BF16 = cujit.TensorMatcher([cujit.SymbolicSize("n")]).with_dtype("float32", "bfloat16")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    # axpy<fp32_t>(float* y, const float* x, float a, int64_t n)
+    ({"args": ("n", "x", "a", "y")}, r"decl::axpy: argument 'n' goes to parameter 0 \(float\*\) of axpy<fp32_t>: "
+                                     r"expected a tensor \(a pointer parameter\), got a scalar \(symbol n, an int\)"),
+    ({"args": ("y", "a", "x", "n")}, r"argument 'a' goes to parameter 1 \(const float\*\) of axpy<fp32_t>: "
+                                     r"expected a tensor .*got a scalar \(parameter a of type float\)"),
+    ({"args": ("y", "x", "y", "n")}, r"argument 'y' goes to parameter 2 \(float\) of axpy<fp32_t>: expected a "
+                                     r"scalar of type float, got a tensor"),
+    ({"kernel": "axpy<bf16_t>"}, r"argument 'y' goes to parameter 0 \(__nv_bfloat16\*\) of axpy<bf16_t>: expected "
+                                 r"a tensor of bfloat16, got a tensor of float32"),
+    ({"tensors": {"y": F32_BF16, "x": F32_BF16}},
+     r"argument 'y' goes to parameter 0 \(float\*\) of axpy<fp32_t>: expected a tensor of float32, got a tensor "
+     r"that may be bfloat16 \(its TensorMatcher allows float32 or bfloat16\)"),
+    ({"tensors": {"y": cujit.TensorMatcher([cujit.SymbolicSize("n")]),
+                  "x": cujit.TensorMatcher([cujit.SymbolicSize("n")])}},
+     r"argument 'y' .*expected a tensor of float32, got a tensor of any dtype"),
+])
+def test_args_that_the_kernel_cannot_take_are_refused_before_any_launch(stub: StubBackend, changes: dict[str, Any],
+                                                                        message: str) -> None:
+    fn = _declare(**changes)
+    bind_fakes(fn.op.env, stub)
+    y, x = fake(stub, torch.ones(4)), fake(stub, torch.ones(4))
+    for _ in range(2):  # refused again: a refused kernel never enters the table the fast path reads
+        with pytest.raises(cujit.CujitError, match=message):
+            fn(y, x, 1.0)
+    assert not stub.launches and not fn.op.table
+
+
+def test_args_are_checked_once_per_kernel_and_device(stub: StubBackend, ops: SimpleNamespace,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    check = ops_module.check_kernel_args
+
+    def counting(op_name: str, expression: str, *rest: Any) -> None:
+        calls.append(expression)
+        check(op_name, expression, *rest)
+
+    monkeypatch.setattr(ops_module, "check_kernel_args", counting)
+    for device in (0, 0, 0, 1, 1):
+        x, w = fake(stub, torch.randn(2, 8), device), fake(stub, torch.randn(8), device)
+        ops.scale_rows(x, w, out=x)
+        half = fake(stub, torch.randn(2, 8, dtype=torch.float16), device)
+        ops.scale_rows(half, fake(stub, torch.randn(8, dtype=torch.float16), device), out=half)
+    assert sorted(calls) == ["scale_rows<fp16_t>"] * 2 + ["scale_rows<fp32_t>"] * 2
+    assert len(stub.launches) == 10
+
+
+def test_two_launches_check_each_kernel_with_scratch_and_optional_tensors(stub: StubBackend,
+                                                                         ops: SimpleNamespace) -> None:
+    passed = ops.total.op._passed({})
+    assert passed["partials"].dtypes == (cujit.DType.of("float32"),) and not passed["blocks"].tensor
+    scaled = ops.maybe_scaled.op._passed({"mdt": cujit.DType.of("float16"), "scaled": True})
+    assert scaled["scale"].dtypes == (cujit.DType.of("float32"),) and scaled["x"].dtypes == (cujit.DType.of("float16"),)
+
+
+@pytest.mark.parametrize(("cpp", "dtype"), [
+    ("float*", "float32"), ("const float*", "float32"), ("const __nv_bfloat16*", "bfloat16"), ("__half*", "float16"),
+    ("long*", "int64"), ("const unsigned int*", "uint32"), ("__nv_fp8_e4m3*", "float8_e4m3fn"), ("bool*", "bool"),
+    ("const unsigned char*", None), ("char*", None), ("void*", None), ("float**", None), ("uint4*", None),
+])
+def test_pointee_dtypes_that_cujit_knows(cpp: str, dtype: str | None) -> None:
+    from cujit._runtime.op_args import pointee_dtype
+    from cujit._runtime.signature import Param
+
+    found = pointee_dtype(Param("pointer", 8, cpp, "Q"))
+    assert (found.name if found is not None else None) == dtype
+
+
 # ------------------------------------------------------------------------------------------------ the function
 def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend, ops: SimpleNamespace) -> None:
     source = inspect.getsource(ops.scale_rows)

@@ -40,6 +40,7 @@ from .matcher import (
     verify_info,
 )
 from .module import JitModule, Kernel, load_jit
+from .op_args import Passed, check_kernel_args
 from .schema import NO_DEFAULT, Param, Schema, parse_schema
 from .tensors import Device
 
@@ -523,17 +524,49 @@ class Op:
         if found is not None:
             return found
         loaded = []
+        passed = self._passed(dict(zip(self.fields, key, strict=True)))
         for plan, kernel in zip(self.launches, self.kernels(key), strict=True):
             item = kernel.on(device)
-            if len(item.params) != len(plan.args):
-                raise CujitError(
-                    f"{self.name}: the op passes {len(plan.args)} arguments ({', '.join(plan.args)}) but "
-                    f"{item.expression} takes {len(item.params)} ({', '.join(p.cpp for p in item.params)})"
-                )
+            check_kernel_args(self.name, item.expression, item.params, plan.args, passed)
             loaded.append(item)
         found = loaded[0] if len(loaded) == 1 else tuple(loaded)
         self.table[slot] = found
         return found
+
+    def _passed(self, fields: Mapping[str, Any]) -> dict[str, Passed]:
+        """What each ``args`` name passes in the instantiation of ``fields``: tensors with their dtypes, scalars."""
+        passed: dict[str, Passed] = {}
+        for name in dict.fromkeys(a for plan in self.launches for a in plan.args):
+            if name in self.specs:
+                passed[name] = Passed(True, self._tensor_dtypes(name, fields))
+            elif name in self.scratch:
+                passed[name] = Passed(True, (self.scratch[name][0],))
+            elif name in self.params:
+                param = self.params[name]
+                passed[name] = Passed(False, what=f"parameter {name} of type {param.type}"
+                                                  + (" or None" if param.optional else ""))
+            elif name in self.symbols:
+                sym = self.symbols[name]
+                kind = {SymbolicSize: "an int", SymbolicShape: "a tuple of ints", SymbolicDType: "a dtype",
+                        SymbolicDevice: "a device"}.get(type(sym), "a symbol")
+                passed[name] = Passed(False, what=f"symbol {name}, {kind}")
+            else:
+                passed[name] = Passed(False, what=f"value {name}")
+        return passed
+
+    def _tensor_dtypes(self, name: str, fields: Mapping[str, Any]) -> tuple[DType, ...] | None:
+        """The dtypes tensor ``name`` can have in the instantiation of ``fields`` (None: any)."""
+        spec = self.specs[name]
+        symbol = spec.dtype_symbol
+        if symbol is None:
+            return spec.dtypes
+        if symbol.name in fields:
+            return (as_dtype(fields[symbol.name]),)
+        allowed: tuple[DType, ...] | None = None
+        for other in self.specs.values():
+            if other.dtype_symbol is symbol and other.dtypes is not None:
+                allowed = other.dtypes if allowed is None else tuple(d for d in allowed if d in other.dtypes)
+        return allowed
 
     # -------------------------------------------------------------------------------------------- generated
     def _generate(self) -> OpFunction:
