@@ -19,7 +19,7 @@ import cujit
 from cujit._runtime import ops as ops_module
 from cujit._runtime.schema import parse_schema
 from tests import op_decls
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, stub_backend
 
 KERNELS = Path(__file__).parent / "kernels"
 
@@ -35,7 +35,9 @@ def ops(stub: StubBackend) -> SimpleNamespace:
     declared = op_decls.declare()
     for fn in vars(declared).values():
         bind_fakes(fn.op.env, stub)
+        fn.slow = count_slow(fn)
     return declared
+
 
 
 def fake(stub: StubBackend, t: torch.Tensor, device: int = 0) -> FakeCudaTensor:
@@ -158,6 +160,7 @@ def test_strided_rows_pack_pointers_sizes_strides_and_a_float32(stub: StubBacken
         assert values[:3] == [out.data_ptr(), x.data_ptr(), w.data_ptr()]
         assert values[3:7] == [4, 33, 40, 48]
         assert values[7] == struct.unpack("f", struct.pack("f", 0.1))[0]  # packed as float32, never a double
+    assert len(ops.scale_rows.slow) == 1  # the second call took the generated path
     assert [launched.grid for launched in stub.launches] == [(4, 1, 1)] * 2
     assert [launched.block for launched in stub.launches] == [(128, 1, 1)] * 2
     assert all(launched.stream == 7000 for launched in stub.launches)  # torch's current stream of cuda:0
@@ -169,6 +172,7 @@ def test_outputs_are_allocated_contiguous_with_their_stride_symbols(stub: StubBa
         out = ops.scale_rows(x, w)
         assert tuple(out.shape) == (3, 20) and out.stride() == (20, 1)
         assert decode(stub, ops.scale_rows)[:7] == [out.data_ptr(), x.data_ptr(), w.data_ptr(), 3, 20, 50, 20]
+    assert len(ops.scale_rows.slow) == 1
 
 
 def test_out_may_be_the_input(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -176,6 +180,7 @@ def test_out_may_be_the_input(stub: StubBackend, ops: SimpleNamespace) -> None:
     for _ in range(2):
         assert ops.scale_rows(x, w, out=x) is x
         assert decode(stub, ops.scale_rows)[:2] == [x.data_ptr(), x.data_ptr()]
+    assert len(ops.scale_rows.slow) == 1
 
 
 @pytest.mark.parametrize("case", ["dtype", "rank", "width", "last-stride", "weight", "device", "cpu", "scalar"])
@@ -234,7 +239,7 @@ def test_devices_streams_and_contexts(stub: StubBackend, ops: SimpleNamespace) -
         launched = stub.launches[-1]
         assert launched.stream == 7001 and launched.ctx == 1001
         assert stub.ctx == 1000  # restored
-    assert [device for device, _ in stub.loaded] == [1]
+    assert [device for device, _ in stub.loaded] == [1] and len(ops.scale_rows.slow) == 1
 
 
 def test_a_thread_without_a_context_keeps_the_one_launched_in(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -253,6 +258,7 @@ def test_several_outputs_in_place_and_optional_tensors(stub: StubBackend, ops: S
         assert decode(stub, ops.minmax_rows) == [mins.data_ptr(), maxs.data_ptr(), x.data_ptr(), 3, 5]
     given = fake(stub, torch.empty(3)), fake(stub, torch.empty(3))
     assert ops.minmax_rows(x, mins=given[0], maxs=given[1]) == given
+    assert len(ops.minmax_rows.slow) == 1
 
     y, z = fake(stub, torch.zeros(2, 3, 4)), fake(stub, torch.ones(2, 3, 4))
     for _ in range(2):
@@ -270,6 +276,7 @@ def test_several_outputs_in_place_and_optional_tensors(stub: StubBackend, ops: S
         values = stub.launches[-1].values(table[(cujit.DType.of("float32"), False, 0)].params)
         assert values[2] == 0  # the absent tensor: a null pointer
     assert len(table) == 2  # one instantiation each
+    assert len(ops.axpy.slow) == 1 and len(ops.maybe_scaled.slow) == 2
 
 
 def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops: SimpleNamespace,
@@ -292,6 +299,7 @@ def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops
         scratch = allocated[-1]
         assert first.values(k1.params) == [scratch.data_ptr(), x.data_ptr(), 1000]
         assert tuple(scratch.shape) == (4,)
+    assert len(ops.total.slow) == 1
 
 
 def test_an_empty_grid_launches_and_compiles_nothing(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -389,6 +397,70 @@ def test_pointee_dtypes_that_cujit_knows(cpp: str, dtype: str | None) -> None:
     assert (found.name if found is not None else None) == dtype
 
 
+# ------------------------------------------------------------------------------------------------ sizes, rules
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"grid": "n / 256"}, r"decl::axpy grid: n / 256 must be an int, got 0.015625 of type float"),
+    ({"block": (256, "n / 4")}, r"decl::axpy block\[1\]: n / 4 must be an int, got 1.0 of type float"),
+    ({"shared_mem": "n * 4.0"}, r"decl::axpy shared_mem: n \* 4.0 must be an int, got 16.0 of type float"),
+    ({"grid": "n / 8 - 0.5"}, r"decl::axpy grid: n / 8 - 0.5 must be an int, got 0.0 of type float"),  # empty
+    ({"values": {"v": "n.bit_lenght()"}, "grid": "v"},
+     r"decl::axpy values\['v'\]: n.bit_lenght\(\) raised AttributeError: 'int' object has no attribute "
+     r"'bit_lenght'"),
+    ({"checks": [("n.real.imag.foo", "never")]}, r"decl::axpy checks\[0\]: n.real.imag.foo raised AttributeError"),
+])
+def test_sizes_must_be_ints_and_rule_errors_name_the_rule(stub: StubBackend, changes: dict[str, Any],
+                                                          message: str) -> None:
+    fn = _declare(**changes)
+    bind_fakes(fn.op.env, stub)
+    with pytest.raises(cujit.CujitError, match=message):
+        fn(fake(stub, torch.ones(4)), fake(stub, torch.ones(4)), 1.0)
+    assert not stub.launches and not fn.op.table
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"block": 256.0}, r"decl::axpy block: 256.0 must be an int, got 256.0 of type float"),
+    ({"grid": True}, r"decl::axpy grid: True must be an int, got True of type bool"),
+    ({"shared_mem": 0.5}, r"decl::axpy shared_mem: 0.5 must be an int"),
+])
+def test_constant_sizes_must_be_ints(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(cujit.CujitError, match=message):
+        _declare(**changes)
+
+
+def test_a_size_or_value_going_wrong_later_is_refused_by_the_generated_path_alike(stub: StubBackend) -> None:
+    def blocks(n: int) -> float:
+        return n // 2 if n in (2, 4) else n / 2
+
+    fn = _declare(values={"blocks": blocks, "ratio": "256 // (n - 5)"}, grid="blocks", shared_mem="4 * blocks")
+    bind_fakes(fn.op.env, stub)
+
+    def call(n: int) -> None:
+        fn(fake(stub, torch.ones(n)), fake(stub, torch.ones(n)), 1.0)
+
+    call(4)
+    slow = count_slow(fn)
+    call(2)
+    assert len(stub.launches) == 2 and stub.launches[-1].grid == (1, 1, 1) and stub.launches[-1].smem == 4
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy grid: blocks must be an int, got 3.5 of type float"):
+        call(7)
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy grid: blocks must be an int, got 0.0 of type float"):
+        call(0)  # an empty grid launches nothing, and is refused all the same
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy values\['ratio'\]: 256 // \(n - 5\) raised "
+                                               r"ZeroDivisionError"):
+        call(5)
+    assert not slow and len(stub.launches) == 2  # the generated path itself refused them, and launched nothing
+
+
+def test_rules_may_use_comprehensions_and_lambdas(stub: StubBackend) -> None:
+    fn = _declare(values={"v": "max([k for k in (1, n) if k > 0])", "w": "len({k: j for k, j in [(n, 1)]})",
+                          "u": "(lambda m: m * w)(v)"}, grid="u")
+    assert fn.op.values["v"].names == ("max", "n") and fn.op.values["u"].names == ("w", "v")
+    bind_fakes(fn.op.env, stub)
+    for _ in range(2):
+        fn(fake(stub, torch.ones(6)), fake(stub, torch.ones(6)), 1.0)
+        assert stub.launches[-1].grid == (6, 1, 1)
+
+
 # ------------------------------------------------------------------------------------------------ the function
 def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend, ops: SimpleNamespace) -> None:
     source = inspect.getsource(ops.scale_rows)
@@ -402,7 +474,7 @@ def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend,
     except cujit.LaunchError:
         text = traceback.format_exc()
     assert "<cujit op cujit_test::scale_rows" in text
-    assert "raise _k.launch_error(" in text  # the generated line itself is shown
+    assert "raise _failed0(_exc, _k," in text  # the generated line itself is shown
 
 
 def test_signature_and_registry(ops: SimpleNamespace) -> None:
