@@ -263,9 +263,9 @@ def test_cpu_tensors_are_refused_by_the_device_check() -> None:
             call()
 
 
-def test_cujit_names_are_the_op_functions() -> None:
-    assert cujit.rms_norm is rms_norm and cujit.fused_add_rms_norm is fused_add_rms_norm
-    assert cujit.silu_and_mul is silu_and_mul and cujit.gelu_and_mul is gelu_and_mul
+def test_cujit_names_are_the_op_modules() -> None:
+    assert cujit.rms_norm.rms_norm is rms_norm and cujit.fused_add_rms_norm.fused_add_rms_norm is fused_add_rms_norm
+    assert cujit.silu_and_mul.silu_and_mul is silu_and_mul and cujit.gelu_and_mul.gelu_and_mul is gelu_and_mul
     assert str(torch.ops.cujit.rms_norm.default._schema) == (
         "cujit::rms_norm(Tensor x, Tensor weight, float eps=9.9999999999999995e-07, *, bool gemma=False) -> Tensor")
 

@@ -494,7 +494,7 @@ def test_shipped_ops_are_found_without_a_list() -> None:
 
     names = [o.name for o in shipped_ops()]
     assert "cujit::add_constant" in names
-    assert cujit.add_constant is __import__("cujit.add_constant", fromlist=["add_constant"]).add_constant
+    assert cujit.add_constant is __import__("cujit.add_constant", fromlist=["add_constant"])
 
 
 def test_op_functions_pickle_by_reference() -> None:
@@ -503,14 +503,18 @@ def test_op_functions_pickle_by_reference() -> None:
     assert pickle.loads(pickle.dumps(add_constant)) is add_constant
 
 
-def test_cujit_dot_name_is_the_op_function_in_any_import_order() -> None:
+@pytest.mark.parametrize("first", ["import cujit.add_constant", "import cujit", "from cujit import add_constant",
+                                   "from cujit.add_constant import add_constant"])
+def test_cujit_dot_name_is_the_op_module_in_any_import_order(first: str) -> None:
     import subprocess
     import sys
 
-    code = ("import cujit.add_constant\nimport cujit\nfrom cujit.add_constant import add_constant\n"
-            "from cujit import add_constant as again\n"
-            "assert cujit.add_constant is add_constant is again, cujit.add_constant\n"
-            "assert cujit.add_constant.op.name == 'cujit::add_constant'\nprint('ok')")
+    code = (f"{first}\nimport types\nimport cujit\nimport cujit.add_constant\nimport cujit.rms_norm as m\n"
+            "from cujit.add_constant import add_constant\nfrom cujit import add_constant as module\n"
+            "assert isinstance(cujit.add_constant, types.ModuleType) and module is cujit.add_constant\n"
+            "assert cujit.add_constant.add_constant is add_constant\n"
+            "assert add_constant.op.name == 'cujit::add_constant' and callable(m.norm_config)\n"
+            "assert isinstance(cujit.silu_and_mul, types.ModuleType)\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "ok", out.stderr
 
