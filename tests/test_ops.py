@@ -599,3 +599,32 @@ def test_torch_imported_after_the_op_binds_on_the_first_call() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_importing_every_shipped_op_touches_no_driver() -> None:
+    """Declaring an op binds no driver: with CuPy's driver bindings made unimportable, every op module imports."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "for name in ('cupy.cuda.driver', 'cupy.cuda.runtime', 'cupy_backends.cuda.api.driver',\n"
+        "             'cupy_backends.cuda.api.runtime'):\n"
+        "    sys.modules[name] = None\n"  # importing any of them now fails
+        "import torch\n"
+        "import cujit\n"
+        "from cujit._runtime import driver, ops\n"
+        "for name in ops.shipped_module_names():\n"
+        "    importlib.import_module(f'cujit.{name}')\n"
+        "assert len(cujit.ops()) >= 11 and not driver._ACTIVE, driver._ACTIVE\n"
+        "from cujit.add_constant import add_constant\n"
+        "try:\n"
+        "    add_constant(torch.zeros(3, dtype=torch.int32), 1)\n"
+        "except cujit.TensorMatchError as exc:\n"
+        "    assert 'device: expected cuda' in str(exc)\n"
+        "assert not driver._ACTIVE\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "ok", out.stderr

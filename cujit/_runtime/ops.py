@@ -511,6 +511,7 @@ class Op:
         self._modules_lock = threading.Lock()
         self.table: dict[tuple[Any, ...], Any] = {}
         self.env: dict[str, Any] = {}
+        self._driver_bound = False
         self.function = self._generate()
         with _REGISTRY_LOCK:
             REGISTRY[self.name] = self
@@ -606,6 +607,7 @@ class Op:
         found = self.table.get(slot)
         if found is not None:
             return found
+        self._bind_driver()
         loaded = []
         passed = self._passed(dict(zip(self.fields, key, strict=True)))
         for plan, kernel in zip(self.launches, self.kernels(key), strict=True):
@@ -615,6 +617,14 @@ class Op:
         found = loaded[0] if len(loaded) == 1 else tuple(loaded)
         self.table[slot] = found
         return found
+
+    def _bind_driver(self) -> None:
+        """Bind the generated code to the driver in use, before it can find a loaded kernel in the table.
+
+        Done on each kernel's first load, never at declaration: declaring (importing) an op touches no driver.
+        """
+        self.env.update(launch.launch_env())
+        self._driver_bound = True
 
     def _passed(self, fields: Mapping[str, Any]) -> dict[str, Passed]:
         """What each ``args`` name passes in the instantiation of ``fields``: tensors with their dtypes, scalars."""
@@ -653,8 +663,7 @@ class Op:
 
     # -------------------------------------------------------------------------------------------- generated
     def _generate(self) -> OpFunction:
-        env = check_env()
-        env.update(launch.launch_env())
+        env = check_env()  # the driver's calls come with the first loaded kernel (_bind_driver)
         env.update(HELPERS)
         env["_RULE_ERRORS"] = RULE_ERRORS
         env.update({
@@ -914,7 +923,8 @@ class Op:
             env["_torch_empty"] = torch.empty
             env["_torch_empty_like"] = torch.empty_like
             env["_torch_empty_strided"] = torch.empty_strided
-            env["_torch_stream"] = driver.backend().torch_stream_getter()
+            if self._driver_bound:
+                env["_torch_stream"] = driver.backend().torch_stream_getter()
             env["_Parameter"] = torch.nn.Parameter
         for slot, dtype, flavour in env.get("_output_dtypes", ()):
             if env.get(slot) is None:
