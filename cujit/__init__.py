@@ -1,14 +1,13 @@
 """cujit: CUDA C++ kernels compiled at run time with NVRTC and launched from Python on torch or CuPy tensors.
 
 This module holds only the public names; the runtime lives in ``cujit._runtime``, one module per concern. The
-shipped ops (``cujit.add_constant``, ``cujit.rms_norm``, ...) are the modules next to this file; each is imported
-on first use of its name, so ``import cujit`` stays light and imports neither torch nor CuPy.
+shipped ops are the modules next to this file, each named after the op it declares: ``cujit.add_constant`` is the
+module and ``cujit.add_constant.add_constant`` the op. A module is imported on first use of its name, so
+``import cujit`` stays light and imports neither torch nor CuPy.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 from ._runtime.cache import cache_stats
@@ -69,25 +68,12 @@ _SHIPPED = frozenset(shipped_module_names())
 
 
 def __getattr__(name: str) -> Any:
-    """``cujit.<op>``: import the shipped op module of that name, which binds ``cujit.<op>`` to its op function."""
+    """``cujit.<op>``: the shipped op module of that name, imported on first use (the op is ``cujit.<op>.<op>``)."""
     if name in _SHIPPED:
         import importlib
 
-        importlib.import_module(f"{__name__}.{name}")
-        return globals()[name]
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'cujit' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """The ``cujit`` package: importing ``cujit.<op>`` binds the op function, not its module, to ``cujit.<op>``."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _SHIPPED and value.__name__ == f"{self.__name__}.{name}":
-            value = getattr(value, name, value)  # the import system binds the submodule here after loading it
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

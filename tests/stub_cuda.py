@@ -211,3 +211,16 @@ def bind_fakes(env: dict[str, Any], stub: StubBackend, device: int = 0) -> list[
     env["_torch_empty_strided"] = lambda shape, strides, dtype, device: keep(torch.empty_strided(shape, strides,
                                                                                                   dtype=dtype))
     return made
+
+
+def count_slow(fn: Any) -> list[tuple[Any, ...]]:
+    """The calls of ``fn``'s generic path from now on (the generated function reaches it through ``_slow``)."""
+    calls: list[tuple[Any, ...]] = []
+    slow = fn.op.env["_slow"]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return slow(*args, **kwargs)
+
+    fn.op.env["_slow"] = counting
+    return calls

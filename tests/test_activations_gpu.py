@@ -101,14 +101,22 @@ def test_misaligned_and_out(name: str, dtype: torch.dtype, d: int) -> None:
     assert_matches(aligned, reference(name, x), dtype)
 
 
-def test_non_default_stream() -> None:
-    x = _input((4097, 2 * 4096), torch.bfloat16)
+@pytest.mark.parametrize("name", ["silu", "gelu"])
+def test_non_default_stream(name: str) -> None:
+    """The op runs after the work queued before it on the current stream: a launch on another stream would read
+    the input before the write that the busy side stream holds back, and give the result of the old input."""
+    fn = silu_and_mul if name == "silu" else gelu_and_mul
+    new = _input((4097, 2 * 4096), torch.bfloat16)
+    fn(new)  # compiled and loaded: the call below is not slowed by a compile
+    old = torch.zeros_like(new)
     stream = torch.cuda.Stream()
     torch.cuda.synchronize()
     with torch.cuda.stream(stream):
-        out = silu_and_mul(x)
-    stream.synchronize()
-    assert_matches(out, reference("silu", x), torch.bfloat16)
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds
+        old.copy_(new)
+        out = fn(old)
+    torch.cuda.synchronize()
+    assert_matches(out, reference(name, new), torch.bfloat16)
 
 
 def test_cupy_arrays() -> None:

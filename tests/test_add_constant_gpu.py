@@ -52,14 +52,28 @@ def test_out_and_in_place() -> None:
     torch.testing.assert_close(x, expect, rtol=0, atol=0)
 
 
-def test_non_default_stream() -> None:
+#: GPU clock cycles of torch.cuda._sleep that keep a stream busy for tens of milliseconds.
+BUSY_CYCLES = 100_000_000
+
+
+@pytest.mark.parametrize("path", ["generated", "generic"])
+def test_non_default_stream(path: str) -> None:
+    """The op runs on the current stream: after the work queued there before it, whatever the default stream does.
+
+    The side stream is kept busy, then the input is written there: a launch on any other stream would read the
+    input before that write and give ``old + c``.
+    """
     s = torch.cuda.Stream()
-    x = _random(2**20 + 3)
+    add_constant(_random(5), 11)  # compiled and loaded: the call below is not slowed by a compile
+    call = add_constant if path == "generated" else add_constant.op.call_slow  # type: ignore[attr-defined]
+    old, new = torch.zeros(2**20 + 3, dtype=torch.int32, device="cuda"), _random(2**20 + 3)
     torch.cuda.synchronize()
     with torch.cuda.stream(s):
-        y = add_constant(x, 11)
-    s.synchronize()
-    torch.testing.assert_close(y, x + 11, rtol=0, atol=0)
+        torch.cuda._sleep(BUSY_CYCLES)
+        old.copy_(new)  # runs only after the sleep
+        y = call(old, 11)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, new + 11, rtol=0, atol=0)
 
 
 def test_cupy_arrays() -> None:

@@ -262,7 +262,7 @@ def test_importable_from_their_own_modules() -> None:
     from cujit.per_token_quant_fp8 import per_token_quant_fp8 as c
 
     assert (a, b, c) == (per_tensor_quant_fp8, per_token_group_quant_fp8, per_token_quant_fp8)
-    assert cujit.per_token_quant_fp8 is per_token_quant_fp8
+    assert cujit.per_token_quant_fp8.per_token_quant_fp8 is per_token_quant_fp8
 
 
 REFUSALS: list[tuple[str, object, type[Exception], str]] = [

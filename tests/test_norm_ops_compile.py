@@ -32,7 +32,7 @@ from cujit.rms_norm import (
     rms_norm,
 )
 from cujit.silu_and_mul import activation_config, silu_and_mul
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, stub_backend
 
 torch = pytest.importorskip("torch")
 
@@ -103,6 +103,7 @@ def ops(stub: StubBackend) -> SimpleNamespace:
     declared = SimpleNamespace(**{name: fn.op.variant("cujit_stub") for name, fn in OPS.items()})
     for fn in vars(declared).values():
         bind_fakes(fn.op.env, stub)
+        fn.slow = count_slow(fn)
     return declared
 
 
@@ -141,8 +142,10 @@ def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: Simpl
     for x, w, out, path, block, rows_per_block in cases:
         fx, fw = fake(stub, x), fake(stub, w)
         fout = None if out is None else fake(stub, out)
-        for _ in range(2):  # the generic path (compile and load), then the generated one
+        for second in (False, True):  # the generic path (compile and load), then the generated one
+            generic = len(ops.rms_norm.slow)
             result = ops.rms_norm(fx, fw, 1e-5, out=fout)
+            assert not second or len(ops.rms_norm.slow) == generic
             key, values = _last(stub, ops.rms_norm)
             assert key[2:3] == (path,) and key[3] == block, (x.shape, x.stride(), key)
             rows, hidden = x.shape
@@ -160,6 +163,7 @@ def test_rms_norm_in_place_gemma_and_refusals(stub: StubBackend, ops: SimpleName
         assert ops.rms_norm(x, w, gemma=True, out=x) is x
         key, values = _last(stub, ops.rms_norm)
         assert key[1] is True and values[:2] == [x.data_ptr(), x.data_ptr()]
+    assert len(ops.rms_norm.slow) == 1
     before = len(stub.launches)
     overlapping = fake(stub, torch.empty(5000, dtype=torch.float16).as_strided((4, 1000), (999, 1)))
     with pytest.raises(cujit.CujitError, match="out: rows overlap"):
@@ -185,8 +189,10 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     ]
     for x, residual, path, block in cases:
         fx, fr = fake(stub, x), fake(stub, residual)
-        for _ in range(2):
+        for second in (False, True):
+            generic = len(ops.fused_add_rms_norm.slow)
             assert ops.fused_add_rms_norm(fx, fr, w, 1e-6) is None
+            assert not second or len(ops.fused_add_rms_norm.slow) == generic
             key, values = _last(stub, ops.fused_add_rms_norm)
             assert key[2] == path and key[3] == block
             assert values == [fx.data_ptr(), fr.data_ptr(), w.data_ptr(), 7, 8192, x.stride(0), residual.stride(0),
@@ -214,8 +220,10 @@ def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNam
         lanes = 16 // x.t.element_size()
         d = shape[-1] // 2
         rows = math.prod(shape[:-1])
-        for _ in range(2):
+        for second in (False, True):
+            generic = len(fn.slow)
             out = fn(x, *extra)
+            assert not second or len(fn.slow) == generic
             assert tuple(out.shape) == (*shape[:-1], d)
             key, values = _last(stub, fn)
             assert values == [out.data_ptr(), x.data_ptr(), rows, d]
@@ -255,9 +263,9 @@ def test_cpu_tensors_are_refused_by_the_device_check() -> None:
             call()
 
 
-def test_cujit_names_are_the_op_functions() -> None:
-    assert cujit.rms_norm is rms_norm and cujit.fused_add_rms_norm is fused_add_rms_norm
-    assert cujit.silu_and_mul is silu_and_mul and cujit.gelu_and_mul is gelu_and_mul
+def test_cujit_names_are_the_op_modules() -> None:
+    assert cujit.rms_norm.rms_norm is rms_norm and cujit.fused_add_rms_norm.fused_add_rms_norm is fused_add_rms_norm
+    assert cujit.silu_and_mul.silu_and_mul is silu_and_mul and cujit.gelu_and_mul.gelu_and_mul is gelu_and_mul
     assert str(torch.ops.cujit.rms_norm.default._schema) == (
         "cujit::rms_norm(Tensor x, Tensor weight, float eps=9.9999999999999995e-07, *, bool gemma=False) -> Tensor")
 

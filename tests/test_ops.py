@@ -19,7 +19,7 @@ import cujit
 from cujit._runtime import ops as ops_module
 from cujit._runtime.schema import parse_schema
 from tests import op_decls
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, stub_backend
 
 KERNELS = Path(__file__).parent / "kernels"
 
@@ -35,7 +35,9 @@ def ops(stub: StubBackend) -> SimpleNamespace:
     declared = op_decls.declare()
     for fn in vars(declared).values():
         bind_fakes(fn.op.env, stub)
+        fn.slow = count_slow(fn)
     return declared
+
 
 
 def fake(stub: StubBackend, t: torch.Tensor, device: int = 0) -> FakeCudaTensor:
@@ -158,6 +160,7 @@ def test_strided_rows_pack_pointers_sizes_strides_and_a_float32(stub: StubBacken
         assert values[:3] == [out.data_ptr(), x.data_ptr(), w.data_ptr()]
         assert values[3:7] == [4, 33, 40, 48]
         assert values[7] == struct.unpack("f", struct.pack("f", 0.1))[0]  # packed as float32, never a double
+    assert len(ops.scale_rows.slow) == 1  # the second call took the generated path
     assert [launched.grid for launched in stub.launches] == [(4, 1, 1)] * 2
     assert [launched.block for launched in stub.launches] == [(128, 1, 1)] * 2
     assert all(launched.stream == 7000 for launched in stub.launches)  # torch's current stream of cuda:0
@@ -169,6 +172,7 @@ def test_outputs_are_allocated_contiguous_with_their_stride_symbols(stub: StubBa
         out = ops.scale_rows(x, w)
         assert tuple(out.shape) == (3, 20) and out.stride() == (20, 1)
         assert decode(stub, ops.scale_rows)[:7] == [out.data_ptr(), x.data_ptr(), w.data_ptr(), 3, 20, 50, 20]
+    assert len(ops.scale_rows.slow) == 1
 
 
 def test_out_may_be_the_input(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -176,6 +180,7 @@ def test_out_may_be_the_input(stub: StubBackend, ops: SimpleNamespace) -> None:
     for _ in range(2):
         assert ops.scale_rows(x, w, out=x) is x
         assert decode(stub, ops.scale_rows)[:2] == [x.data_ptr(), x.data_ptr()]
+    assert len(ops.scale_rows.slow) == 1
 
 
 @pytest.mark.parametrize("case", ["dtype", "rank", "width", "last-stride", "weight", "device", "cpu", "scalar"])
@@ -234,7 +239,7 @@ def test_devices_streams_and_contexts(stub: StubBackend, ops: SimpleNamespace) -
         launched = stub.launches[-1]
         assert launched.stream == 7001 and launched.ctx == 1001
         assert stub.ctx == 1000  # restored
-    assert [device for device, _ in stub.loaded] == [1]
+    assert [device for device, _ in stub.loaded] == [1] and len(ops.scale_rows.slow) == 1
 
 
 def test_a_thread_without_a_context_keeps_the_one_launched_in(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -253,6 +258,7 @@ def test_several_outputs_in_place_and_optional_tensors(stub: StubBackend, ops: S
         assert decode(stub, ops.minmax_rows) == [mins.data_ptr(), maxs.data_ptr(), x.data_ptr(), 3, 5]
     given = fake(stub, torch.empty(3)), fake(stub, torch.empty(3))
     assert ops.minmax_rows(x, mins=given[0], maxs=given[1]) == given
+    assert len(ops.minmax_rows.slow) == 1
 
     y, z = fake(stub, torch.zeros(2, 3, 4)), fake(stub, torch.ones(2, 3, 4))
     for _ in range(2):
@@ -270,6 +276,7 @@ def test_several_outputs_in_place_and_optional_tensors(stub: StubBackend, ops: S
         values = stub.launches[-1].values(table[(cujit.DType.of("float32"), False, 0)].params)
         assert values[2] == 0  # the absent tensor: a null pointer
     assert len(table) == 2  # one instantiation each
+    assert len(ops.axpy.slow) == 1 and len(ops.maybe_scaled.slow) == 2
 
 
 def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops: SimpleNamespace,
@@ -292,6 +299,7 @@ def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops
         scratch = allocated[-1]
         assert first.values(k1.params) == [scratch.data_ptr(), x.data_ptr(), 1000]
         assert tuple(scratch.shape) == (4,)
+    assert len(ops.total.slow) == 1
 
 
 def test_an_empty_grid_launches_and_compiles_nothing(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -317,6 +325,142 @@ def test_argument_count_mismatch_with_the_kernel_is_named(stub: StubBackend) -> 
         fn(fake(stub, torch.ones(4)), fake(stub, torch.ones(4)), 1.0)
 
 
+# ------------------------------------------------------------------------------------------------ args vs kernel
+F32_BF16 = cujit.TensorMatcher([cujit.SymbolicSize("n")]).with_dtype("float32", "bfloat16")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    # axpy<fp32_t>(float* y, const float* x, float a, int64_t n)
+    ({"args": ("n", "x", "a", "y")}, r"decl::axpy: argument 'n' goes to parameter 0 \(float\*\) of axpy<fp32_t>: "
+                                     r"expected a tensor \(a pointer parameter\), got a scalar \(symbol n, an int\)"),
+    ({"args": ("y", "a", "x", "n")}, r"argument 'a' goes to parameter 1 \(const float\*\) of axpy<fp32_t>: "
+                                     r"expected a tensor .*got a scalar \(parameter a of type float\)"),
+    ({"args": ("y", "x", "y", "n")}, r"argument 'y' goes to parameter 2 \(float\) of axpy<fp32_t>: expected a "
+                                     r"scalar of type float, got a tensor"),
+    ({"kernel": "axpy<bf16_t>"}, r"argument 'y' goes to parameter 0 \(__nv_bfloat16\*\) of axpy<bf16_t>: expected "
+                                 r"a tensor of bfloat16, got a tensor of float32"),
+    ({"tensors": {"y": F32_BF16, "x": F32_BF16}},
+     r"argument 'y' goes to parameter 0 \(float\*\) of axpy<fp32_t>: expected a tensor of float32, got a tensor "
+     r"that may be bfloat16 \(its TensorMatcher allows float32 or bfloat16\)"),
+    ({"tensors": {"y": cujit.TensorMatcher([cujit.SymbolicSize("n")]),
+                  "x": cujit.TensorMatcher([cujit.SymbolicSize("n")])}},
+     r"argument 'y' .*expected a tensor of float32, got a tensor of any dtype"),
+])
+def test_args_that_the_kernel_cannot_take_are_refused_before_any_launch(stub: StubBackend, changes: dict[str, Any],
+                                                                        message: str) -> None:
+    fn = _declare(**changes)
+    bind_fakes(fn.op.env, stub)
+    y, x = fake(stub, torch.ones(4)), fake(stub, torch.ones(4))
+    for _ in range(2):  # refused again: a refused kernel never enters the table the fast path reads
+        with pytest.raises(cujit.CujitError, match=message):
+            fn(y, x, 1.0)
+    assert not stub.launches and not fn.op.table
+
+
+def test_args_are_checked_once_per_kernel_and_device(stub: StubBackend, ops: SimpleNamespace,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    check = ops_module.check_kernel_args
+
+    def counting(op_name: str, expression: str, *rest: Any) -> None:
+        calls.append(expression)
+        check(op_name, expression, *rest)
+
+    monkeypatch.setattr(ops_module, "check_kernel_args", counting)
+    for device in (0, 0, 0, 1, 1):
+        x, w = fake(stub, torch.randn(2, 8), device), fake(stub, torch.randn(8), device)
+        ops.scale_rows(x, w, out=x)
+        half = fake(stub, torch.randn(2, 8, dtype=torch.float16), device)
+        ops.scale_rows(half, fake(stub, torch.randn(8, dtype=torch.float16), device), out=half)
+    assert sorted(calls) == ["scale_rows<fp16_t>"] * 2 + ["scale_rows<fp32_t>"] * 2
+    assert len(stub.launches) == 10
+
+
+def test_two_launches_check_each_kernel_with_scratch_and_optional_tensors(stub: StubBackend,
+                                                                         ops: SimpleNamespace) -> None:
+    passed = ops.total.op._passed({})
+    assert passed["partials"].dtypes == (cujit.DType.of("float32"),) and not passed["blocks"].tensor
+    scaled = ops.maybe_scaled.op._passed({"mdt": cujit.DType.of("float16"), "scaled": True})
+    assert scaled["scale"].dtypes == (cujit.DType.of("float32"),) and scaled["x"].dtypes == (cujit.DType.of("float16"),)
+
+
+@pytest.mark.parametrize(("cpp", "dtype"), [
+    ("float*", "float32"), ("const float*", "float32"), ("const __nv_bfloat16*", "bfloat16"), ("__half*", "float16"),
+    ("long*", "int64"), ("const unsigned int*", "uint32"), ("__nv_fp8_e4m3*", "float8_e4m3fn"), ("bool*", "bool"),
+    ("const unsigned char*", None), ("char*", None), ("void*", None), ("float**", None), ("uint4*", None),
+])
+def test_pointee_dtypes_that_cujit_knows(cpp: str, dtype: str | None) -> None:
+    from cujit._runtime.op_args import pointee_dtype
+    from cujit._runtime.signature import Param
+
+    found = pointee_dtype(Param("pointer", 8, cpp, "Q"))
+    assert (found.name if found is not None else None) == dtype
+
+
+# ------------------------------------------------------------------------------------------------ sizes, rules
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"grid": "n / 256"}, r"decl::axpy grid: n / 256 must be an int, got 0.015625 of type float"),
+    ({"block": (256, "n / 4")}, r"decl::axpy block\[1\]: n / 4 must be an int, got 1.0 of type float"),
+    ({"shared_mem": "n * 4.0"}, r"decl::axpy shared_mem: n \* 4.0 must be an int, got 16.0 of type float"),
+    ({"grid": "n / 8 - 0.5"}, r"decl::axpy grid: n / 8 - 0.5 must be an int, got 0.0 of type float"),  # empty
+    ({"values": {"v": "n.bit_lenght()"}, "grid": "v"},
+     r"decl::axpy values\['v'\]: n.bit_lenght\(\) raised AttributeError: 'int' object has no attribute "
+     r"'bit_lenght'"),
+    ({"checks": [("n.real.imag.foo", "never")]}, r"decl::axpy checks\[0\]: n.real.imag.foo raised AttributeError"),
+])
+def test_sizes_must_be_ints_and_rule_errors_name_the_rule(stub: StubBackend, changes: dict[str, Any],
+                                                          message: str) -> None:
+    fn = _declare(**changes)
+    bind_fakes(fn.op.env, stub)
+    with pytest.raises(cujit.CujitError, match=message):
+        fn(fake(stub, torch.ones(4)), fake(stub, torch.ones(4)), 1.0)
+    assert not stub.launches and not fn.op.table
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"block": 256.0}, r"decl::axpy block: 256.0 must be an int, got 256.0 of type float"),
+    ({"grid": True}, r"decl::axpy grid: True must be an int, got True of type bool"),
+    ({"shared_mem": 0.5}, r"decl::axpy shared_mem: 0.5 must be an int"),
+])
+def test_constant_sizes_must_be_ints(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(cujit.CujitError, match=message):
+        _declare(**changes)
+
+
+def test_a_size_or_value_going_wrong_later_is_refused_by_the_generated_path_alike(stub: StubBackend) -> None:
+    def blocks(n: int) -> float:
+        return n // 2 if n in (2, 4) else n / 2
+
+    fn = _declare(values={"blocks": blocks, "ratio": "256 // (n - 5)"}, grid="blocks", shared_mem="4 * blocks")
+    bind_fakes(fn.op.env, stub)
+
+    def call(n: int) -> None:
+        fn(fake(stub, torch.ones(n)), fake(stub, torch.ones(n)), 1.0)
+
+    call(4)
+    slow = count_slow(fn)
+    call(2)
+    assert len(stub.launches) == 2 and stub.launches[-1].grid == (1, 1, 1) and stub.launches[-1].smem == 4
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy grid: blocks must be an int, got 3.5 of type float"):
+        call(7)
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy grid: blocks must be an int, got 0.0 of type float"):
+        call(0)  # an empty grid launches nothing, and is refused all the same
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy values\['ratio'\]: 256 // \(n - 5\) raised "
+                                               r"ZeroDivisionError"):
+        call(5)
+    assert not slow and len(stub.launches) == 2  # the generated path itself refused them, and launched nothing
+
+
+def test_rules_may_use_comprehensions_and_lambdas(stub: StubBackend) -> None:
+    fn = _declare(values={"v": "max([k for k in (1, n) if k > 0])", "w": "len({k: j for k, j in [(n, 1)]})",
+                          "u": "(lambda m: m * w)(v)"}, grid="u")
+    assert fn.op.values["v"].names == ("max", "n") and fn.op.values["u"].names == ("w", "v")
+    bind_fakes(fn.op.env, stub)
+    for _ in range(2):
+        fn(fake(stub, torch.ones(6)), fake(stub, torch.ones(6)), 1.0)
+        assert stub.launches[-1].grid == (6, 1, 1)
+
+
 # ------------------------------------------------------------------------------------------------ the function
 def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend, ops: SimpleNamespace) -> None:
     source = inspect.getsource(ops.scale_rows)
@@ -330,7 +474,7 @@ def test_generated_source_is_readable_and_shows_in_tracebacks(stub: StubBackend,
     except cujit.LaunchError:
         text = traceback.format_exc()
     assert "<cujit op cujit_test::scale_rows" in text
-    assert "raise _k.launch_error(" in text  # the generated line itself is shown
+    assert "raise _failed0(_exc, _k," in text  # the generated line itself is shown
 
 
 def test_signature_and_registry(ops: SimpleNamespace) -> None:
@@ -350,7 +494,7 @@ def test_shipped_ops_are_found_without_a_list() -> None:
 
     names = [o.name for o in shipped_ops()]
     assert "cujit::add_constant" in names
-    assert cujit.add_constant is __import__("cujit.add_constant", fromlist=["add_constant"]).add_constant
+    assert cujit.add_constant is __import__("cujit.add_constant", fromlist=["add_constant"])
 
 
 def test_op_functions_pickle_by_reference() -> None:
@@ -359,14 +503,18 @@ def test_op_functions_pickle_by_reference() -> None:
     assert pickle.loads(pickle.dumps(add_constant)) is add_constant
 
 
-def test_cujit_dot_name_is_the_op_function_in_any_import_order() -> None:
+@pytest.mark.parametrize("first", ["import cujit.add_constant", "import cujit", "from cujit import add_constant",
+                                   "from cujit.add_constant import add_constant"])
+def test_cujit_dot_name_is_the_op_module_in_any_import_order(first: str) -> None:
     import subprocess
     import sys
 
-    code = ("import cujit.add_constant\nimport cujit\nfrom cujit.add_constant import add_constant\n"
-            "from cujit import add_constant as again\n"
-            "assert cujit.add_constant is add_constant is again, cujit.add_constant\n"
-            "assert cujit.add_constant.op.name == 'cujit::add_constant'\nprint('ok')")
+    code = (f"{first}\nimport types\nimport cujit\nimport cujit.add_constant\nimport cujit.rms_norm as m\n"
+            "from cujit.add_constant import add_constant\nfrom cujit import add_constant as module\n"
+            "assert isinstance(cujit.add_constant, types.ModuleType) and module is cujit.add_constant\n"
+            "assert cujit.add_constant.add_constant is add_constant\n"
+            "assert add_constant.op.name == 'cujit::add_constant' and callable(m.norm_config)\n"
+            "assert isinstance(cujit.silu_and_mul, types.ModuleType)\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -450,4 +598,33 @@ def test_torch_imported_after_the_op_binds_on_the_first_call() -> None:
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_importing_every_shipped_op_touches_no_driver() -> None:
+    """Declaring an op binds no driver: with CuPy's driver bindings made unimportable, every op module imports."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "for name in ('cupy.cuda.driver', 'cupy.cuda.runtime', 'cupy_backends.cuda.api.driver',\n"
+        "             'cupy_backends.cuda.api.runtime'):\n"
+        "    sys.modules[name] = None\n"  # importing any of them now fails
+        "import torch\n"
+        "import cujit\n"
+        "from cujit._runtime import driver, ops\n"
+        "for name in ops.shipped_module_names():\n"
+        "    importlib.import_module(f'cujit.{name}')\n"
+        "assert len(cujit.ops()) >= 11 and not driver._ACTIVE, driver._ACTIVE\n"
+        "from cujit.add_constant import add_constant\n"
+        "try:\n"
+        "    add_constant(torch.zeros(3, dtype=torch.int32), 1)\n"
+        "except cujit.TensorMatchError as exc:\n"
+        "    assert 'device: expected cuda' in str(exc)\n"
+        "assert not driver._ACTIVE\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "ok", out.stderr

@@ -347,18 +347,19 @@ def launch_env() -> dict[str, Any]:
     return {
         "_launch_kernel": active.launch_kernel, "_ctx_get": active.ctx_get, "_LAUNCH_ERRORS": active.launch_errors,
         "_PACK_ERRORS": _PACK_ERRORS, "_torch_stream": active.torch_stream_getter(), "_cupy_stream":
-        active.cupy_stream,
+        active.cupy_stream, "_ANY_LAUNCH_ERRORS": (LaunchError, *active.launch_errors),
     }
 
 
 def emit_launch(src: codegen.Source, loaded: str, grid: str, block: str, smem: str, stream: str,
                 values: Sequence[str], *, pdl: bool = False, smem_may_exceed: bool = True,
-                on_pack_error: str | None = None) -> None:
+                on_pack_error: str | None = None, on_launch_error: str | None = None) -> None:
     """The generated lines that launch ``loaded`` (a LoadedKernel) with packed ``values``.
 
     ``grid`` and ``block`` are expressions of three comma-separated ints, ``smem`` and ``stream`` of ints.
     ``on_pack_error`` replaces raising the packing error (an op hands the call to its generic path, which words
-    a wrong scalar by its parameter's name).
+    a wrong scalar by its parameter's name). ``on_launch_error``, an expression of ``_exc``, is the exception
+    raised for any failure from the shared memory opt-in to the launch (an op words sizes that are not ints).
     """
     packed = ", ".join(values)
     src("try: _buf, _addr = " + loaded + ".tls.pair")
@@ -368,6 +369,18 @@ def emit_launch(src: codegen.Source, loaded: str, grid: str, block: str, smem: s
         src(f"except _PACK_ERRORS: {on_pack_error}")
     else:
         src(f"except _PACK_ERRORS: raise {loaded}.pack_error(({packed}{',' if len(values) == 1 else ''})) from None")
+    if on_launch_error is not None:
+        with src.block("try"):
+            if smem_may_exceed:
+                src(f"if {smem} > {loaded}.smem_ok: {loaded}.allow_smem({smem})")
+            if pdl:
+                src(f"{loaded}.launch_packed(({grid}), ({block}), {smem}, {stream}, _addr, True)")
+            else:
+                src(f"if _ctx_get() != {loaded}.ctx: {loaded}.launch_packed(({grid}), ({block}), {smem}, {stream}, "
+                    "_addr)")
+                src(f"else: _launch_kernel({loaded}.function, {grid}, {block}, {smem}, {stream}, _addr, 0)")
+        src(f"except _ANY_LAUNCH_ERRORS as _exc: raise {on_launch_error} from None")
+        return
     if smem_may_exceed:
         src(f"if {smem} > {loaded}.smem_ok: {loaded}.allow_smem({smem})")
     if pdl:

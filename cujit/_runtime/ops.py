@@ -13,8 +13,10 @@ declaration, mutated arguments declared) and the ``torch.compile`` substitution 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import math
+import numbers
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +42,7 @@ from .matcher import (
     verify_info,
 )
 from .module import JitModule, Kernel, load_jit
+from .op_args import Passed, check_kernel_args
 from .schema import NO_DEFAULT, Param, Schema, parse_schema
 from .tensors import Device
 
@@ -115,15 +118,17 @@ class _Rule:
         self.names: tuple[str, ...]
         if isinstance(rule, bool) or (isinstance(rule, (int, float)) and not isinstance(rule, bool)):
             self.const, self.names, self.text = rule, (), repr(rule)
+            self.shown = self.text
         elif isinstance(rule, str):
             try:
                 tree = ast.parse(rule.strip(), mode="eval")
             except SyntaxError as exc:
                 raise CujitError(f"{where}: {rule!r} is not a Python expression ({exc.msg})") from None
-            self.names = tuple(dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name)))
+            self.names = _free_names(tree)
             self.code = compile(tree, f"<cujit {where}>", "eval")
             self.tree: ast.Expression | None = tree
             self.text = f"({rule.strip()})"
+            self.shown = rule.strip()
         elif callable(rule):
             self.func = rule
             try:
@@ -135,6 +140,7 @@ class _Rule:
                                  "looked up by name")
             self.names = tuple(p.name for p in parameters)
             self.text = ""  # set by emit, which knows the global that holds the callable
+            self.shown = f"{getattr(rule, '__qualname__', repr(rule))}({', '.join(self.names)})"
         else:
             raise TypeError(f"{where}: expected an int, a name, an expression string or a callable, got "
                             f"{type(rule).__name__}")
@@ -165,11 +171,86 @@ class _Rule:
         return f"({ast.unparse(rewritten)})"
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
-        if self.func is not None:
-            return self.func(*(names[n] for n in self.names))
-        if self.code is not None:
-            return eval(self.code, dict(HELPERS), dict(names))
+        """The rule's value for ``names``; an exception it raises (other than a CujitError) is worded."""
+        try:
+            if self.func is not None:
+                return self.func(*(names[n] for n in self.names))
+            if self.code is not None:
+                # One namespace: comprehensions see the names as they see globals.
+                return eval(self.code, {**HELPERS, **names})
+        except CujitError:
+            raise
+        except RULE_ERRORS as exc:
+            raise self.worded(exc) from exc
         return self.const
+
+    def worded(self, exc: BaseException) -> BaseException:
+        """The error for an exception raised by this rule: a CujitError as it is, anything else with the rule named."""
+        if isinstance(exc, CujitError):
+            return exc
+        return CujitError(f"{self.where}: {self.shown} raised {type(exc).__name__}: {exc}")
+
+    def emit_guarded(self, src: codegen.Source, env: dict[str, Any], target: str, slot: str, pointer: str | None,
+                     tensors: Mapping[str, bool]) -> None:
+        """Generated lines that assign this rule's value to ``target``, an exception worded as :meth:`evaluate` does.
+
+        A ``try`` costs nothing while nothing is raised.
+        """
+        expression = self.emit(env, slot, pointer, tensors)
+        if self.const is not None:
+            src(f"{target} = {expression}")
+            return
+        env[f"_worded{slot}"] = self.worded
+        with src.block("try"):
+            src(f"{target} = {expression}")
+        src(f"except _RULE_ERRORS as _exc: raise _worded{slot}(_exc) from None")
+
+    def integer(self, names: Mapping[str, Any]) -> int:
+        """The rule's value, which must be an int (a grid, block, shared memory or buffer size)."""
+        return self.as_int(self.evaluate(names))
+
+    def as_int(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise CujitError(f"{self.where}: {self.shown} must be an int, got {value!r} of type "
+                             f"{type(value).__name__}")
+        return int(value)
+
+
+#: What a rule may raise that cujit words with the rule's place and text (a CujitError passes unchanged).
+RULE_ERRORS = (ArithmeticError, AttributeError, LookupError, NameError, TypeError, ValueError)
+
+
+def _free_names(tree: ast.AST) -> tuple[str, ...]:
+    """The names an expression reads from outside: not those bound by its comprehensions and lambdas."""
+    found: dict[str, None] = {}
+
+    def visit(node: ast.AST, bound: frozenset[str]) -> None:
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            inner = set(bound)
+            for generator in node.generators:
+                visit(generator.iter, frozenset(inner))  # the iterable is read before the target is bound
+                inner.update(n.id for n in ast.walk(generator.target) if isinstance(n, ast.Name))
+                for condition in generator.ifs:
+                    visit(condition, frozenset(inner))
+            elements = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+            for element in elements:
+                visit(element, frozenset(inner))
+            return
+        if isinstance(node, ast.Lambda):
+            arguments = node.args
+            params = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+            params += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+            for default in (*arguments.defaults, *(d for d in arguments.kw_defaults if d is not None)):
+                visit(default, bound)
+            visit(node.body, bound | {a.arg for a in params})
+            return
+        if isinstance(node, ast.Name) and node.id not in bound:
+            found.setdefault(node.id)
+        for child in ast.iter_child_nodes(node):
+            visit(child, bound)
+
+    visit(tree, frozenset())
+    return tuple(found)
 
 
 class _Inline(ast.NodeTransformer):
@@ -218,6 +299,9 @@ class _LaunchPlan:
         self.grid = _rules(spec.grid, f"{where} grid")
         self.block = _rules(spec.block, f"{where} block")
         self.smem = _Rule(spec.shared_mem, f"{where} shared_mem")
+        for rule in (*self.grid, *self.block, self.smem):
+            if rule.const is not None:
+                rule.as_int(rule.const)
         self.args = spec.args
         for name in self.args:
             if not isinstance(name, str):
@@ -427,6 +511,7 @@ class Op:
         self._modules_lock = threading.Lock()
         self.table: dict[tuple[Any, ...], Any] = {}
         self.env: dict[str, Any] = {}
+        self._driver_bound = False
         self.function = self._generate()
         with _REGISTRY_LOCK:
             REGISTRY[self.name] = self
@@ -522,24 +607,65 @@ class Op:
         found = self.table.get(slot)
         if found is not None:
             return found
+        self._bind_driver()
         loaded = []
+        passed = self._passed(dict(zip(self.fields, key, strict=True)))
         for plan, kernel in zip(self.launches, self.kernels(key), strict=True):
             item = kernel.on(device)
-            if len(item.params) != len(plan.args):
-                raise CujitError(
-                    f"{self.name}: the op passes {len(plan.args)} arguments ({', '.join(plan.args)}) but "
-                    f"{item.expression} takes {len(item.params)} ({', '.join(p.cpp for p in item.params)})"
-                )
+            check_kernel_args(self.name, item.expression, item.params, plan.args, passed)
             loaded.append(item)
         found = loaded[0] if len(loaded) == 1 else tuple(loaded)
         self.table[slot] = found
         return found
 
+    def _bind_driver(self) -> None:
+        """Bind the generated code to the driver in use, before it can find a loaded kernel in the table.
+
+        Done on each kernel's first load, never at declaration: declaring (importing) an op touches no driver.
+        """
+        self.env.update(launch.launch_env())
+        self._driver_bound = True
+
+    def _passed(self, fields: Mapping[str, Any]) -> dict[str, Passed]:
+        """What each ``args`` name passes in the instantiation of ``fields``: tensors with their dtypes, scalars."""
+        passed: dict[str, Passed] = {}
+        for name in dict.fromkeys(a for plan in self.launches for a in plan.args):
+            if name in self.specs:
+                passed[name] = Passed(True, self._tensor_dtypes(name, fields))
+            elif name in self.scratch:
+                passed[name] = Passed(True, (self.scratch[name][0],))
+            elif name in self.params:
+                param = self.params[name]
+                passed[name] = Passed(False, what=f"parameter {name} of type {param.type}"
+                                                  + (" or None" if param.optional else ""))
+            elif name in self.symbols:
+                sym = self.symbols[name]
+                kind = {SymbolicSize: "an int", SymbolicShape: "a tuple of ints", SymbolicDType: "a dtype",
+                        SymbolicDevice: "a device"}.get(type(sym), "a symbol")
+                passed[name] = Passed(False, what=f"symbol {name}, {kind}")
+            else:
+                passed[name] = Passed(False, what=f"value {name}")
+        return passed
+
+    def _tensor_dtypes(self, name: str, fields: Mapping[str, Any]) -> tuple[DType, ...] | None:
+        """The dtypes tensor ``name`` can have in the instantiation of ``fields`` (None: any)."""
+        spec = self.specs[name]
+        symbol = spec.dtype_symbol
+        if symbol is None:
+            return spec.dtypes
+        if symbol.name in fields:
+            return (as_dtype(fields[symbol.name]),)
+        allowed: tuple[DType, ...] | None = None
+        for other in self.specs.values():
+            if other.dtype_symbol is symbol and other.dtypes is not None:
+                allowed = other.dtypes if allowed is None else tuple(d for d in allowed if d in other.dtypes)
+        return allowed
+
     # -------------------------------------------------------------------------------------------- generated
     def _generate(self) -> OpFunction:
-        env = check_env()
-        env.update(launch.launch_env())
+        env = check_env()  # the driver's calls come with the first loaded kernel (_bind_driver)
         env.update(HELPERS)
+        env["_RULE_ERRORS"] = RULE_ERRORS
         env.update({
             "_slow": self.call_slow, "_table": self.table, "_torch_empty": None, "_torch_empty_like": None,
             "_torch_empty_strided": None, "_cupy_alloc": frameworks.cupy_empty,
@@ -607,13 +733,14 @@ class Op:
         def emit_values(late: bool) -> None:
             for vname, rule in self.values.items():
                 if (vname in self.late_values) == late:
-                    src(f"{vname} = {rule.emit(env, f'_value_{vname}', pointer, self.tensor_optional)}")
+                    rule.emit_guarded(src, env, vname, f"_value_{vname}", pointer, self.tensor_optional)
                     if vname in self.defined_outputs:
                         emit.bound.add(self.symbols[vname])
             for i, (rule, _) in enumerate(self.checks):
                 # A check of template arguments alone ran when the instantiation was made.
                 if (i in self.late_checks) == late and not set(rule.names) <= set(self.fields):
-                    src(f"if not {rule.emit(env, f'_check{i}', pointer, self.tensor_optional)}: {miss}")
+                    rule.emit_guarded(src, env, "_ok", f"_check{i}", pointer, self.tensor_optional)
+                    src(f"if not _ok: {miss}")
 
         emit_values(late=False)
         for name in self.outputs:
@@ -628,12 +755,14 @@ class Op:
             else:
                 src(f"{sname} = _cupy_alloc(({extent},), _sdt_{sname}_n, _dev)")
         key = ", ".join([*self.fields, "_dev"])
-        src(f"_k = _table.get(({key}))")
+        src(f"_k = _table.get(({key},))")  # a tuple also when the kernel has no template fields
         src(f"if _k is None: {miss}")
         src(f"_s = {'_torch_stream' if torch else '_cupy_stream'}(_dev)")
+        # Constant sizes go into the launch as literals; computed ones are computed once, into locals, for every
+        # launch before the first one.
+        many = len(self.launches) > 1
+        sizes: list[tuple[list[str], str]] = []
         for plan in self.launches:
-            loaded = "_k" if len(self.launches) == 1 else f"_k[{plan.index}]"
-            # Constant dimensions go into the launch as literals; computed ones are computed once, into locals.
             dims: list[str] = []
             for kind, rules in (("_g", plan.grid), ("_b", plan.block)):
                 padded: list[_Rule | None] = [*rules, None, None][:3]
@@ -641,18 +770,56 @@ class Op:
                     if dim is None or dim.const is not None:
                         dims.append("1" if dim is None else str(int(dim.const)))
                     else:
-                        text = dim.emit(env, f"{kind}{axis}{plan.index}", pointer, self.tensor_optional)
-                        src(f"{kind}{axis} = {text}")
-                        dims.append(f"{kind}{axis}")
-            smem = plan.smem.emit(env, f"_smem{plan.index}", pointer, self.tensor_optional)
+                        local = f"{kind}{axis}{plan.index if many else ''}"
+                        dim.emit_guarded(src, env, local, f"{kind}{axis}{plan.index}", pointer, self.tensor_optional)
+                        dims.append(local)
+            sizes.append((dims, plan.smem.emit(env, f"_smem{plan.index}", pointer, self.tensor_optional)))
+            env[f"_failed{plan.index}"] = functools.partial(self._launch_failure, plan)
+        for plan, (dims, smem) in zip(self.launches, sizes, strict=True):
+            loaded = f"_k[{plan.index}]" if many else "_k"
+            described = f"{loaded}, ({', '.join(dims[:3])}), ({', '.join(dims[3:])}), {smem}"
+            computed = [d for d in (*dims, smem) if not d.isdigit()]
+            not_ints = " or ".join(f"{d}.__class__ is not int" for d in computed)
+            if plan.index > 0 and computed:  # refused before the first launch runs (the first one refuses its own)
+                with src.block(f"if {not_ints}"):
+                    src(f"_exc = _failed{plan.index}(None, {described})")
+                    src("if _exc is not None: raise _exc")
+        for plan, (dims, smem) in zip(self.launches, sizes, strict=True):
+            loaded = f"_k[{plan.index}]" if many else "_k"
+            described = f"{loaded}, ({', '.join(dims[:3])}), ({', '.join(dims[3:])}), {smem}"
             nonzero = " and ".join(d for d in dims[:3] if not d.isdigit()) or ("True" if "0" not in dims[:3]
                                                                                   else "False")
             with src.block(f"if {nonzero}"):
                 values = [self._arg(name, torch) for name in plan.args]
                 smem_may_exceed = not (plan.smem.const is not None and int(plan.smem.const) <= 48 * 1024)
                 launch.emit_launch(src, loaded, ", ".join(dims[:3]), ", ".join(dims[3:]), smem, "_s", values,
-                                   pdl=self.pdl, smem_may_exceed=smem_may_exceed, on_pack_error=miss)
+                                   pdl=self.pdl, smem_may_exceed=smem_may_exceed, on_pack_error=miss,
+                                   on_launch_error=f"_failed{plan.index}(_exc, {described})")
+            computed = [d for d in (*dims, smem) if not d.isdigit()]
+            if computed and plan.index == 0:  # an empty grid launches nothing, but a size that is no int is refused
+                with src.block(f"elif {' or '.join(f'{d}.__class__ is not int' for d in computed)}"):
+                    src(f"_exc = _failed{plan.index}(None, {described})")
+                    src("if _exc is not None: raise _exc")
         src(self._return())
+
+    def _launch_failure(self, plan: _LaunchPlan, exc: BaseException | None, loaded: Any, grid: tuple[Any, ...],
+                        block: tuple[Any, ...], smem: Any) -> BaseException | None:
+        """Why a generated launch failed (``exc``) or should not happen (``exc`` None, an empty grid).
+
+        A size that is not an int gets the generic path's error, naming the field and its expression; otherwise
+        the launch's own error.
+        """
+        rules: list[_Rule | None] = [*plan.grid, *[None] * (3 - len(plan.grid)), *plan.block,
+                                     *[None] * (3 - len(plan.block)), plan.smem]
+        for rule, value in zip(rules, (*grid, *block, smem), strict=True):
+            if rule is not None:
+                try:
+                    rule.as_int(value)
+                except CujitError as error:
+                    return error
+        if exc is None or isinstance(exc, CujitError):
+            return exc
+        return loaded.launch_error(exc, grid, block, smem)  # type: ignore[no-any-return]
 
     def _arg(self, name: str, torch: bool) -> str:
         pointer = "data_ptr()" if torch else "data.ptr"
@@ -756,7 +923,8 @@ class Op:
             env["_torch_empty"] = torch.empty
             env["_torch_empty_like"] = torch.empty_like
             env["_torch_empty_strided"] = torch.empty_strided
-            env["_torch_stream"] = driver.backend().torch_stream_getter()
+            if self._driver_bound:
+                env["_torch_stream"] = driver.backend().torch_stream_getter()
             env["_Parameter"] = torch.nn.Parameter
         for slot, dtype, flavour in env.get("_output_dtypes", ()):
             if env.get(slot) is None:
@@ -798,25 +966,26 @@ class Op:
                     names[sym.name] = bindings[sym][0]
         self._evaluate(names, bindings, late=True)
         for sname, (dtype, shape) in self.scratch.items():
-            dims = tuple(int(rule.evaluate(names)) for rule in shape)
+            dims = tuple(rule.integer(names) for rule in shape)
             names[sname] = _allocate(library, dims, None, dtype, dev)
             infos[sname] = info_of(names[sname], repr(sname))
         grids = []
         for plan in self.launches:
-            grid = tuple(int(r.evaluate(names)) for r in plan.grid) + (1,) * (3 - len(plan.grid))
+            grid = tuple(r.integer(names) for r in plan.grid) + (1,) * (3 - len(plan.grid))
             grids.append(grid)
         if all(0 in grid for grid in grids):  # nothing to do (empty inputs): no compile either
             return self._outputs(names)
+        # Every launch's sizes are read before the first launch: a wrong one launches nothing.
+        blocks = [tuple(r.integer(names) for r in plan.block) + (1,) * (3 - len(plan.block)) for plan in self.launches]
+        smems = [plan.smem.integer(names) for plan in self.launches]
         driver.require_gpu()
         key = tuple(_normalise(names[f]) for f in self.fields)
         loaded = self._loaded(key, dev)
         items = (loaded,) if len(self.launches) == 1 else loaded
         stream = launch.choose_stream(dev, None, library == "torch", library == "cupy")
-        for plan, item, grid in zip(self.launches, items, grids, strict=True):
+        for plan, item, grid, block, smem in zip(self.launches, items, grids, blocks, smems, strict=True):
             if 0 in grid:  # this launch has nothing to do; the others run
                 continue
-            block = tuple(int(r.evaluate(names)) for r in plan.block) + (1,) * (3 - len(plan.block))
-            smem = int(plan.smem.evaluate(names))
             values = []
             for arg, param in zip(plan.args, item.params, strict=True):
                 if arg in infos:
@@ -886,7 +1055,8 @@ class Op:
             if isinstance(entry, SymbolicShape):
                 shape.extend(names[entry.name])
             elif isinstance(entry, SymbolicSize):
-                shape.append(int(names[entry.name]))
+                rule = self.values.get(entry.name)
+                shape.append(rule.as_int(names[entry.name]) if rule is not None else int(names[entry.name]))
             else:
                 shape.append(int(entry))
         dtype = bindings[spec.dtype_symbol][0] if spec.dtype_symbol is not None else spec.dtypes[0]  # type: ignore[index]

@@ -79,7 +79,7 @@ _RESOLVED: dict[str, Callable[..., Any] | str] = {}
 
 
 def cujit_op(name: str) -> Callable[..., Any]:
-    """The function of op ``name``: ``cujit.<name>.<name>``, else ``cujit.<name>``; or ``Unavailable``.
+    """The function of op ``name``: ``cujit.<name>.<name>``; or ``Unavailable``.
 
     A missing module is "not available"; a module that exists but fails to import is reported with its error.
     """
@@ -102,10 +102,6 @@ def _resolve(name: str, module_name: str) -> Callable[..., Any] | str:
     else:
         if callable(getattr(module, name, None)):
             return getattr(module, name)  # type: ignore[no-any-return]
-    import cujit
-
-    if callable(getattr(cujit, name, None)):
-        return getattr(cujit, name)  # type: ignore[no-any-return]
     return f"not available: no cujit.{name} here"
 
 
