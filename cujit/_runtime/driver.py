@@ -116,7 +116,8 @@ class CudaBackend(Backend):
     """The real driver, through CuPy's bindings (and ctypes for what they lack)."""
 
     def __init__(self) -> None:
-        from cupy.cuda import driver, runtime
+        # The Cython bindings alone: `cupy.cuda` would import all of CuPy (tens of milliseconds at start-up).
+        from cupy_backends.cuda.api import driver, runtime
 
         self._driver = driver
         self._runtime = runtime
