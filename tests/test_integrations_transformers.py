@@ -149,7 +149,7 @@ def test_unsupported_model_type() -> None:
     with pytest.raises(cujit.CujitError, match=r"model type 'gpt2' \(GPT2LMHeadModel\) is not supported; supported: "
                                                r"gemma, gemma2, gemma3, gemma3_text, llama, mistral, qwen2, qwen3"):
         cujit_hf.patch(model)
-    with pytest.raises(TypeError, match="expected a torch.nn.Module, got str"):
+    with pytest.raises(TypeError, match=r"expected a torch\.nn\.Module, got str"):
         cujit_hf.patch("llama")  # type: ignore[arg-type]
 
 
@@ -173,17 +173,17 @@ def test_autograd_recording_is_refused(family: str) -> None:
         with pytest.raises(cujit.CujitError, match="autograd is recording"):
             norm(x)
         mlp = model.model.layers[0].mlp
-        with pytest.raises(cujit.CujitError, match="gated MLP: .*autograd is recording"):
+        with pytest.raises(cujit.CujitError, match=r"gated MLP: .*autograd is recording"):
             mlp(torch.randn(2, 64))  # the weights require grad
         q = torch.randn(1, 4, 3, 16, requires_grad=True)
         k = torch.randn(1, 2, 3, 16)
         cos = sin = torch.ones(1, 3, 16)
-        with pytest.raises(cujit.CujitError, match="rotary embedding: .*autograd is recording"):
+        with pytest.raises(cujit.CujitError, match=r"rotary embedding: .*autograd is recording"):
             cujit_hf.apply_rotary_pos_emb(q, k, cos, sin)
         # Without autograd recording, the CPU input is refused by name (the ops run on CUDA tensors).
         with torch.no_grad(), pytest.raises(cujit.CujitError, match="RMSNorm: cujit's ops run on CUDA tensors"):
             norm(x)
-        with torch.inference_mode(), pytest.raises(cujit.CujitError, match="CUDA tensors, got an input on cpu"):
+        with torch.inference_mode(), pytest.raises(cujit.CujitError, match=r"CUDA tensors, got an input on cpu"):
             model(ids)
 
 

@@ -150,5 +150,5 @@ def test_cuda_tensors_required_message_names_the_part() -> None:
     model = model_of("llama", torch.bfloat16)
     with cujit_hf.patch(model), torch.no_grad():
         x = torch.randn(3, 256, dtype=torch.float32, device="cuda")
-        with pytest.raises(cujit.CujitError, match="expected the weight in the input's dtype torch.float32"):
+        with pytest.raises(cujit.CujitError, match=r"expected the weight in the input's dtype torch\.float32"):
             model.model.norm(x)

@@ -142,7 +142,9 @@ def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: boo
 class CujitRMSNorm(nn.Module):
     """A model's RMSNorm on ``cujit.rms_norm``: the original module's weight and epsilon, the same ``state_dict``."""
 
-    def __init__(self, original: nn.Module, *, gemma: bool) -> None:
+    weight: nn.Parameter
+
+    def __init__(self, original: Any, *, gemma: bool) -> None:
         super().__init__()
         self.weight = original.weight  # the same Parameter object, under the same state_dict key
         eps = getattr(original, "variance_epsilon", None)
@@ -156,6 +158,7 @@ class CujitRMSNorm(nn.Module):
         return _rms_norm_rows(x, self.weight, self.eps, self.gemma)
 
     def extra_repr(self) -> str:
+        """The weight's shape, epsilon and form."""
         return f"{tuple(self.weight.shape)}, eps={self.eps}, gemma={self.gemma}"
 
 
@@ -193,7 +196,13 @@ class CujitGatedMLP(nn.Module):
     made views of one stacked tensor; it holds the same three ``Linear`` modules (the same ``state_dict``).
     """
 
-    def __init__(self, original: nn.Module, activation: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: Any
+    gate_up_weight: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+
+    def __init__(self, original: Any, activation: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.gate_proj = original.gate_proj
         self.up_proj = original.up_proj
@@ -222,6 +231,7 @@ class CujitGatedMLP(nn.Module):
         return self.down_proj(hidden)
 
     def extra_repr(self) -> str:
+        """The activation and the stacked weight's shape."""
         return f"activation={self.activation}, gate_up={tuple(self.gate_up_weight.shape)}"
 
 
@@ -242,7 +252,7 @@ def _stack(first: nn.Parameter, second: nn.Parameter) -> tuple[torch.Tensor, Cal
     return stacked, undo
 
 
-def _mlp_refusal(mlp: nn.Module) -> str | None:
+def _mlp_refusal(mlp: Any) -> str | None:
     """Why this MLP cannot be stacked; None when it can."""
     gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
     if type(gate) is not nn.Linear or type(up) is not nn.Linear or not isinstance(mlp.down_proj, nn.Module):
@@ -393,7 +403,7 @@ def _set_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[],
     return lambda: vars(module).pop("forward", None)
 
 
-def _modules_of(model: nn.Module, cls: type) -> Iterator[tuple[str, nn.Module]]:
+def _modules_of(model: nn.Module, cls: type) -> Iterator[tuple[str, Any]]:
     return ((name, m) for name, m in model.named_modules() if type(m) is cls)
 
 
@@ -452,7 +462,7 @@ def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type) -> None:
         activation = _activation_of(module.act_fn)
         reason = _mlp_refusal(module) if activation is not None else (
             f"activation {type(module.act_fn).__name__} has no cujit op")
-        if reason is not None:
+        if reason is not None or activation is None:
             handle.skipped.append(f"{name}: {reason}")
             continue
         weight, undo_weight = _stack(module.gate_proj.weight, module.up_proj.weight)
@@ -469,7 +479,7 @@ def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, a
                   rotary_cls: type) -> None:
     rotaries = list(_modules_of(model, rotary_cls))
     attentions = list(_modules_of(model, attention_cls))
-    forward = attention_cls.forward
+    forward: Any = attention_cls.forward  # type: ignore[attr-defined]
     # The rotary module's table reaches every attention module of the model, so all of them must be patched.
     reason = None
     if not rotaries or not attentions:
