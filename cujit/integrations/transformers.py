@@ -1,0 +1,504 @@
+"""``patch(model)``: cujit's ops in a Hugging Face transformers model, for inference.
+
+For the Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2 and Gemma 3 families (``model.config.model_type`` ``llama``,
+``qwen2``, ``qwen3``, ``mistral``, ``gemma``, ``gemma2``, ``gemma3`` or ``gemma3_text``), one call replaces:
+
+- every RMSNorm by :class:`CujitRMSNorm` (``cujit.rms_norm``; ``gemma=True``, the ``x * (1 + weight)`` form computed
+  in fp32 and rounded once, for the Gemma families: the op has that form, so no ``1 + weight`` is precomputed);
+- the per-head QK-norm of Qwen3 and Gemma 3 by :class:`CujitHeadRMSNorm` (``cujit.rms_norm`` over the heads viewed
+  as rows; :func:`head_rms_norm` is the one place to change for a fused per-head op);
+- every gated MLP by :class:`CujitGatedMLP`: one GEMM against the gate and up weights stacked ``[2 * intermediate,
+  hidden]``, then ``cujit.silu_and_mul`` or ``cujit.gelu_and_mul`` (erf or tanh, as the model's activation), then
+  the model's own ``down_proj``;
+- the rotary embedding: the model's rotary module returns, once per forward, a table of the model's own cos and sin
+  (computed in fp32 by the model's code, so every rope type and scaling is kept) in ``cujit.rotary_embedding``'s
+  layout with the row of each token, and the attention modules rotate q and k in place with that op.
+
+How each is patched, and why:
+
+- Norms, QK-norms and MLPs: **module replacement** on their parent (``setattr``). The new module holds the original
+  one's parameters (the same ``Parameter`` objects, under the same ``state_dict`` keys); unpatching puts the
+  original module objects back. The MLP's gate and up weights become two views of one stacked tensor (their
+  ``Parameter`` objects keep their identity and values; loading a ``state_dict`` after patching still writes
+  through to the stacked copy); unpatching gives each its own storage again. No weight is held twice.
+- Rotary: a **forward swap per instance**. The model's rotary module gets an instance ``forward`` that wraps its
+  own; each attention module gets an instance ``forward`` that runs the class's very code (same bytecode and
+  closure) against a copy of its modeling module's globals in which ``apply_rotary_pos_emb`` is cujit's. The
+  modeling module itself is never edited, so other models of the same family in the process are unaffected, and
+  unpatching deletes the instance attributes. The cost: names that the modeling module rebinds after ``patch`` are
+  not seen by the patched attention modules (a library that monkeypatches the module later, for instance).
+
+Inference only: a patched module called while autograd records (``torch.is_grad_enabled()`` and an input or a
+weight that requires grad, as a model's parameters do by default) raises :class:`~cujit.CujitError` instead of
+computing something without a gradient; run under ``torch.no_grad()`` or ``torch.inference_mode()`` (``generate``
+does). The ops run on CUDA tensors of one float dtype: a patched module given CPU tensors, or a weight whose dtype
+differs from its input's, raises too. Cast and move the model before or after patching (the MLP checks that its
+stacked weight is still the one its ``Linear`` layers view, and asks for a new ``patch`` otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._runtime.errors import CujitError
+from ..gelu_and_mul import gelu_and_mul
+from ..rms_norm import rms_norm
+from ..rotary_embedding import rotary_embedding
+from ..silu_and_mul import silu_and_mul
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "CujitGatedMLP",
+    "CujitHeadRMSNorm",
+    "CujitRMSNorm",
+    "Patch",
+    "head_rms_norm",
+    "patch",
+    "rotary_table",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    package: str  #: transformers.models.<package>.modeling_<package>
+    prefix: str  #: class names: <prefix>RMSNorm, <prefix>MLP, <prefix>Attention, <prefix>RotaryEmbedding
+    gemma_norm: bool  #: the norm multiplies by (1 + weight)
+    qk_norm: bool  #: the attention has per-head q_norm and k_norm
+
+
+_FAMILIES = {
+    "llama": _Family("llama", "Llama", False, False),
+    "mistral": _Family("mistral", "Mistral", False, False),
+    "qwen2": _Family("qwen2", "Qwen2", False, False),
+    "qwen3": _Family("qwen3", "Qwen3", False, True),
+    "gemma": _Family("gemma", "Gemma", True, False),
+    "gemma2": _Family("gemma2", "Gemma2", True, False),
+    "gemma3": _Family("gemma3", "Gemma3", True, True),
+    "gemma3_text": _Family("gemma3", "Gemma3", True, True),
+}
+#: The ``config.model_type`` values that :func:`patch` accepts.
+SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
+
+_PATCH_ATTR = "_cujit_patch"
+
+
+# ------------------------------------------------------------------------------------------------ call-time checks
+def _refuse_autograd(what: str, *tensors: torch.Tensor | None) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise CujitError(
+            f"{what}: cujit's patched modules are for inference and compute no gradient, but autograd is recording "
+            "(an input or weight requires grad): run the model under torch.no_grad() or torch.inference_mode(), or "
+            "call .unpatch() on the handle that patch() returned before training")
+
+
+def _require_cuda(what: str, x: torch.Tensor) -> None:
+    if not x.is_cuda:
+        raise CujitError(f"{what}: cujit's ops run on CUDA tensors, got an input on {x.device}: move the model "
+                         "to a GPU, or unpatch it")
+
+
+def _check_operands(what: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    _require_cuda(what, x)
+    if weight.dtype != x.dtype:
+        raise CujitError(f"{what}: expected the weight in the input's dtype {x.dtype}, got {weight.dtype}: cast the "
+                         "whole model to one dtype (model.to(torch.bfloat16))")
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+# ------------------------------------------------------------------------------------------------ norms
+def head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
+    """RMSNorm of every head of ``x`` ([..., head_dim]) with one ``weight`` [head_dim]: the QK-norm.
+
+    Today ``cujit.rms_norm`` over the heads viewed as rows; a fused per-head op (q and k in one launch) replaces
+    this body alone.
+    """
+    return _rms_norm_rows(x, weight, eps, gemma)
+
+
+def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
+    """``cujit.rms_norm`` over the last dimension of ``x``, the result in ``x``'s shape (and layout, see below)."""
+    hidden = x.shape[-1]
+    if x.dim() == 4 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous():
+        # Gemma 3 normalises q and k after .transpose(1, 2): [batch, heads, seq, dim] over [batch, seq, heads, dim]
+        # memory. Normalise that memory's rows and give back the same transposed layout as the model's own norm.
+        rows = x.transpose(1, 2)
+        return rms_norm(rows.view(-1, hidden), weight, eps, gemma=gemma).view(rows.shape).transpose(1, 2)
+    flat = x.reshape(-1, hidden)  # a view where the layout allows it; the op takes rows at any row stride
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    return rms_norm(flat, weight, eps, gemma=gemma).view(x.shape)
+
+
+class CujitRMSNorm(nn.Module):
+    """A model's RMSNorm on ``cujit.rms_norm``: the original module's weight and epsilon, the same ``state_dict``."""
+
+    weight: nn.Parameter
+
+    def __init__(self, original: Any, *, gemma: bool) -> None:
+        super().__init__()
+        self.weight = original.weight  # the same Parameter object, under the same state_dict key
+        eps = getattr(original, "variance_epsilon", None)
+        self.eps = float(eps if eps is not None else original.eps)
+        self.gemma = gemma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm of ``x`` over its last dimension."""
+        _refuse_autograd("RMSNorm", x, self.weight)
+        _check_operands("RMSNorm", x, self.weight)
+        return _rms_norm_rows(x, self.weight, self.eps, self.gemma)
+
+    def extra_repr(self) -> str:
+        """The weight's shape, epsilon and form."""
+        return f"{tuple(self.weight.shape)}, eps={self.eps}, gemma={self.gemma}"
+
+
+class CujitHeadRMSNorm(CujitRMSNorm):
+    """The per-head QK-norm of Qwen3 and Gemma 3 on :func:`head_rms_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm of every head of ``x`` ([..., head_dim])."""
+        _refuse_autograd("QK-norm", x, self.weight)
+        _check_operands("QK-norm", x, self.weight)
+        return head_rms_norm(x, self.weight, self.eps, self.gemma)
+
+
+# ------------------------------------------------------------------------------------------------ gated MLP
+def _activation_of(act_fn: nn.Module) -> str | None:
+    """"silu", "gelu" (erf) or "gelu_tanh" for the activations cujit has; None for any other."""
+    from transformers import activations
+
+    kind = type(act_fn)
+    if kind in (activations.SiLUActivation, nn.SiLU):
+        return "silu"
+    if kind is activations.GELUActivation:
+        return "gelu"
+    if kind in (activations.GELUTanh, activations.NewGELUActivation):
+        return "gelu_tanh"
+    if kind is nn.GELU:
+        return "gelu_tanh" if getattr(act_fn, "approximate", "none") == "tanh" else "gelu"
+    return None
+
+
+class CujitGatedMLP(nn.Module):
+    """``down_proj(act(gate_proj(x)) * up_proj(x))`` as one GEMM, one cujit gated activation and ``down_proj``.
+
+    Built by :func:`patch` from the model's MLP, whose ``gate_proj`` and ``up_proj`` weights (and biases) it has
+    made views of one stacked tensor; it holds the same three ``Linear`` modules (the same ``state_dict``).
+    """
+
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: Any
+    gate_up_weight: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+
+    def __init__(self, original: Any, activation: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.gate_proj = original.gate_proj
+        self.up_proj = original.up_proj
+        self.down_proj = original.down_proj
+        self.activation = activation
+        # Plain attributes, not buffers: model.to() must not copy them beside the Linear weights (forward checks).
+        self.gate_up_weight = weight
+        self.gate_up_bias = bias
+        self._up_offset = int(original.gate_proj.weight.shape[0]) * weight.stride(0) * weight.element_size()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP of ``x`` ([..., hidden])."""
+        _refuse_autograd("gated MLP", x, self.gate_proj.weight, self.up_proj.weight,
+                         getattr(self.down_proj, "weight", None))
+        _check_operands("gated MLP", x, self.gate_up_weight)
+        base = self.gate_up_weight.data_ptr()
+        if not _compiling() and (self.gate_proj.weight.data_ptr() != base
+                                 or self.up_proj.weight.data_ptr() != base + self._up_offset):
+            raise CujitError("gated MLP: the gate_proj/up_proj weights no longer view the stacked weight that patch() "
+                             "built (the model was moved or cast after patching): unpatch and patch again")
+        gate_up = nn.functional.linear(x, self.gate_up_weight, self.gate_up_bias)
+        if self.activation == "silu":
+            hidden = silu_and_mul(gate_up)
+        else:
+            hidden = gelu_and_mul(gate_up, "tanh" if self.activation == "gelu_tanh" else "none")
+        return self.down_proj(hidden)
+
+    def extra_repr(self) -> str:
+        """The activation and the stacked weight's shape."""
+        return f"activation={self.activation}, gate_up={tuple(self.gate_up_weight.shape)}"
+
+
+def _stack(first: nn.Parameter, second: nn.Parameter) -> tuple[torch.Tensor, Callable[[], None]]:
+    """Stack two parameters along dim 0 into one new tensor and make them views of it; and the undo."""
+    stacked = torch.empty((first.shape[0] + second.shape[0], *first.shape[1:]), dtype=first.dtype,
+                          device=first.device)
+    with torch.no_grad():
+        stacked[: first.shape[0]].copy_(first)
+        stacked[first.shape[0]:].copy_(second)
+    first.data = stacked[: first.shape[0]]
+    second.data = stacked[first.shape[0]:]
+
+    def undo() -> None:
+        first.data = first.data.clone()
+        second.data = second.data.clone()
+
+    return stacked, undo
+
+
+def _mlp_refusal(mlp: Any) -> str | None:
+    """Why this MLP cannot be stacked; None when it can."""
+    gate, up = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
+    if type(gate) is not nn.Linear or type(up) is not nn.Linear or not isinstance(mlp.down_proj, nn.Module):
+        return "gate_proj/up_proj are not plain nn.Linear layers (a quantized or adapted model)"
+    if gate.weight.shape[1:] != up.weight.shape[1:] or gate.weight.dtype != up.weight.dtype \
+            or gate.weight.device != up.weight.device or (gate.bias is None) != (up.bias is None):
+        return "gate_proj and up_proj differ in input size, dtype, device or bias"
+    if gate.weight.is_meta:
+        return "the weights are on the meta device"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ rotary
+def rotary_table(cos: torch.Tensor, sin: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table, positions) for ``cujit.rotary_embedding`` from a model's ``cos`` and ``sin`` [batch or 1, seq, dim].
+
+    The models here rotate halves (``rotate_half``), so each row of cos and sin holds its ``dim / 2`` angles twice;
+    the table row of token ``t`` is ``cos[t, :dim/2] | sin[t, :dim/2]``, and the positions name, for each of the
+    ``batch * seq`` tokens of q and k, its row (a cos of batch 1 is shared by every sequence).
+    """
+    rows, seq, dim = cos.shape
+    if rows not in (1, batch) or sin.shape != cos.shape:
+        raise CujitError(f"rotary embedding: expected cos and sin of shape [{batch} or 1, seq, dim], got "
+                         f"{list(cos.shape)} and {list(sin.shape)}")
+    half = dim // 2
+    table = torch.cat((cos[..., :half], sin[..., :half]), dim=-1).reshape(rows * seq, dim)
+    positions = torch.arange(batch * seq, device=cos.device)
+    if rows != batch:
+        positions = positions % seq
+    return table, positions
+
+
+def _is_table(cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    return cos.dim() == 2 and sin.dim() == 1 and not sin.is_floating_point()
+
+
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The models' ``apply_rotary_pos_emb`` on ``cujit.rotary_embedding``, for q and k [batch, heads, seq, dim].
+
+    ``cos, sin`` are either the (table, positions) that a patched rotary module returns, or a model's own cos and
+    sin (then the table is built here, once per call). q and k are rotated in place where their memory is
+    [batch, seq, heads, dim] (as after the models' ``.view(...).transpose(1, 2)``), else in a copy; the rotated
+    tensors are returned, in q's and k's shapes.
+    """
+    _refuse_autograd("rotary embedding", q, k)
+    if unsqueeze_dim != 1:
+        raise CujitError(f"rotary embedding: expected unsqueeze_dim=1 (q and k as [batch, heads, seq, dim]), got "
+                         f"{unsqueeze_dim}")
+    _require_cuda("rotary embedding", q)
+    batch, heads, seq, dim = q.shape
+    kv_heads = k.shape[1]
+    table, positions = (cos, sin) if _is_table(cos, sin) else rotary_table(cos, sin, batch)
+    if table.shape[-1] != dim:
+        raise CujitError(f"rotary embedding: expected cos and sin of the head size {dim}, got {table.shape[-1]}")
+    q_rows = q.transpose(1, 2).reshape(batch * seq, heads * dim)
+    k_rows = k.transpose(1, 2).reshape(batch * seq, kv_heads * dim)
+    rotary_embedding(positions, q_rows, k_rows, table, is_neox=True)
+    return (q_rows.view(batch, seq, heads, dim).transpose(1, 2),
+            k_rows.view(batch, seq, kv_heads, dim).transpose(1, 2))
+
+
+def _table_forward(original: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., Any]:
+    """A rotary module's instance forward: the module's own cos and sin, in fp32, as (table, positions)."""
+
+    def forward(x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        # The models compute cos and sin in fp32 and round them to x's dtype last; a float32 probe of no elements
+        # keeps them in fp32 (x is read for its dtype and device only).
+        probe = x.new_empty((0,), dtype=torch.float32)
+        cos, sin = original(probe, position_ids, *args, **kwargs)
+        return rotary_table(cos, sin, x.shape[0])
+
+    return forward
+
+
+def _with_globals(function: Callable[..., Any], scope: dict[str, Any]) -> Callable[..., Any]:
+    """``function``'s code and closure run against the globals ``scope``."""
+    code = function.__code__  # type: ignore[attr-defined]
+    copy = types.FunctionType(code, scope, function.__name__, function.__defaults__,  # type: ignore[attr-defined]
+                              function.__closure__)  # type: ignore[attr-defined]
+    copy.__kwdefaults__ = function.__kwdefaults__  # type: ignore[attr-defined]
+    copy.__qualname__ = function.__qualname__
+    copy.__doc__ = function.__doc__
+    copy.__dict__.update(function.__dict__)
+    return copy
+
+
+# ------------------------------------------------------------------------------------------------ the handle
+@dataclasses.dataclass
+class Patch:
+    """What :func:`patch` did to a model, and the way back: ``unpatch()``, or leaving a ``with`` block.
+
+    ``replaced`` maps each kind (``"rms_norm"``, ``"qk_norm"``, ``"mlp"``, ``"rotary"``, ``"attention"``) to the
+    qualified names of the modules patched; ``skipped`` names modules left as they were, and why.
+    """
+
+    model: nn.Module
+    replaced: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    _undo: list[Callable[[], None]] = dataclasses.field(default_factory=list, repr=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether the model is still patched by this handle."""
+        return getattr(self.model, _PATCH_ATTR, None) is self
+
+    def unpatch(self) -> None:
+        """Put back every original module and forward, in reverse order; a second call does nothing."""
+        while self._undo:
+            self._undo.pop()()
+        if self.active:
+            delattr(self.model, _PATCH_ATTR)
+
+    def __enter__(self) -> Patch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unpatch()
+
+    def _record(self, kind: str, name: str) -> None:
+        self.replaced.setdefault(kind, []).append(name)
+
+
+def _family_of(model: nn.Module) -> _Family:
+    config = getattr(model, "config", None)
+    types_seen = []
+    while config is not None:
+        model_type = getattr(config, "model_type", None)
+        types_seen.append(model_type)
+        if model_type in _FAMILIES:
+            return _FAMILIES[model_type]
+        text = config.get_text_config() if hasattr(config, "get_text_config") else None
+        config = text if text is not None and text is not config else None
+    raise CujitError(f"patch: model type {types_seen[0] if types_seen else None!r} ({type(model).__name__}) is not "
+                     f"supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> Callable[[], None]:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return lambda: setattr(parent, attr, old)
+
+
+def _set_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
+    module.forward = forward  # type: ignore[method-assign]
+    return lambda: vars(module).pop("forward", None)
+
+
+def _modules_of(model: nn.Module, cls: type) -> Iterator[tuple[str, Any]]:
+    return ((name, m) for name, m in model.named_modules() if type(m) is cls)
+
+
+def patch(model: nn.Module, *, norms: bool = True, mlp: bool = True, rotary: bool = True,
+          qk_norm: bool = True) -> Patch:
+    """Put cujit's ops into ``model`` (a transformers model of a supported family); see the module's docstring.
+
+    ``norms``, ``mlp``, ``rotary``, ``qk_norm``: which parts to patch. Returns a :class:`Patch`; ``unpatch()`` (or
+    the end of ``with patch(model):``) restores the model exactly.
+
+    Raises:
+        CujitError: the model's type is not supported, or the model is already patched.
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch: expected a torch.nn.Module, got {type(model).__name__}")
+    family = _family_of(model)
+    if getattr(model, _PATCH_ATTR, None) is not None:
+        raise CujitError("patch: the model is already patched: call .unpatch() on its handle first")
+    try:
+        modeling = importlib.import_module(f"transformers.models.{family.package}.modeling_{family.package}")
+    except ImportError as e:
+        raise CujitError(f"patch: transformers' {family.package} models cannot be imported ({e}): "
+                         "pip install 'cujit[transformers]'") from e
+
+    def cls(suffix: str) -> type:
+        return getattr(modeling, f"{family.prefix}{suffix}")  # type: ignore[no-any-return]
+
+    handle = Patch(model)
+    try:
+        _patch_norms(model, handle, cls("RMSNorm"), family, norms=norms, qk_norm=qk_norm)
+        if mlp:
+            _patch_mlps(model, handle, cls("MLP"))
+        if rotary:
+            _patch_rotary(model, handle, modeling, cls("Attention"), cls("RotaryEmbedding"))
+    except BaseException:
+        handle.unpatch()
+        raise
+    setattr(model, _PATCH_ATTR, handle)
+    return handle
+
+
+def _patch_norms(model: nn.Module, handle: Patch, norm_cls: type, family: _Family, *, norms: bool,
+                 qk_norm: bool) -> None:
+    for name, module in list(_modules_of(model, norm_cls)):
+        head = family.qk_norm and name.rpartition(".")[2] in ("q_norm", "k_norm")
+        if not (qk_norm if head else norms):
+            continue
+        new = (CujitHeadRMSNorm if head else CujitRMSNorm)(module, gemma=family.gemma_norm)
+        handle._undo.append(_replace(model, name, new))
+        handle._record("qk_norm" if head else "rms_norm", name)
+
+
+def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type) -> None:
+    for name, module in list(_modules_of(model, mlp_cls)):
+        activation = _activation_of(module.act_fn)
+        reason = _mlp_refusal(module) if activation is not None else (
+            f"activation {type(module.act_fn).__name__} has no cujit op")
+        if reason is not None or activation is None:
+            handle.skipped.append(f"{name}: {reason}")
+            continue
+        weight, undo_weight = _stack(module.gate_proj.weight, module.up_proj.weight)
+        handle._undo.append(undo_weight)
+        bias = None
+        if module.gate_proj.bias is not None:
+            bias, undo_bias = _stack(module.gate_proj.bias, module.up_proj.bias)
+            handle._undo.append(undo_bias)
+        handle._undo.append(_replace(model, name, CujitGatedMLP(module, activation, weight, bias)))
+        handle._record("mlp", name)
+
+
+def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, attention_cls: type,
+                  rotary_cls: type) -> None:
+    rotaries = list(_modules_of(model, rotary_cls))
+    attentions = list(_modules_of(model, attention_cls))
+    forward: Any = attention_cls.forward  # type: ignore[attr-defined]
+    # The rotary module's table reaches every attention module of the model, so all of them must be patched.
+    reason = None
+    if not rotaries or not attentions:
+        reason = "no rotary module or no attention module of the family's classes"
+    elif any(isinstance(m, attention_cls) and type(m) is not attention_cls for m in model.modules()):
+        reason = f"a subclass of {attention_cls.__name__} (unknown forward)"
+    elif "forward" in vars(rotaries[0][1]) or any("forward" in vars(m) for _, m in rotaries + attentions):
+        reason = "a rotary or attention module already has its own forward (patched by something else)"
+    elif hasattr(forward, "__wrapped__") or "apply_rotary_pos_emb" not in forward.__code__.co_names:
+        reason = f"{attention_cls.__name__}.forward does not call the modeling module's apply_rotary_pos_emb"
+    if reason is not None:
+        handle.skipped.append(f"rotary embedding: {reason}")
+        return
+    scope = dict(vars(modeling))
+    scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
+    patched_forward = _with_globals(forward, scope)
+    for name, module in rotaries:
+        handle._undo.append(_set_forward(module, _table_forward(module.forward)))
+        handle._record("rotary", name)
+    for name, module in attentions:
+        handle._undo.append(_set_forward(module, types.MethodType(patched_forward, module)))
+        handle._record("attention", name)
