@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 import cujit
+from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
+from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
 from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
 from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
 
 torch = pytest.importorskip("torch")
 
-OPS = {"topk_softmax": topk_softmax}
+OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm}
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -105,9 +107,71 @@ def test_topk_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamesp
     assert tuple(weights.shape) == (0, 2) and len(stub.launches) == before
 
 
+# ------------------------------------------------------------------------------------------------ qk_rms_norm
+def test_qk_norm_plan_holds_the_head_and_is_precompiled() -> None:
+    instances = [_fields(f) for f in qk_rms_norm.op.instances()]
+    for dtype, itemsize in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
+        lanes = 16 // itemsize
+        for d in range(1, 2048 // itemsize + 1):
+            c = qk_norm_config(d, itemsize)
+            assert c is not None and c.row_threads * c.vecs * lanes >= d
+            assert all(rt * v * lanes < d for rt, v in QK_CONFIGS if rt * v < c.row_threads * c.vecs)
+            for gemma in (False, True):
+                for vector in (False, True):
+                    assert _fields({"dtype": dtype, "gemma": gemma, "vector": vector, **c._asdict()}) in instances
+        assert qk_norm_config(2048 // itemsize + 1, itemsize) is None
+
+
+def test_qk_norm_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
+    fn = ops.qk_rms_norm
+    f16 = torch.float16
+    cases = [
+        # (qkv columns, q offset, head_dim, q heads, kv heads, weight offset, vector)
+        (128 * 12, 0, 128, 8, 2, 0, True),
+        (128 * 12 + 1, 1, 128, 8, 2, 0, False),  # q and k start one element in
+        (128 * 12, 0, 128, 8, 2, 1, False),  # the weights start one element in
+        (100 * 6, 0, 100, 4, 1, 0, False),  # head_dim not a whole number of vectors
+        (64 * 3, 0, 64, 1, 1, 0, True),
+    ]
+    for columns, offset, d, qh, kh, w_offset, vector in cases:
+        qkv = torch.randn(37, columns, dtype=f16)
+        q, k = fake(stub, qkv[:, offset:offset + qh * d]), fake(stub, qkv[:, offset + qh * d:offset + (qh + kh) * d])
+        w = torch.randn(2, d + w_offset, dtype=f16)
+        qw, kw = fake(stub, w[0, w_offset:]), fake(stub, w[1, w_offset:])
+        assert fn(q, k, qw, kw, 1e-5, gemma=True) is None
+        key, values = _last(stub, fn)
+        c = qk_norm_config(d, 2)
+        assert c is not None
+        assert key[1:] == (True, vector, c.block, c.row_threads, c.vecs), (columns, offset, d, w_offset)
+        assert values[:-1] == [q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(), 37 * (qh + kh), qh, qh + kh,
+                               columns, columns, d]
+        assert stub.launches[-1].grid == (math.ceil(37 * (qh + kh) / c.heads_per_block), 1, 1)
+        assert stub.launches[-1].pdl
+    before = len(stub.launches)
+    qkv = torch.randn(4, 64 * 6, dtype=f16)
+    q, k = fake(stub, qkv[:, :256]), fake(stub, qkv[:, 256:320])
+    w = fake(stub, torch.randn(64, dtype=f16))
+    for call, error, words in [
+        (lambda: fn(q, q, w, w), cujit.CujitError, "q and k must be different tensors"),
+        (lambda: fn(q, k, fake(stub, torch.randn(48, dtype=f16)), fake(stub, torch.randn(48, dtype=f16))),
+         cujit.CujitError, "rows of whole heads"),
+        (lambda: fn(q, k, w, fake(stub, torch.randn(32, dtype=f16))), cujit.TensorMatchError, "'k_weight'"),
+        (lambda: fn(q, k, fake(stub, torch.randn(64)), w), cujit.TensorMatchError, "'q_weight': dtype"),
+        (lambda: fn(q, fake(stub, torch.empty(400, dtype=f16).as_strided((4, 64), (32, 1))), w, w),
+         cujit.CujitError, "rows overlap"),
+    ]:
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value), str(info.value)
+    assert len(stub.launches) == before
+
+
 def test_cpu_tensors_are_refused() -> None:
     with pytest.raises(cujit.TensorMatchError, match="'gating_output': device: expected cuda, got cpu:0"):
         topk_softmax(torch.randn(4, 64), 2)
+    x, w = torch.randn(4, 256, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+    with pytest.raises(cujit.TensorMatchError, match="'q': device: expected cuda, got cpu:0"):
+        qk_rms_norm(x, x[:, :64], w, w)
 
 
 def test_fake_tensors_give_output_shapes() -> None:
@@ -117,3 +181,5 @@ def test_fake_tensors_give_output_shapes() -> None:
         x = torch.empty(5, 64, dtype=torch.bfloat16, device="cuda")
         weights, ids = torch.ops.cujit.topk_softmax(x, 4, True)
         assert weights.shape == (5, 4) and weights.dtype == torch.float32 and ids.dtype == torch.int32
+        w = torch.empty(16, dtype=torch.bfloat16, device="cuda")
+        assert torch.ops.cujit.qk_rms_norm(x[:, :48], x[:, 48:], w, w, 1e-6) is None
