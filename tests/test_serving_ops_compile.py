@@ -17,12 +17,13 @@ import pytest
 import cujit
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
+from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
 from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
 
 torch = pytest.importorskip("torch")
 
-OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm}
+OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm, "silu_and_mul_quant_fp8": silu_and_mul_quant_fp8}
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -172,6 +173,8 @@ def test_cpu_tensors_are_refused() -> None:
     x, w = torch.randn(4, 256, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
     with pytest.raises(cujit.TensorMatchError, match="'q': device: expected cuda, got cpu:0"):
         qk_rms_norm(x, x[:, :64], w, w)
+    with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+        silu_and_mul_quant_fp8(x)
 
 
 def test_fake_tensors_give_output_shapes() -> None:
@@ -183,3 +186,9 @@ def test_fake_tensors_give_output_shapes() -> None:
         assert weights.shape == (5, 4) and weights.dtype == torch.float32 and ids.dtype == torch.int32
         w = torch.empty(16, dtype=torch.bfloat16, device="cuda")
         assert torch.ops.cujit.qk_rms_norm(x[:, :48], x[:, 48:], w, w, 1e-6) is None
+        h = torch.empty(5, 1024, dtype=torch.bfloat16, device="cuda")
+        q, scales = torch.ops.cujit.silu_and_mul_quant_fp8(h, 128, column_major_scales=True)
+        assert q.shape == (5, 512) and q.dtype == torch.float8_e4m3fn
+        assert scales.shape == (5, 4) and scales.stride() == (1, 5) and scales.dtype == torch.float32
+        q, scales = silu_and_mul_quant_fp8(h, 64)
+        assert scales.shape == (5, 8) and scales.stride() == (8, 1)
