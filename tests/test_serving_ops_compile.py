@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import cujit
+from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, threads_for
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
@@ -23,7 +24,8 @@ from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backen
 
 torch = pytest.importorskip("torch")
 
-OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm, "silu_and_mul_quant_fp8": silu_and_mul_quant_fp8}
+OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm, "silu_and_mul_quant_fp8": silu_and_mul_quant_fp8,
+       "fused_add_rms_norm_quant_fp8": fused_add_rms_norm_quant_fp8}
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -175,6 +177,8 @@ def test_cpu_tensors_are_refused() -> None:
         qk_rms_norm(x, x[:, :64], w, w)
     with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
         silu_and_mul_quant_fp8(x)
+    with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+        fused_add_rms_norm_quant_fp8(x, x.clone(), x[0])
 
 
 def test_fake_tensors_give_output_shapes() -> None:
@@ -192,3 +196,16 @@ def test_fake_tensors_give_output_shapes() -> None:
         assert scales.shape == (5, 4) and scales.stride() == (1, 5) and scales.dtype == torch.float32
         q, scales = silu_and_mul_quant_fp8(h, 64)
         assert scales.shape == (5, 8) and scales.stride() == (8, 1)
+        q, scales = torch.ops.cujit.fused_add_rms_norm_quant_fp8(h, torch.empty_like(h), h[0], 1e-6)
+        assert q.shape == (5, 1024) and q.dtype == torch.float8_e4m3fn and scales.shape == (5, 1)
+        q, scales = fused_add_rms_norm_quant_fp8(h, torch.empty_like(h), h[0], group_size=128,
+                                                 column_major_scales=True)
+        assert scales.shape == (5, 8) and scales.stride() == (1, 5)
+
+
+def test_add_norm_quant_threads_are_precompiled() -> None:
+    instances = [_fields(f) for f in fused_add_rms_norm_quant_fp8.op.instances()]
+    for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 1 << 20):
+        for group in (0, 128):
+            fields = {"dtype": "bfloat16", "group_size": group, "gemma": False, "threads": threads_for(hidden)}
+            assert _fields(fields) in instances

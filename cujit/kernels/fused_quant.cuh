@@ -1,5 +1,6 @@
 /// @file fused_quant.cuh
-/// @brief Fusions that end in FP8 (e4m3) quantization: SiLU-and-mul + per-group quantization.
+/// @brief Fusions that end in FP8 (e4m3) quantization: SiLU-and-mul + per-group quantization, and residual add +
+/// RMSNorm + per-token or per-group quantization.
 ///
 /// silu_and_mul_quant_fp8_kernel: for x [tokens, 2d] (fp32, fp16 or bf16, rows at any stride),
 ///     y = round_T(silu(x[:, :d]) * x[:, d:])       (activation.cuh's SiLU in fp32, rounded to nearest even to T)
@@ -18,6 +19,8 @@
 #include <cujit/base.cuh>
 #include <cujit/fp8.cuh>
 #include <cujit/pdl.cuh>
+#include <cujit/reduce.cuh>
+#include <cujit/rows.cuh>
 #include <cujit/types.cuh>
 
 #include "activation.cuh"
@@ -70,6 +73,72 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_quant_fp8_kernel(
   if (lane == 0) scales[row * scale_row_stride + col * scale_group_stride] = scale;
   quantize<true>(reinterpret_cast<uint8_t*>(q) + static_cast<uint64_t>(g) * kGroup + lane * kWidth, vector, y,
                  scale);
+}
+
+/// fused_add_rms_norm_quant_fp8_kernel, one block per row (any hidden size, any alignment):
+///     residual = round_T(residual + x)                           (stored: the residual stream, in place)
+///     y        = round_T(residual * rsqrt(mean(residual^2) + eps) * w),  w = weight, or 1 + weight when kGemma
+///     q, scales = fp8_quant.cuh's rule over y: per row (kGroup == 0) or per group of kGroup values
+/// y is what fused_add_rms_norm writes to x, rounded the same way; it never reaches memory. Pass 1 adds and stores
+/// the residual with cujit::row_map (16-byte vectors wherever the row allows) and sums the squares of the rounded
+/// sums; after the block's reduction, pass 2 reads the residual row back (from L1/L2: the block just wrote it) to
+/// form y and its maxima, and pass 3 forms y again and quantizes it. Per group, each warp takes groups w, w + warps,
+/// ..., its lanes striding over the group's values.
+template <typename T, int kGroup, bool kGemma, int kThreads>
+__global__ void __launch_bounds__(kThreads) fused_add_rms_norm_quant_fp8_kernel(
+    fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, const T* x, T* residual, const T* __restrict__ weight,
+    int64_t hidden, int64_t x_stride, int64_t residual_stride, int64_t scale_row_stride,
+    int64_t scale_group_stride, float eps) {
+  using namespace fp8_quant_detail;
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps per block");
+  static_assert(kGroup == 0 || (kGroup >= 16 && (kGroup & (kGroup - 1)) == 0), "a group is a power of two");
+  cujit::pdl_wait();  // x and residual come from the previous kernel
+  const int64_t row = blockIdx.x;
+  const T* in = x + row * x_stride;
+  T* res = residual + row * residual_stride;
+  uint8_t* out = reinterpret_cast<uint8_t*>(q) + row * hidden;
+  float squares = 0.0f;
+  cujit::row_map(res, static_cast<uint64_t>(hidden), cujit::Threads::block(), [&](T r, T v) {
+    const T sum = cujit::from_float<T>(cujit::to_float(r) + cujit::to_float(v));
+    const float f = cujit::to_float(sum);
+    squares = fmaf(f, f, squares);
+    return sum;
+  }, static_cast<const T*>(res), in);
+  cujit::pdl_launch_dependents();
+  // block_sum's barriers also make this block's residual stores visible to all of its threads.
+  const float inv_rms = rsqrtf(cujit::block_sum(squares) / static_cast<float>(hidden) + eps);
+  auto normalized = [&](int64_t i) {
+    const float w = cujit::to_float(weight[i]);
+    return cujit::from_float<T>(cujit::to_float(res[i]) * inv_rms * (kGemma ? 1.0f + w : w));
+  };
+  if constexpr (kGroup == 0) {
+    uint32_t bits = 0;
+    for (int64_t i = threadIdx.x; i < hidden; i += kThreads) {
+      bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(normalized(i))));
+    }
+    const float scale = scale_of(__uint_as_float(cujit::block_reduce(bits, cujit::Max())));
+    if (threadIdx.x == 0) scales[row * scale_row_stride] = scale;
+    for (int64_t i = threadIdx.x; i < hidden; i += kThreads) {
+      const T one[1] = {normalized(i)};
+      quantize<true>(out + i, false, one, scale);
+    }
+  } else {
+    const int lane = threadIdx.x % cujit::kWarpSize;
+    const int64_t groups = hidden / kGroup;
+    for (int64_t g = threadIdx.x / cujit::kWarpSize; g < groups; g += kThreads / cujit::kWarpSize) {
+      const int64_t first = g * kGroup;
+      uint32_t bits = 0;
+      for (int i = lane; i < kGroup; i += cujit::kWarpSize) {
+        bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(normalized(first + i))));
+      }
+      const float scale = scale_of(__uint_as_float(cujit::warp_reduce(bits, cujit::Max())));
+      if (lane == 0) scales[row * scale_row_stride + g * scale_group_stride] = scale;
+      for (int i = lane; i < kGroup; i += cujit::kWarpSize) {
+        const T one[1] = {normalized(first + i)};
+        quantize<true>(out + first + i, false, one, scale);
+      }
+    }
+  }
 }
 
 #endif  // CUJIT_KERNELS_FUSED_QUANT_CUH_
