@@ -1,0 +1,90 @@
+"""``fused_add_rms_norm_quant_fp8(x, residual, weight, ...) -> (q, scales)``: add, RMSNorm and FP8 in one pass.
+
+Keywords: ``eps=1e-6, *, group_size=0, column_major_scales=False, gemma=False, out=None, scales=None``. Residual
+add, RMSNorm and dynamic FP8 (e4m3) quantization:
+
+``residual = residual + x`` in place (rounded to the storage dtype, as :func:`cujit.fused_add_rms_norm` does), then
+``y = rms_norm(residual) * weight`` (``* (1 + weight)`` with ``gemma=True``), rounded to the storage dtype as
+fused_add_rms_norm writes it to x, then quantized by the rule of cujit/fp8_quant.py: per token with
+``group_size=0`` (scales [tokens, 1]), or per group of ``group_size`` values (a power of two from 16 to 1024
+dividing hidden; scales [tokens, hidden / group_size], row-major or column-major with ``column_major_scales``). x is
+only read (y never reaches memory). x and residual are [tokens, hidden] float32, float16 or bfloat16 with rows at
+any stride; they must not overlap. ``q`` is a contiguous float8_e4m3fn [tokens, hidden].
+
+So the results are those of ``fused_add_rms_norm(x, residual, weight)`` followed by ``per_token_quant_fp8(x)`` or
+``per_token_group_quant_fp8(x, group_size)``, except that the sum of squares is added in another order than
+fused_add_rms_norm's (one block per row here): y may differ from the unfused one by one unit in its last place.
+The kernel is ``fused_add_rms_norm_quant_fp8_kernel`` in ``cujit/kernels/fused_quant.cuh``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cujit
+
+from .rms_norm import data_address
+
+__all__ = ["fused_add_rms_norm_quant_fp8", "threads_for"]
+
+_GROUPS = (0, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def threads_for(hidden: int) -> int:
+    """Threads of the block that takes a row: about 8 values a thread for the adding pass, 128 to 1024."""
+    threads = 128
+    while threads < 1024 and threads * 8 < hidden:
+        threads *= 2
+    return threads
+
+
+def _threads(H: Any) -> int:
+    return threads_for(H) if type(H) is int else 1024
+
+
+def _distinct(x: Any, residual: Any, T: Any, H: Any) -> bool:
+    if T == 0 or H == 0:
+        return True
+    px, pr = data_address(x), data_address(residual)
+    return px is None or px != pr
+
+
+_T, _H, _XS, _RS, _G, _SR, _SC = (cujit.SymbolicSize(n) for n in ("T", "H", "XS", "RS", "G", "SR", "SC"))
+_DTYPE = cujit.SymbolicDType("dtype")
+_FLOATS = ("float32", "float16", "bfloat16")
+
+fused_add_rms_norm_quant_fp8 = cujit.op(
+    "cujit::fused_add_rms_norm_quant_fp8(Tensor x, Tensor(a!) residual, Tensor weight, float eps=1e-6, *, "
+    "int group_size=0, bool column_major_scales=False, bool gemma=False, Tensor(b!)? out=None, "
+    "Tensor(c!)? scales=None) -> (Tensor, Tensor)",
+    source="kernels/fused_quant.cuh",
+    kernel="fused_add_rms_norm_quant_fp8_kernel<{dtype}, {group_size}, {gemma}, {threads}>",
+    tensors={
+        "x": cujit.TensorMatcher([_T, _H]).with_strides([_XS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "residual": cujit.TensorMatcher([_T, _H]).with_strides([_RS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "weight": cujit.TensorMatcher([_H]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "out": cujit.TensorMatcher([_T, _H]).with_dtype("float8_e4m3fn"),
+        "scales": cujit.TensorMatcher([_T, _G]).with_strides([_SR, _SC]).with_dtype("float32"),
+    },
+    values={
+        "G": "H // group_size if group_size > 0 else 1",
+        "SR": "1 if column_major_scales else G",
+        "SC": "T if column_major_scales else 1",
+        "threads": _threads,
+    },
+    checks=[
+        ("group_size in (0, 16, 32, 64, 128, 256, 512, 1024)",
+         "group_size: expected 0 (per token) or a power of two from 16 to 1024"),
+        ("group_size == 0 or H % group_size == 0", "x: expected a number of columns that is a multiple of group_size"),
+        ("T <= 1 or abs(XS) >= H", "x: rows overlap (a row stride below hidden)"),
+        ("T <= 1 or abs(RS) >= H", "residual: rows overlap (a row stride below hidden)"),
+        ("T < 2**31", "x: expected fewer than 2**31 rows"),
+        (_distinct, "x and residual must be different tensors"),
+    ],
+    grid="T if H else 0",
+    block="threads",
+    args=("out", "scales", "x", "residual", "weight", "H", "XS", "RS", "SR", "SC", "eps"),
+    precompile=[{"dtype": d, "group_size": g, "gemma": gemma, "threads": t}
+                for d in _FLOATS for g in (0, 128) for gemma in (False, True) for t in (128, 256, 512, 1024)],
+    pdl=True,
+)

@@ -1,0 +1,144 @@
+/// @file fused_quant.cuh
+/// @brief Fusions that end in FP8 (e4m3) quantization: SiLU-and-mul + per-group quantization, and residual add +
+/// RMSNorm + per-token or per-group quantization.
+///
+/// silu_and_mul_quant_fp8_kernel: for x [tokens, 2d] (fp32, fp16 or bf16, rows at any stride),
+///     y = round_T(silu(x[:, :d]) * x[:, d:])       (activation.cuh's SiLU in fp32, rounded to nearest even to T)
+///     q, scales = per-group quantization of y      (fp8_quant.cuh's rule, groups of kGroup values)
+/// so that q and scales are bit for bit those of per_token_group_quant_fp8(silu_and_mul(x)): y is rounded to the
+/// input dtype exactly as silu_and_mul stores it, and the group's max, scale and quotients are those of
+/// fp8_quant.cuh. y never reaches memory.
+///
+/// Layout: as per_token_group_quant_fp8_kernel, the groups of all rows in row-major order, kLanes threads of one
+/// warp per group (16 threads of 8 bf16 values for groups of 128), each thread one 16-byte vector (or more, for
+/// groups beyond 32 vectors) of the gate and of the up half, both loaded before any arithmetic; the group's max is
+/// a shuffle over its lanes. Loads are element-wise when x, its row stride or d are not 16-byte multiples.
+#ifndef CUJIT_KERNELS_FUSED_QUANT_CUH_
+#define CUJIT_KERNELS_FUSED_QUANT_CUH_
+
+#include <cujit/base.cuh>
+#include <cujit/fp8.cuh>
+#include <cujit/pdl.cuh>
+#include <cujit/reduce.cuh>
+#include <cujit/rows.cuh>
+#include <cujit/types.cuh>
+
+#include "activation.cuh"
+#include "fp8_quant.cuh"
+#include "vec_io.cuh"
+
+/// q [tokens, d] (contiguous) and scales[row * scale_row_stride + group * scale_group_stride] for the `groups` =
+/// tokens * group_row groups of kGroup values. Launch kThreads threads per block and cdiv(groups, kThreads /
+/// kLanes) blocks, kLanes = min(kGroup / (16 / sizeof(T)), 32). magic and shift: group_row's multiply-high divisor
+/// (cujit.fp8_quant.divider).
+template <typename T, int kGroup, int kThreads>
+__global__ void __launch_bounds__(kThreads) silu_and_mul_quant_fp8_kernel(
+    fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, const T* __restrict__ x, int64_t x_stride, uint32_t d,
+    uint32_t groups, uint32_t group_row, uint32_t magic, uint32_t shift, int64_t scale_row_stride,
+    int64_t scale_group_stride) {
+  using namespace fp8_quant_detail;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kLanes = kGroup / kVec < 32 ? kGroup / kVec : 32;
+  constexpr int kWidth = kGroup / kLanes;  // values of a group per thread: kVec or more
+  constexpr int kSlots = kThreads / kLanes;
+  static_assert(kThreads % 32 == 0 && kGroup % kVec == 0 && (kGroup & (kGroup - 1)) == 0, "geometry");
+  static_assert(kWidth % kVec == 0 && 32 % kLanes == 0, "a group is whole vectors of a power of two of lanes");
+  cujit::pdl_wait();  // x comes from the previous kernel
+  const bool vector = vector_ok<kVec>(x, q, x_stride, d);
+  const uint32_t lane = threadIdx.x % kLanes;
+  const uint32_t g = blockIdx.x * kSlots + threadIdx.x / kLanes;
+  const bool live = g < groups;  // dead groups still take part in their warp's shuffles
+  const uint32_t row = live ? row_of(g, group_row, magic, shift) : 0;
+  const uint32_t col = live ? g - row * group_row : 0;
+  const T* gate = x + static_cast<int64_t>(row) * x_stride + static_cast<uint64_t>(col) * kGroup + lane * kWidth;
+  T a[kWidth], b[kWidth];
+  if (live) {
+    vec_io::load<T, kWidth>(gate, vector, a);
+    vec_io::load<T, kWidth>(gate + d, vector, b);
+  }
+  cujit::pdl_launch_dependents();
+  T y[kWidth];
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) {
+    // The expression silu_and_mul_kernel evaluates, then its rounding to T.
+    y[i] = cujit::from_float<T>(activation_detail::Silu::apply(cujit::to_float(a[i])) * cujit::to_float(b[i]));
+  }
+  uint32_t bits = live ? amax_bits<T, kWidth>(y, 0u) : 0u;
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+    bits = cujit::max_bits(bits, __shfl_xor_sync(0xffffffffu, bits, offset));
+  }
+  if (!live) return;
+  const float scale = scale_of(__uint_as_float(bits));
+  if (lane == 0) scales[row * scale_row_stride + col * scale_group_stride] = scale;
+  quantize<true>(reinterpret_cast<uint8_t*>(q) + static_cast<uint64_t>(g) * kGroup + lane * kWidth, vector, y,
+                 scale);
+}
+
+/// fused_add_rms_norm_quant_fp8_kernel, one block per row (any hidden size, any alignment):
+///     residual = round_T(residual + x)                           (stored: the residual stream, in place)
+///     y        = round_T(residual * rsqrt(mean(residual^2) + eps) * w),  w = weight, or 1 + weight when kGemma
+///     q, scales = fp8_quant.cuh's rule over y: per row (kGroup == 0) or per group of kGroup values
+/// y is what fused_add_rms_norm writes to x, rounded the same way; it never reaches memory. Pass 1 adds and stores
+/// the residual with cujit::row_map (16-byte vectors wherever the row allows) and sums the squares of the rounded
+/// sums; after the block's reduction, pass 2 reads the residual row back (from L1/L2: the block just wrote it) to
+/// form y and its maxima, and pass 3 forms y again and quantizes it. Per group, each warp takes groups w, w + warps,
+/// ..., its lanes striding over the group's values.
+template <typename T, int kGroup, bool kGemma, int kThreads>
+__global__ void __launch_bounds__(kThreads) fused_add_rms_norm_quant_fp8_kernel(
+    fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, const T* x, T* residual, const T* __restrict__ weight,
+    int64_t hidden, int64_t x_stride, int64_t residual_stride, int64_t scale_row_stride,
+    int64_t scale_group_stride, float eps) {
+  using namespace fp8_quant_detail;
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps per block");
+  static_assert(kGroup == 0 || (kGroup >= 16 && (kGroup & (kGroup - 1)) == 0), "a group is a power of two");
+  cujit::pdl_wait();  // x and residual come from the previous kernel
+  const int64_t row = blockIdx.x;
+  const T* in = x + row * x_stride;
+  T* res = residual + row * residual_stride;
+  uint8_t* out = reinterpret_cast<uint8_t*>(q) + row * hidden;
+  float squares = 0.0f;
+  cujit::row_map(res, static_cast<uint64_t>(hidden), cujit::Threads::block(), [&](T r, T v) {
+    const T sum = cujit::from_float<T>(cujit::to_float(r) + cujit::to_float(v));
+    const float f = cujit::to_float(sum);
+    squares = fmaf(f, f, squares);
+    return sum;
+  }, static_cast<const T*>(res), in);
+  cujit::pdl_launch_dependents();
+  // block_sum's barriers also make this block's residual stores visible to all of its threads.
+  const float inv_rms = rsqrtf(cujit::block_sum(squares) / static_cast<float>(hidden) + eps);
+  auto normalized = [&](int64_t i) {
+    const float w = cujit::to_float(weight[i]);
+    return cujit::from_float<T>(cujit::to_float(res[i]) * inv_rms * (kGemma ? 1.0f + w : w));
+  };
+  if constexpr (kGroup == 0) {
+    uint32_t bits = 0;
+    for (int64_t i = threadIdx.x; i < hidden; i += kThreads) {
+      bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(normalized(i))));
+    }
+    const float scale = scale_of(__uint_as_float(cujit::block_reduce(bits, cujit::Max())));
+    if (threadIdx.x == 0) scales[row * scale_row_stride] = scale;
+    for (int64_t i = threadIdx.x; i < hidden; i += kThreads) {
+      const T one[1] = {normalized(i)};
+      quantize<true>(out + i, false, one, scale);
+    }
+  } else {
+    const int lane = threadIdx.x % cujit::kWarpSize;
+    const int64_t groups = hidden / kGroup;
+    for (int64_t g = threadIdx.x / cujit::kWarpSize; g < groups; g += kThreads / cujit::kWarpSize) {
+      const int64_t first = g * kGroup;
+      uint32_t bits = 0;
+      for (int i = lane; i < kGroup; i += cujit::kWarpSize) {
+        bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(normalized(first + i))));
+      }
+      const float scale = scale_of(__uint_as_float(cujit::warp_reduce(bits, cujit::Max())));
+      if (lane == 0) scales[row * scale_row_stride + g * scale_group_stride] = scale;
+      for (int i = lane; i < kGroup; i += cujit::kWarpSize) {
+        const T one[1] = {normalized(first + i)};
+        quantize<true>(out + first + i, false, one, scale);
+      }
+    }
+  }
+}
+
+#endif  // CUJIT_KERNELS_FUSED_QUANT_CUH_

@@ -1,0 +1,74 @@
+/// @file qk_norm.cuh
+/// @brief Per-head RMSNorm of q and k in place, both in one launch (Qwen3 and Gemma 3 attention).
+///
+/// q is [tokens, q_heads * head_dim] and k [tokens, kv_heads * head_dim], rows at any stride (views of a fused
+/// qkv tensor), the values of a row contiguous. Every head of every token is one row of head_dim values,
+/// normalised as rms_norm normalises a row (rms_norm.cuh: fp32 from the stored values, rounded once):
+///     head = head * rsqrt(mean(head^2) + eps) * w,   w = q_weight or k_weight ([head_dim]), or 1 + w when kGemma
+///
+/// Layout: the heads of all tokens in order (a token's q heads, then its k heads), one per group of kRowThreads
+/// (8, 16 or 32) lanes of a warp, each lane holding kVecs vectors' worth of the head in registers (rms_norm's
+/// Fragment, with 16-byte vectors when kVector and element loads otherwise): one read and one write of every value,
+/// and a reduction of shuffles only. kVector is the host's choice: head_dim a whole number of vectors, and q, k,
+/// their row strides and both weights 16-byte aligned.
+#ifndef CUJIT_KERNELS_QK_NORM_CUH_
+#define CUJIT_KERNELS_QK_NORM_CUH_
+
+#include <cujit/base.cuh>
+#include <cujit/pdl.cuh>
+
+#include "rms_norm.cuh"
+
+namespace qk_norm_detail {
+
+/// Where one head lies: its first element and its weight, in q or in k.
+template <typename T>
+struct Head {
+  T* row;
+  const T* weight;
+  bool live;
+
+  /// Head `g` of the list of all tokens' heads (heads_per_token = q_heads + kv_heads), or a dead one past the end
+  /// (pointing at q's first head, so that addresses stay inside the tensors).
+  CUJIT_DEVICE Head(T* q, T* k, const T* q_weight, const T* k_weight, uint32_t g, uint32_t count,
+                    uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride, int64_t k_stride,
+                    int64_t head_dim) {
+    live = g < count;
+    const uint32_t at = live ? g : 0;
+    const uint32_t token = at / heads_per_token;
+    const uint32_t h = at - token * heads_per_token;
+    if (h < q_heads) {
+      row = q + token * q_stride + static_cast<int64_t>(h) * head_dim;
+      weight = q_weight;
+    } else {
+      row = k + token * k_stride + static_cast<int64_t>(h - q_heads) * head_dim;
+      weight = k_weight;
+    }
+  }
+};
+
+}  // namespace qk_norm_detail
+
+/// Normalise the `count` = tokens * (q_heads + kv_heads) heads of q and k in place. Launch kBlock threads per
+/// block and cdiv(count, kBlock / kRowThreads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)).
+/// q and k must not overlap.
+template <typename T, bool kGemma, bool kVector, int kBlock, int kRowThreads, int kVecs>
+__global__ void __launch_bounds__(kBlock)
+    qk_rms_norm_kernel(T* q, T* k, const T* __restrict__ q_weight, const T* __restrict__ k_weight, uint32_t count,
+                       uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride, int64_t k_stride,
+                       int64_t head_dim, float eps) {
+  using namespace rms_norm_detail;
+  static_assert(kRowThreads <= cujit::kWarpSize, "a head is normalised by lanes of one warp");
+  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPathScalar, 1>());
+  using F = Fragment<kVector, T, kRowThreads, kVecs>;
+  cujit::pdl_wait();  // q and k come from the previous kernel
+  const uint32_t g = blockIdx.x * (kBlock / kRowThreads) + threadIdx.x / kRowThreads;
+  const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, g, count, q_heads, heads_per_token, q_stride,
+                                     k_stride, head_dim);
+  const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
+  const int64_t left = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
+  rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(head.row + first, head.row + first,
+                                                                head.weight + first, head_dim, left, eps);
+}
+
+#endif  // CUJIT_KERNELS_QK_NORM_CUH_

@@ -1,0 +1,211 @@
+"""The MoE router, per-head norm and fused quantization ops without a GPU.
+
+Every precompiled instance compiles (also covered for every shipped op by tests/test_compile_all.py); the plans
+choose only precompiled instances; the generated launch code, run against the stub driver of tests/stub_cuda.py,
+launches what the kernels expect; bad inputs are refused before anything is launched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import cujit
+from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, threads_for
+from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
+from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
+from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
+from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+
+torch = pytest.importorskip("torch")
+
+OPS = {"topk_softmax": topk_softmax, "qk_rms_norm": qk_rms_norm, "silu_and_mul_quant_fp8": silu_and_mul_quant_fp8,
+       "fused_add_rms_norm_quant_fp8": fused_add_rms_norm_quant_fp8}
+
+
+def _fields(fields: dict[str, Any]) -> dict[str, str]:
+    return {k: str(cujit.DType.of(v).name if k == "dtype" else v) for k, v in fields.items()}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_precompiled_instance_compiles(name: str) -> None:
+    for module in OPS[name].op.precompile_modules():
+        assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
+
+
+@pytest.fixture
+def stub() -> Iterator[StubBackend]:
+    with stub_backend() as backend:
+        yield backend
+
+
+@pytest.fixture
+def ops(stub: StubBackend) -> SimpleNamespace:
+    declared = SimpleNamespace(**{name: fn.op.variant("cujit_stub_serving") for name, fn in OPS.items()})
+    for fn in vars(declared).values():
+        bind_fakes(fn.op.env, stub)
+    return declared
+
+
+def fake(stub: StubBackend, t: torch.Tensor) -> FakeCudaTensor:
+    return FakeCudaTensor(t, 0, stub)
+
+
+def _last(stub: StubBackend, fn: Any) -> tuple[tuple[Any, ...], list[Any]]:
+    launched = stub.launches[-1]
+    for key, loaded in fn.op.table.items():
+        if loaded.function == launched.function:
+            return key[:-1], launched.values(loaded.params)
+    raise AssertionError("the last launch is not one of this op's kernels")
+
+
+# ------------------------------------------------------------------------------------------------ topk_softmax
+def test_topk_plan_holds_the_row_and_is_precompiled() -> None:
+    instances = [_fields(f) for f in topk_softmax.op.instances()]
+    for experts in range(1, MAX_EXPERTS + 1):
+        c = topk_config(experts)
+        assert c.row_lanes * c.per_lane >= experts and c.row_lanes >= 8 and c.block % c.row_lanes == 0
+        assert c.per_lane == 1 or c.row_lanes * c.per_lane < 2 * experts  # the smallest that holds the row
+        for dtype in ("float32", "float16", "bfloat16"):
+            assert _fields({"dtype": dtype, **c._asdict()}) in instances, (experts, c)
+
+
+def test_topk_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
+    fn = ops.topk_softmax
+    for experts, tokens in ((8, 1), (60, 37), (256, 4097)):
+        wide = torch.randn(tokens, experts + 3, dtype=torch.float16)
+        x = fake(stub, wide[:, :experts])
+        weights, ids = fn(x, min(8, experts), True)
+        assert tuple(weights.shape) == (tokens, min(8, experts)) and weights.dtype == torch.float32
+        assert tuple(ids.shape) == (tokens, min(8, experts)) and ids.dtype == torch.int32
+        key, values = _last(stub, fn)
+        c = topk_config(experts)
+        assert key[1:] == (c.block, c.row_lanes, c.per_lane)
+        assert values == [weights.data_ptr(), ids.data_ptr(), x.data_ptr(), tokens, experts, experts + 3,
+                          min(8, experts), True]
+        assert stub.launches[-1].grid == (math.ceil(tokens / c.rows_per_block), 1, 1)
+        assert stub.launches[-1].block == (c.block, 1, 1) and stub.launches[-1].pdl
+    before = len(stub.launches)
+    x = fake(stub, torch.randn(4, 64, dtype=torch.float16))
+    for call, error, words in [
+        (lambda: fn(x, 0), cujit.CujitError, "topk: expected 1 to min(experts, 8)"),
+        (lambda: fn(x, 9), cujit.CujitError, "topk: expected 1 to min(experts, 8)"),
+        (lambda: fn(fake(stub, torch.randn(4, 3)), 4), cujit.CujitError, "topk"),
+        (lambda: fn(fake(stub, torch.randn(4, 600)), 4), cujit.CujitError, "1 to 512 experts"),
+        (lambda: fn(fake(stub, torch.randn(4, 64, dtype=torch.float64)), 4), cujit.TensorMatchError, "dtype"),
+        (lambda: fn(x, 4, weights=fake(stub, torch.empty(4, 3))), cujit.TensorMatchError, "'weights'"),
+        (lambda: fn(x, 4, ids=fake(stub, torch.empty(4, 4, dtype=torch.int64))), cujit.TensorMatchError, "'ids'"),
+        (lambda: fn(x, "2"), cujit.CujitError, "topk"),
+    ]:
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value), str(info.value)
+    assert len(stub.launches) == before
+    weights, ids = fn(fake(stub, torch.randn(0, 64, dtype=torch.float16)), 2)
+    assert tuple(weights.shape) == (0, 2) and len(stub.launches) == before
+
+
+# ------------------------------------------------------------------------------------------------ qk_rms_norm
+def test_qk_norm_plan_holds_the_head_and_is_precompiled() -> None:
+    instances = [_fields(f) for f in qk_rms_norm.op.instances()]
+    for dtype, itemsize in (("float32", 4), ("float16", 2), ("bfloat16", 2)):
+        lanes = 16 // itemsize
+        for d in range(1, 2048 // itemsize + 1):
+            c = qk_norm_config(d, itemsize)
+            assert c is not None and c.row_threads * c.vecs * lanes >= d
+            assert all(rt * v * lanes < d for rt, v in QK_CONFIGS if rt * v < c.row_threads * c.vecs)
+            for gemma in (False, True):
+                for vector in (False, True):
+                    assert _fields({"dtype": dtype, "gemma": gemma, "vector": vector, **c._asdict()}) in instances
+        assert qk_norm_config(2048 // itemsize + 1, itemsize) is None
+
+
+def test_qk_norm_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
+    fn = ops.qk_rms_norm
+    f16 = torch.float16
+    cases = [
+        # (qkv columns, q offset, head_dim, q heads, kv heads, weight offset, vector)
+        (128 * 12, 0, 128, 8, 2, 0, True),
+        (128 * 12 + 1, 1, 128, 8, 2, 0, False),  # q and k start one element in
+        (128 * 12, 0, 128, 8, 2, 1, False),  # the weights start one element in
+        (100 * 6, 0, 100, 4, 1, 0, False),  # head_dim not a whole number of vectors
+        (64 * 3, 0, 64, 1, 1, 0, True),
+    ]
+    for columns, offset, d, qh, kh, w_offset, vector in cases:
+        qkv = torch.randn(37, columns, dtype=f16)
+        q, k = fake(stub, qkv[:, offset:offset + qh * d]), fake(stub, qkv[:, offset + qh * d:offset + (qh + kh) * d])
+        w = torch.randn(2, d + w_offset, dtype=f16)
+        qw, kw = fake(stub, w[0, w_offset:]), fake(stub, w[1, w_offset:])
+        assert fn(q, k, qw, kw, 1e-5, gemma=True) is None
+        key, values = _last(stub, fn)
+        c = qk_norm_config(d, 2)
+        assert c is not None
+        assert key[1:] == (True, vector, c.block, c.row_threads, c.vecs), (columns, offset, d, w_offset)
+        assert values[:-1] == [q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(), 37 * (qh + kh), qh, qh + kh,
+                               columns, columns, d]
+        assert stub.launches[-1].grid == (math.ceil(37 * (qh + kh) / c.heads_per_block), 1, 1)
+        assert stub.launches[-1].pdl
+    before = len(stub.launches)
+    qkv = torch.randn(4, 64 * 6, dtype=f16)
+    q, k = fake(stub, qkv[:, :256]), fake(stub, qkv[:, 256:320])
+    w = fake(stub, torch.randn(64, dtype=f16))
+    for call, error, words in [
+        (lambda: fn(q, q, w, w), cujit.CujitError, "q and k must be different tensors"),
+        (lambda: fn(q, k, fake(stub, torch.randn(48, dtype=f16)), fake(stub, torch.randn(48, dtype=f16))),
+         cujit.CujitError, "rows of whole heads"),
+        (lambda: fn(q, k, w, fake(stub, torch.randn(32, dtype=f16))), cujit.TensorMatchError, "'k_weight'"),
+        (lambda: fn(q, k, fake(stub, torch.randn(64)), w), cujit.TensorMatchError, "'q_weight': dtype"),
+        (lambda: fn(q, fake(stub, torch.empty(400, dtype=f16).as_strided((4, 64), (32, 1))), w, w),
+         cujit.CujitError, "rows overlap"),
+    ]:
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value), str(info.value)
+    assert len(stub.launches) == before
+
+
+def test_cpu_tensors_are_refused() -> None:
+    with pytest.raises(cujit.TensorMatchError, match="'gating_output': device: expected cuda, got cpu:0"):
+        topk_softmax(torch.randn(4, 64), 2)
+    x, w = torch.randn(4, 256, dtype=torch.bfloat16), torch.randn(64, dtype=torch.bfloat16)
+    with pytest.raises(cujit.TensorMatchError, match="'q': device: expected cuda, got cpu:0"):
+        qk_rms_norm(x, x[:, :64], w, w)
+    with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+        silu_and_mul_quant_fp8(x)
+    with pytest.raises(cujit.TensorMatchError, match="'x': device: expected cuda, got cpu:0"):
+        fused_add_rms_norm_quant_fp8(x, x.clone(), x[0])
+
+
+def test_fake_tensors_give_output_shapes() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(5, 64, dtype=torch.bfloat16, device="cuda")
+        weights, ids = torch.ops.cujit.topk_softmax(x, 4, True)
+        assert weights.shape == (5, 4) and weights.dtype == torch.float32 and ids.dtype == torch.int32
+        w = torch.empty(16, dtype=torch.bfloat16, device="cuda")
+        assert torch.ops.cujit.qk_rms_norm(x[:, :48], x[:, 48:], w, w, 1e-6) is None
+        h = torch.empty(5, 1024, dtype=torch.bfloat16, device="cuda")
+        q, scales = torch.ops.cujit.silu_and_mul_quant_fp8(h, 128, column_major_scales=True)
+        assert q.shape == (5, 512) and q.dtype == torch.float8_e4m3fn
+        assert scales.shape == (5, 4) and scales.stride() == (1, 5) and scales.dtype == torch.float32
+        q, scales = silu_and_mul_quant_fp8(h, 64)
+        assert scales.shape == (5, 8) and scales.stride() == (8, 1)
+        q, scales = torch.ops.cujit.fused_add_rms_norm_quant_fp8(h, torch.empty_like(h), h[0], 1e-6)
+        assert q.shape == (5, 1024) and q.dtype == torch.float8_e4m3fn and scales.shape == (5, 1)
+        q, scales = fused_add_rms_norm_quant_fp8(h, torch.empty_like(h), h[0], group_size=128,
+                                                 column_major_scales=True)
+        assert scales.shape == (5, 8) and scales.stride() == (1, 5)
+
+
+def test_add_norm_quant_threads_are_precompiled() -> None:
+    instances = [_fields(f) for f in fused_add_rms_norm_quant_fp8.op.instances()]
+    for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 1 << 20):
+        for group in (0, 128):
+            fields = {"dtype": "bfloat16", "group_size": group, "gemma": False, "threads": threads_for(hidden)}
+            assert _fields(fields) in instances
