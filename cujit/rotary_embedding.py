@@ -70,11 +70,7 @@ def _plan(T: int, QW: int, KW: int, R: int, D: int, dtype: cujit.DType, is_neox:
     if D <= 0 or R <= 0:  # refused by the checks below; any plan will do until then
         return 1, 1, 1, 1, 0, 0
     q_heads, k_heads = QW // D, KW // D
-    args = (T, q_heads + k_heads, R, D, dtype.itemsize, is_neox)
-    try:
-        vec, bx, by, per_block = launch_plan(*args)
-    except TypeError:  # symbolic sizes (torch.compile's fake tensors) are not hashable: plan without the cache
-        vec, bx, by, per_block = launch_plan.__wrapped__(*args)
+    vec, bx, by, per_block = launch_plan(T, q_heads + k_heads, R, D, dtype.itemsize, is_neox)
     return vec, bx, by, per_block, q_heads, k_heads
 
 
