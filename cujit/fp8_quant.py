@@ -49,13 +49,11 @@ import cujit
 __all__ = [
     "SIZE_CHECK",
     "T",
-    "cached",
     "divider",
     "group_plan",
     "one_float",
     "per_tensor_plan",
     "per_token_plan",
-    "plan_tokens",
     "q_matcher",
     "x_matcher",
 ]
@@ -75,11 +73,6 @@ MAX_PARTIALS = 256
 #: Per tensor, dynamic: tensors of at most this many values take blocks of 128 threads with one vector each, larger
 #: ones 256 threads with MANY_VECS vectors (fewer blocks, each of which reduces the partial maxima first).
 SMALL_TENSOR_VALUES = 1 << 20
-
-
-def plan_tokens(tokens: Any) -> int:
-    """A token count for a plan: torch.compile's symbolic sizes (no kernel is launched then) count as many."""
-    return tokens if isinstance(tokens, int) else 1 << 30
 
 
 @functools.lru_cache(maxsize=1024)
@@ -120,8 +113,8 @@ def divider(d: int) -> tuple[int, int]:
     magic = ceil(2**p / d) for p = 31 + ceil(log2(d)): below 2**32, and n * magic / 2**p exceeds n / d by less than
     1 / d, so the floor is the quotient. d = 1 gives (0, 0): the kernel takes n itself.
     """
-    if not isinstance(d, int) or d <= 1:
-        return 0, 0  # 1, or a symbolic size under torch.compile (no kernel is launched then)
+    if d <= 1:
+        return 0, 0
     p = 31 + (d - 1).bit_length()
     return ((1 << p) + d - 1) // d, p - 32
 
@@ -152,18 +145,6 @@ q_matcher = cujit.TensorMatcher([T, H]).with_dtype("float8_e4m3fn")
 #: A device float32 value: a static scale, a scale bound, a returned per-tensor scale.
 one_float = cujit.TensorMatcher([1]).with_dtype("float32")
 SIZE_CHECK = ("T < 2**31 and H < 2**31", "x: expected fewer than 2**31 rows and columns")
-
-
-def cached(plan: Any, *args: Any) -> Any:
-    """``plan(*args)`` through its cache.
-
-    Symbolic sizes (torch.compile's fake tensors evaluate the op's values) are not hashable: those go to the plan
-    itself.
-    """
-    try:
-        return plan(*args)
-    except TypeError:
-        return plan.__wrapped__(*args)
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,6 @@ import cujit
 from .fp8_quant import (
     AMAX_THREADS,
     SIZE_CHECK,
-    cached,
     one_float,
     per_tensor_plan,
     q_matcher,
@@ -24,11 +23,6 @@ from .fp8_quant import (
 )
 
 __all__ = ["per_tensor_quant_fp8"]
-
-
-def _tensor_plan(total: Any, dtype: cujit.DType, scale: Any) -> tuple[int, int, int, int]:
-    size = total if isinstance(total, int) else 1 << 30
-    return cached(per_tensor_plan, size, dtype.itemsize, scale is None)  # type: ignore[no-any-return]
 
 
 def _precompiled() -> list[dict[str, Any]]:
@@ -59,7 +53,7 @@ per_tensor_quant_fp8 = cujit.op(
     tensors={"x": x_matcher, "scale": one_float, "out": q_matcher, "scale_out": one_float},
     values={
         "total": "T * H",
-        "plan": _tensor_plan,
+        "plan": (per_tensor_plan, "total", "dtype.itemsize", "scale is None"),
         "threads": "plan[0]",
         "vecs": "plan[1]",
         "blocks": "plan[2]",

@@ -13,17 +13,9 @@ from typing import Any
 
 import cujit
 
-from .fp8_quant import T, cached, divider, group_plan, plan_tokens, q_matcher, x_matcher
+from .fp8_quant import T, divider, group_plan, q_matcher, x_matcher
 
 __all__ = ["per_token_group_quant_fp8"]
-
-
-def _group_plan(T: Any, group_size: int, dtype: cujit.DType) -> tuple[int, int, int]:
-    return cached(group_plan, plan_tokens(T), group_size, dtype.itemsize)  # type: ignore[no-any-return]
-
-
-def _divider(G: Any) -> tuple[int, int]:
-    return divider(G)
 
 
 def _precompiled() -> list[dict[str, Any]]:
@@ -52,11 +44,11 @@ per_token_group_quant_fp8 = cujit.op(
         "SR": "1 if column_major_scales else G",
         "SC": "T if column_major_scales else 1",
         "groups": "T * G",
-        "plan": _group_plan,
+        "plan": (group_plan, "T", "group_size", "dtype.itemsize"),
         "threads": "plan[0]",
         "vecs": "plan[1]",
         "per_block": "plan[2]",
-        "div": _divider,
+        "div": (divider, "G"),
         "magic": "div[0]",
         "shift": "div[1]",
     },

@@ -12,13 +12,9 @@ from typing import Any
 
 import cujit
 
-from .fp8_quant import SIZE_CHECK, T, cached, one_float, per_token_plan, plan_tokens, q_matcher, x_matcher
+from .fp8_quant import SIZE_CHECK, T, one_float, per_token_plan, q_matcher, x_matcher
 
 __all__ = ["per_token_quant_fp8"]
-
-
-def _token_plan(T: Any, H: int, dtype: cujit.DType) -> tuple[int, int]:
-    return cached(per_token_plan, plan_tokens(T), H, dtype.itemsize)  # type: ignore[no-any-return]
 
 
 def _precompiled() -> list[dict[str, Any]]:
@@ -39,7 +35,7 @@ per_token_quant_fp8 = cujit.op(
     kernel="per_token_quant_fp8_kernel<{dtype}, {threads}, {vecs}, true>",
     tensors={"x": x_matcher, "scale_ub": one_float, "out": q_matcher,
              "scales": cujit.TensorMatcher([T, 1]).with_dtype("float32")},
-    values={"plan": _token_plan, "threads": "plan[0]", "vecs": "plan[1]"},
+    values={"plan": (per_token_plan, "T", "H", "dtype.itemsize"), "threads": "plan[0]", "vecs": "plan[1]"},
     checks=[SIZE_CHECK],
     grid="T",
     block="threads",

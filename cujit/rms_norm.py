@@ -20,9 +20,8 @@ from ._runtime.tensors import tensor_info
 
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
-    "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "TRACING_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig", "data_address", "kernel_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
-    "same_phase",
+    "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
+    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm", "same_phase",
 ]
 
 # rms_norm_detail::kPath* in the kernel.
@@ -131,26 +130,17 @@ def norm_precompile() -> list[dict[str, Any]]:
     configs += [_make(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
     configs.append(_make(PATH_TILED, *TILED_CONFIG))
     return [
-        {"dtype": dtype, "gemma": gemma, **c._asdict()}
+        {"dtype": dtype, "gemma": gemma, "config": c}
         for dtype in ("float32", "float16", "bfloat16")
         for gemma in (False, True)
         for c in configs
     ]
 
 
-#: The configuration of a traced call (fake tensors, symbolic sizes): tracing launches nothing, so it picks nothing.
-TRACING_CONFIG = _make(PATH_TILED, *TILED_CONFIG)
-
-
-def data_address(tensor: Any) -> int | None:
-    """The address of ``tensor``'s first element; None for a tensor without storage (the fake tensors of tracing)."""
+def data_address(tensor: Any) -> int:
+    """The address of ``tensor``'s first element (a torch tensor, a CuPy array or any DLPack producer)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(tensor, torch.Tensor):
-        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
-            from torch._subclasses.fake_tensor import is_fake
-
-            if is_fake(tensor):
-                return None
         return int(tensor.data_ptr())
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(tensor, cupy.ndarray):
@@ -164,31 +154,20 @@ def same_phase(a: Any, b: Any, a_stride: int, b_stride: int, T: int, itemsize: i
     That is: equal addresses modulo 16 and equal row strides modulo a 16-byte vector, with element-aligned values.
     """
     pa, pb = data_address(a), data_address(b)
-    if pa is None or pb is None:
-        return False
     return (pa % itemsize == 0 and (pa - pb) % 16 == 0
             and (T <= 1 or (a_stride - b_stride) % (16 // itemsize) == 0))
 
 
-def layout_config(H: Any, dtype: DType, vector: bool, T: Any, x: Any, other: Any, weight: Any, x_stride: Any,
-                  other_stride: Any) -> NormConfig:
+def layout_config(H: int, dtype: DType, vector: bool, T: int, x: Any, other: Any, weight: Any, x_stride: int,
+                  other_stride: int) -> NormConfig:
     """:func:`norm_config` for one call of ``T`` rows of hidden size ``H``.
 
-    ``other`` is the second tensor read or written row by row (``out``, or ``residual``). :data:`TRACING_CONFIG`
-    when a size is symbolic: a traced call launches nothing.
+    ``other`` is the second tensor read or written row by row (``out``, or ``residual``).
     """
-    if type(H) is not int or type(T) is not int:
-        return TRACING_CONFIG
     if vector:
         return _rule(H, dtype, True, False, T >= LOOP_TOKENS)
     phased = aligned(weight, 16) and same_phase(x, other, x_stride, other_stride, T, dtype.itemsize)
     return _rule(H, dtype, False, phased, T >= LOOP_TOKENS)
-
-
-def kernel_config(H: Any, dtype: DType, vector: bool, T: Any, x: Any, out: Any, weight: Any, x_stride: Any,
-                  out_stride: Any) -> NormConfig:
-    """:func:`layout_config` of one rms_norm call (the op passes its values by these names)."""
-    return layout_config(H, dtype, vector, T, x, out, weight, x_stride, out_stride)
 
 
 # ------------------------------------------------------------------------------------------------ the op
@@ -200,7 +179,8 @@ _DTYPE = cujit.SymbolicDType("dtype")
 rms_norm = cujit.op(
     "cujit::rms_norm(Tensor x, Tensor weight, float eps=1e-6, *, bool gemma=False, Tensor(a!)? out=None) -> Tensor",
     source="kernels/rms_norm.cuh",
-    kernel="rms_norm_kernel<{dtype}, {gemma}, {path}, {block}, {row_threads}, {vecs}, {rows}>",
+    kernel="rms_norm_kernel<{dtype}, {gemma}, {config.path}, {config.block}, {config.row_threads}, {config.vecs}, "
+           "{config.rows}>",
     tensors={
         "x": cujit.TensorMatcher([_T, _H]).with_strides([_X_STRIDE, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
         "weight": cujit.TensorMatcher([_H]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -212,16 +192,11 @@ rms_norm = cujit.op(
         # computed once out is allocated (or checked).
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(weight, 16) and aligned(out, 16) "
                   "and (T <= 1 or (x_stride % lanes == 0 and out_stride % lanes == 0))",
-        "config": kernel_config,
-        "path": "config.path",
-        "block": "config.block",
-        "row_threads": "config.row_threads",
-        "vecs": "config.vecs",
-        "rows": "config.rows",
+        "config": (layout_config, "H", "dtype", "vector", "T", "x", "out", "weight", "x_stride", "out_stride"),
     },
     checks=[("T <= 1 or abs(out_stride) >= H", "out: rows overlap (a row stride below hidden)")],
     grid="cdiv(T, config.rows_per_block) if H else 0",
-    block="block",
+    block="config.block",
     args=("out", "x", "weight", "T", "H", "x_stride", "out_stride", "eps"),
     precompile=norm_precompile(),
     pdl=True,

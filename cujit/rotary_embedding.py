@@ -9,8 +9,9 @@ Rotary position embedding, in place on ``q`` and ``k`` (kernel: cujit/kernels/ro
   in the first half of a row and sin in the second (vLLM's layout).
 - ``is_neox``: rotate halves (x[i], x[i + rotary_dim / 2]) if true, interleaved pairs (x[2i], x[2i + 1]) (gpt-j)
   if false. Only the first ``rotary_dim`` values of each head change (partial rotary when rotary_dim <
-  head_size). ``rotary_dim`` defaults to the cache's width and must equal it when given; ``head_size`` defaults to
-  ``rotary_dim`` (to the last dimension for 3-D views).
+  head_size). ``rotary_dim`` defaults to the cache's width and must equal it when given. ``head_size`` is
+  required with 2-D q and k (as in vLLM and FlashInfer: a row of heads does not say how wide a head is, and a
+  guess would rotate the wrong values when rotary_dim < head_size); 3-D views give it as their last dimension.
 - Rounding: each pair (a, b) becomes (a cos - b sin, b cos + a sin), computed in fp32 with a fused multiply-add
   for the second product, and rounded once to q's dtype (round to nearest even).
 - Positions outside [0, max_position): the kernel never reads past the cache, and the launch fails (a device-side
@@ -69,11 +70,7 @@ def _plan(T: int, QW: int, KW: int, R: int, D: int, dtype: cujit.DType, is_neox:
     if D <= 0 or R <= 0:  # refused by the checks below; any plan will do until then
         return 1, 1, 1, 1, 0, 0
     q_heads, k_heads = QW // D, KW // D
-    args = (T, q_heads + k_heads, R, D, dtype.itemsize, is_neox)
-    try:
-        vec, bx, by, per_block = launch_plan(*args)
-    except TypeError:  # symbolic sizes (torch.compile's fake tensors) are not hashable: plan without the cache
-        vec, bx, by, per_block = launch_plan.__wrapped__(*args)
+    vec, bx, by, per_block = launch_plan(T, q_heads + k_heads, R, D, dtype.itemsize, is_neox)
     return vec, bx, by, per_block, q_heads, k_heads
 
 
@@ -94,7 +91,7 @@ _rotary_embedding = cujit.op(
         "cos_sin_cache": cujit.TensorMatcher([P, R]).with_dtype(*FLOATS, symbol=cs_dtype),
     },
     values={
-        "D": "R if head_size is None else head_size",
+        "D": "R if head_size is None else head_size",  # refused by the first check when None
         "plan": _plan,
         "vec": "plan[0]",
         "q_heads": "plan[4]",
@@ -102,6 +99,7 @@ _rotary_embedding = cujit.op(
         "heads_per_block": "plan[3]",
     },
     checks=[
+        ("head_size is not None", "head_size: expected the head size for 2-D q and k [tokens, heads * head_size]"),
         ("rotary_dim is None or rotary_dim == R", "rotary_dim: expected the width of cos_sin_cache"),
         ("R > 0 and R % 2 == 0", "cos_sin_cache: expected an even, non-zero number of columns (the rotary dim)"),
         ("D >= R", "head_size: expected at least the rotary dim"),

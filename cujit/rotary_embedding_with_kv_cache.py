@@ -54,11 +54,7 @@ def launch_plan(tokens: int, units: int, rotary_dim: int, head_size: int, itemsi
 def _plan(T: int, HQ: int, HK: int, R: int, D: int, dtype: cujit.DType, is_neox: bool) -> tuple[int, int, int]:
     if R <= 0 or D <= 0:  # refused by the checks
         return 1, 1, 1
-    args = (T, HQ + 2 * HK, R, D, dtype.itemsize, is_neox)
-    try:
-        return launch_plan(*args)
-    except TypeError:  # symbolic sizes (torch.compile's fake tensors) are not hashable: plan without the cache
-        return launch_plan.__wrapped__(*args)
+    return launch_plan(T, HQ + 2 * HK, R, D, dtype.itemsize, is_neox)
 
 
 T, HQ, HK, D, P, R, QS, KS, VS = (cujit.SymbolicSize(n) for n in ("T", "HQ", "HK", "D", "P", "R", "QS", "KS", "VS"))

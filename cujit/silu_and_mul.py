@@ -62,10 +62,6 @@ _TWO_D, _D = cujit.SymbolicSize("two_d"), cujit.SymbolicSize("D")
 _DTYPE = cujit.SymbolicDType("dtype")
 
 
-def _config(D: int, dtype: Any) -> ActivationConfig:
-    return activation_config(D, dtype)
-
-
 #: What every gated activation op declares alike (gelu_and_mul too): x [..., 2d] and out [..., d] of one float
 #: dtype, the row count, the configuration, the check of the last dimension, the grid and the kernel arguments.
 GATED_TENSORS = {
@@ -75,7 +71,7 @@ GATED_TENSORS = {
 GATED_VALUES = {
     "D": "two_d // 2",
     "rows": "prod(lead)",
-    "config": _config,
+    "config": (activation_config, "D", "dtype"),
     "block": "config.block",
     "vecs": "config.vecs",
 }

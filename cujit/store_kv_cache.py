@@ -44,13 +44,6 @@ def launch_plan(row: int, itemsize: int) -> tuple[int, int]:
     return vec, group
 
 
-def _plan(row: int, dtype: cujit.DType) -> tuple[int, int]:
-    try:
-        return launch_plan(max(row, 1), dtype.itemsize)
-    except TypeError:  # symbolic sizes (torch.compile's fake tensors) are not hashable: plan without the cache
-        return launch_plan.__wrapped__(max(row, 1), dtype.itemsize)
-
-
 T, H, D, KS, VS = (cujit.SymbolicSize(n) for n in ("T", "H", "D", "KS", "VS"))
 S = cujit.SymbolicShape("S")
 dtype, cache_dtype, slot_dtype = (cujit.SymbolicDType(n) for n in ("dtype", "cache_dtype", "slot_dtype"))
@@ -72,7 +65,8 @@ store_kv_cache = cujit.op(
         "k_scale": scale,
         "v_scale": scale,
     },
-    values={"row": "H * D", "num_slots": "prod(S)", "plan": _plan, "vec": "plan[0]", "group": "plan[1]"},
+    values={"row": "H * D", "num_slots": "prod(S)", "plan": (launch_plan, "max(row, 1)", "dtype.itemsize"),
+            "vec": "plan[0]", "group": "plan[1]"},
     checks=[
         ("cache_dtype == 'float8_e4m3fn' or cache_dtype == dtype",
          "k_cache and v_cache: expected the dtype of k and v, or float8_e4m3fn"),

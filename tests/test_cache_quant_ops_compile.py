@@ -205,7 +205,7 @@ with stub_backend() as stub:
     qkv = torch.randn(5, 12 * 64, dtype=f16)
     pos, q, k, cache = fake(torch.zeros(5, dtype=i64)), fake(qkv[:, :512]), fake(qkv[:, 512:640]), fake(
         torch.randn(100, 64))
-    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k, cache)
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k, cache, head_size=64)
     assert grid == (5, 1, 1) and block == (4, 10, 1), (grid, block)
     assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), cache.data_ptr(), 768, 768, 8, 2, 64, 64, 100,
                       10], values
@@ -214,6 +214,21 @@ with stub_backend() as stub:
     [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k,
                                           fake(torch.randn(100, 32, dtype=f16)), is_neox=False, head_size=64)
     assert grid == (5, 1, 1) and block == (4, 10, 1) and values[4:] == [768, 768, 8, 2, 64, 32, 100, 10], values
+    # 2-D q and k without head_size: the fast path refuses, the generic path says why; nothing is launched.
+    before = len(stub.launches)
+    try:
+        rotary_embedding.op.function(pos, q, k, cache)
+    except AssertionError as exc:
+        assert "the fast path refused" in str(exc), exc
+    else:
+        raise AssertionError("rotary_embedding without head_size took the fast path")
+    try:
+        rotary_embedding.op.call_slow(pos, q, k, cache)
+    except cujit.CujitError as exc:
+        assert "head_size: expected the head size for 2-D q and k" in str(exc), exc
+    else:
+        raise AssertionError("rotary_embedding without head_size was not refused")
+    assert len(stub.launches) == before, stub.launches[before:]
 
     # store_kv_cache: k and v as views of one [tokens, 2, heads, size] tensor, paged fp16 caches.
     kernels = prepare(store_kv_cache, dict(dtype="float16", cache_dtype="float16", slot_dtype="int64", vec=8,

@@ -65,7 +65,7 @@ def test_norm_rule_chooses_precompiled_configurations_that_hold_the_row(name: st
                     continue
                 c = norm_config(hidden, dtype, vector)
                 for gemma in (False, True):
-                    fields = _as_fields({"dtype": dtype, "gemma": gemma, **c._asdict()})
+                    fields = _as_fields({"dtype": dtype, "gemma": gemma, "config": c})
                     assert fields in instances, (hidden, dtype, vector, c)
                 assert c.block % c.row_threads == 0 and c.block % 32 == 0 and c.block <= 1024
                 capacity = c.row_threads * c.vecs * lanes

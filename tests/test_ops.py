@@ -10,12 +10,13 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 
 import cujit
+from cujit._runtime import op_generic
 from cujit._runtime import ops as ops_module
 from cujit._runtime.schema import parse_schema
 from tests import op_decls
@@ -287,7 +288,7 @@ def test_two_launches_share_a_stream_and_a_scratch_buffer(stub: StubBackend, ops
         allocated.append(fake(stub, torch.empty(shape, dtype=getattr(torch, dtype.name)), dev))
         return allocated[-1]
 
-    monkeypatch.setattr(ops_module, "_allocate", allocate)
+    monkeypatch.setattr(op_generic, "allocate", allocate)
     ops.total.op.env["_torch_empty"] = lambda shape, dtype, device: allocate("torch", shape, None,
                                                                               cujit.DType.of(dtype), device)
     x, out = fake(stub, torch.ones(1000)), fake(stub, torch.empty(1))
@@ -628,3 +629,91 @@ def test_importing_every_shipped_op_touches_no_driver() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ calls and fields
+class _Plan(NamedTuple):
+    threads: int
+    kind: str
+
+
+def test_call_values_and_attribute_fields(stub: StubBackend) -> None:
+    T, C, XS, OS = (cujit.SymbolicSize(n) for n in ("T", "C", "x_stride", "out_stride"))
+    dtype = cujit.SymbolicDType("dtype")
+
+    def rows(stride: Any) -> cujit.TensorMatcher:
+        return cujit.TensorMatcher([T, C]).with_strides([stride, 1]).with_dtype("float32", symbol=dtype)
+
+    seen: list[tuple[Any, ...]] = []
+
+    def plan_for(cols: int, kind: cujit.DType, wide: bool) -> _Plan:  # parameters named freely: passed in order
+        seen.append((cols, kind.itemsize, wide))
+        return _Plan(32 if wide else 64, kind.name)
+
+    fn = cujit.op(
+        "calls::scale_rows(Tensor x, Tensor w, float alpha=1.0, *, Tensor(a!)? out=None) -> Tensor",
+        source=KERNELS / "ops_test.cuh", kernel="scale_rows<{plan.kind}>",
+        tensors={"x": rows(XS), "w": cujit.TensorMatcher([C]).with_dtype(symbol=dtype), "out": rows(OS)},
+        values={"plan": (plan_for, "C", "dtype", "C > 16")},
+        grid="T", block="plan.threads", args=("out", "x", "w", "T", "C", "x_stride", "out_stride", "alpha"),
+    )
+    assert fn.op.fields == ("plan.kind",) and fn.op.values["plan"].names == ("C", "dtype")
+    source = inspect.getsource(fn)
+    assert "_value_plan(C, dtype, C > 16)" in source and "plan.kind" in source
+    bind_fakes(fn.op.env, stub)
+    fn.slow = count_slow(fn)
+    x, w = fake(stub, torch.randn(3, 20)), fake(stub, torch.randn(20))
+    for _ in range(2):
+        fn(x, w)
+        assert stub.launches[-1].block == (32, 1, 1)
+    assert len(fn.slow) == 1  # the second call took the generated path
+    assert list(fn.op.table) == [("float32", 0)] and set(seen) == {(20, 4, True)}
+    fn(fake(stub, torch.randn(3, 8)), fake(stub, torch.randn(8)))
+    assert stub.launches[-1].block == (64, 1, 1) and seen[-1] == (8, 4, False)
+    # module() takes a dotted field by its root or by its whole name.
+    assert fn.op.module(plan=_Plan(1, "bfloat16")) is fn.op.module(**{"plan.kind": "bfloat16"})
+    with pytest.raises(cujit.CujitError, match=r"missing plan\.kind"):
+        fn.op.module(kind="float32")
+    with pytest.raises(cujit.CujitError, match="has no attribute 'kind'"):
+        fn.op.module(plan=(1, "float32"))
+
+
+def test_call_rules_are_worded_and_checked() -> None:
+    def boom(n: int) -> int:
+        raise ZeroDivisionError("no")
+
+    fn = _declare(values={"v": (boom, "n + 1")}, grid="v")
+    assert fn.op.values["v"].shown.endswith("boom(n + 1)")
+    with pytest.raises(cujit.CujitError, match=r"decl::axpy values\['v'\]: .*boom\(n \+ 1\) raised ZeroDivisionError"):
+        fn.op.values["v"].evaluate({"n": 3})
+    with pytest.raises(cujit.CujitError, match="unknown name 'm'"):
+        _declare(values={"v": (boom, "m")}, grid="v")
+    with pytest.raises(TypeError, match="argument 1 of a call: expected a name, an expression string or a constant"):
+        _declare(values={"v": (boom, [1])}, grid="v")
+    with pytest.raises(cujit.CujitError, match=r"kernel: \{plan\.\} must be a name"):
+        _declare(kernel="axpy<{plan.}>")
+    # a grid given as one call, not as dimensions
+    assert len(_declare(grid=(boom, "n")).op.launches[0].grid) == 1
+
+
+def test_the_fake_computes_only_what_output_shapes_need() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n, half = cujit.SymbolicSize("n"), cujit.SymbolicSize("half")
+    f32 = ("float32",)
+    planned: list[int] = []
+
+    def plan(length: int) -> int:  # would fail on a symbolic size, and a traced call launches nothing anyway
+        planned.append(length)
+        return 256
+
+    fn = cujit.op("fake::halve(Tensor x, *, Tensor(a!)? out=None) -> Tensor", source=KERNELS / "ops_test.cuh",
+                  kernel="axpy<fp32_t>", tensors={"x": cujit.TensorMatcher([n]).with_dtype(*f32),
+                                                  "out": cujit.TensorMatcher([half]).with_dtype(*f32)},
+                  values={"quarter": "n // 4", "half": "quarter * 2", "threads": (plan, "n")},
+                  grid=1, block="threads", args=("out", "x", "n", "half"))
+    assert fn.op.shape_values == ("quarter", "half")
+    with FakeTensorMode():
+        out = fn.op.torch_op.default(torch.empty(12, device="cuda"))
+    assert tuple(out.shape) == (6,) and out.device.type == "cuda"
+    assert planned == []

@@ -59,15 +59,11 @@ def make(tokens: int, q_heads: int, k_heads: int, head_size: int, dtype: torch.d
 
 
 def check(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cache: torch.Tensor, head_size: int,
-          is_neox: bool, *, give_head_size: bool = False) -> None:
-    """Run the op on q and k (views are fine) and compare both with the reference.
-
-    ``give_head_size`` passes ``head_size`` to the op (it defaults to the rotary dim, the cache's width).
-    """
+          is_neox: bool) -> None:
+    """Run the op on q and k (views are fine) and compare both with the reference."""
     expect_q = reference(positions, q, cache, head_size, is_neox)
     expect_k = reference(positions, k, cache, head_size, is_neox)
-    extra = {"head_size": head_size} if give_head_size else {}
-    rotary_embedding(positions, q, k, cache, is_neox=is_neox, **extra)
+    rotary_embedding(positions, q, k, cache, is_neox=is_neox, head_size=head_size)
     torch.testing.assert_close(q, expect_q, **TOLERANCES[q.dtype])
     torch.testing.assert_close(k, expect_k, **TOLERANCES[k.dtype])
 
@@ -96,7 +92,7 @@ def test_dtypes(dtype: torch.dtype, cache_dtype: str, pos_dtype: torch.dtype, is
 def test_partial_rotary_leaves_the_rest_of_each_head(head_size: int, rotary_dim: int, is_neox: bool) -> None:
     positions, q, k = make(300, 8, 2, head_size)
     before_q, before_k = q.clone(), k.clone()
-    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, give_head_size=True)
+    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox)
     tail = slice(rotary_dim, head_size)
     assert torch.equal(q.view(300, 8, head_size)[..., tail], before_q.view(300, 8, head_size)[..., tail])
     assert torch.equal(k.view(300, 2, head_size)[..., tail], before_k.view(300, 2, head_size)[..., tail])
@@ -145,7 +141,7 @@ def test_unaligned_views_take_the_element_path(offset: int, is_neox: bool) -> No
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 def test_odd_sizes(head_size: int, rotary_dim: int, is_neox: bool) -> None:
     positions, q, k = make(65, 3, 1, head_size, torch.float32)
-    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox, give_head_size=True)
+    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox)
 
 
 def test_wide_rotary_dims_loop_over_the_block() -> None:
@@ -161,7 +157,7 @@ def test_non_default_stream() -> None:
     torch.cuda.synchronize()
     s = torch.cuda.Stream()
     with torch.cuda.stream(s):
-        rotary_embedding(positions, q, k, cache)
+        rotary_embedding(positions, q, k, cache, head_size=128)
     s.synchronize()
     torch.testing.assert_close(q, expect, **TOLERANCES[q.dtype])
 
@@ -170,10 +166,10 @@ def test_cuda_graph_replays_with_new_data() -> None:
     tokens, head_size = 16, 128
     cache = cos_sin_cache(head_size)
     positions, q, k = make(tokens, 8, 2, head_size)
-    rotary_embedding(positions, q, k, cache)  # compile and load outside the capture
+    rotary_embedding(positions, q, k, cache, head_size=head_size)  # compile and load outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        rotary_embedding(positions, q, k, cache)
+        rotary_embedding(positions, q, k, cache, head_size=head_size)
     for _ in range(3):
         new_positions, new_q, new_k = make(tokens, 8, 2, head_size)
         positions.copy_(new_positions)
@@ -188,7 +184,7 @@ def test_cuda_graph_replays_with_new_data() -> None:
 def test_torch_compile_fullgraph_matches_eager() -> None:
     def step(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         q = q * 2
-        rotary_embedding(positions, q, k, cache, is_neox=False)
+        rotary_embedding(positions, q, k, cache, is_neox=False, head_size=128)
         return q + k.repeat(1, 4)
 
     compiled = torch.compile(step, fullgraph=True)
@@ -205,7 +201,7 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
 def test_opcheck() -> None:
     positions, q, k = make(33, 8, 2, 128)
     op = rotary_embedding.op.torch_op.default
-    torch.library.opcheck(op, (positions, q, k, cos_sin_cache(128)), {"is_neox": True})
+    torch.library.opcheck(op, (positions, q, k, cos_sin_cache(128)), {"is_neox": True, "head_size": 128})
     torch.library.opcheck(op, (positions, q, k, cos_sin_cache(64)), {"is_neox": False, "head_size": 128})
 
 
@@ -217,7 +213,7 @@ def test_cupy_arrays() -> None:
     expect_k = reference(positions, k, cache, 64, True)
     cq, ck = cupy.from_dlpack(q), cupy.from_dlpack(k)  # the same memory
     torch.cuda.synchronize()
-    rotary_embedding(cupy.from_dlpack(positions), cq, ck, cupy.from_dlpack(cache))
+    rotary_embedding(cupy.from_dlpack(positions), cq, ck, cupy.from_dlpack(cache), head_size=64)
     torch.cuda.synchronize()
     torch.testing.assert_close(torch.from_dlpack(cq), expect_q, **TOLERANCES[torch.float16])
     torch.testing.assert_close(torch.from_dlpack(ck), expect_k, **TOLERANCES[torch.float16])
@@ -238,6 +234,8 @@ REFUSALS: list[tuple[str, dict[str, object], type[Exception], str]] = [
     ("odd rotary dim", {"cache": "odd"}, cujit.CujitError, "even"),
     ("3-D head size against head_size", {"q": "3d", "head_size": 64, "cache": "r64"}, cujit.CujitError,
      "one head size"),
+    ("head_size omitted with 2-D q and k", {"head_size": None}, cujit.CujitError,
+     "head_size: expected the head size for 2-D q and k"),
 ]
 
 
@@ -249,7 +247,7 @@ def test_wrong_inputs_are_refused_before_any_launch(case: str, change: dict[str,
     cache = cos_sin_cache(head_size)
     q.fill_(7.0)
     k.fill_(-3.0)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, object] = {"head_size": head_size}
     args: dict[str, object] = {"positions": positions, "q": q, "k": k, "cache": cache}
     variants = {
         "float": lambda: positions.float(),
@@ -283,7 +281,7 @@ def test_positions_outside_the_cache_fail_the_launch(position: int) -> None:
         cache = torch.randn({MAX_POSITION}, 128, device="cuda")
         positions = torch.zeros(64, dtype=torch.int64, device="cuda")
         positions[17] = {position}
-        rotary_embedding(positions, q, k, cache)
+        rotary_embedding(positions, q, k, cache, head_size=128)
         """,
     )
     assert "LAUNCH_ERROR" in out, out

@@ -3,8 +3,9 @@
 Every op becomes ``torch.ops.<namespace>.<name>`` (the functional form: outputs allocated and returned) and, when
 it has outputs, ``torch.ops.<namespace>.<name>.out`` (outputs given, written, nothing returned). Arguments that
 the op writes are declared mutated (``Tensor(a!)``). The fake implementation, which ``torch.compile`` runs on
-fake tensors to learn output shapes, is the declaration itself: the same matchers and ``values``, evaluated on
-the fake tensors' metadata. Nobody writes a fake by hand.
+fake tensors to learn output shapes, is the declaration itself: the same matchers, and the ``values`` that the
+outputs' shapes and strides read (only those: a launch plan or a kernel choice is never computed on symbolic sizes),
+evaluated on the fake tensors' metadata. Nobody writes a fake by hand.
 
 The op's own Python function stays the fast way to call it: no dispatcher on the direct call. Under
 ``torch.compile``, Dynamo must not trace into that function (it reads data pointers and calls the driver), so
@@ -28,6 +29,7 @@ from . import codegen, frameworks
 from .dtypes import as_dtype
 from .errors import CujitError
 from .matcher import _Symbol, verify_info
+from .registry import REGISTRY
 from .schema import NO_DEFAULT
 from .tensors import TensorInfo, device
 
@@ -93,9 +95,7 @@ def ensure_registered(op: Op) -> None:
 
 
 def _current(qualified: str) -> Op:
-    from .ops import REGISTRY
-
-    return REGISTRY[qualified]
+    return REGISTRY[qualified]  # type: ignore[no-any-return]
 
 
 def _functional_kernel(qualified: str) -> Any:
@@ -126,9 +126,8 @@ def _fake(qualified: str, *, functional: bool) -> Any:
         lead = names[op.required[0]]
         for sym in op.input_symbols.values():
             names[sym.name] = bindings[sym][0]
-        for vname, rule in op.values.items():
-            if vname not in op.late_values:  # the late ones read outputs, which decide nothing here
-                names[vname] = rule.evaluate(names)
+        for vname in op.shape_values:  # what the outputs' shapes need, nothing else
+            names[vname] = op.values[vname].evaluate(names)
         outputs = []
         for oname in op.outputs:
             spec = op.specs[oname]
@@ -254,8 +253,6 @@ def _substitute(op: Op) -> None:
 
 
 def _on_dynamo() -> None:
-    from .ops import REGISTRY
-
     for op in list(REGISTRY.values()):
         _substitute(op)
 
