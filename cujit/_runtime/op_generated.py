@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import codegen, driver, frameworks, launch
-from .dtypes import DType
 from .errors import CujitError
 from .matcher import (
     CheckEmitter,
@@ -25,41 +24,16 @@ from .matcher import (
     check_env,
     refresh,
 )
-from .op_generic import native_dtype
+from .op_generic import Declared, native_dtype
 from .rules import HELPERS, RULE_ERRORS, Rule
-from .schema import NO_DEFAULT, Param, Schema
+from .schema import NO_DEFAULT
 
 __all__ = ["GeneratedPath"]
 
 
-class GeneratedPath:
+class GeneratedPath(Declared):
     """The generated path of :class:`~cujit._runtime.ops.Op` (a base class of it)."""
 
-    # What the declaration (ops.Op) provides.
-    name: str
-    module_name: str
-    schema: Schema
-    params: dict[str, Param]
-    specs: dict[str, MatchSpec]
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    outputs: tuple[str, ...]
-    symbols: dict[str, _Symbol]
-    input_symbols: dict[str, _Symbol]
-    device_symbol: SymbolicDevice
-    values: dict[str, Rule]
-    late_values: set[str]
-    defined_outputs: set[str]
-    checks: list[tuple[Rule, str]]
-    late_checks: set[int]
-    scratch: dict[str, tuple[DType, tuple[Rule, ...]]]
-    tensor_optional: dict[str, bool]
-    fields: tuple[str, ...]
-    launches: tuple[Any, ...]
-    pdl: bool
-    table: dict[tuple[Any, ...], Any]
-    env: dict[str, Any]
-    _driver_bound: bool
     call_slow: Callable[..., Any]
     _like: Callable[[str, MatchSpec], str | None]
 

@@ -18,13 +18,12 @@ from .rules import Rule, field_value
 from .schema import NO_DEFAULT, Param, Schema
 from .tensors import Device
 
-__all__ = ["GenericPath", "allocate", "native_dtype", "normalise"]
+__all__ = ["Declared", "GenericPath", "allocate", "native_dtype", "normalise"]
 
 
-class GenericPath:
-    """The generic path of :class:`~cujit._runtime.ops.Op` (a base class of it)."""
+class Declared:
+    """What a declaration (:class:`~cujit._runtime.ops.Op`) provides to both of its call paths."""
 
-    # What the declaration (ops.Op) provides.
     name: str
     module_name: str
     schema: Schema
@@ -49,6 +48,11 @@ class GenericPath:
     table: dict[tuple[Any, ...], Any]
     env: dict[str, Any]
     _driver_bound: bool
+
+
+class GenericPath(Declared):
+    """The generic path of :class:`~cujit._runtime.ops.Op` (a base class of it)."""
+
     _refresh: Callable[[], None]
     _loaded: Callable[[tuple[Any, ...], int], Any]
 
