@@ -663,3 +663,22 @@ def test_gpu_smoke_one_op_at_tiny_shapes(tmp_path: Path) -> None:
         assert (folder / "bench_ops.md").is_file()
     graph_row = json.loads((tmp_path / "bench_ops.json").read_text())["rows"][0]
     assert graph_row["contenders"]["compile"]["status"] == "ok", graph_row["contenders"]["compile"]
+
+
+@pytest.mark.gpu
+def test_gpu_new_op_families_check_and_time(tmp_path: Path) -> None:
+    """The router, per-head norm and fused FP8 rows on the GPU: every contender right, each family its own table."""
+    out = subprocess.run([sys.executable, "-m", "cujit", "bench", "--ops", "router", "qk_norm", "fused_quant",
+                          "--quick", "--tokens", "16,4097", "--sizes", "4096", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench_ops.json").read_text())["rows"]
+    assert {r["op"] for r in rows} == {"topk_softmax", "qk_rms_norm", "silu_and_mul_quant_fp8",
+                                       "fused_add_rms_norm_quant_fp8"}
+    assert {r["timing"] for r in rows} == {"graph", "flush"}
+    for r in rows:
+        for name in ("cujit", "eager", "compile"):
+            cell = r["contenders"][name]
+            assert cell["status"] == "ok" and cell["us"] > 0, (r["label"], r["tokens"], name, cell)
+    text = (tmp_path / "bench_ops.md").read_text()
+    assert "## MoE router" in text and "## Per-head RMSNorm" in text and "## Fused FP8 quantization" in text
