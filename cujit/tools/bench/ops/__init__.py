@@ -35,21 +35,21 @@ from collections.abc import Callable
 from .case import Case
 from .contenders import _RESOLVED as _RESOLVED  # the op lookup's table: the tests replace entries of it
 from .contenders import (
-                         EPS,
-                         MAX_POSITION,
-                         NUM_SLOTS,
-                         REL_TOL,
-                         Compiler,
-                         Contender,
-                         Env,
-                         Family,
-                         Setup,
-                         Unavailable,
-                         allocating,
-                         bind,
-                         compare,
-                         cujit_op,
-                         unavailable,
+    EPS,
+    MAX_POSITION,
+    NUM_SLOTS,
+    REL_TOL,
+    Compiler,
+    Contender,
+    Env,
+    Family,
+    Setup,
+    Unavailable,
+    allocating,
+    bind,
+    compare,
+    cujit_op,
+    unavailable,
 )
 from .contenders import _resolve as _resolve
 from .registry import WITHOUT_ROWS, families, family_of
