@@ -52,6 +52,18 @@ def test_quant_bytes() -> None:
     assert C.group_quant_bytes(4097, 7168, 2, 128) == 4097 * 7168 * 3 + 4 * 4097 * 56
 
 
+def test_fused_quant_router_and_qk_norm_bytes() -> None:
+    # x [T, 2d] read, q [T, d] (1 byte) and one fp32 scale per 128 values written.
+    assert C.silu_and_mul_quant_bytes(4097, 4096, 2, 128) == 4097 * (2 * 4096 * 2 + 4096) + 4 * 4097 * 32
+    # x read, residual read and written, weight read, q and scales written.
+    assert C.fused_add_rms_norm_quant_bytes(4097, 4096, 2, 128) == (
+        4097 * 4096 * (3 * 2 + 1) + 4096 * 2 + 4 * 4097 * 32)
+    # logits read, fp32 weights and int32 ids written.
+    assert C.topk_softmax_bytes(4097, 256, 8, 2) == 4097 * 256 * 2 + 4097 * 8 * (4 + 4)
+    # q and k read and written, two weights of head_dim read.
+    assert C.qk_rms_norm_bytes(4097, 32, 8, 128, 2) == 2 * 4097 * 40 * 128 * 2 + 2 * 128 * 2
+
+
 def test_every_case_carries_its_formula_and_positive_bytes() -> None:
     for case in C.sweep(C.OPS):
         assert case.nbytes > 0 and case.formula and case.group
@@ -81,6 +93,11 @@ def test_full_sweep_covers_the_asked_shapes() -> None:
     assert {c.variant for c in full if c.op == "store_kv_cache"} == {"bf16 cache", "fp8 cache"}
     assert {c.variant for c in full if c.op == "per_tensor_quant_fp8"} == {"dynamic", "static"}
     assert {c.params["hidden"] for c in full if c.op == "per_token_group_quant_fp8"} == {4096, 7168}
+    assert {(c.params["experts"], c.params["topk"]) for c in full if c.op == "topk_softmax"} == {
+        (8, 2), (128, 8), (256, 8)}
+    assert {c.params["hidden"] for c in full if c.op == "fused_add_rms_norm_quant_fp8"} == {4096, 7168}
+    assert {c.params["d"] for c in full if c.op == "silu_and_mul_quant_fp8"} == {4096, 14336}
+    assert {c.tokens for c in full if c.op == "qk_rms_norm"} == set(C.TOKENS)
     assert {c.op for c in full} == set(C.OPS)
     assert len({_key(c) for c in full}) == len(full), "no row twice"
 
@@ -89,7 +106,7 @@ def test_quick_sweep_is_a_small_subset_with_the_headline_shape() -> None:
     full = {_key(c) for c in C.sweep(C.OPS)}
     quick = C.sweep(C.OPS, quick=True)
     assert {_key(c) for c in quick} <= full
-    assert len(quick) < 60
+    assert len(quick) < 75
     assert {c.op for c in quick} == set(C.OPS)
     assert all(any(c.op == op and c.tokens == C.HEADLINE_TOKENS for c in quick) for op in C.OPS)
 
@@ -311,7 +328,14 @@ class _FakeTimer:
 def _env(timer: _FakeTimer) -> Any:
     from cujit.tools.bench import ops
 
-    return ops.Env("cpu", ops.Compiler("off"), timer)
+    return ops.Env("cpu", ops.Compiler("off"), timer, max_position=256, num_slots=512)
+
+
+def _resolved(monkeypatch: pytest.MonkeyPatch, table: dict[str, Any]) -> None:
+    """Make the benchmark's op lookup answer from ``table`` alone."""
+    from cujit.tools.bench.ops import contenders
+
+    monkeypatch.setattr(contenders, "_RESOLVED", table)
 
 
 def test_row_on_cpu_checks_each_contender(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -397,6 +421,7 @@ def test_inplace_rows_reset_their_inputs(monkeypatch: pytest.MonkeyPatch) -> Non
 def _fake_ops() -> dict[str, Any]:
     """Correct stand-ins for the cujit ops, with their signatures, built from the references."""
     from cujit.tools.bench import references as refs
+    from cujit.tools.bench.ops import fused_quant, qk_norm
 
     def rotary_embedding(positions: Any, q: Any, k: Any, cos_sin_cache: Any, *, is_neox: bool = True,
                          rotary_dim: Any = None, head_size: Any = None) -> None:
@@ -426,8 +451,30 @@ def _fake_ops() -> dict[str, Any]:
         q, s = refs.per_token_group_quant_fp8(x, group_size)
         return q, s.t().contiguous().t()  # column-major storage of the same values
 
+    def topk_softmax(gating_output: Any, topk: int, renormalize: bool = False, *, weights: Any = None,
+                     ids: Any = None) -> Any:
+        import torch
+
+        w, i = torch.softmax(gating_output.float(), -1).topk(topk, -1)
+        if renormalize:
+            w = w / w.sum(-1, keepdim=True)
+        return weights.copy_(w), ids.copy_(i)
+
+    def qk_rms_norm(q: Any, k: Any, q_weight: Any, k_weight: Any, eps: float = 1e-6, *, gemma: bool = False) -> None:
+        qk_norm.qk_rms_norm(q, k, q_weight, k_weight, eps)
+
+    def silu_and_mul_quant_fp8(x: Any, group_size: int = 128, *, column_major_scales: bool = False, out: Any = None,
+                               scales: Any = None) -> Any:
+        return fused_quant.silu_and_mul_quant(x, group_size)
+
+    def fused_add_rms_norm_quant_fp8(x: Any, residual: Any, weight: Any, eps: float = 1e-6, *, group_size: int = 0,
+                                     column_major_scales: bool = False, gemma: bool = False, out: Any = None,
+                                     scales: Any = None) -> Any:
+        return fused_quant.add_rms_norm_quant(x, residual, weight, eps, group_size)
+
     return {f.__name__: f for f in (rotary_embedding, store_kv_cache, rotary_embedding_with_kv_cache,
-                                    per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8)}
+                                    per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8,
+                                    topk_softmax, qk_rms_norm, silu_and_mul_quant_fp8, fused_add_rms_norm_quant_fp8)}
 
 
 @pytest.mark.parametrize("op, variant, params", [
@@ -440,14 +487,17 @@ def _fake_ops() -> dict[str, Any]:
     ("per_tensor_quant_fp8", "static", {"hidden": 256}),
     ("per_token_group_quant_fp8", "", {"hidden": 256, "group_size": 128}),
     ("rotary_embedding_with_kv_cache", "neox", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
+    ("topk_softmax", "", {"experts": 64, "topk": 8}),
+    ("topk_softmax", "", {"experts": 8, "topk": 2}),
+    ("qk_rms_norm", "", {"q_heads": 4, "kv_heads": 2, "head_dim": 64}),
+    ("silu_and_mul_quant_fp8", "", {"d": 256, "group_size": 128}),
+    ("fused_add_rms_norm_quant_fp8", "", {"hidden": 256, "group_size": 128}),
 ])
 def test_every_family_on_cpu(op: str, variant: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     from cujit.tools.bench import ops
 
-    monkeypatch.setattr(ops, "NUM_SLOTS", 512)
-    monkeypatch.setattr(ops, "MAX_POSITION", 256)
-    monkeypatch.setattr(ops, "_RESOLVED", dict(_fake_ops()))
+    _resolved(monkeypatch, dict(_fake_ops()))
     extra = {"cache_dtype": "float8_e4m3fn" if variant == "fp8 cache" else "bfloat16"}
     case = C.Case(op, "bfloat16", 7, params, "g", 1000, "f", variant, extra)
     with torch.no_grad():
@@ -459,6 +509,60 @@ def test_every_family_on_cpu(op: str, variant: str, params: dict[str, Any], monk
         assert cells["cujit unfused"]["status"] == "ok", cells["cujit unfused"]
 
 
+def _ascending_topk(gating_output: Any, topk: int, renormalize: bool = False, *, weights: Any = None,
+                    ids: Any = None) -> Any:
+    import torch
+
+    w, i = torch.softmax(gating_output.float(), -1).topk(topk, -1, largest=True, sorted=True)
+    w, i = w.flip(-1), i.flip(-1)  # the right experts, in the wrong order
+    return weights.copy_(w / w.sum(-1, keepdim=True)), ids.copy_(i)
+
+
+def _repeated_topk(gating_output: Any, topk: int, renormalize: bool = False, *, weights: Any = None,
+                   ids: Any = None) -> Any:
+    import torch
+
+    w, i = torch.softmax(gating_output.float(), -1).topk(topk, -1)
+    i[:, -1] = i[:, 0]  # an expert picked twice
+    return weights.copy_(w / w.sum(-1, keepdim=True)), ids.copy_(i)
+
+
+def _qk_norm_into_v(q: Any, k: Any, q_weight: Any, k_weight: Any, eps: float = 1e-6, *, gemma: bool = False) -> None:
+    from cujit.tools.bench.ops import qk_norm
+
+    qk_norm.qk_rms_norm(q, k, q_weight, k_weight, eps)
+    width = k.shape[1]
+    k.as_strided((k.shape[0], 1), k.stride(), k.storage_offset() + width).fill_(0)  # the first value of v
+
+
+def _quant_writes_x(x: Any, residual: Any, weight: Any, eps: float = 1e-6, *, group_size: int = 0, **_: Any) -> Any:
+    from cujit.tools.bench.ops import fused_quant
+
+    result = fused_quant.add_rms_norm_quant(x, residual, weight, eps, group_size)
+    x.copy_(residual)
+    return result
+
+
+@pytest.mark.parametrize("op, fake, params, problem", [
+    ("topk_softmax", _ascending_topk, {"experts": 64, "topk": 8}, "picked: rel err"),
+    ("topk_softmax", _repeated_topk, {"experts": 64, "topk": 8}, "distinct: "),
+    ("qk_rms_norm", _qk_norm_into_v, {"q_heads": 4, "kv_heads": 2, "head_dim": 64}, "v: "),
+    ("fused_add_rms_norm_quant_fp8", _quant_writes_x, {"hidden": 256, "group_size": 128}, "x: "),
+])
+def test_new_ops_wrong_results_are_caught(op: str, fake: Any, params: dict[str, Any], problem: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from cujit.tools.bench import ops
+
+    _resolved(monkeypatch, {op: fake})
+    case = C.Case(op, "bfloat16", 7, params, "g", 1000, "f")
+    with torch.no_grad():
+        row = ops.run_case(case, _env(_FakeTimer()))
+    status = row["contenders"]["cujit"]["status"]
+    assert status.startswith("wrong: ") and problem in status, status
+    assert row["contenders"]["eager"]["status"] == "ok"
+
+
 def test_a_store_into_the_wrong_slots_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     from cujit.tools.bench import ops
@@ -468,8 +572,7 @@ def test_a_store_into_the_wrong_slots_is_caught(monkeypatch: pytest.MonkeyPatch)
                    v_scale: Any = None) -> None:
         refs.store_kv_cache(k, v, k_cache, v_cache, (slot_mapping + 1) % k_cache.shape[0], k_scale, v_scale)
 
-    monkeypatch.setattr(ops, "NUM_SLOTS", 512)
-    monkeypatch.setattr(ops, "_RESOLVED", {"store_kv_cache": off_by_one})
+    _resolved(monkeypatch, {"store_kv_cache": off_by_one})
     case = C.Case("store_kv_cache", "bfloat16", 7, {"kv_heads": 2, "head_size": 64}, "g", 1000, "f", "bf16 cache",
                   {"cache_dtype": "bfloat16"})
     with torch.no_grad():
@@ -492,7 +595,7 @@ def test_cujit_op_lookup_reports_missing_and_broken_modules(monkeypatch: pytest.
         "not available: importing cujit_bench_needs_more failed: No module named 'cujit_bench_absent_dependency'")
     found = ops._resolve("bench_good_op", "cujit_bench_good_module")
     assert callable(found) and found(3) == 3
-    monkeypatch.setattr(ops, "_RESOLVED", {})
+    _resolved(monkeypatch, {})
     with pytest.raises(ops.Unavailable, match=r"not available: no cujit\.bench_fake_op here"):
         ops.cujit_op("bench_fake_op")
 
@@ -507,6 +610,31 @@ def test_bind_by_parameter_name() -> None:
                     "op") == {"k": 1, "v": 2, "k_cache": 3, "v_cache": 4, "slot_mapping": 5, "k_scale": 6}
     with pytest.raises(ops.Unavailable, match="has a parameter 'slot_mapping' the benchmark does not know"):
         ops.bind(op, {"k": 1, "v": 2, "k_cache": 3, "v_cache": 4}, "op")
+
+
+def test_every_shipped_op_has_rows_or_a_reason() -> None:
+    import cujit
+    from cujit.tools.bench.ops import WITHOUT_ROWS
+
+    shipped = set(cujit.shipped_module_names())
+    missing = shipped - set(C.OPS) - set(WITHOUT_ROWS)
+    assert not missing, f"shipped ops without benchmark rows: add a module to cujit/tools/bench/ops/ or list them " \
+                        f"in WITHOUT_ROWS with the reason: {sorted(missing)}"
+    assert set(C.OPS) | set(WITHOUT_ROWS) <= shipped, "rows or reasons for ops cujit does not ship"
+    assert not set(C.OPS) & set(WITHOUT_ROWS)
+
+
+def test_families_are_collected_from_their_modules() -> None:
+    from cujit.tools.bench import ops
+
+    names = [family.name for family in ops.families()]
+    assert names == list(C.FAMILIES) == list(ops.BUILDERS)
+    assert names[:2] == ["norms", "qk_norm"] and names[-1] == "router"
+    assert ops.family_of("topk_softmax").name == "router"
+    for family in ops.families():
+        assert family.ops and all(C.sweep([op]) and C.sweep([op], quick=True) for op in family.ops)
+        # The report's own titles and the families' agree where both have one.
+        assert R.TITLES.get(family.name, family.title) == family.title
 
 
 # -- GPU smoke test ----------------------------------------------------------------------------------------------
@@ -535,3 +663,22 @@ def test_gpu_smoke_one_op_at_tiny_shapes(tmp_path: Path) -> None:
         assert (folder / "bench_ops.md").is_file()
     graph_row = json.loads((tmp_path / "bench_ops.json").read_text())["rows"][0]
     assert graph_row["contenders"]["compile"]["status"] == "ok", graph_row["contenders"]["compile"]
+
+
+@pytest.mark.gpu
+def test_gpu_new_op_families_check_and_time(tmp_path: Path) -> None:
+    """The router, per-head norm and fused FP8 rows on the GPU: every contender right, each family its own table."""
+    out = subprocess.run([sys.executable, "-m", "cujit", "bench", "--ops", "router", "qk_norm", "fused_quant",
+                          "--quick", "--tokens", "16,4097", "--sizes", "4096", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench_ops.json").read_text())["rows"]
+    assert {r["op"] for r in rows} == {"topk_softmax", "qk_rms_norm", "silu_and_mul_quant_fp8",
+                                       "fused_add_rms_norm_quant_fp8"}
+    assert {r["timing"] for r in rows} == {"graph", "flush"}
+    for r in rows:
+        for name in ("cujit", "eager", "compile"):
+            cell = r["contenders"][name]
+            assert cell["status"] == "ok" and cell["us"] > 0, (r["label"], r["tokens"], name, cell)
+    text = (tmp_path / "bench_ops.md").read_text()
+    assert "## MoE router" in text and "## Per-head RMSNorm" in text and "## Fused FP8 quantization" in text

@@ -1,14 +1,15 @@
 """``python -m cujit bench``: the runtime's benchmark sections, or with ``--ops`` the serving-op sweep.
 
 Modules: ``runtime`` (host time per call, matcher, bandwidth, start-up), ``timing`` (host and device timing
-helpers shared with ``benchmarks/``), ``cases`` (the sweep and the byte formulas), ``references`` (plain torch
-references), ``liger`` (Liger-Kernel adapters), ``ops`` (checking and timing each row), ``report`` (Markdown,
-JSON, plots).
+helpers shared with ``benchmarks/``), ``cases`` (the sweep, collected from the op families), ``references`` (plain
+torch references), ``liger`` (Liger-Kernel adapters), ``ops`` (one module per op family with its rows, byte
+formulas and inputs, and the runner that checks and times each row), ``report`` (Markdown, JSON, plots).
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 __all__ = ["main", "parser"]
@@ -25,10 +26,8 @@ of the same bytes, for cujit, torch eager and torch.compile of a plain reference
 the op; every contender checked against a reference first, all measured in this process, interleaved; rows of
 at most 16 tokens as CUDA-graph replays, larger ones with L2 flushed before each call. Writes DIR/bench_ops.md,
 DIR/bench_ops.json and DIR/<op>_<dtype>_<size>.png (with matplotlib).
-Names: ops (rms_norm, fused_add_rms_norm, silu_and_mul, gelu_and_mul, rotary_embedding, store_kv_cache,
-per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8, rotary_embedding_with_kv_cache) or families
-(norms, activations, rotary, kv_cache, quant, fused); none: all.
-Expected time on one H100: --quick 2-4 minutes, the full sweep 6-9 minutes (mostly torch.compile compiling
+{names}
+Expected time on one H100: --quick 2-5 minutes, the full sweep 7-11 minutes (mostly torch.compile compiling
 one graph per shape; --compile dynamic compiles once per size with the token count dynamic). The tables and the
 JSON are rewritten after every row; --time-limit starts no row after that many seconds.
 
@@ -61,7 +60,10 @@ def _seconds(text: str) -> float:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m cujit bench``."""
-    p = argparse.ArgumentParser(prog="python -m cujit bench", epilog=_EPILOG,
+    from .cases import FAMILIES, OPS
+
+    names = textwrap.fill(f"Names: ops ({', '.join(OPS)}) or families ({', '.join(FAMILIES)}); none: all.", 115)
+    p = argparse.ArgumentParser(prog="python -m cujit bench", epilog=_EPILOG.format(names=names),
                                 description="The runtime's benchmark sections, or with --ops the serving-op sweep.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ops = p.add_argument_group("serving-op sweep")

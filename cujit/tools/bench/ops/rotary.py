@@ -1,0 +1,128 @@
+"""Rotary embedding in place on q [T, Hq*D] and k [T, Hkv*D] (neox and gptj), against eager, compile and Liger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import liger
+from .. import references as refs
+from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
+from .contenders import (
+    Contender,
+    Env,
+    Family,
+    Setup,
+    accepts,
+    cujit_or_reason,
+    liger_or_reason,
+    restore,
+    tol,
+    torch_dtype,
+    unavailable,
+    upcast,
+)
+
+__all__ = ["FAMILY", "ROTARY_HEADS", "build_rotary", "rotary_bytes", "rotary_inputs"]
+
+#: (q heads, kv heads, head size) of the rows.
+ROTARY_HEADS = ((64, 16, 128), (32, 8, 128), (40, 10, 128))
+
+
+def rotary_bytes(tokens: int, q_heads: int, kv_heads: int, rotary_dim: int, itemsize: int, cache_itemsize: int,
+                 pos_itemsize: int) -> int:
+    """rotary_embedding, in place: read + write the rotated part of q and k, read positions and T cache rows.
+
+    2*T*(Hq + Hkv)*R*e + T*R*c + T*p (R rotary_dim, c bytes per cache element, p per position). The part of each
+    head past rotary_dim is neither read nor written.
+    """
+    return 2 * tokens * (q_heads + kv_heads) * rotary_dim * itemsize + tokens * rotary_dim * cache_itemsize \
+        + tokens * pos_itemsize
+
+
+def rotary_cases(op: str, quick: bool) -> list[Case]:
+    """bf16, neox style at every token count; the GPT-J style at the headline shape."""
+    tokens = QUICK_TOKENS if quick else TOKENS
+    heads = ROTARY_HEADS[:1] if quick else ROTARY_HEADS
+    cases: list[Case] = []
+    for style in ("neox", "gptj"):
+        # The GPT-J (interleaved) style moves the same bytes: measured at the headline shape only.
+        for qh, kh, hs in heads:
+            for t in tokens if style == "neox" else (HEADLINE_TOKENS,):
+                e = ITEMSIZE["bfloat16"]
+                nbytes = rotary_bytes(t, qh, kh, hs, e, e, ITEMSIZE["int64"])
+                cases.append(Case(op, "bfloat16", t,
+                                  {"q_heads": qh, "kv_heads": kh, "head_size": hs, "rotary_dim": hs},
+                                  f"{qh}q{kh}kv{hs}", nbytes, "2*T*(Hq+Hkv)*R*e + T*R*c + 8*T", style))
+    return cases
+
+
+def rotary_inputs(case: Case, env: Env) -> dict[str, Any]:
+    """Positions, a cos/sin cache of env.max_position rows, q and k of a rotary row; with the head counts."""
+    import torch
+
+    dtype, device = torch_dtype(case.dtype), env.device
+    tokens = case.tokens
+    qh, kh, hs, rd = (case.params[k] for k in ("q_heads", "kv_heads", "head_size", "rotary_dim"))
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+    angles = torch.outer(torch.arange(env.max_position, dtype=torch.float64, device=device), inv_freq)
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype)
+    positions = torch.randperm(env.max_position, device=device)[:tokens]
+    return {"positions": positions, "cos_sin_cache": cache, "head_size": hs, "qh": qh, "kh": kh, "rd": rd,
+            "q": torch.randn(tokens, qh * hs, dtype=dtype, device=device),
+            "k": torch.randn(tokens, kh * hs, dtype=dtype, device=device)}
+
+
+def build_rotary(case: Case, env: Env) -> Setup:
+    """rotary_embedding in place on q [T, Hq*D] and k [T, Hkv*D]; ``variant`` neox or gptj."""
+    import torch
+
+    inputs = rotary_inputs(case, env)
+    positions, cache, hs = inputs["positions"], inputs["cos_sin_cache"], inputs["head_size"]
+    q, k = inputs["q"], inputs["k"]
+    is_neox = case.variant == "neox"
+    want_q, want_k = upcast(q), upcast(k)
+    refs.rotary_embedding(positions, want_q, want_k, upcast(cache), hs, is_neox)
+    expected = {"q": want_q, "k": want_k}
+    bound = tol(q.dtype)
+
+    def inplace(name: str, call: Callable[[Any, Any], Any], **extra: Any) -> Contender:
+        qc, kc = q.clone(), k.clone()
+        return Contender(name, lambda: call(qc, kc), lambda: {"q": qc, "k": kc}, restore([(qc, q), (kc, k)]),
+                         **extra)
+
+    contenders: list[Contender] = []
+    op, reason = cujit_or_reason("rotary_embedding")
+    if op is None:
+        contenders.append(unavailable("cujit", reason))
+    else:
+        extra: dict[str, Any] = {"head_size": hs} if accepts(op, "head_size") else {}
+        contenders.append(inplace("cujit", lambda qc, kc: op(positions, qc, kc, cache, is_neox=is_neox, **extra)))
+    contenders.append(inplace("eager", lambda qc, kc: refs.rotary_embedding(positions, qc, kc, cache, hs, is_neox)))
+    qk, kk = q.clone(), k.clone()
+    contenders.append(env.compiler.contender(
+        case, "ref", lambda p, q, k, c: refs.rotary_embedding(p, q, k, c, hs, is_neox), (positions, qk, kk, cache),
+        reset=restore([(qk, q), (kk, k)]), outputs=lambda: {"q": qk, "k": kk}))
+    if not is_neox:
+        contenders.append(unavailable("liger", "n/a: Liger's rope is the neox (rotate-half) style only"))
+    else:
+        fn, why = liger_or_reason(liger.rope)
+        if fn is None:
+            contenders.append(unavailable("liger", why))
+        else:
+            tokens, rd = case.tokens, inputs["rd"]
+            rows = cache.index_select(0, positions)
+            cos = torch.cat((rows[:, : rd // 2], rows[:, : rd // 2]), dim=-1)[None].contiguous()
+            sin = torch.cat((rows[:, rd // 2:], rows[:, rd // 2:]), dim=-1)[None].contiguous()
+            nbytes = case.nbytes - tokens * positions.element_size()
+
+            def liger_call(qc: Any, kc: Any) -> Any:
+                return fn(qc.view(1, tokens, inputs["qh"], hs).transpose(1, 2),
+                          kc.view(1, tokens, inputs["kh"], hs).transpose(1, 2), cos, sin)
+
+            contenders.append(inplace("liger", liger_call, nbytes=nbytes,
+                                      note="[1, H, T, D] views, cos/sin gathered per token untimed, no positions"))
+    return Setup(expected, {"q": bound, "k": bound}, contenders, inplace=True)
+
+FAMILY = Family("rotary", "Rotary embedding (in place on q and k)", ("rotary_embedding",), rotary_cases, build_rotary,
+                order=30)
