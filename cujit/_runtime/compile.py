@@ -141,8 +141,11 @@ def compile_nvrtc(sources: SourceSet, arch: str, reached: Sequence[tuple[str, by
 
 
 def _prefix_digest(sources: SourceSet, reached: Sequence[tuple[str, bytes]]) -> str:
-    """What a shared prefix's PCH depends on besides the options and the toolchain: the files of the folders
-    searched before the CUDA headers (cujit's and the module's own), which the prefix's headers could reach."""
+    """What a shared prefix's PCH depends on besides the options and the toolchain.
+
+    The files of the folders searched before the CUDA headers (cujit's and the module's own): the prefix's headers
+    could reach them.
+    """
     user_roots = tuple(f"<I{i}>/" for i in range(1 + len(sources.include_paths)))
     h = hashlib.sha256()
     for name, data in reached:

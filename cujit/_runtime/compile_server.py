@@ -39,6 +39,8 @@ from .version import __version__
 
 __all__ = ["Request", "Result", "compile_remote", "run_nvrtc", "serve", "socket_path"]
 
+#: What the servers of this process did (tests read it): requests answered, and those compiled on a PCH.
+STATS = {"requests": 0, "pch_used": 0}
 #: Seconds a server waits for its next request before it exits.
 IDLE_S = 600.0
 #: Seconds a client waits for a server's answer; past it, the client compiles in-process.
@@ -196,7 +198,7 @@ def _start_server(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         package_root = Path(__file__).resolve().parent.parent.parent
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")])}
-        subprocess.Popen(  # noqa: S603
+        subprocess.Popen(
             [sys.executable, "-m", "cujit._runtime.compile_server", os.fspath(path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True, env=env, cwd=path.parent,
@@ -280,6 +282,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 prefix=tuple(map(str, message["prefix"])), prefix_digest=str(message["prefix_digest"]),  # type: ignore[call-overload]
             )
             pch = server.pch_for(request)
+            with server.lock:
+                STATS["requests"] += 1
+                STATS["pch_used"] += bool(pch)
             result = run_nvrtc(request, pch or ())
             _send(self.request, {
                 "ok": result.ok, "status": result.status, "log": result.log,
