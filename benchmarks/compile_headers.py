@@ -1,13 +1,16 @@
 """Compile time of the standard headers under NVRTC, each compile in a new process with an empty cache.
 
-    python benchmarks/compile_headers.py [--arch sm_90] [--repeat 5] [--light]
+    python benchmarks/compile_headers.py [--arch sm_90] [--repeat 5] [--light] [--server]
 
 Prints, per case, the best and the median over the repeats of the time ``JitModule.compile`` takes in a fresh
 process, after one unrelated warm-up compile (the first compile of a process also loads NVRTC's builtins, about as
 long as a small module takes), and the difference to the empty kernel.
 "heavy" is a kernel that includes <type_traits>, <cmath>, <utility> and cub/block/block_reduce.cuh; "heavy,
 unroll 16" is the same kernel with libcu++'s own default for NVRTC (-D_CCCL_META_UNROLL_LIMIT=16), which is how it
-compiled before cujit set nvcc's value.
+compiled before cujit set nvcc's value. Every case runs with CUJIT_COMPILE_SERVER=0 (each process compiles
+alone), except with --server: then only "heavy" runs, in new processes that share one cache folder (emptied of
+compiled modules before each) and so one compile server, already running, which has seen another kernel with the
+same leading includes; each repeat edits the kernel's body, so nothing is served from a cache.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,17 +72,44 @@ print(json.dumps((time.perf_counter() - t) * 1e3))
 """
 
 
-def run_case(folder: Path, name: str, prefix: str | None, flags: list[str], arch: str) -> float:
+def run_case(folder: Path, name: str, prefix: str | None, flags: list[str], arch: str,
+             server_cache: Path | None = None, variant: int = 0) -> float:
     source = folder / f"case_{abs(hash(name))}.cuh"
-    source.write_text(HEAVY if prefix is None else prefix + KERNEL)
+    text = HEAVY if prefix is None else prefix + KERNEL
+    source.write_text(text.replace("std::sqrt(v)", f"std::sqrt(v) + {variant}.0f"))
     warm = folder / "warm.cuh"
     warm.write_text("__global__ void warm_up(int* p) { *p = 0; }\n")
+    command = [sys.executable, "-c", CHILD, str(source), json.dumps(flags), arch, "1" if prefix is None else "0",
+               str(warm)]
+    if server_cache is not None:
+        for entry in server_cache.iterdir():  # an empty cache, but the same server
+            if entry.name != "server":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        env = {**os.environ, "CUJIT_CACHE_DIR": str(server_cache), "CUJIT_COMPILE_SERVER": "1"}
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "CUJIT_CACHE_DIR": cache}
-        command = [sys.executable, "-c", CHILD, str(source), json.dumps(flags), arch, "1" if prefix is None else "0",
-                   str(warm)]
+        env = {**os.environ, "CUJIT_CACHE_DIR": cache, "CUJIT_COMPILE_SERVER": "0"}
         out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def with_server(arch: str, repeat: int) -> None:
+    """The heavy kernel through a running compile server, against the same processes compiling alone."""
+    times: dict[str, list[float]] = {"heavy, alone": [], "heavy, server": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        cache.mkdir()
+        # Start the server and let it make the PCH of the heavy headers, from other kernels than those timed.
+        for variant in (-1, -2):
+            run_case(Path(tmp), "heavy", None, [], arch, cache, variant)
+            time.sleep(5)
+        for i in range(repeat):
+            times["heavy, alone"].append(run_case(Path(tmp), "heavy", None, [], arch, None, i))
+            times["heavy, server"].append(run_case(Path(tmp), "heavy", None, [], arch, cache, i))
+    for name, values in times.items():
+        print(f"{name:18s} best {min(values):8.1f} ms   median {statistics.median(values):8.1f} ms   "
+              f"all {' '.join(f'{v:.0f}' for v in values)}")
 
 
 LIGHT = ("<cstdint>", "<cstddef>", "<cmath>", "<cfloat>", "<climits>", "all five light")
@@ -117,6 +148,7 @@ def main() -> None:
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--light", action="store_true", help="only the light headers, in one process, 4x repeats")
+    parser.add_argument("--server", action="store_true", help="only the heavy kernel, alone and through a server")
     args = parser.parse_args()
     if args.light:
         light_in_process(args.arch, args.repeat * 4)
@@ -125,6 +157,9 @@ def main() -> None:
 
     print(f"NVRTC {'.'.join(map(str, toolchain.nvrtc_version()))}, {args.arch}, CPU: {_cpu()}, "
           f"{os.cpu_count()} cores, best / median of {args.repeat} new processes")
+    if args.server:
+        with_server(args.arch, args.repeat)
+        return
     times: dict[str, list[float]] = {name: [] for name in CASES}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):  # interleaved, so that a burst of load hits every case alike

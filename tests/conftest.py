@@ -55,6 +55,7 @@ def _fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     folder = tmp_path_factory.mktemp("cache")
     folder.chmod(0o700)
     monkeypatch.setenv("CUJIT_CACHE_DIR", str(folder / "cujit"))
+    monkeypatch.setenv("CUJIT_COMPILE_SERVER", "0")  # no test leaves a server behind; the server's tests start one
     for var in ("CUJIT_OFFLINE", "CUJIT_DISK_CACHE", "CUJIT_DUMP_SOURCE", "CUJIT_DEFAULT_ARCH", "CUJIT_CACHE_LAYERS"):
         monkeypatch.delenv(var, raising=False)
     cache.clear_memory()

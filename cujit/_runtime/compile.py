@@ -6,10 +6,11 @@ points at the real ``.cuh`` file and line. It also declares the signature probe 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import config, headers, toolchain
@@ -60,9 +61,27 @@ class SourceSet:
 
     def main_source(self) -> str:
         lines = [f"// cujit module {self.name}"]
+        lines += [f"#include <{name}>" for name in self.shared_prefix()]
         lines += [f'#include "{path.as_posix()}"' for path in self.files]
         lines.append(PROBE_DECLARATION)
         return "\n".join(lines) + "\n"
+
+    def shared_prefix(self) -> tuple[str, ...]:
+        """The standard and CUDA headers that the first kernel file includes before anything else, in its order.
+
+        The generated source includes them itself, ahead of the kernel file, so that modules whose files start
+        with the same headers share a leading sequence of ``#include`` lines: NVRTC can then use one precompiled
+        header of them for all such modules (see ``compile_server.py``). The meaning is unchanged: these headers
+        are include-guarded, so the kernel file's own includes of them are no-ops, and nothing but comments and
+        an include guard precedes them there. See :func:`headers.shared_prefix`.
+        """
+        if not self.files:
+            return ()
+        return headers.shared_prefix(self.files[0], self._user_dirs())
+
+    def _user_dirs(self) -> tuple[Path, ...]:
+        """The folders searched before the stand-ins and the CUDA headers for an ``#include <...>``."""
+        return (toolchain.cujit_include_dir(), *self.include_paths)
 
     def search_dirs(self) -> tuple[Path, ...]:
         """Folders searched for ``#include`` besides the includer's own, in NVRTC's order (the -I order).
@@ -101,35 +120,38 @@ def compile_nvrtc(sources: SourceSet, arch: str, reached: Sequence[tuple[str, by
     Raises:
         CompileError: NVRTC rejected the source; the error carries the log, options and name expressions.
     """
-    nvrtc = toolchain.nvrtc()
+    from .compile_server import Request, compile_remote, run_nvrtc  # the cache-miss path only
+
     source = sources.main_source()
     options = sources.options(arch)
     probes = {expr: probe_expression(expr) for expr in sources.expressions}
-    names = [*sources.expressions, *probes.values()]
-    program = nvrtc.createProgram(source, f"cujit_{sources.name}.cu", [], [])
-    try:
-        for expr in names:
-            nvrtc.addNameExpression(program, expr)
-        try:
-            pch = headers.pch_options(reached, sources.search_dirs(), sources.extra_cflags, arch)
-            nvrtc.compileProgram(program, [*pch, *options])
-        except nvrtc.NVRTCError as exc:
-            log = _program_log(nvrtc, program)
-            raise _compile_error(sources, options, source, log, str(exc)) from None
-        log = _program_log(nvrtc, program)
-        cubin = bytes(nvrtc.getCUBIN(program))
-        lowered = {expr: nvrtc.getLoweredName(program, expr) for expr in sources.expressions}
-        params = {expr: parse_probe(nvrtc.getLoweredName(program, probes[expr])) for expr in sources.expressions}
-    finally:
-        nvrtc.destroyProgram(program)
-    return Compiled(arch=arch, cubin=cubin, lowered=lowered, params=params, log=log)
+    request = Request(source, f"cujit_{sources.name}.cu", options, (*sources.expressions, *probes.values()))
+    prefix = sources.shared_prefix()
+    result = None
+    if prefix and reached is not None:
+        result = compile_remote(replace(request, prefix=prefix, prefix_digest=_prefix_digest(sources, reached)))
+    if result is None:
+        pch = headers.pch_options(reached, sources.search_dirs(), sources.extra_cflags, arch)
+        result = run_nvrtc(request, pch)
+    if not result.ok:
+        raise _compile_error(sources, options, source, result.log, result.status)
+    lowered = {expr: result.lowered[expr] for expr in sources.expressions}
+    params = {expr: parse_probe(result.lowered[probes[expr]]) for expr in sources.expressions}
+    return Compiled(arch=arch, cubin=result.cubin, lowered=lowered, params=params, log=result.log)
 
 
-def _program_log(nvrtc: object, program: object) -> str:
-    try:
-        return str(nvrtc.getProgramLog(program)).strip()  # type: ignore[attr-defined]
-    except Exception:  # the log is a courtesy; never hide the real error behind it
-        return ""
+def _prefix_digest(sources: SourceSet, reached: Sequence[tuple[str, bytes]]) -> str:
+    """What a shared prefix's PCH depends on besides the options and the toolchain.
+
+    The files of the folders searched before the CUDA headers (cujit's and the module's own): the prefix's headers
+    could reach them.
+    """
+    user_roots = tuple(f"<I{i}>/" for i in range(1 + len(sources.include_paths)))
+    h = hashlib.sha256()
+    for name, data in reached:
+        if name.startswith(user_roots):
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 def _compile_error(sources: SourceSet, options: Sequence[str], source: str, log: str, status: str) -> CompileError:

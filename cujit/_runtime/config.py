@@ -24,6 +24,7 @@ __all__ = [
     "cache_dir",
     "cache_layers",
     "check_arch",
+    "compile_server",
     "default_arch",
     "disk_cache_enabled",
     "dump_source",
@@ -90,6 +91,10 @@ VARIABLES: tuple[Variable, ...] = (
              _parse_flag),
     Variable("CUJIT_DUMP_SOURCE", "0", "1 adds the whole generated source, with line numbers, to a CompileError",
              _parse_flag),
+    Variable("CUJIT_COMPILE_SERVER", "1", "0 compiles in each process only; 1 lets a per-user compile server (one per "
+             "cache folder and toolchain, started on demand, gone after 10 idle minutes) compile modules whose "
+             "kernel files start with standard, CUDA or CCCL headers, on a precompiled header of them",
+             _parse_flag),
     Variable("CUJIT_DEFAULT_ARCH", "sm_90", "arch to compile for where there is no GPU to ask (`demo`, "
              "`precompile`, `JitModule.compile()`)", lambda name, raw: check_arch(raw, name)),
 )
@@ -124,6 +129,11 @@ def offline() -> bool:
 def dump_source() -> bool:
     """``CUJIT_DUMP_SOURCE``: whether a CompileError carries the numbered source in its message."""
     return _parse_flag("CUJIT_DUMP_SOURCE", _raw("CUJIT_DUMP_SOURCE"))
+
+
+def compile_server() -> bool:
+    """``CUJIT_COMPILE_SERVER``: whether compiles may go to the per-user compile server."""
+    return _parse_flag("CUJIT_COMPILE_SERVER", _raw("CUJIT_COMPILE_SERVER"))
 
 
 def default_arch() -> str:

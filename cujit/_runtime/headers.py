@@ -39,6 +39,7 @@ __all__ = [
     "nvrtc_options",
     "pch_options",
     "prelude",
+    "shared_prefix",
     "stand_in_dir",
     "use_pch",
     "HOST_ONLY_STAND_INS",
@@ -359,6 +360,101 @@ def nvrtc_options(arch: str, include_paths: Sequence[Path], extra_cflags: Sequen
         opts.append(f"-D{_CCCL_UNROLL}={_CCCL_UNROLL_NVCC}")
     opts += flags
     return tuple(opts)
+
+
+# ---------------------------------------------------------------------------------------------------- prefix
+_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_LEADING_INCLUDE = re.compile(r"#[ \t]*include[ \t]*<([^<>\s]+)>[ \t]*$")
+_PRAGMA_ONCE = re.compile(r"#[ \t]*pragma[ \t]+once[ \t]*$")
+_IFNDEF = re.compile(r"#[ \t]*ifndef[ \t]+(\w+)[ \t]*$")
+_DEFINE = re.compile(r"#[ \t]*define[ \t]+(\w+)[ \t]*$")
+_GUARD_HEAD = 4096  # a guarded header opens with a licence comment and its guard within this many bytes
+
+
+def _directives(text: str) -> list[str]:
+    """The lines of ``text`` with comments removed, stripped, empty ones left out (comments' newlines kept)."""
+    text = _COMMENTS.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def shared_prefix(kernel_file: Path, user_dirs: Sequence[Path]) -> tuple[str, ...]:
+    """The headers ``<name>`` that ``kernel_file`` includes before any other line, up to the first other line.
+
+    Comments, blank lines, ``#pragma once`` and an include guard (``#ifndef X`` / ``#define X``) may come before
+    and between them. Only headers that NVRTC finds in cujit's stand-ins, the CUDA headers or CCCL (not in
+    ``user_dirs``, searched first) and that are include-guarded count, so that including them once more before the
+    kernel file changes nothing; the list stops at the first one that does not qualify.
+    """
+    try:
+        with open(kernel_file, "rb") as f:  # noqa: PTH123
+            text = f.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return ()
+    names: list[str] = []
+    guard: str | None = None
+    for line in _directives(text):
+        if _PRAGMA_ONCE.match(line):
+            continue
+        if not names and guard is None and _IFNDEF.match(line):
+            guard = _IFNDEF.match(line)[1]  # type: ignore[index]
+            continue
+        define = _DEFINE.match(line)
+        if guard is not None and define and define[1] == guard:
+            guard = ""
+            continue
+        include = _LEADING_INCLUDE.match(line)
+        if include is None or not _guarded_system_header(include[1], tuple(user_dirs)):
+            break
+        names.append(include[1])
+    if guard:  # an #ifndef without its #define: not a guard, so nothing may move above it
+        return ()
+    return tuple(names)
+
+
+@functools.cache
+def _system_dirs() -> tuple[Path, ...]:
+    cccl = toolchain.cccl_include_dir()
+    return (stand_in_dir(), toolchain.cuda_include_dir(), *((cccl,) if cccl else ()), *extra_include_dirs())
+
+
+def _guarded_system_header(name: str, user_dirs: tuple[Path, ...]) -> bool:
+    """Whether ``<name>`` resolves to an include-guarded file of the stand-ins, the CUDA headers or CCCL."""
+    if ".." in name.split("/") or name.startswith("/"):
+        return False
+    for folder in user_dirs:
+        if os.path.isfile(os.path.join(folder, name)):  # noqa: PTH113, PTH118
+            return False
+    for folder in _system_dirs():
+        path = os.path.join(folder, name)  # noqa: PTH118
+        if os.path.isfile(path):  # noqa: PTH113
+            return _is_guarded(path)
+    return False
+
+
+@functools.lru_cache(maxsize=512)
+def _is_guarded_cached(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        with open(path, "rb") as f:  # noqa: PTH123
+            head = f.read(_GUARD_HEAD).decode("utf-8", "replace")
+    except OSError:
+        return False
+    lines = _directives(head)
+    if not lines:
+        return False
+    if _PRAGMA_ONCE.match(lines[0]):
+        return True
+    first = _IFNDEF.match(lines[0])
+    second = _DEFINE.match(lines[1]) if len(lines) > 1 else None
+    return bool(first and second and first[1] == second[1])
+
+
+def _is_guarded(path: str) -> bool:
+    """Whether the file opens with ``#pragma once`` or an ``#ifndef X`` / ``#define X`` guard."""
+    try:
+        st = os.stat(path)  # noqa: PTH116
+    except OSError:
+        return False
+    return _is_guarded_cached(path, st.st_size, st.st_mtime_ns)
 
 
 # ---------------------------------------------------------------------------------------------------- PCH
