@@ -91,7 +91,7 @@ VARIABLES: tuple[Variable, ...] = (
              _parse_flag),
     Variable("CUJIT_DUMP_SOURCE", "0", "1 adds the whole generated source, with line numbers, to a CompileError",
              _parse_flag),
-    Variable("CUJIT_COMPILE_SERVER", "1", "0 compiles in each process only; 1 lets a per-user compile server (one per "
+    Variable("CUJIT_COMPILE_SERVER", "0", "0 compiles in each process only; 1 lets a per-user compile server (one per "
              "cache folder and toolchain, started on demand, gone after 10 idle minutes) compile modules whose "
              "kernel files start with standard, CUDA or CCCL headers, on a precompiled header of them",
              _parse_flag),
