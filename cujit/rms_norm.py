@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import cujit
 
+from ._kernel_constants import header_constants
 from ._runtime.dtypes import DType, as_dtype
 from ._runtime.ops import aligned
 from ._runtime.tensors import tensor_info
@@ -24,12 +25,13 @@ __all__ = [
     "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm", "same_phase",
 ]
 
-# rms_norm_detail::kPath* in the kernel.
-PATH_VECTOR = 0  #: 16-byte vectors; the weight loaded with the row; ``rows`` rows per row group, pipelined
-PATH_SCALAR = 1  #: element loads, any alignment
-PATH_TILED = 2  #: rows longer than every one-tile configuration: two passes
-PATH_PHASED = 3  #: rows not 16-byte aligned: vectors from each row's first 16-byte boundary, scalar head and tail
-PATH_VECTOR_LATE = 4  #: 16-byte vectors, the weight loaded after the reduction (chosen by no rule; for comparison)
+# rms_norm_detail::kPath*, read from the kernel's own header (cujit/kernels/norm_plan.cuh).
+_KERNEL = header_constants("norm_plan.cuh")
+PATH_VECTOR = _KERNEL["kPathVector"]  #: 16-byte vectors; the weight loaded with the row; ``rows`` rows per group
+PATH_SCALAR = _KERNEL["kPathScalar"]  #: element loads, any alignment
+PATH_TILED = _KERNEL["kPathTiled"]  #: rows longer than every one-tile configuration: two passes
+PATH_PHASED = _KERNEL["kPathPhased"]  #: rows not 16-byte aligned: vectors from each row's first 16-byte boundary
+PATH_VECTOR_LATE = _KERNEL["kPathVectorLate"]  #: the weight loaded after the reduction (chosen by no rule)
 
 #: (threads per row, 16-byte vectors per thread) of the one-tile vector configurations, by increasing capacity.
 VECTOR_CONFIGS: tuple[tuple[int, int], ...] = (

@@ -15,6 +15,7 @@ import pytest
 from cujit.tools.bench import cases as C
 from cujit.tools.bench import main, parser
 from cujit.tools.bench import report as R
+from cujit.tools.bench import summary as S
 from cujit.tools.bench.timing import percentile, summarize
 from tests.conftest import gpu_count
 
@@ -682,3 +683,108 @@ def test_gpu_new_op_families_check_and_time(tmp_path: Path) -> None:
             assert cell["status"] == "ok" and cell["us"] > 0, (r["label"], r["tokens"], name, cell)
     text = (tmp_path / "bench_ops.md").read_text()
     assert "## MoE router" in text and "## Per-head RMSNorm" in text and "## Fused FP8 quantization" in text
+
+
+# -- the summary per op ------------------------------------------------------------------------------------------
+
+
+def _summary_rows() -> list[dict[str, Any]]:
+    """_rows(), and a row where a contender not in the report's columns (QuACK) beats cujit."""
+    rows = _rows()
+    quick = _row("rms_norm", 16, 3.0, 3.3)
+    quick["contenders"]["quack"] = _cell(2.4, quick["bytes"], quick["copy_gbps"])
+    return [*rows, quick]
+
+
+@pytest.mark.parametrize("device, tbps", [
+    ("NVIDIA H100 80GB HBM3", 3.35), ("NVIDIA H200", 4.8), ("NVIDIA H100 PCIe", 2.0), ("NVIDIA H100 NVL", 3.9),
+    ("NVIDIA A100-SXM4-80GB", 2.039), ("NVIDIA A100-SXM4-40GB", 1.555), ("NVIDIA L4", 0.3),
+])
+def test_peak_by_device_name(device: str, tbps: float) -> None:
+    peak, source = S.peak_for({"device": device})
+    assert peak == tbps and "table" in source
+
+
+def test_peak_given_or_unknown() -> None:
+    assert S.peak_for({"device": "NVIDIA H200", "peak_tbps": 4.0}) == (4.0, "given")
+    peak, source = S.peak_for({"device": "Tesla T4"})
+    assert peak is None and "no entry for Tesla T4" in source
+
+
+def test_op_summaries_against_every_contender() -> None:
+    found = {s["label"]: s for s in S.op_summaries(_summary_rows(), 3.35)}
+    assert list(found) == ["rms_norm", "silu_and_mul"]
+    norm = found["rms_norm"]
+    assert norm["rows"] == 4 and set(norm["against"]) == {"eager", "compile", "quack"}  # Liger was never timed
+    compile_ = norm["against"]["compile"]
+    assert compile_["rows"] == 3  # the row without cujit is left out
+    assert compile_["geomean"] == pytest.approx((2.5 / 2.0 * 50 / 48 * 3.3 / 3.0) ** (1 / 3))
+    assert compile_["worst"] == pytest.approx(50 / 48) and compile_["worst_row"] == "bf16 T=4097 hidden=8192"
+    assert norm["against"]["quack"] == {"rows": 1, "geomean": pytest.approx(0.8), "worst": pytest.approx(0.8),
+                                        "worst_row": "bf16 T=16 hidden=8192"}
+    # Only flushed rows count for the fraction of peak: 134.25 MB in 48 us is 2797 GB/s, 83% of 3.35 TB/s.
+    assert norm["peak"]["rows"] == 1 and norm["peak"]["max"] == pytest.approx(134_250_496 / 48e-6 / 3.35e12)
+    assert found["silu_and_mul"]["peak"]["max"] == pytest.approx(134_250_496 / 40e-6 / 3.35e12)
+    assert all(s["peak"] is None for s in S.op_summaries(_summary_rows(), None))
+
+
+def test_markdown_summary_per_op() -> None:
+    text = R.markdown(_summary_rows(), {"device": "NVIDIA H100 80GB HBM3"})
+    assert "## Summary per op" in text and text.index("## Summary per op") < text.index("## Norms")
+    assert "3.35 TB/s (H100 in the table of cujit/tools/bench/summary.py)" in text
+    assert ("| op | rows | vs torch eager | vs torch.compile | vs quack | cujit, fraction of peak | best fraction at |"
+            in text)
+    eager = (150 / 2.0 * 150 / 48 * 150 / 3.0) ** (1 / 3)
+    compile_ = (2.5 / 2.0 * 50 / 48 * 3.3 / 3.0) ** (1 / 3)
+    assert (f"| `rms_norm` | 4 | {eager:.2f}x (worst {150 / 48:.2f}x) | {compile_:.2f}x (worst 1.04x) | "
+            f"0.80x (worst 0.80x) | 83% | bf16 T=4097 hidden=8192 |") in text
+    assert "| `silu_and_mul` | 1 | 3.75x (worst 3.75x) | 1.00x (worst 1.00x) |  | 100% |" in text
+    assert "- where cujit is behind: `rms_norm` 0.80x quack at bf16 T=16 hidden=8192." in text
+    unknown = R.markdown(_rows(), {"device": "Tesla T4"})
+    assert "Peak DRAM bandwidth: unknown (no entry for Tesla T4" in unknown and "`--peak-tbps` gives it" in unknown
+
+
+def test_readme_table_and_its_markers() -> None:
+    table = S.readme_table(_summary_rows(), {"device": "NVIDIA H200", "date": "2026-12-06"})
+    assert table.startswith("Measured on NVIDIA H200 with `python -m cujit bench --ops` (2026-12-06)")
+    assert "4.8 TB/s" in table
+    # the closest peer besides torch.compile: QuACK (0.80x) rather than torch eager
+    assert "| `rms_norm` | 4 | 1.13x (worst 1.04x) | quack: 0.80x (worst 0.80x) | 58% |" in table
+    readme = f"# x\n\nbefore\n{S.README_BEGIN}\nold table\n{S.README_END}\nafter\n"
+    replaced = S.replace_readme_table(readme, table)
+    assert replaced == f"# x\n\nbefore\n{S.README_BEGIN}\n{table}{S.README_END}\nafter\n"
+    assert S.replace_readme_table(replaced, table) == replaced
+    with pytest.raises(ValueError, match="expected the lines <!-- bench-ops-summary:begin -->"):
+        S.replace_readme_table("no markers\n", table)
+    with pytest.raises(ValueError, match="in that order"):
+        S.replace_readme_table(f"{S.README_END}\n{S.README_BEGIN}\n", table)
+
+
+def test_summary_command_and_peak_rewrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "out"
+    R.write_report(_summary_rows(), {"device": "NVIDIA H100 80GB HBM3"}, folder, plots=False)
+    js = folder / "bench_ops.json"
+    assert S.main([str(js)]) == 0
+    assert "| `silu_and_mul` | 1 | 1.00x (worst 1.00x) | torch eager: 3.75x (worst 3.75x) | 100% |" in (
+        capsys.readouterr().out)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{S.README_BEGIN}\n{S.README_END}\n")
+    assert S.main([str(js), "--peak-tbps", "4", "--readme", str(readme)]) == 0
+    assert "4 TB/s (given)" in readme.read_text() and "| 84% |" in readme.read_text()
+    for argv, message in (([str(js), "--peak-tbps", "0"], "--peak-tbps: expected a positive number"),
+                          ([str(tmp_path / "none.json")], "expected a bench_ops.json"),
+                          ([str(js), "--readme", str(js)], "expected the lines")):
+        with pytest.raises(SystemExit):
+            S.main(argv)
+        assert message in capsys.readouterr().err
+    R.rewrite_report(folder, 5.0)
+    assert "5 TB/s (given)" in (folder / "bench_ops.md").read_text()
+    assert json.loads(js.read_text())["meta"]["peak_tbps"] == 5.0
+
+
+def test_peak_flag_needs_ops() -> None:
+    assert parser().parse_args(["--ops", "--peak-tbps", "3.35"]).peak_tbps == 3.35
+    with pytest.raises(SystemExit):
+        main(["--peak-tbps", "3.35"])
+    with pytest.raises(SystemExit):
+        main(["--ops", "--peak-tbps", "-1"])

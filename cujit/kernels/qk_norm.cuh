@@ -67,8 +67,8 @@ __global__ void __launch_bounds__(kBlock)
                                      k_stride, head_dim);
   const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
   const int64_t left = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
-  rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(head.row + first, head.row + first,
-                                                                head.weight + first, head_dim, left, eps);
+  const RowTensors<T, false> io{head.row + first, head.row + first, nullptr, 0, 0, 0};
+  norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(io, head.weight + first, head_dim, left, eps);
 }
 
 #endif  // CUJIT_KERNELS_QK_NORM_CUH_

@@ -7,6 +7,10 @@
 /// the stored values and rounded once on the way out; the fused kernel normalises the rounded sum, as the
 /// unfused `residual += x; x = rms_norm(residual)` does.
 ///
+/// Both kernels run one body (rms_norm_detail::norm), each path written once: a compile-time kFusedAdd selects
+/// where a row comes from and what is written besides the normalised row (RowTensors). The path ids and the
+/// limits that the host plan (cujit/rms_norm.py) must agree with are in norm_plan.cuh, which it reads.
+///
 /// Layout: a group of kRowThreads threads owns one row at a time (a sub-warp group, a warp, or several warps), and
 /// a block of kBlock threads owns kBlock / kRowThreads * kRows consecutive rows. Each thread holds kVecs vectors'
 /// worth (16 bytes each) of its row in registers, so that the row is read from memory once: the sum of squares is
@@ -40,15 +44,10 @@
 #include <cujit/reduce.cuh>
 #include <cujit/types.cuh>
 
+#include "norm_plan.cuh"
 #include "packed.cuh"
 
 namespace rms_norm_detail {
-
-constexpr int kPathVector = 0;
-constexpr int kPathScalar = 1;
-constexpr int kPathTiled = 2;
-constexpr int kPathPhased = 3;
-constexpr int kPathVectorLate = 4;
 
 /// The part of one tile of a row that one thread holds: kVecs * kLanes values, as kVecs 16-byte vectors of packed
 /// 32-bit words (see packed.cuh).
@@ -289,22 +288,82 @@ CUJIT_DEVICE float inverse_rms(float sum_squares, int64_t hidden, float eps) {
   return rsqrtf(sum_squares / static_cast<float>(hidden) + eps);
 }
 
-/// RMSNorm of a row that fits in one tile. `out`, `x` and `weight` point at this thread's first element
-/// (Fragment::thread_offset past the row start), `count` is the number of elements of the row from there on
-/// (zero or less for a thread past the row's end or a row past the last).
-template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma>
-CUJIT_DEVICE void rms_norm_tile(T* out, const T* x, const T* __restrict__ weight, int64_t hidden, int64_t count,
-                                float eps) {
+/// The rows a norm kernel reads and writes, and the one difference between its two forms. Plain RMSNorm
+/// (kFusedAdd false) reads x and writes the normalised rows to out. The fused form reads x and residual, writes
+/// round(residual + x) back to residual and the normalised sums to x (out is x; residual is unused when plain).
+/// The pointers point at one row's (or one thread's) first element, or at row 0 of the tensors with their strides.
+template <typename T, bool kFusedAdd>
+struct RowTensors {
+  T* out;
+  const T* x;
+  T* residual;
+  int64_t out_stride;
+  int64_t x_stride;
+  int64_t residual_stride;
+
+  /// The same tensors `row` rows and `first` elements on.
+  CUJIT_DEVICE RowTensors at(int64_t row, int64_t first) const {
+    return {out + row * out_stride + first, x + row * x_stride + first,
+            kFusedAdd ? residual + row * residual_stride + first : nullptr, out_stride, x_stride, residual_stride};
+  }
+  /// The tensor besides x that is read or written row by row, and whose alignment must match x's.
+  CUJIT_DEVICE const T* other() const { return kFusedAdd ? residual : out; }
+  CUJIT_DEVICE int64_t other_stride() const { return kFusedAdd ? residual_stride : out_stride; }
+  /// The rows that are normalised, once the fused form has stored the sums: x, or residual.
+  CUJIT_DEVICE const T* normalized() const { return kFusedAdd ? residual : x; }
+
+  /// Issue the loads of row `row` (at `first`, `where...` as the held type's load takes it): into `held` the
+  /// row, or for the fused form the residual, with x's values in `in` to be added by combine() once they are
+  /// needed. Deferring the add keeps the loads of a next row in flight across the reduction of the current one.
+  template <typename H, typename... Where>
+  CUJIT_DEVICE void load(H& held, H& in, int64_t row, int64_t first, const Where&... where) const {
+    if constexpr (kFusedAdd) {
+      in.load(x + row * x_stride + first, where...);
+      held.load(residual + row * residual_stride + first, where...);
+    } else {
+      held.load(x + row * x_stride + first, where...);
+    }
+  }
+  /// The fused form's held = round(residual + x); nothing for the plain form.
+  template <typename H>
+  static CUJIT_DEVICE void combine(H& held, const H& in) {
+    if constexpr (kFusedAdd) held.add(in);
+  }
+  /// The fused form's new residual is final before the reduction: stored at once, so that the store overlaps the
+  /// reduction. Nothing for the plain form.
+  template <typename H, typename... Where>
+  CUJIT_DEVICE void store_sum(const H& held, int64_t row, int64_t first, const Where&... where) const {
+    if constexpr (kFusedAdd) held.store(residual + row * residual_stride + first, where...);
+  }
+  /// Store the normalised row.
+  template <typename H, typename... Where>
+  CUJIT_DEVICE void store(const H& held, int64_t row, int64_t first, const Where&... where) const {
+    held.store(out + row * out_stride + first, where...);
+  }
+};
+
+/// RMSNorm (or fused add + RMSNorm) of a row that fits in one tile. `io` and `weight` point at this thread's
+/// first element (Fragment::thread_offset past the row start), `count` is the number of elements of the row from
+/// there on (zero or less for a thread past the row's end or a row past the last).
+template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma, bool kFusedAdd>
+CUJIT_DEVICE void norm_tile(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t hidden,
+                            int64_t count, float eps) {
   using F = Fragment<kVector, T, kRowThreads, kVecs>;
   F row, w;
-  row.load(x, count);
-  F::prefetch(weight, count);
+  {
+    F in;
+    io.load(row, in, 0, 0, count);
+    F::prefetch(weight, count);
+    io.combine(row, in);
+  }
+  io.store_sum(row, 0, 0, count);
+  if constexpr (kFusedAdd) row.forget();  // keep the packed sums, not the fp32 values they were rounded from
   const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(row.sum_squares()), hidden, eps);
   w.load(weight, count);
   cujit::pdl_launch_dependents();  // this thread's last global read has been issued
   row.forget();
   row.template normalize<kGemma>(w, inv_rms);
-  row.store(out, count);
+  io.store(row, 0, 0, count);
 }
 
 /// The second pass of the tiled paths: out = src * inv_rms * weight (or (1 + weight)), tile by tile; each thread
@@ -321,63 +380,22 @@ CUJIT_DEVICE void normalize_tiles(T* out, const T* src, const T* __restrict__ we
   }
 }
 
-/// RMSNorm of a row of any length, tile by tile; arguments as for rms_norm_tile.
-template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma>
-CUJIT_DEVICE void rms_norm_tiles(T* out, const T* x, const T* __restrict__ weight, int64_t hidden, int64_t count,
-                                 float eps) {
+/// RMSNorm (or fused add + RMSNorm) of a row of any length, tile by tile; arguments as for norm_tile.
+template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma, bool kFusedAdd>
+CUJIT_DEVICE void norm_tiles(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t hidden,
+                             int64_t count, float eps) {
   using F = Fragment<kVector, T, kRowThreads, kVecs>;
   float squares = 0.0f;
   for (int64_t begin = 0; begin < count; begin += F::kTile) {
-    F part;
-    part.load(x + begin, count - begin);
+    F part, in;
+    io.load(part, in, 0, begin, count - begin);
+    io.combine(part, in);
+    io.store_sum(part, 0, begin, count - begin);
     squares += part.sum_squares();
   }
   const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(squares), hidden, eps);
-  normalize_tiles<kVector, T, kRowThreads, kVecs, kGemma>(out, x, weight, count, inv_rms);
-  cujit::pdl_launch_dependents();
-}
-
-/// Fused add + RMSNorm of a row that fits in one tile; arguments as for rms_norm_tile.
-template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma>
-CUJIT_DEVICE void fused_add_rms_norm_tile(T* x, T* residual, const T* __restrict__ weight, int64_t hidden,
-                                          int64_t count, float eps) {
-  using F = Fragment<kVector, T, kRowThreads, kVecs>;
-  F sum, w;
-  {
-    F in;
-    in.load(x, count);
-    sum.load(residual, count);
-    F::prefetch(weight, count);
-    sum.add(in);
-  }
-  // The new residual is final before the reduction: store it now, so that the store overlaps the reduction.
-  sum.store(residual, count);
-  sum.forget();  // keep the packed sums, not the fp32 values they were rounded from
-  const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(sum.sum_squares()), hidden, eps);
-  w.load(weight, count);
-  cujit::pdl_launch_dependents();
-  sum.forget();
-  sum.template normalize<kGemma>(w, inv_rms);
-  sum.store(x, count);
-}
-
-/// Fused add + RMSNorm of a row of any length, tile by tile; arguments as for rms_norm_tile.
-template <bool kVector, typename T, int kBlock, int kRowThreads, int kVecs, bool kGemma>
-CUJIT_DEVICE void fused_add_rms_norm_tiles(T* x, T* residual, const T* __restrict__ weight, int64_t hidden,
-                                           int64_t count, float eps) {
-  using F = Fragment<kVector, T, kRowThreads, kVecs>;
-  float squares = 0.0f;
-  for (int64_t begin = 0; begin < count; begin += F::kTile) {
-    F in, sum;
-    in.load(x + begin, count - begin);
-    sum.load(residual + begin, count - begin);
-    sum.add(in);
-    sum.store(residual + begin, count - begin);
-    squares += sum.sum_squares();
-  }
-  const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(squares), hidden, eps);
-  // Each thread reads back the sums it stored itself above, in the same layout, so no barrier is needed.
-  normalize_tiles<kVector, T, kRowThreads, kVecs, kGemma>(x, residual, weight, count, inv_rms);
+  // The fused form reads back the sums each thread stored itself above, in the same layout: no barrier needed.
+  normalize_tiles<kVector, T, kRowThreads, kVecs, kGemma>(io.out, io.normalized(), weight, count, inv_rms);
   cujit::pdl_launch_dependents();
 }
 
@@ -412,13 +430,14 @@ struct RowLoop {
   }
 };
 
-/// RMSNorm with 16-byte vectors (kPathVector), up to kRows rows per row group. The weight is loaded together
-/// with the first row and kept in registers for all of them, so that no load waits behind a reduction; and the
-/// next row's loads are issued before the current row is reduced, so that they are in flight while it is
-/// reduced, scaled and stored. Registers: three fragments (the row, the next row, the weight).
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
-CUJIT_DEVICE void rms_norm_rows(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
-                                int64_t x_stride, int64_t out_stride, float eps) {
+/// RMSNorm (or fused add + RMSNorm) with 16-byte vectors (kPathVector), up to kRows rows per row group. The
+/// weight is loaded together with the first row and kept in registers for all of them, so that no load waits
+/// behind a reduction; and the next row's loads are issued before the current row is reduced, so that they are in
+/// flight while it is reduced, scaled and stored. Registers: three fragments (the row, the next row, the weight);
+/// four for the fused form (the sum, the next x and residual, the weight).
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd>
+CUJIT_DEVICE void norm_rows(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
+                            int64_t hidden, float eps) {
   using F = Fragment<true, T, kRowThreads, kVecs>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
   const L loop(rows);
@@ -426,63 +445,28 @@ CUJIT_DEVICE void rms_norm_rows(T* out, const T* x, const T* __restrict__ weight
   const int64_t count = hidden - first;
   int64_t row = L::first();
   F held, w;
-  held.load(x + loop.clamp(row, 0) * x_stride + first, loop.count(row, 0, count));
-  w.load(weight + first, count);
-#pragma unroll 1
-  for (int k = 0; k < loop.steps; ++k) {
-    const int64_t next_row = row + L::kGroups;
-    F next;
-    next.load(x + loop.clamp(next_row, k + 1) * x_stride + first, loop.count(next_row, k + 1, count));
-    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
-    const float inv_rms =
-        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
-    held.forget();
-    held.template normalize<kGemma>(w, inv_rms);
-    held.store(out + loop.clamp(row, k) * out_stride + first, loop.count(row, k, count));
-    held = next;
-    row = next_row;
-  }
-}
-
-/// Fused add + RMSNorm with 16-byte vectors, up to kRows rows per row group; as rms_norm_rows, with the next
-/// row's x and residual in flight (four fragments: the sum, the next x and residual, the weight).
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
-CUJIT_DEVICE void fused_add_rms_norm_rows(T* x, T* residual, const T* __restrict__ weight, int64_t rows,
-                                          int64_t hidden, int64_t x_stride, int64_t residual_stride, float eps) {
-  using F = Fragment<true, T, kRowThreads, kVecs>;
-  using L = RowLoop<kBlock, kRowThreads, kRows>;
-  const L loop(rows);
-  const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
-  const int64_t count = hidden - first;
-  int64_t row = L::first();
-  F sum, w;
   {
     F in;
-    const int64_t at = loop.clamp(row, 0);
-    in.load(x + at * x_stride + first, loop.count(row, 0, count));
-    sum.load(residual + at * residual_stride + first, loop.count(row, 0, count));
+    io.load(held, in, loop.clamp(row, 0), first, loop.count(row, 0, count));
     w.load(weight + first, count);
-    sum.add(in);
+    io.combine(held, in);
   }
 #pragma unroll 1
   for (int k = 0; k < loop.steps; ++k) {
     const int64_t at = loop.clamp(row, k), here = loop.count(row, k, count);
-    // The new residual is final before the reduction: store it now, so that the store overlaps the reduction.
-    sum.store(residual + at * residual_stride + first, here);
+    io.store_sum(held, at, first, here);
     const int64_t next_row = row + L::kGroups;
-    const int64_t next_at = loop.clamp(next_row, k + 1), there = loop.count(next_row, k + 1, count);
-    F next_x, next_sum;
-    next_x.load(x + next_at * x_stride + first, there);
-    next_sum.load(residual + next_at * residual_stride + first, there);
-    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
-    sum.forget();  // keep the packed sums, not the fp32 values they were rounded from
+    F next, next_in;
+    io.load(next, next_in, loop.clamp(next_row, k + 1), first, loop.count(next_row, k + 1, count));
+    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+    if constexpr (kFusedAdd) held.forget();  // keep the packed sums, not the fp32 values they were rounded from
     const float inv_rms =
-        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(sum.sum_squares(), k & 1), hidden, eps);
-    sum.forget();
-    sum.template normalize<kGemma>(w, inv_rms);
-    sum.store(x + at * x_stride + first, here);
-    next_sum.add(next_x);
-    sum = next_sum;
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
+    held.forget();
+    held.template normalize<kGemma>(w, inv_rms);
+    io.store(held, at, first, here);
+    io.combine(next, next_in);
+    held = next;
     row = next_row;
   }
 }
@@ -630,82 +614,46 @@ CUJIT_DEVICE void stage_weight(uint32_t* staged, const T* __restrict__ weight, i
 template <typename T, int kRowThreads, int kVecs>
 constexpr int kStagedWords = kRowThreads * kVecs * 4 + 4;
 
-/// RMSNorm of rows that are not 16-byte aligned (kPathPhased): vector loads and stores from each row's first
-/// 16-byte boundary, element loads for the head and tail, the weight read from a shared-memory copy at the row's
-/// alignment. Rows are looped over as in rms_norm_rows.
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
-CUJIT_DEVICE void rms_norm_phased(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
-                                  int64_t x_stride, int64_t out_stride, float eps) {
+/// RMSNorm (or fused add + RMSNorm) of rows that are not 16-byte aligned (kPathPhased): vector loads and stores
+/// from each row's first 16-byte boundary, element loads for the head and tail, the weight read from a
+/// shared-memory copy at the row's alignment (x and the other tensor in phase). Rows are looped over as in
+/// norm_rows.
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd>
+CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
+                              int64_t hidden, float eps) {
   using R = PhasedRow<T, kRowThreads, kVecs>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
   __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
   const L loop(rows);
   const int t = threadIdx.x % kRowThreads;
   int64_t row = L::first();
-  const T* in = x + loop.clamp(row, 0) * x_stride;
-  Phase<T> phase(in, hidden, loop.count(row, 0, 1) != 0);
+  Phase<T> phase(io.x + loop.clamp(row, 0) * io.x_stride, hidden, loop.count(row, 0, 1) != 0);
   R held;
-  held.load(in, phase, t);
-  stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
-  __syncthreads();
-#pragma unroll 1
-  for (int k = 0; k < loop.steps; ++k) {
-    const int64_t next_row = row + L::kGroups;
-    const T* next_in = x + loop.clamp(next_row, k + 1) * x_stride;
-    const Phase<T> next_phase(next_in, hidden, loop.count(next_row, k + 1, 1) != 0);
-    R next;
-    next.load(next_in, next_phase, t);
-    if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
-    const float inv_rms =
-        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
-    held.forget();
-    held.template normalize<kGemma>(staged, phase, t, inv_rms);
-    held.store(out + loop.clamp(row, k) * out_stride, phase, t);
-    held = next;
-    phase = next_phase;
-    row = next_row;
-  }
-}
-
-/// Fused add + RMSNorm of rows that are not 16-byte aligned; as rms_norm_phased, with x and residual in phase.
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma>
-CUJIT_DEVICE void fused_add_rms_norm_phased(T* x, T* residual, const T* __restrict__ weight, int64_t rows,
-                                            int64_t hidden, int64_t x_stride, int64_t residual_stride, float eps) {
-  using R = PhasedRow<T, kRowThreads, kVecs>;
-  using L = RowLoop<kBlock, kRowThreads, kRows>;
-  __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
-  const L loop(rows);
-  const int t = threadIdx.x % kRowThreads;
-  int64_t row = L::first();
-  Phase<T> phase(x + loop.clamp(row, 0) * x_stride, hidden, loop.count(row, 0, 1) != 0);
-  R sum;
   {
     R in;
-    in.load(x + loop.clamp(row, 0) * x_stride, phase, t);
-    sum.load(residual + loop.clamp(row, 0) * residual_stride, phase, t);
+    io.load(held, in, loop.clamp(row, 0), 0, phase, t);
     stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
-    sum.add(in);
+    io.combine(held, in);
   }
   __syncthreads();
 #pragma unroll 1
   for (int k = 0; k < loop.steps; ++k) {
     const int64_t at = loop.clamp(row, k);
-    sum.store(residual + at * residual_stride, phase, t);
+    io.store_sum(held, at, 0, phase, t);
     const int64_t next_row = row + L::kGroups;
     const int64_t next_at = loop.clamp(next_row, k + 1);
-    const Phase<T> next_phase(x + next_at * x_stride, hidden, loop.count(next_row, k + 1, 1) != 0);
-    R next_x, next_sum;
-    next_x.load(x + next_at * x_stride, next_phase, t);
-    next_sum.load(residual + next_at * residual_stride, next_phase, t);
+    const Phase<T> next_phase(io.x + next_at * io.x_stride, hidden, loop.count(next_row, k + 1, 1) != 0);
+    R next, next_in;
+    io.load(next, next_in, next_at, 0, next_phase, t);
     if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
-    sum.forget();
+    if constexpr (kFusedAdd) held.forget();
     const float inv_rms =
-        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(sum.sum_squares(), k & 1), hidden, eps);
-    sum.forget();
-    sum.template normalize<kGemma>(staged, phase, t, inv_rms);
-    sum.store(x + at * x_stride, phase, t);
-    next_sum.add(next_x);
-    sum = next_sum;
+        inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
+    held.forget();
+    held.template normalize<kGemma>(staged, phase, t, inv_rms);
+    io.store(held, at, 0, phase, t);
+    io.combine(next, next_in);
+    held = next;
     phase = next_phase;
     row = next_row;
   }
@@ -737,11 +685,13 @@ CUJIT_DEVICE bool vectorizable(int64_t hidden, const T* a, int64_t a_stride, con
          cujit::is_aligned(b, 16) && cujit::is_aligned(weight, 16);
 }
 
-/// The register budget: the vector and phased paths ask for at least 1024 resident threads per SM (at most 64
-/// registers per thread), enough rows in flight to cover the memory latency. The scalar paths hold one register
-/// per value and get what they need (at most 255, or 65536 / kBlock).
+/// The register budget: the vector and phased paths ask for at least kMinResidentThreads (1024) resident threads
+/// per SM (at most 64 registers per thread), enough rows in flight to cover the memory latency. The scalar paths
+/// hold one register per value and get what they need (at most 255, or 65536 / kBlock).
 template <int kBlock, int kPath>
-constexpr int kMinBlocks = kPath != kPathScalar && kPath != kPathTiled && kBlock < 1024 ? 1024 / kBlock : 1;
+constexpr int kMinBlocks = kPath != kPathScalar && kPath != kPathTiled && kBlock < kMinResidentThreads
+                               ? kMinResidentThreads / kBlock
+                               : 1;
 
 template <typename T, int kBlock, int kRowThreads, int kVecs, int kPath, int kRows>
 CUJIT_HOST_DEVICE constexpr bool check_config() {
@@ -753,9 +703,37 @@ CUJIT_HOST_DEVICE constexpr bool check_config() {
                 "only the vector and phased paths loop over rows");
   static_assert(kPath != kPathPhased || kRowThreads >= static_cast<int>(16 / sizeof(T)),
                 "a phased row's head and tail need a thread per element");
-  static_assert(kPath != kPathPhased || kStagedWords<T, kRowThreads, kVecs> * 4 <= 40 * 1024,
+  static_assert(kPath != kPathPhased || kStagedWords<T, kRowThreads, kVecs> * 4 <= kMaxStagedBytes,
                 "the staged weight must fit in static shared memory");
   return true;
+}
+
+/// The body of both norm kernels: the path kPath over the rows of `io` (pointing at row 0).
+template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs, int kRows, bool kFusedAdd>
+CUJIT_DEVICE void norm(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
+                       int64_t hidden, float eps) {
+  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath, kRows>());
+  cujit::pdl_wait();  // x, residual and weight may come from the previous kernel
+  if constexpr (kPath == kPathVector) {
+    norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, weight, rows, hidden, eps);
+  } else if constexpr (kPath == kPathPhased) {
+    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, weight, rows, hidden, eps);
+  } else if constexpr (kPath == kPathTiled) {
+    if (vectorizable(hidden, io.x, io.x_stride, io.other(), io.other_stride(), weight)) {
+      const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
+      norm_tiles<true, T, kBlock, kRowThreads, kVecs, kGemma>(io.at(at.row, at.first), weight + at.first, hidden,
+                                                              at.count, eps);
+    } else {
+      const Position<false, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
+      norm_tiles<false, T, kBlock, kRowThreads, kVecs, kGemma>(io.at(at.row, at.first), weight + at.first, hidden,
+                                                               at.count, eps);
+    }
+  } else {
+    constexpr bool kVector = kPath == kPathVectorLate;
+    const Position<kVector, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
+    norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(io.at(at.row, at.first), weight + at.first, hidden,
+                                                              at.count, eps);
+  }
 }
 
 }  // namespace rms_norm_detail
@@ -769,33 +747,8 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
     rms_norm_kernel(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,
                     int64_t x_stride, int64_t out_stride, float eps) {
   using namespace rms_norm_detail;
-  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath, kRows>());
-  cujit::pdl_wait();  // x and weight may come from the previous kernel
-  if constexpr (kPath == kPathVector) {
-    rms_norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(out, x, weight, rows, hidden, x_stride,
-                                                                out_stride, eps);
-  } else if constexpr (kPath == kPathPhased) {
-    rms_norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(out, x, weight, rows, hidden, x_stride,
-                                                                  out_stride, eps);
-  } else if constexpr (kPath == kPathTiled) {
-    if (vectorizable(hidden, x, x_stride, out, out_stride, weight)) {
-      const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-      rms_norm_tiles<true, T, kBlock, kRowThreads, kVecs, kGemma>(out + at.row * out_stride + at.first,
-                                                                  x + at.row * x_stride + at.first,
-                                                                  weight + at.first, hidden, at.count, eps);
-    } else {
-      const Position<false, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-      rms_norm_tiles<false, T, kBlock, kRowThreads, kVecs, kGemma>(out + at.row * out_stride + at.first,
-                                                                   x + at.row * x_stride + at.first,
-                                                                   weight + at.first, hidden, at.count, eps);
-    }
-  } else {
-    constexpr bool kVector = kPath == kPathVectorLate;
-    const Position<kVector, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-    rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(out + at.row * out_stride + at.first,
-                                                                  x + at.row * x_stride + at.first,
-                                                                  weight + at.first, hidden, at.count, eps);
-  }
+  const RowTensors<T, false> io{out, x, nullptr, out_stride, x_stride, 0};
+  norm<T, kGemma, kPath, kBlock, kRowThreads, kVecs, kRows>(io, weight, rows, hidden, eps);
 }
 
 /// In place: residual[r, :] = round(residual[r, :] + x[r, :]), then x[r, :] = rms_norm(residual[r, :]) * w.
@@ -805,31 +758,6 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
     fused_add_rms_norm_kernel(T* x, T* residual, const T* __restrict__ weight, int64_t rows, int64_t hidden,
                               int64_t x_stride, int64_t residual_stride, float eps) {
   using namespace rms_norm_detail;
-  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPath, kRows>());
-  cujit::pdl_wait();
-  if constexpr (kPath == kPathVector) {
-    fused_add_rms_norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(x, residual, weight, rows, hidden,
-                                                                          x_stride, residual_stride, eps);
-  } else if constexpr (kPath == kPathPhased) {
-    fused_add_rms_norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(x, residual, weight, rows, hidden,
-                                                                            x_stride, residual_stride, eps);
-  } else if constexpr (kPath == kPathTiled) {
-    if (vectorizable(hidden, x, x_stride, residual, residual_stride, weight)) {
-      const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-      fused_add_rms_norm_tiles<true, T, kBlock, kRowThreads, kVecs, kGemma>(
-          x + at.row * x_stride + at.first, residual + at.row * residual_stride + at.first, weight + at.first,
-          hidden, at.count, eps);
-    } else {
-      const Position<false, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-      fused_add_rms_norm_tiles<false, T, kBlock, kRowThreads, kVecs, kGemma>(
-          x + at.row * x_stride + at.first, residual + at.row * residual_stride + at.first, weight + at.first,
-          hidden, at.count, eps);
-    }
-  } else {
-    constexpr bool kVector = kPath == kPathVectorLate;
-    const Position<kVector, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
-    fused_add_rms_norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(
-        x + at.row * x_stride + at.first, residual + at.row * residual_stride + at.first, weight + at.first, hidden,
-        at.count, eps);
-  }
+  const RowTensors<T, true> io{x, x, residual, x_stride, x_stride, residual_stride};
+  norm<T, kGemma, kPath, kBlock, kRowThreads, kVecs, kRows>(io, weight, rows, hidden, eps);
 }

@@ -9,6 +9,7 @@ formulas and inputs, and the runner that checks and times each row), ``report`` 
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 from pathlib import Path
 
@@ -58,6 +59,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m cujit bench``."""
     from .cases import FAMILIES, OPS
@@ -78,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
                      "default), once per size with dynamic tokens (dynamic; 1 and 4097 tokens stay static), or off")
     ops.add_argument("--time-limit", type=_seconds, metavar="SECONDS", help="start no row after this many seconds "
                      "(the report lists the rows left out)")
+    ops.add_argument("--peak-tbps", type=_positive, metavar="TB/S", help="the card's peak DRAM bandwidth for the "
+                     "report's fraction of peak (default: from the table in cujit/tools/bench/summary.py by device "
+                     "name, e.g. H100 SXM 3.35, H200 4.8)")
     runtime = p.add_argument_group("runtime sections (without --ops)")
     runtime.add_argument("--json", help="also write the rows to this file")
     runtime.add_argument("--only", choices=_RUNTIME_SECTIONS, action="append", help="run only this section "
@@ -95,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ops is None:
         given = [flag for flag, value in (("--out", args.out), ("--quick", args.quick), ("--tokens", args.tokens),
                                           ("--sizes", args.sizes), ("--compile", args.compile),
-                                          ("--time-limit", args.time_limit)) if value]
+                                          ("--time-limit", args.time_limit), ("--peak-tbps", args.peak_tbps))
+                 if value]
         if given:
             p.error(f"{', '.join(given)}: expected with --ops")
         from .runtime import main as runtime_main
@@ -115,5 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = sweep(names, quick=args.quick, tokens=args.tokens, sizes=args.sizes)
     from .ops import run_sweep
 
-    return run_sweep(cases, args.out or Path("bench-ops"), args.compile or "static", args_list, args.quick,
-                     args.time_limit)
+    folder = args.out or Path("bench-ops")
+    code = run_sweep(cases, folder, args.compile or "static", args_list, args.quick, args.time_limit)
+    if args.peak_tbps is not None and (folder / "bench_ops.json").exists():
+        from .report import rewrite_report
+
+        rewrite_report(folder, args.peak_tbps)  # the sweep's report, its fraction of peak at the given peak
+    return code

@@ -1,5 +1,7 @@
 """The report of the serving-op sweep: a Markdown table per op family, a JSON of every row, PNG plots.
 
+The report opens with the summary per op of ``summary.py`` (cujit against each contender, fraction of peak).
+
 Works on plain row dicts (as ``ops.run_case`` returns them), so that it is tested without a GPU. A row::
 
     {"family", "op", "variant", "label", "dtype", "tokens", "shape": {...}, "group", "bytes", "formula",
@@ -13,14 +15,14 @@ Plots need matplotlib (``pip install 'cujit[bench]'``); without it they are skip
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .cases import FAMILIES, GRAPH_MAX_TOKENS, SHORT
+from .summary import DISPLAY, geomean, speedup, summary_lines
 
 __all__ = [
     "DISPLAY",
@@ -28,15 +30,13 @@ __all__ = [
     "markdown",
     "plot_name",
     "progress_line",
+    "rewrite_report",
     "speedup",
     "summary",
     "write_plots",
     "write_report",
 ]
 
-#: Column titles of the contenders, in column order.
-DISPLAY: dict[str, str] = {"cujit": "cujit", "cujit unfused": "cujit (unfused)", "eager": "torch eager",
-                           "compile": "torch.compile", "liger": "Liger"}
 TITLES: dict[str, str] = {
     "norms": "Norms",
     "activations": "Gated activations",
@@ -45,25 +45,6 @@ TITLES: dict[str, str] = {
     "quant": "FP8 quantization (e4m3)",
     "fused": "Rotary + KV-cache store: one fused op against the unfused sequence",
 }
-
-
-def geomean(values: Iterable[float]) -> float | None:
-    """The geometric mean of positive values; None for none."""
-    logs = [math.log(v) for v in values if v > 0 and math.isfinite(v)]
-    return math.exp(sum(logs) / len(logs)) if logs else None
-
-
-def _us(row: Mapping[str, Any], name: str) -> float | None:
-    cell = row["contenders"].get(name)
-    if not cell or cell.get("status") != "ok" or cell.get("us") is None:
-        return None
-    return float(cell["us"])
-
-
-def speedup(row: Mapping[str, Any], who: str = "cujit", against: str = "compile") -> float | None:
-    """``t_against / t_who`` (above 1: ``who`` is faster), or None where either was not timed."""
-    mine, theirs = _us(row, who), _us(row, against)
-    return theirs / mine if mine and theirs else None
 
 
 def summary(rows: Sequence[Mapping[str, Any]], who: str = "cujit", against: str = "compile") -> dict[str, Any]:
@@ -116,6 +97,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
                      f"{overall['rows']} rows): **{overall['geomean']:.2f}x**; slowest {overall['min']:.2f}x at "
                      f"{overall['min_row']}.")
         lines.append("")
+    lines += summary_lines(rows, meta)
     if meta.get("partial"):
         lines += ["**Partial: the sweep is still running or was stopped; these are the rows done so far.**", ""]
     if meta.get("not_run"):
@@ -292,3 +274,12 @@ def write_report(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], fol
     js.write_text(json.dumps(data, indent=1, default=str))
     written, message = write_plots(rows, folder, str(meta.get("device", ""))) if plots else ([], "plots off")
     return {"markdown": md, "json": js, "plots": written, "plot_message": message, "text": text}
+
+
+def rewrite_report(folder: Path, peak_tbps: float) -> dict[str, Any]:
+    """Rewrite the Markdown and JSON in ``folder`` from its ``bench_ops.json``, with the peak bandwidth given.
+
+    Plots are left as they are (they do not show the peak).
+    """
+    data = json.loads((folder / "bench_ops.json").read_text())
+    return write_report(data["rows"], {**data["meta"], "peak_tbps": peak_tbps}, folder, plots=False)

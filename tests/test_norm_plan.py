@@ -1,0 +1,90 @@
+"""The constants that the norm kernels share with their host plan are written once, in cujit/kernels/norm_plan.cuh.
+
+- The Python plan's path ids are the header's values, as the reader parses them, and NVRTC agrees with the reader
+  (a kernel that static_asserts every parsed value compiles; one that asserts a wrong value does not).
+- No other norm header declares a path id or a limit of its own.
+- The reader refuses a declaration it cannot parse instead of skipping it.
+- The plan's configurations stay inside the header's limits.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import cujit
+from cujit import _kernel_constants
+from cujit._kernel_constants import KERNELS, header_constants
+from cujit._runtime.errors import CompileError, CujitError
+from cujit.rms_norm import (
+    PATH_PHASED,
+    PATH_SCALAR,
+    PATH_TILED,
+    PATH_VECTOR,
+    PATH_VECTOR_LATE,
+    PHASED_CONFIGS,
+    SCALAR_CONFIGS,
+    TILED_CONFIG,
+    VECTOR_CONFIGS,
+)
+
+PLAN = header_constants("norm_plan.cuh")
+
+
+def test_path_ids_come_from_the_header() -> None:
+    assert {PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE} == {0, 1, 2, 3, 4}
+    assert (PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE) == (
+        PLAN["kPathVector"], PLAN["kPathScalar"], PLAN["kPathTiled"], PLAN["kPathPhased"], PLAN["kPathVectorLate"])
+    assert PLAN["kMinResidentThreads"] == 1024 and PLAN["kMaxStagedBytes"] == 40960
+
+
+def _checker(tmp_path: Path, values: dict[str, int]) -> cujit.JitModule:
+    source = tmp_path / "plan_check.cuh"
+    asserts = "\n".join(f"static_assert(rms_norm_detail::{k} == {v}, \"{k}\");" for k, v in values.items())
+    source.write_text(f'#include "{KERNELS / "rms_norm.cuh"}"\n{asserts}\n'
+                      "__global__ void plan_check(int* p) { p[0] = 1; }\n")
+    return cujit.load_jit("plan_check", cuda_files=[source], cuda_wrappers=[("plan_check", "plan_check")])
+
+
+def test_nvrtc_sees_the_values_the_reader_parses(tmp_path: Path) -> None:
+    assert _checker(tmp_path, PLAN).compile("sm_90").cubin[:4] == b"\x7fELF"
+    with pytest.raises(CompileError, match="kPathTiled"):
+        _checker(tmp_path, {**PLAN, "kPathTiled": PLAN["kPathTiled"] + 1}).compile("sm_90")
+
+
+@pytest.mark.parametrize("header", ["rms_norm.cuh", "qk_norm.cuh"])
+def test_no_other_norm_header_declares_a_plan_constant(header: str) -> None:
+    text = (KERNELS / header).read_text()
+    for name in PLAN:
+        assert not re.search(rf"\b{name}\s*=", text), f"{header} declares {name}: it belongs in norm_plan.cuh"
+    assert '#include "norm_plan.cuh"' in (KERNELS / "rms_norm.cuh").read_text()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("constexpr int kShift = 1 << 4;", "expected `constexpr int kName = <integer>;`"),
+    ("constexpr int64_t kWide = 4;", "expected `constexpr int kName = <integer>;`"),
+    ("constexpr int kA = 1;\nconstexpr int kA = 2;", "kA is declared twice"),
+])
+def test_reader_refuses_what_it_cannot_parse(line: str, message: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "plan.cuh").write_text(f"// constexpr in a comment is fine\nconstexpr int kOk = -3;  // ok\n{line}\n")
+    monkeypatch.setattr(_kernel_constants, "KERNELS", tmp_path)
+    header_constants.cache_clear()
+    try:
+        with pytest.raises(CujitError, match=re.escape(message)):
+            header_constants("plan.cuh")
+        (tmp_path / "good.cuh").write_text("constexpr int kOk = -3;  // ok\n  constexpr int kTwo=2;\n")
+        assert header_constants("good.cuh") == {"kOk": -3, "kTwo": 2}
+    finally:
+        header_constants.cache_clear()
+
+
+def test_plan_configurations_fit_the_kernel_limits() -> None:
+    for row_threads, vecs in PHASED_CONFIGS:
+        staged_words = row_threads * vecs * 4 + 4  # rms_norm.cuh's kStagedWords
+        assert staged_words * 4 <= PLAN["kMaxStagedBytes"], (row_threads, vecs)
+        assert row_threads >= 8  # a thread per head and tail element of a 16-bit row
+    for row_threads, _ in (*VECTOR_CONFIGS, *PHASED_CONFIGS, *SCALAR_CONFIGS, TILED_CONFIG):
+        assert row_threads & (row_threads - 1) == 0 and row_threads <= 1024
