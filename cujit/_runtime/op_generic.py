@@ -73,10 +73,9 @@ class GenericPath(Declared):
         for oname in self.outputs:
             if names[oname] is None:
                 names[oname] = self._allocate(oname, names, bindings, library, dev)
-                infos[oname] = info_of(names[oname], repr(oname))
-            else:
-                infos[oname] = info_of(names[oname], repr(oname))
-                verify_info(self.specs[oname], infos[oname], repr(oname), bindings)
+            infos[oname] = info_of(names[oname], repr(oname))
+            # An allocated output is verified too: that binds its own symbols (a row stride) from what was made.
+            verify_info(self.specs[oname], infos[oname], repr(oname), bindings)
             for sym in self.specs[oname].symbols():
                 if sym is not self.device_symbol:
                     names[sym.name] = bindings[sym][0]
