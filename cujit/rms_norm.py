@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import cujit
 
-from ._kernel_constants import header_constants
 from ._runtime.dtypes import DType, as_dtype
+from ._runtime.kernel_constants import header_constants
 from ._runtime.ops import aligned
 from ._runtime.tensors import tensor_info
 

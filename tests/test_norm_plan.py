@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import cujit
-from cujit import _kernel_constants
-from cujit._kernel_constants import KERNELS, header_constants
+from cujit._runtime import kernel_constants
 from cujit._runtime.errors import CompileError, CujitError
+from cujit._runtime.kernel_constants import KERNELS, header_constants
 from cujit.rms_norm import (
     PATH_PHASED,
     PATH_SCALAR,
@@ -70,7 +70,7 @@ def test_no_other_norm_header_declares_a_plan_constant(header: str) -> None:
 def test_reader_refuses_what_it_cannot_parse(line: str, message: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "plan.cuh").write_text(f"// constexpr in a comment is fine\nconstexpr int kOk = -3;  // ok\n{line}\n")
-    monkeypatch.setattr(_kernel_constants, "KERNELS", tmp_path)
+    monkeypatch.setattr(kernel_constants, "KERNELS", tmp_path)
     header_constants.cache_clear()
     try:
         with pytest.raises(CujitError, match=re.escape(message)):

@@ -12,12 +12,12 @@ import functools
 import re
 from pathlib import Path
 
-from ._runtime.errors import CujitError
+from .errors import CujitError
 
 __all__ = ["KERNELS", "header_constants"]
 
 #: The folder of the shipped kernel sources.
-KERNELS = Path(__file__).resolve().parent / "kernels"
+KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
 _DECLARATION = re.compile(r"^\s*constexpr\s+int\s+(k[A-Za-z0-9_]*)\s*=\s*(-?[0-9]+)\s*;\s*(//.*)?$")
 
