@@ -213,6 +213,20 @@ def bind_fakes(env: dict[str, Any], stub: StubBackend, device: int = 0) -> list[
     return made
 
 
+def fake(stub: StubBackend, t: torch.Tensor, device: int = 0) -> FakeCudaTensor:
+    """``t`` seen as a CUDA tensor of ``device`` by the launch paths under ``stub``."""
+    return FakeCudaTensor(t, device, stub)
+
+
+def last_launch(stub: StubBackend, fn: Any) -> tuple[tuple[Any, ...], list[Any]]:
+    """The instantiation (template fields) and the decoded arguments of the last launch, one of ``fn``'s kernels."""
+    launched = stub.launches[-1]
+    for key, loaded in fn.op.table.items():
+        if loaded.function == launched.function:
+            return key[:-1], launched.values(loaded.params)
+    raise AssertionError("the last launch is not one of this op's kernels")
+
+
 def count_slow(fn: Any) -> list[tuple[Any, ...]]:
     """The calls of ``fn``'s generic path from now on (the generated function reaches it through ``_slow``)."""
     calls: list[tuple[Any, ...]] = []

@@ -24,20 +24,12 @@ transformers = pytest.importorskip("transformers")
 
 import cujit  # noqa: E402
 from cujit.integrations import transformers as cujit_hf  # noqa: E402
+from tests.test_integrations_transformers import FAMILIES  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 COMMON = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=512)
-FAMILIES = {
-    "llama": transformers.LlamaConfig,
-    "qwen2": transformers.Qwen2Config,
-    "qwen3": transformers.Qwen3Config,
-    "mistral": transformers.MistralConfig,
-    "gemma": transformers.GemmaConfig,
-    "gemma2": transformers.Gemma2Config,
-    "gemma3": transformers.Gemma3TextConfig,
-}
 GEMMA = {"gemma", "gemma2", "gemma3"}
 STEPS = 4
 

@@ -32,7 +32,7 @@ from cujit.rms_norm import (
     rms_norm,
 )
 from cujit.silu_and_mul import activation_config, silu_and_mul
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, stub_backend
+from tests.stub_cuda import StubBackend, bind_fakes, count_slow, fake, last_launch, stub_backend
 
 torch = pytest.importorskip("torch")
 
@@ -107,19 +107,6 @@ def ops(stub: StubBackend) -> SimpleNamespace:
     return declared
 
 
-def fake(stub: StubBackend, t: torch.Tensor) -> FakeCudaTensor:
-    return FakeCudaTensor(t, 0, stub)
-
-
-def _last(stub: StubBackend, fn: Any) -> tuple[tuple[Any, ...], list[Any]]:
-    """The instantiation (template fields) and the decoded arguments of the last launch."""
-    launched = stub.launches[-1]
-    for key, loaded in fn.op.table.items():
-        if loaded.function == launched.function:
-            return key[:-1], launched.values(loaded.params)
-    raise AssertionError("the last launch is not one of this op's kernels")
-
-
 def _f32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
@@ -146,7 +133,7 @@ def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: Simpl
             generic = len(ops.rms_norm.slow)
             result = ops.rms_norm(fx, fw, 1e-5, out=fout)
             assert not second or len(ops.rms_norm.slow) == generic
-            key, values = _last(stub, ops.rms_norm)
+            key, values = last_launch(stub, ops.rms_norm)
             assert key[2:3] == (path,) and key[3] == block, (x.shape, x.stride(), key)
             rows, hidden = x.shape
             out_stride = hidden if fout is None else fout.stride()[0]
@@ -161,7 +148,7 @@ def test_rms_norm_in_place_gemma_and_refusals(stub: StubBackend, ops: SimpleName
     x, w = fake(stub, torch.randn(4, 1000, dtype=torch.float16)), fake(stub, torch.randn(1000, dtype=torch.float16))
     for _ in range(2):
         assert ops.rms_norm(x, w, gemma=True, out=x) is x
-        key, values = _last(stub, ops.rms_norm)
+        key, values = last_launch(stub, ops.rms_norm)
         assert key[1] is True and values[:2] == [x.data_ptr(), x.data_ptr()]
     assert len(ops.rms_norm.slow) == 1
     before = len(stub.launches)
@@ -193,7 +180,7 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
             generic = len(ops.fused_add_rms_norm.slow)
             assert ops.fused_add_rms_norm(fx, fr, w, 1e-6) is None
             assert not second or len(ops.fused_add_rms_norm.slow) == generic
-            key, values = _last(stub, ops.fused_add_rms_norm)
+            key, values = last_launch(stub, ops.fused_add_rms_norm)
             assert key[2] == path and key[3] == block
             assert values == [fx.data_ptr(), fr.data_ptr(), w.data_ptr(), 7, 8192, x.stride(0), residual.stride(0),
                               _f32(1e-6)]
@@ -225,7 +212,7 @@ def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNam
             out = fn(x, *extra)
             assert not second or len(fn.slow) == generic
             assert tuple(out.shape) == (*shape[:-1], d)
-            key, values = _last(stub, fn)
+            key, values = last_launch(stub, fn)
             assert values == [out.data_ptr(), x.data_ptr(), rows, d]
             block, vecs = activation_config(d, dtype)
             assert stub.launches[-1].grid == (math.ceil(rows * d / (block * vecs * lanes)), 1, 1)
@@ -244,7 +231,7 @@ def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNam
         with pytest.raises(cujit.CujitError, match="approximate must be 'none' or 'tanh'"):
             fn(x, "exact")
         fn(x)
-        assert _last(stub, fn)[0][1] is False
+        assert last_launch(stub, fn)[0][1] is False
     assert len(stub.launches) == before + (name == "gelu_and_mul")
 
 

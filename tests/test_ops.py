@@ -20,7 +20,7 @@ from cujit._runtime import op_generic
 from cujit._runtime import ops as ops_module
 from cujit._runtime.schema import parse_schema
 from tests import op_decls
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, fake, stub_backend
 
 KERNELS = Path(__file__).parent / "kernels"
 
@@ -39,10 +39,6 @@ def ops(stub: StubBackend) -> SimpleNamespace:
         fn.slow = count_slow(fn)
     return declared
 
-
-
-def fake(stub: StubBackend, t: torch.Tensor, device: int = 0) -> FakeCudaTensor:
-    return FakeCudaTensor(t, device, stub)
 
 
 def decode(stub: StubBackend, op: Any, index: int = -1) -> list[Any]:

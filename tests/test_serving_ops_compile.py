@@ -20,7 +20,7 @@ from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch, stub_backend
 
 torch = pytest.importorskip("torch")
 
@@ -52,18 +52,6 @@ def ops(stub: StubBackend) -> SimpleNamespace:
     return declared
 
 
-def fake(stub: StubBackend, t: torch.Tensor) -> FakeCudaTensor:
-    return FakeCudaTensor(t, 0, stub)
-
-
-def _last(stub: StubBackend, fn: Any) -> tuple[tuple[Any, ...], list[Any]]:
-    launched = stub.launches[-1]
-    for key, loaded in fn.op.table.items():
-        if loaded.function == launched.function:
-            return key[:-1], launched.values(loaded.params)
-    raise AssertionError("the last launch is not one of this op's kernels")
-
-
 # ------------------------------------------------------------------------------------------------ topk_softmax
 def test_topk_plan_holds_the_row_and_is_precompiled() -> None:
     instances = [_fields(f) for f in topk_softmax.op.instances()]
@@ -83,7 +71,7 @@ def test_topk_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamesp
         weights, ids = fn(x, min(8, experts), True)
         assert tuple(weights.shape) == (tokens, min(8, experts)) and weights.dtype == torch.float32
         assert tuple(ids.shape) == (tokens, min(8, experts)) and ids.dtype == torch.int32
-        key, values = _last(stub, fn)
+        key, values = last_launch(stub, fn)
         c = topk_config(experts)
         assert key[1:] == (c.block, c.row_lanes, c.per_lane)
         assert values == [weights.data_ptr(), ids.data_ptr(), x.data_ptr(), tokens, experts, experts + 3,
@@ -142,7 +130,7 @@ def test_qk_norm_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNam
         w = torch.randn(2, d + w_offset, dtype=f16)
         qw, kw = fake(stub, w[0, w_offset:]), fake(stub, w[1, w_offset:])
         assert fn(q, k, qw, kw, 1e-5, gemma=True) is None
-        key, values = _last(stub, fn)
+        key, values = last_launch(stub, fn)
         c = qk_norm_config(d, 2)
         assert c is not None
         assert key[1:] == (True, vector, c.block, c.row_threads, c.vecs), (columns, offset, d, w_offset)
