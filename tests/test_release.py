@@ -233,6 +233,26 @@ def test_doctor_on_one_screen() -> None:
     assert len(lines) <= 24
 
 
+def test_doctor_names_an_unusable_stack_and_its_fix(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from cujit.tools import doctor
+
+    def no_nvrtc() -> tuple[int, int]:
+        raise cujit.CujitError(release._nothing_usable([], None))
+
+    monkeypatch.setattr(toolchain, "nvrtc_version", no_nvrtc)
+    monkeypatch.setattr(release, "installed_nvrtc", lambda: [])
+    monkeypatch.setattr(release, "driver_version", lambda: None)
+    monkeypatch.setattr(doctor, "_cupy_flavour", lambda: None)
+    assert doctor.doctor() == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["NVRTC:        none usable", "CUDA headers: -", "crt/ headers: -"]
+    assert "CuPy kernels: not tried (CuPy is not installed)" in lines
+    assert lines[-2] == "verdict:      PROBLEMS"
+    assert lines[-1].startswith("  - no NVRTC that this machine can use (no driver: compile-only): found no libnvrtc")
+    assert lines[-1].endswith("Fix: pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12")
+
+
 def test_the_command_line_works_from_the_folder_above_a_clone(tmp_path: Path) -> None:
     # A folder named cujit with no __init__.py (a clone's root) first on sys.path shadows the package; with an
     # editable install, `python -m cujit` then ran this package's __main__ beside a namespace package `cujit`.

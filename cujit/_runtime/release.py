@@ -156,14 +156,13 @@ def _nothing_usable(installed: Sequence[NvrtcLibrary], driver: tuple[int, int] |
     if driver is None or not installed:
         fix = "pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12"
     else:
-        fix = f"pip install 'nvidia-cuda-nvrtc-cu12' 'nvidia-cuda-runtime-cu12' (CUDA 12, which driver " \
-              f"{_driver_text(driver)} loads), or update the NVIDIA driver"
-    return (f"no NVRTC that this machine can use: the driver supports {_driver_text(driver)}, found {got}. "
-            f"Fix: {fix}")
+        fix = ("pip install 'nvidia-cuda-nvrtc-cu12' 'nvidia-cuda-runtime-cu12' (CUDA 12 code, which this driver "
+               "loads), or update the NVIDIA driver")
+    return f"no NVRTC that this machine can use ({_driver_text(driver)}): found {got}. Fix: {fix}"
 
 
 def _driver_text(driver: tuple[int, int] | None) -> str:
-    return "no driver (compile-only)" if driver is None else "CUDA {}.{}".format(*driver)
+    return "no driver: compile-only" if driver is None else "a driver for CUDA {}.{}".format(*driver)
 
 
 # ---------------------------------------------------------------------------------------------------- driver

@@ -94,7 +94,12 @@ def diagnose() -> dict[str, Any]:
     if nvrtc_version:
         _attempt(lambda: release.check_driver(nvrtc_version, driver_version), problems)
     gpus = _gpus() if driver_version else []
-    cupy_kernels = _cupy_kernels(bool(gpus)) if nvrtc_version else {"works": None, "tried": False, "problem": None}
+    if _cupy_flavour() is None:
+        cupy_kernels = {"works": None, "tried": False, "problem": None, "why": "CuPy is not installed"}
+    elif not nvrtc_version:
+        cupy_kernels = {"works": None, "tried": False, "problem": None, "why": "no usable NVRTC"}
+    else:
+        cupy_kernels = _cupy_kernels(bool(gpus))
     if cupy_kernels["works"] is False and cupy_kernels["problem"]:
         problems.append(f"CuPy's own kernels: {cupy_kernels['problem']}")
     return {
@@ -133,8 +138,9 @@ def _text(report: dict[str, Any]) -> str:
     for lib in others:
         lines.append(f"  also found: NVRTC {lib['version'] or '?'}  {lib['path']}  ({lib['origin']})")
     lines += [
-        f"CUDA headers: {head['version'] or '-'}  {head['folder'] or ''}",
-        f"crt/ headers: {head['crt'] or 'not installed (only <mma.h> and friends need them)'}",
+        f"CUDA headers: {head['version'] or '-'}  {head['folder'] or ''}".rstrip(),
+        "crt/ headers: " + (head["crt"] or ("not installed (only <mma.h> and friends need them)" if head["folder"]
+                                              else "-")),
         "driver:       " + (f"CUDA {drv['cuda']}" if drv["cuda"] else "none (compiling for an explicit arch works)"),
     ]
     lines += [f"GPU {g['index']}:        {g['name']} ({g['arch']})" for g in report["gpus"]] or ["GPU:          none"]
@@ -153,7 +159,8 @@ def _text(report: dict[str, Any]) -> str:
     elif kernels["works"] is False:
         state = "no" + (" (tried)" if kernels["tried"] else " (predicted from the headers CuPy takes)")
     else:
-        state = "not tried (no GPU); the headers CuPy takes fit its NVRTC"
+        state = f"not tried ({kernels['why']})" if kernels.get("why") else \
+            "not tried (no GPU); the headers CuPy takes fit its NVRTC"
     lines.append(f"CuPy kernels: {state}")
     if report["problems"]:
         lines.append("verdict:      PROBLEMS")
