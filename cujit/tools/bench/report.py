@@ -37,14 +37,11 @@ __all__ = [
     "write_report",
 ]
 
-TITLES: dict[str, str] = {
-    "norms": "Norms",
-    "activations": "Gated activations",
-    "rotary": "Rotary embedding (in place on q and k)",
-    "kv_cache": "KV-cache store",
-    "quant": "FP8 quantization (e4m3)",
-    "fused": "Rotary + KV-cache store: one fused op against the unfused sequence",
-}
+def _title(family: str) -> str:
+    """The heading of a family's table: the title its module in ``ops/`` declares."""
+    from .ops.registry import families
+
+    return next((f.title for f in families() if f.name == family), family)
 
 
 def summary(rows: Sequence[Mapping[str, Any]], who: str = "cujit", against: str = "compile") -> dict[str, Any]:
@@ -131,7 +128,7 @@ def _family_table(family: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     columns = _columns(rows)
     head = ["op", "dtype", "shape", "T", "timing", "MB", "copy_", *(DISPLAY[c] for c in columns),
             "cujit vs torch.compile"]
-    lines = [f"## {TITLES[family]}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = [f"## {_title(family)}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     # A contender's note (what it moves or does differently) is numbered once per table and marked in its cells.
     notes: dict[str, int] = {}
     for r in rows:

@@ -20,7 +20,7 @@ from .. import liger
 from ..timing import L2Flush, Timing, capture_graph, time_flushed, time_graphs
 from .case import Case
 from .contenders import Compiler, Contender, Env, Setup, compare
-from .registry import families, family_of
+from .registry import family_of
 
 __all__ = ["CALLS_PER_GRAPH", "CONTENDERS", "GpuTimer", "run_case", "run_sweep"]
 
@@ -219,12 +219,8 @@ def run_sweep(cases: Sequence[Case], folder: Path, compile_mode: str = "static",
 
     import torch
 
-    from .. import report
     from ..report import progress_line, write_report
 
-    # The report keeps a title per family of its own; a family it does not list yet gets the one its module declares.
-    for family in families():
-        report.TITLES.setdefault(family.name, family.title)
     if not torch.cuda.is_available():
         print("cujit bench --ops needs a CUDA GPU; none is visible here.", file=sys.stderr)
         return 1
