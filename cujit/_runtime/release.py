@@ -129,7 +129,8 @@ def loaded_nvrtc() -> list[NvrtcLibrary]:
         data = Path("/proc/self/maps").read_text(errors="surrogateescape")
     except OSError:
         return []
-    paths = dict.fromkeys(re.findall(r"(/\S*/libnvrtc\.so\.\d+\S*)$", data, re.MULTILINE))
+    # The path is the rest of the line, and may hold spaces.
+    paths = dict.fromkeys(re.findall(r"(/[^\n]*/libnvrtc\.so[^/\n]*)$", data, re.MULTILINE))
     found = [NvrtcLibrary(Path(p), library_version(Path(p)), LOADED) for p in paths]
     return sorted(found, key=lambda lib: -(lib.version or (0, 0))[0])
 

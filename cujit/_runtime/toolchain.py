@@ -165,16 +165,12 @@ def _candidate_folders(search_path: Sequence[str]) -> Iterable[tuple[Path, str]]
 
 
 def _beside_loaded_nvrtc() -> Iterable[tuple[Path, str]]:
-    """The header folders of the releases whose libnvrtc this process has loaded (Linux: from /proc/self/maps).
+    """The header folders of the releases whose libnvrtc this process has loaded (see ``release.loaded_nvrtc``).
 
     torch may have loaded one NVRTC and CuPy another; the version rule picks among their folders.
     """
-    try:
-        data = Path("/proc/self/maps").read_bytes()
-    except OSError:
-        return
-    for raw in dict.fromkeys(re.findall(rb"(/[^\n]*/libnvrtc\.so[^/\n]*)\n", data)):
-        library = Path(os.fsdecode(raw))
+    for loaded in release.loaded_nvrtc():
+        library = loaded.path
         # A toolkit's lib64/ -> include/, a CUDA 13 wheel's cu13/lib -> cu13/include, a CUDA 12 wheel's
         # cuda_nvrtc/lib -> cuda_runtime/include.
         root = library.parent.parent
