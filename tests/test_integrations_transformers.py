@@ -127,8 +127,12 @@ def test_context_manager_and_the_modeling_module_is_untouched() -> None:
         assert modeling_llama.LlamaAttention.forward is forward
         assert all(type(m) is not cujit_hf.CujitRMSNorm for m in other.modules())  # per instance
         attn = model.model.layers[0].self_attn
-        assert attn.forward.__func__.__globals__["apply_rotary_pos_emb"] is cujit_hf.apply_rotary_pos_emb
-        assert attn.forward.__func__.__code__ is forward.__code__
+        patched = attn.forward.__func__
+        assert patched.__code__ is forward.__code__  # the same decorators, if any, around the patched copy
+        caller = patched
+        while "apply_rotary_pos_emb" not in caller.__code__.co_names:
+            caller = caller.__wrapped__
+        assert caller.__globals__["apply_rotary_pos_emb"] is cujit_hf.apply_rotary_pos_emb
     assert not handle.active
     assert type(model.model.norm) is norm_cls
 
@@ -218,9 +222,11 @@ def _gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
 
 def _rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, *,
-            is_neox: bool = True) -> None:
+            is_neox: bool = True, head_size: int | None = None) -> None:
     assert is_neox and q.dim() == 2 and k.dim() == 2 and positions.shape == (q.shape[0],) == (k.shape[0],)
     dim = table.shape[1]
+    # The op's contract: 2-D q and k need the head size (rotary_embedding refuses them without it).
+    assert head_size == dim, f"head_size={head_size} for a table of width {dim}"
     half = dim // 2
     cos, sin = table[positions, :half].float()[:, None], table[positions, half:].float()[:, None]
     for x in (q, k):

@@ -310,7 +310,7 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
         raise CujitError(f"rotary embedding: expected cos and sin of the head size {dim}, got {table.shape[-1]}")
     q_rows = q.transpose(1, 2).reshape(batch * seq, heads * dim)
     k_rows = k.transpose(1, 2).reshape(batch * seq, kv_heads * dim)
-    rotary_embedding(positions, q_rows, k_rows, table, is_neox=True)
+    rotary_embedding(positions, q_rows, k_rows, table, is_neox=True, head_size=dim)
     return (q_rows.view(batch, seq, heads, dim).transpose(1, 2),
             k_rows.view(batch, seq, kv_heads, dim).transpose(1, 2))
 
@@ -326,6 +326,52 @@ def _table_forward(original: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -
         return rotary_table(cos, sin, x.shape[0])
 
     return forward
+
+
+def _rotary_caller(forward: Any, modeling: types.ModuleType) -> Any:
+    """The function of ``forward``'s decorator chain that calls the modeling module's ``apply_rotary_pos_emb``.
+
+    Attention forwards come bare or wrapped (``functools.wraps``) by transformers' keyword deprecation and by the
+    ``kernels`` package's per-instance function routing. The function sought is the one compiled in the modeling
+    module (its globals are the module's) that names ``apply_rotary_pos_emb``; None when there is none, or when a
+    wrapper does not hold the next function in its closure (then it cannot be rebuilt around a patched copy).
+    """
+    function = forward
+    for _ in range(8):  # a handful of decorators at most
+        code = getattr(function, "__code__", None)
+        if code is None:
+            return None
+        if function.__globals__ is vars(modeling) and "apply_rotary_pos_emb" in code.co_names:
+            return function
+        inner = getattr(function, "__wrapped__", None)
+        if inner is None or not any(_cell(c) is inner for c in function.__closure__ or ()):
+            return None
+        function = inner
+    return None
+
+
+def _cell(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return None
+
+
+def _rewrap(function: Any, target: Any, replacement: Any) -> Any:
+    """``function``'s decorator chain rebuilt with ``replacement`` in place of ``target`` (see _rotary_caller)."""
+    if function is target:
+        return replacement
+    inner = function.__wrapped__
+    new_inner = _rewrap(inner, target, replacement)
+    cells = tuple(types.CellType(new_inner) if _cell(c) is inner else c for c in function.__closure__)
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              cells)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__qualname__ = function.__qualname__
+    copy.__doc__ = function.__doc__
+    copy.__dict__.update(function.__dict__)
+    copy.__wrapped__ = new_inner  # type: ignore[attr-defined]
+    return copy
 
 
 def _with_globals(function: Callable[..., Any], scope: dict[str, Any]) -> Callable[..., Any]:
@@ -488,14 +534,16 @@ def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, a
         reason = f"a subclass of {attention_cls.__name__} (unknown forward)"
     elif "forward" in vars(rotaries[0][1]) or any("forward" in vars(m) for _, m in rotaries + attentions):
         reason = "a rotary or attention module already has its own forward (patched by something else)"
-    elif hasattr(forward, "__wrapped__") or "apply_rotary_pos_emb" not in forward.__code__.co_names:
-        reason = f"{attention_cls.__name__}.forward does not call the modeling module's apply_rotary_pos_emb"
+    else:
+        caller = _rotary_caller(forward, modeling)
+        if caller is None:
+            reason = f"{attention_cls.__name__}.forward does not call the modeling module's apply_rotary_pos_emb"
     if reason is not None:
         handle.skipped.append(f"rotary embedding: {reason}")
         return
     scope = dict(vars(modeling))
     scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
-    patched_forward = _with_globals(forward, scope)
+    patched_forward = _rewrap(forward, caller, _with_globals(caller, scope))
     for name, module in rotaries:
         handle._undo.append(_set_forward(module, _table_forward(module.forward)))
         handle._record("rotary", name)
