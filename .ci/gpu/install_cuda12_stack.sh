@@ -3,6 +3,13 @@
 # with `pip install --no-deps --target TARGET_DIR`, beside whatever (CUDA 13) torch and CuPy the machine has.
 #
 #   bash .ci/gpu/install_cuda12_stack.sh PARTS_DIR TARGET_DIR
+#   bash .ci/gpu/install_cuda12_stack.sh PARTS_DIR -
+#
+# With `-` the wheels go into the interpreter's own environment instead, after removing any other CuPy wheel: the
+# layout of the default install (`pip install cujit` beside a CUDA 13 torch), where torch's nvidia/cu13 and the
+# CUDA 12 wheels share one site-packages. Prefer it for test runs: with a separate TARGET_DIR first on the path,
+# cuda.pathfinder (which CuPy uses to load NVRTC for its own kernels) finds TARGET_DIR's NVRTC 12 before torch's
+# NVRTC 13, a search order no real install has.
 #
 # Then, from the checkout, run the GPU tests and the demo with that stack first on the path:
 #
@@ -36,11 +43,22 @@ while read -r file size sum; do
     offset=$((offset + size))
 done < "$manifest"
 
-"$python" -m pip install --quiet --no-deps --upgrade --target "$target" "${files[@]}"
-echo "installed into $target:"
-ls "$target"
 cd "$(dirname "$0")/../.."
-PYTHONPATH="$target:$PWD" "$python" - <<'PY'
+if [ "$target" = "-" ]; then
+    # Every CuPy wheel owns the `cupy` module: remove the others first, as a user switching wheels would.
+    others=$("$python" -m pip list --format=freeze 2>/dev/null | grep -i '^cupy-' | grep -iv '^cupy-cuda12x==' \
+        | cut -d= -f1 || true)
+    [ -z "$others" ] || "$python" -m pip uninstall --quiet -y $others
+    "$python" -m pip install --quiet --no-deps --upgrade "${files[@]}"
+    echo "installed into $("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    path="$PWD"
+else
+    "$python" -m pip install --quiet --no-deps --upgrade --target "$target" "${files[@]}"
+    echo "installed into $target:"
+    ls "$target"
+    path="$target:$PWD"
+fi
+PYTHONPATH="$path" "$python" - <<'PY'
 import torch  # first, as in the tests: its CUDA build loads its own NVRTC
 import cupy
 from cujit._runtime import toolchain

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from .._runtime import config, driver, headers, release, toolchain
@@ -28,12 +29,30 @@ def _attempt(fn: Callable[[], Any], problems: list[str]) -> Any:
 
 
 def _cupy_flavour() -> str | None:
+    """The CuPy distribution whose ``cupy`` module Python imports here (not merely one that is installed).
+
+    Two CuPy wheels can be installed at once (each brings a ``cupy`` module, and the first on the path wins); the
+    one named is the owner of the module found, with the others listed after it.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("cupy")
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    owner, others = None, []
     for name in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"):
         try:
-            return f"{name} {metadata.version(name)}"
+            dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
-    return None
+        found = f"{name} {dist.version}"
+        located = Path(str(dist.locate_file("cupy/__init__.py"))).resolve()
+        if owner is None and origin is not None and located == origin:
+            owner = found
+        else:
+            others.append(found)
+    if owner is None:
+        return ", ".join(others) or None
+    return owner + (f" (also installed, not imported: {', '.join(others)})" if others else "")
 
 
 def _torch() -> dict[str, Any]:
