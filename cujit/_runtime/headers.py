@@ -60,10 +60,10 @@ _TRUSTED_FOUND_VIA = ("site-packages", "conda", "CUDA_PATH", "CUDA_HOME")
 #: The standard headers that cujit provides under NVRTC with their device meaning (see
 #: cujit/include_nvrtc/README.md).
 STAND_INS: tuple[str, ...] = (
-    "algorithm", "array", "assert.h", "bit", "cassert", "cfloat", "climits", "cmath", "concepts", "cstddef",
-    "cstdint", "cstdio", "cstdlib", "cstring", "float.h", "functional", "initializer_list", "limits",
-    "limits.h", "math.h", "numeric", "optional", "span", "stddef.h", "stdint.h", "stdio.h", "stdlib.h",
-    "string.h", "tuple", "type_traits", "utility",
+    "algorithm", "array", "assert.h", "bit", "cassert", "cfloat", "cinttypes", "climits", "cmath", "concepts",
+    "cstddef", "cstdint", "cstdio", "cstdlib", "cstring", "float.h", "functional", "initializer_list",
+    "inttypes.h", "limits", "limits.h", "math.h", "numeric", "optional", "ranges", "span", "stddef.h",
+    "stdint.h", "stdio.h", "stdlib.h", "string.h", "tuple", "type_traits", "utility", "version",
 )
 
 #: Host-only standard headers: their stand-ins declare nothing, so that host code behind ``#ifndef
@@ -83,9 +83,9 @@ _HOST_ONLY = frozenset(
 )
 # The other standard headers: neither a stand-in nor host-only.
 _OTHER_STANDARD = frozenset(
-    "barrier bitset ccomplex cfenv charconv cinttypes codecvt compare complex coroutine csetjmp cstdarg cuchar "
-    "execution expected fenv.h inttypes.h latch mdspan new numbers ratio scoped_allocator semaphore "
-    "source_location stdarg.h stdbool.h system_error typeindex version".split()
+    "barrier bitset ccomplex cfenv charconv codecvt compare complex coroutine csetjmp cstdarg cuchar "
+    "execution expected fenv.h latch mdspan new numbers ratio scoped_allocator semaphore "
+    "source_location stdarg.h stdbool.h system_error typeindex".split()
 )
 
 # What device code uses instead of the names that the host-only stand-ins leave out, by header.
