@@ -60,9 +60,10 @@ def norm_backend(device: Any) -> str:
     import torch
 
     choose = getattr(PACKAGE.module(_NORM), "_use_cuda_norm", None)
-    if choose is None:
+    where = torch.device(device)
+    if choose is None or where.type != "cuda":
         return "unknown"
-    return "CUDA" if choose(torch.device(device)) else "CuTe DSL"
+    return "CUDA" if choose(where) else "CuTe DSL"
 
 
 def _norm_dtype(dtype: Any, device: Any) -> None:
