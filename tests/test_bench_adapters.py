@@ -479,14 +479,17 @@ def test_quack_weights_are_checked_at_their_own_dtype(monkeypatch: pytest.Monkey
 
 @pytest.mark.gpu
 def test_gpu_quack_and_flashinfer_cells(tmp_path: Path) -> None:
-    """A quick sweep of the rows with QuACK or FlashInfer cells: each is timed, or n/a with a reason; none wrong."""
+    """A quick sweep of the rows with QuACK or FlashInfer cells: each is timed, or n/a with a reason; none wrong.
+
+    The first run builds FlashInfer's CUDA kernels (a few minutes; cached in ~/.cache/flashinfer).
+    """
     problems = {name: adapter.problem() for name, adapter in (("quack", quack), ("flashinfer", flashinfer))}
     if all(problems.values()):
         pytest.skip(f"neither library is usable here: {problems}")
     out = subprocess.run([sys.executable, "-m", "cujit", "bench", "--ops", "norms", "qk_norm", "activations",
                           "rotary", "per_token_group_quant_fp8", "router", "fused_add_rms_norm_quant_fp8", "--quick",
-                          "--tokens", "16,4097", "--compile", "off", "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=900, check=False)
+                          "--tokens", "16,4097", "--sizes", "4096,8192", "--compile", "off", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     data = json.loads((tmp_path / "bench_ops.json").read_text())
     seen = []
