@@ -2,8 +2,9 @@
 
 Modules: ``runtime`` (host time per call, matcher, bandwidth, start-up), ``timing`` (host and device timing
 helpers shared with ``benchmarks/``), ``cases`` (the sweep, collected from the op families), ``references`` (plain
-torch references), ``liger`` (Liger-Kernel adapters), ``ops`` (one module per op family with its rows, byte
-formulas and inputs, and the runner that checks and times each row), ``report`` (Markdown, JSON, plots).
+torch references), ``liger``, ``quack`` and ``flashinfer`` (adapters of those libraries' kernels, each import
+guarded by ``adapters``), ``ops`` (one module per op family with its rows, byte formulas and inputs, and the
+runner that checks and times each row), ``report`` and ``summary`` (Markdown, JSON, plots).
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ its anchors, launch routes), the matcher against reading attributes by hand,
 bandwidth on 1 GiB and first-call / warm-start times (--json, --only pick what to write and run).
 
 With --ops: per op, shape and dtype, the time, the GB/s over the bytes the op must move and the ratio to copy_
-of the same bytes, for cujit, torch eager and torch.compile of a plain reference, and Liger-Kernel where it has
-the op; every contender checked against a reference first, all measured in this process, interleaved; rows of
-at most 16 tokens as CUDA-graph replays, larger ones with L2 flushed before each call. Writes DIR/bench_ops.md,
+of the same bytes, for cujit, torch eager and torch.compile of a plain reference, and Liger-Kernel, QuACK and
+FlashInfer where they are installed and have the op (a cell says why not); every contender checked against a
+reference first, all measured in this process, interleaved; rows of at most 16 tokens as CUDA-graph replays,
+larger ones with L2 flushed before each call. Writes DIR/bench_ops.md,
 DIR/bench_ops.json and DIR/<op>_<dtype>_<size>.png (with matplotlib).
 {names}
 Expected time on one H100: --quick 2-5 minutes, the full sweep 7-11 minutes (mostly torch.compile compiling
-one graph per shape; --compile dynamic compiles once per size with the token count dynamic). The tables and the
-JSON are rewritten after every row; --time-limit starts no row after that many seconds.
+one graph per shape; --compile dynamic compiles once per size with the token count dynamic), plus FlashInfer's
+first build of its CUDA kernels where it is installed (minutes, cached in ~/.cache/flashinfer). The tables and
+the JSON are rewritten after every row; --time-limit starts no row after that many seconds.
 
 examples:
   python -m cujit bench

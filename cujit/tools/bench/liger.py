@@ -1,67 +1,63 @@
 """Liger-Kernel's Triton kernels as contenders, where Liger has the op (``pip install liger-kernel``; optional).
 
-Written against liger-kernel 0.8.5. Every import is guarded: without Liger (or with one whose API moved), the
-function raises ``Unavailable`` with the reason, and the report's Liger column says "n/a". Liger's forward
-functions are autograd Functions; they are called under ``torch.no_grad()`` here, so nothing is saved for a
-backward pass. What each adapter changes about the inputs, and the bytes Liger really moves, is in its
+Written against liger-kernel 0.8.5. Every import is guarded (``adapters.py``): without Liger (or with one whose
+API moved), the function raises ``Unavailable`` with the reason, and the report's Liger column says "n/a". Liger's
+forward functions are autograd Functions; they are called under ``torch.no_grad()`` here, so nothing is saved for
+a backward pass. What each adapter changes about the inputs, and the bytes Liger really moves, is in its
 docstring.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Unavailable", "fused_add_rms_norm", "gelu_tanh_and_mul", "rms_norm", "rope", "silu_and_mul", "version"]
+from .adapters import Package, Unavailable
 
+__all__ = ["PACKAGE", "Unavailable", "fused_add_rms_norm", "gelu_tanh_and_mul", "problem", "rms_norm", "rope",
+           "silu_and_mul", "version"]
 
-class Unavailable(Exception):
-    """Liger does not have the op, or cannot be imported here; the message says which."""
+PACKAGE = Package("liger-kernel", "liger_kernel")
 
 
 def version() -> str | None:
     """The installed liger-kernel version, or None."""
-    from importlib import metadata
+    return PACKAGE.version()
 
-    try:
-        return metadata.version("liger-kernel")
-    except metadata.PackageNotFoundError:
-        return None
+
+def problem() -> str | None:
+    """Why Liger's kernels cannot be used here (one short phrase), or None."""
+    return PACKAGE.problem("liger_kernel.ops.rms_norm")
 
 
 def _function(module: str, name: str) -> Any:
-    """``module.name``, or ``Unavailable`` saying why not."""
-    try:
-        found = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] == "liger_kernel":
-            raise Unavailable("liger-kernel is not installed") from exc
-        raise Unavailable(f"importing {module} failed: {exc}") from exc
-    except Exception as exc:  # a third-party import can fail in many ways; the report names the failure
-        raise Unavailable(f"importing {module} failed: {type(exc).__name__}: {exc}") from exc
-    if not hasattr(found, name):
-        raise Unavailable(f"{module} has no {name} (liger-kernel {version()})")
-    return getattr(found, name)
+    return PACKAGE.function(module, name)
 
 
-def rms_norm(eps: float) -> Callable[[Any, Any], Any]:
-    """``LigerRMSNormFunction.apply(x, w, eps)`` (offset 0, "llama" casting: x * rstd rounded, then * w).
+def rms_norm(eps: float, gemma: bool = False) -> Callable[[Any, Any], Any]:
+    """``LigerRMSNormFunction.apply(x, w, eps, offset, casting_mode)``.
 
-    Same inputs as the op (x must be contiguous). It also writes one fp32 rstd per row for its backward pass:
-    4*T bytes more than the op must move, counted in its row.
+    Llama's form: offset 0, "llama" casting (x * rstd rounded to x's dtype, then * w). Gemma's: offset 1 and
+    "gemma" casting (everything in fp32, rounded once), ``* (1 + w)``. Same inputs as the op (x must be
+    contiguous). It also writes one fp32 rstd per row for its backward pass: 4*T bytes more than the op must
+    move, counted in its row.
     """
     fn = _function("liger_kernel.ops.rms_norm", "LigerRMSNormFunction")
+    if gemma:
+        return lambda x, w: fn.apply(x, w, eps, 1.0, "gemma")
     return lambda x, w: fn.apply(x, w, eps)
 
 
-def fused_add_rms_norm(eps: float) -> Callable[[Any, Any, Any], Any]:
+def fused_add_rms_norm(eps: float, gemma: bool = False) -> Callable[[Any, Any, Any], Any]:
     """``LigerFusedAddRMSNormFunction.apply(x, r, w, eps) -> (norm, sum)``: out of place, same bytes + 4*T (rstd).
 
     Liger writes the normalized rows and the sum to new tensors instead of x and residual: the same number of
-    bytes as the in-place op, plus its fp32 rstd per row.
+    bytes as the in-place op, plus its fp32 rstd per row. Gemma's form as in :func:`rms_norm` (offset 1, "gemma"
+    casting).
     """
     fn = _function("liger_kernel.ops.fused_add_rms_norm", "LigerFusedAddRMSNormFunction")
+    if gemma:
+        return lambda x, r, w: fn.apply(x, r, w, eps, 1.0, "gemma")
     return lambda x, r, w: fn.apply(x, r, w, eps)
 
 

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from .cases import FAMILIES, GRAPH_MAX_TOKENS, SHORT
-from .summary import DISPLAY, geomean, speedup, summary_lines
+from .summary import DISPLAY, PEERS, geomean, speedup, summary_lines, untimed_reason
 
 __all__ = [
     "DISPLAY",
     "geomean",
     "markdown",
+    "peers_text",
     "plot_name",
     "progress_line",
     "rewrite_report",
@@ -42,6 +43,24 @@ def _title(family: str) -> str:
     from .ops.registry import families
 
     return next((f.title for f in families() if f.name == family), family)
+
+
+def peers_text(meta: Mapping[str, Any]) -> str:
+    """The other libraries of a sweep, for its header: each one's version, or why its column says n/a.
+
+    ``liger-kernel 0.8.5, quack-kernels 0.6.5, flashinfer-python not installed``; a package that is installed
+    but cannot be used here gives the reason: ``flashinfer-python 0.7.4 (n/a: importing flashinfer.norm failed:
+    ...)``.
+    """
+    parts = []
+    for key, dist in PEERS.items():
+        version, problem = meta.get(key), meta.get(f"{key}_problem")
+        if not version:
+            parts.append(f"{dist} not installed" if not problem or "not installed" in problem
+                         else f"{dist} n/a ({problem})")
+        else:
+            parts.append(f"{dist} {version}" + (f" (n/a: {problem})" if problem else ""))
+    return ", ".join(parts)
 
 
 def summary(rows: Sequence[Mapping[str, Any]], who: str = "cujit", against: str = "compile") -> dict[str, Any]:
@@ -85,7 +104,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     lines = ["# cujit serving-op benchmark", ""]
     device = meta.get("device", "?")
     lines.append(f"{device}; torch {meta.get('torch', '?')}, triton {meta.get('triton') or 'n/a'}, "
-                 f"liger-kernel {meta.get('liger') or 'not installed'}, cujit {meta.get('cujit', '?')}; "
+                 f"{peers_text(meta)}, cujit {meta.get('cujit', '?')}; "
                  f"torch.compile: {meta.get('compile', 'static')}; {meta.get('date', '')}")
     lines += ["", _HOW_TO_READ, ""]
     overall = summary(rows)
@@ -160,11 +179,13 @@ def _family_table(family: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if result["rows"]:
         lines.append(f"- cujit against torch.compile: geometric mean {result['geomean']:.2f}x over {result['rows']} "
                      f"rows; slowest {result['min']:.2f}x at {result['min_row']}.")
-    if "liger" in columns:
-        liger = summary(rows, "cujit", "liger")
-        if liger["rows"]:
-            lines.append(f"- cujit against Liger: geometric mean {liger['geomean']:.2f}x over {liger['rows']} rows; "
-                         f"slowest {liger['min']:.2f}x at {liger['min_row']}.")
+    for peer in (c for c in columns if c in PEERS):
+        found = summary(rows, "cujit", peer)
+        if found["rows"]:
+            lines.append(f"- cujit against {DISPLAY[peer]}: geometric mean {found['geomean']:.2f}x over "
+                         f"{found['rows']} rows; slowest {found['min']:.2f}x at {found['min_row']}.")
+        else:
+            lines.append(f"- cujit against {DISPLAY[peer]}: no row timed both ({untimed_reason(rows, peer)}).")
     if "cujit unfused" in columns:
         fused = summary(rows, "cujit", "cujit unfused")
         if fused["rows"]:

@@ -29,6 +29,7 @@ from .cases import SHORT
 __all__ = [
     "DISPLAY",
     "PEAK_TBPS",
+    "PEERS",
     "README_BEGIN",
     "README_END",
     "geomean",
@@ -39,11 +40,15 @@ __all__ = [
     "replace_readme_table",
     "speedup",
     "summary_lines",
+    "untimed_reason",
 ]
 
 #: Column titles of the contenders, in column order (a contender not named here is shown by its own name).
 DISPLAY: dict[str, str] = {"cujit": "cujit", "cujit unfused": "cujit (unfused)", "eager": "torch eager",
-                           "compile": "torch.compile", "liger": "Liger"}
+                           "compile": "torch.compile", "liger": "Liger", "quack": "QuACK", "flashinfer": "FlashInfer"}
+#: The contenders that are other libraries' kernels (``liger.py``, ``quack.py``, ``flashinfer.py``): the key of
+#: each in a sweep's meta (its version, and ``<key>_problem``: why it could not be used) and its distribution.
+PEERS: dict[str, str] = {"liger": "liger-kernel", "quack": "quack-kernels", "flashinfer": "flashinfer-python"}
 
 #: Peak DRAM bandwidth in TB/s (1e12 bytes/s) as the vendor states it, by a part of the device name as torch
 #: reports it; the first entry whose key the name contains (case-insensitive) applies, so variants come first.
@@ -114,8 +119,9 @@ def op_summaries(rows: Sequence[Mapping[str, Any]], peak_tbps: float | None) -> 
     """One summary per op label, in the order the labels first appear.
 
     Each: ``label``, ``rows`` (how many), ``against`` (per contender: ``rows`` timed beside cujit, ``geomean`` of
-    t_contender / t_cujit, ``worst`` ratio and ``worst_row``), and ``peak`` (None without a peak, else over the
-    flushed rows where cujit was timed: ``rows``, ``min`` and ``max`` fractions, and ``max_row``).
+    t_contender / t_cujit, ``worst`` ratio and ``worst_row``), ``why_not`` (per other library of :data:`PEERS`
+    in the op's rows but never timed beside cujit: why, from its cells), and ``peak`` (None without a peak, else
+    over the flushed rows where cujit was timed: ``rows``, ``min`` and ``max`` fractions, and ``max_row``).
     """
     labels = list(dict.fromkeys(r["label"] for r in rows))
     contenders = _contenders(rows)
@@ -129,6 +135,8 @@ def op_summaries(rows: Sequence[Mapping[str, Any]], peak_tbps: float | None) -> 
                 worst, worst_row = min(timed, key=lambda p: p[0])
                 against[name] = {"rows": len(timed), "geomean": geomean(s for s, _ in timed), "worst": worst,
                                  "worst_row": _where(worst_row)}
+        why_not = {name: untimed_reason(members, name) for name in contenders
+                   if name in PEERS and name not in against and any(name in r["contenders"] for r in members)}
         peak = None
         if peak_tbps:
             fractions = [(float(cell["gbps"]) / (peak_tbps * 1000.0), r) for r in members
@@ -138,8 +146,26 @@ def op_summaries(rows: Sequence[Mapping[str, Any]], peak_tbps: float | None) -> 
                 high, high_row = max(fractions, key=lambda p: p[0])
                 peak = {"rows": len(fractions), "min": min(f for f, _ in fractions), "max": high,
                         "max_row": _where(high_row)}
-        found.append({"label": label, "rows": len(members), "against": against, "peak": peak})
+        found.append({"label": label, "rows": len(members), "against": against, "why_not": why_not, "peak": peak})
     return found
+
+
+def untimed_reason(rows: Sequence[Mapping[str, Any]], name: str) -> str:
+    """Why contender ``name`` has no ratio to cujit in these rows: the first reason, and how many others follow.
+
+    Row by row, the reason is its cell's status where it was not timed, "cujit not timed" where it was.
+    """
+    reasons: dict[str, None] = {}
+    for row in rows:
+        cell = row["contenders"].get(name)
+        if cell is None:
+            continue
+        status = str(cell.get("status", ""))
+        reasons[status if status != "ok" else "cujit not timed"] = None
+    if not reasons:
+        return f"no {DISPLAY.get(name, name)} cell"
+    first, more = next(iter(reasons)).replace("|", "/"), len(reasons) - 1
+    return first if not more else f"{first} (and {more} other reason{'s' if more > 1 else ''})"
 
 
 def _ratio(entry: Mapping[str, Any] | None) -> str:
@@ -167,7 +193,7 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) ->
     """The report's "Summary per op" section: a table of every op against every contender, and the peak used."""
     peak_tbps, source = peak_for(meta)
     summaries = op_summaries(rows, peak_tbps)
-    contenders = [n for n in _contenders(rows) if any(n in s["against"] for s in summaries)]
+    contenders = [n for n in _contenders(rows) if any(n in s["against"] or n in s["why_not"] for s in summaries)]
     if not summaries:
         return []
     head = ["op", "rows", *(f"vs {DISPLAY.get(n, n)}" for n in contenders), "cujit, fraction of peak",
@@ -177,7 +203,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) ->
              "timed, and the worst row. " + _peak_sentence(peak_tbps, source), "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for s in summaries:
-        cells = [f"`{s['label']}`", str(s["rows"]), *(_ratio(s["against"].get(n)) for n in contenders),
+        cells = [f"`{s['label']}`", str(s["rows"]), *(_ratio(s["against"].get(n)) or s["why_not"].get(n, "")
+                                                      for n in contenders),
                  _peak_cell(s["peak"]), s["peak"]["max_row"] if s["peak"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

@@ -10,9 +10,10 @@ from: contenders, the op lookup, torch.compile of references, the output check) 
 the sweep). Adding an op to the benchmark is adding one family module.
 
 Contenders of a row: ``cujit`` (the shipped op), ``torch eager`` and ``torch.compile`` of the plain reference (in
-``references.py``, or in the family's module), Liger's Triton kernel where Liger has the op, and ``copy_`` of the
-row's bytes (twice: the two copies' difference is the row's noise). The fused rotary + KV-store row also has
-``cujit unfused`` (cujit's rotary op, then its store op).
+``references.py``, or in the family's module), the kernels of Liger-Kernel, QuACK and FlashInfer where each has
+the op (``liger.py``, ``quack.py``, ``flashinfer.py``: a cell says n/a and why where a package is missing), and
+``copy_`` of the row's bytes (twice: the two copies' difference is the row's noise). The fused rotary + KV-store
+row also has ``cujit unfused`` (cujit's rotary op, then its store op).
 
 Method, per row:
 

@@ -1,4 +1,7 @@
-"""Gated activations: silu_and_mul and gelu_and_mul (none and tanh) on x [T, 2d], against eager, compile and Liger."""
+"""Gated activations: silu_and_mul and gelu_and_mul (none and tanh) on x [T, 2d].
+
+Against torch eager, torch.compile, Liger and FlashInfer (QuACK has no standalone gated activation).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .. import liger
+from .. import flashinfer, liger
 from .. import references as refs
 from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
 from .contenders import (
@@ -14,9 +17,9 @@ from .contenders import (
     Env,
     Family,
     Setup,
+    adapter_or_reason,
     allocating,
     cujit_or_reason,
-    liger_or_reason,
     tol,
     torch_dtype,
     unavailable,
@@ -80,12 +83,19 @@ def build_activations(case: Case, env: Env) -> Setup:
     if gelu and approximate != "tanh":
         contenders.append(unavailable("liger", "n/a: Liger's GEGLU has the tanh form only"))
     else:
-        fn, why = liger_or_reason(liger.gelu_tanh_and_mul if gelu else liger.silu_and_mul)
+        fn, why = adapter_or_reason(liger.gelu_tanh_and_mul if gelu else liger.silu_and_mul)
         if fn is None:
             contenders.append(unavailable("liger", why))
         else:
             a, b = x[:, :d].contiguous(), x[:, d:].contiguous()
             contenders.append(allocating("liger", lambda: fn(a, b), ["out"], note="gate and up as two tensors"))
+    fi, why = adapter_or_reason(lambda: flashinfer.gated_activation(case.op, approximate, dtype))
+    if fi is None:
+        contenders.append(unavailable("flashinfer", why))
+    else:
+        fi_out = torch.empty(tokens, d, dtype=dtype, device=device)
+        contenders.append(Contender("flashinfer", lambda: fi(x, fi_out), lambda: {"out": fi_out},
+                                    poison=lambda: fi_out.fill_(math.nan)))
     return Setup(expected, {"out": tol(dtype)}, contenders)
 
 

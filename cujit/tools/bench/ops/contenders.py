@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import liger
+from ..adapters import Unavailable as AdapterUnavailable
 from .case import HEADLINE_TOKENS, Case
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "Setup",
     "Unavailable",
     "accepts",
+    "adapter_or_reason",
     "allocating",
     "bind",
     "compare",
@@ -140,6 +141,8 @@ class Contender:
     status: str = "ok"
     first_call_s: float | None = None
     timing: Timing | None = None
+    #: Bounds that replace the row's for some outputs of this contender (one it writes in a narrower dtype).
+    tolerance: dict[str, float] = field(default_factory=dict)
 
     def fail(self, status: str) -> None:
         """Mark the contender as not timed, with the reason."""
@@ -348,12 +351,20 @@ def cujit_or_reason(name: str) -> tuple[Callable[..., Any] | None, str]:
         return None, str(exc)
 
 
-def liger_or_reason(factory: Callable[[], Any]) -> tuple[Any, str]:
-    """``(factory(), "")`` for a Liger adapter, or ``(None, "n/a: why not")``."""
+def adapter_or_reason(factory: Callable[[], Any]) -> tuple[Any, str]:
+    """``(factory(), "")``, or ``(None, "n/a: why not")``, for an adapter of another library.
+
+    The adapters are the functions of ``liger.py``, ``quack.py`` and ``flashinfer.py``; each raises ``Unavailable``
+    (``adapters.py``) with the reason.
+    """
     try:
         return factory(), ""
-    except liger.Unavailable as exc:
+    except AdapterUnavailable as exc:
         return None, f"n/a: {exc}"
+
+
+#: The name the family modules first used, for Liger alone; the same function.
+liger_or_reason = adapter_or_reason
 
 
 def restore(pairs: Sequence[tuple[Any, Any]]) -> Callable[[], None]:

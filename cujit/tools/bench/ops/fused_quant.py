@@ -1,13 +1,15 @@
 """Fused FP8 quantization: silu_and_mul_quant_fp8 and fused_add_rms_norm_quant_fp8 (per group of 128 values).
 
 Each op computes what an activation or a norm would store, then quantizes it per group in the same pass; torch
-eager and torch.compile run the two steps of the plain references.
+eager and torch.compile run the two steps of the plain references. FlashInfer's fused residual add + RMSNorm +
+FP8 per 128 values is a contender of the norm op (its fused SiLU quantizations are MXFP8 and NVFP4 only).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import flashinfer
 from .. import references as refs
 from .case import ITEMSIZE, QUICK_TOKENS, TOKENS, Case
 from .contenders import (
@@ -17,6 +19,7 @@ from .contenders import (
     Env,
     Family,
     Setup,
+    adapter_or_reason,
     allocating,
     cujit_or_reason,
     map_outputs,
@@ -111,6 +114,8 @@ def build_fused_quant(case: Case, env: Env) -> Setup:
         contenders.append(allocating("eager", lambda: silu_and_mul_quant(x, group), ["q", "scale"]))
         contenders.append(env.compiler.contender(case, "ref", lambda x: silu_and_mul_quant(x, group), (x,),
                                                  names=["q", "scale"]))
+        contenders.append(unavailable("flashinfer", "n/a: FlashInfer's fused SiLU quantizations are MXFP8 and "
+                                                    "NVFP4 only"))
         return Setup(expected, tolerance, contenders)
 
     hidden = case.params["hidden"]
@@ -123,7 +128,7 @@ def build_fused_quant(case: Case, env: Env) -> Setup:
     expected = {"q": q, "scale": scale, "residual": want_residual, "x": x.clone()}
     tolerance.update(residual=tol(dtype), x=0.0)
 
-    def inplace(name: str, call: Any) -> Contender:
+    def inplace(name: str, call: Any, **extra: Any) -> Contender:
         xc, rc = x.clone(), residual.clone()
         box: dict[str, Any] = {}
 
@@ -134,7 +139,7 @@ def build_fused_quant(case: Case, env: Env) -> Setup:
             q, scale = box["out"]
             return {"q": q, "scale": scale, "residual": rc, "x": xc}
 
-        return Contender(name, fn, outputs, restore([(xc, x), (rc, residual)]))
+        return Contender(name, fn, outputs, restore([(xc, x), (rc, residual)]), **extra)
 
     if op is None:
         contenders.append(unavailable("cujit", reason))
@@ -145,6 +150,16 @@ def build_fused_quant(case: Case, env: Env) -> Setup:
     compiled = env.compiler.contender(case, "ref", lambda x, r, w: add_rms_norm_quant(x, r, w, EPS, group),
                                       (xk, rk, weight), names=["q", "scale"], reset=restore([(xk, x), (rk, residual)]))
     contenders.append(map_outputs(compiled, lambda got: {**got, "residual": rk, "x": xk}))
+    if group != 128:
+        contenders.append(unavailable("flashinfer", f"n/a: FlashInfer quantizes per 128 values only, not {group}"))
+    else:
+        fi, why = adapter_or_reason(lambda: flashinfer.fused_add_rms_norm_quant_fp8(EPS, hidden, dtype))
+        if fi is None:
+            contenders.append(unavailable("flashinfer", why))
+        else:
+            contenders.append(inplace("flashinfer", lambda xc, rc: fi(xc, rc, weight),
+                                      nbytes=case.nbytes + tokens * hidden * x.element_size(),
+                                      note="also writes the normalized rows: + T*H*e bytes; column-major scales"))
     return Setup(expected, tolerance, contenders, inplace=True)
 
 

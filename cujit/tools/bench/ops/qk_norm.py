@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import flashinfer, quack
 from .. import references as refs
 from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
 from .contenders import (
@@ -13,6 +14,7 @@ from .contenders import (
     Env,
     Family,
     Setup,
+    adapter_or_reason,
     cujit_or_reason,
     restore,
     tol,
@@ -73,10 +75,10 @@ def build_qk_norm(case: Case, env: Env) -> Setup:
     expected = {"q": want["q"], "k": want["k"], "v": parts(qkv)["v"]}
     tolerance = {"q": tol(dtype), "k": tol(dtype), "v": 0.0}
 
-    def inplace(name: str, call: Callable[[Any, Any], Any]) -> Contender:
+    def inplace(name: str, call: Callable[[Any, Any], Any], **extra: Any) -> Contender:
         copy = qkv.clone()
         views = parts(copy)
-        return Contender(name, lambda: call(views["q"], views["k"]), lambda: views, restore([(copy, qkv)]))
+        return Contender(name, lambda: call(views["q"], views["k"]), lambda: views, restore([(copy, qkv)]), **extra)
 
     contenders: list[Contender] = []
     op, reason = cujit_or_reason(case.op)
@@ -90,7 +92,28 @@ def build_qk_norm(case: Case, env: Env) -> Setup:
     contenders.append(env.compiler.contender(
         case, "ref", lambda q, k, qw, kw: qk_rms_norm(q, k, qw, kw, EPS), (views["q"], views["k"], q_weight, k_weight),
         outputs=lambda: views, reset=restore([(compiled, qkv)])))
+    contenders += _peers(case, inplace, q_weight, k_weight)
     return Setup(expected, tolerance, contenders, inplace=True)
+
+
+def _peers(case: Case, inplace: Callable[..., Contender], q_weight: torch.Tensor,
+           k_weight: torch.Tensor) -> list[Contender]:
+    """QuACK's and FlashInfer's per-head RMSNorm, in place on the same views (each adapter says how)."""
+    qh, kh, d = (case.params[k] for k in ("q_heads", "kv_heads", "head_dim"))
+    found: list[Contender] = []
+    qk, why = adapter_or_reason(lambda: quack.qk_rms_norm(EPS, q_weight, k_weight, qh, kh))
+    if qk is None:
+        found.append(unavailable("quack", why))
+    else:
+        extra = (qh + kh - 2) * d * q_weight.element_size()
+        found.append(inplace("quack", qk, nbytes=case.nbytes + extra,
+                             note="weights repeated per head ([H, D], made once untimed); q and k in two calls"))
+    fi, why = adapter_or_reason(lambda: flashinfer.qk_rms_norm(EPS, q_weight.dtype, q_weight.device, d))
+    if fi is None:
+        found.append(unavailable("flashinfer", why))
+    else:
+        found.append(inplace("flashinfer", lambda q, k: fi(q, k, q_weight, k_weight), note="q and k in two calls"))
+    return found
 
 
 FAMILY = Family("qk_norm", "Per-head RMSNorm of q and k (in place on the slices of qkv)", ("qk_rms_norm",),

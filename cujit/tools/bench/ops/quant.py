@@ -1,13 +1,29 @@
-"""FP8 (e4m3) quantization of x [T, H]: per token, per tensor (dynamic and static) and per group of 128."""
+"""FP8 (e4m3) quantization of x [T, H]: per token, per tensor (dynamic and static) and per group of 128.
+
+Against eager, torch.compile and, per group, FlashInfer (which has no per-token or per-tensor FP8 quantization;
+QuACK and Liger have none).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from .. import flashinfer
 from .. import references as refs
 from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
-from .contenders import REL_TOL, Contender, Env, Family, Setup, allocating, cujit_or_reason, torch_dtype, unavailable
+from .contenders import (
+    REL_TOL,
+    Contender,
+    Env,
+    Family,
+    Setup,
+    adapter_or_reason,
+    allocating,
+    cujit_or_reason,
+    torch_dtype,
+    unavailable,
+)
 
 __all__ = ["FAMILY", "build_quant", "group_quant_bytes", "per_tensor_quant_bytes", "per_token_quant_bytes"]
 
@@ -85,6 +101,15 @@ def build_quant(case: Case, env: Env) -> Setup:
         contenders.append(allocating("cujit", lambda: op(*args), ["q", "scale"]))
     contenders.append(allocating("eager", lambda: ref(*args), ["q", "scale"]))
     contenders.append(env.compiler.contender(case, "ref", lambda *a: ref(*a), args, names=["q", "scale"]))
+    if case.op == "per_token_group_quant_fp8":
+        fi, why = adapter_or_reason(lambda: flashinfer.per_token_group_quant_fp8(case.params["group_size"]))
+        if fi is None:
+            contenders.append(unavailable("flashinfer", why))
+        else:
+            contenders.append(allocating("flashinfer", lambda: fi(x), ["q", "scale"], note="its native CUDA backend"))
+    else:
+        kind = "per-token" if case.op == "per_token_quant_fp8" else "per-tensor"
+        contenders.append(unavailable("flashinfer", f"n/a: FlashInfer has no {kind} FP8 quantization"))
     return Setup(expected, tolerance, contenders)
 
 

@@ -1,11 +1,14 @@
-"""Rotary embedding in place on q [T, Hq*D] and k [T, Hkv*D] (neox and gptj), against eager, compile and Liger."""
+"""Rotary embedding in place on q [T, Hq*D] and k [T, Hkv*D], neox and gptj styles.
+
+Against torch eager, torch.compile, Liger (neox only), QuACK and FlashInfer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from .. import liger
+from .. import flashinfer, liger, quack
 from .. import references as refs
 from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
 from .contenders import (
@@ -14,8 +17,8 @@ from .contenders import (
     Family,
     Setup,
     accepts,
+    adapter_or_reason,
     cujit_or_reason,
-    liger_or_reason,
     restore,
     tol,
     torch_dtype,
@@ -106,7 +109,7 @@ def build_rotary(case: Case, env: Env) -> Setup:
     if not is_neox:
         contenders.append(unavailable("liger", "n/a: Liger's rope is the neox (rotate-half) style only"))
     else:
-        fn, why = liger_or_reason(liger.rope)
+        fn, why = adapter_or_reason(liger.rope)
         if fn is None:
             contenders.append(unavailable("liger", why))
         else:
@@ -122,6 +125,20 @@ def build_rotary(case: Case, env: Env) -> Setup:
 
             contenders.append(inplace("liger", liger_call, nbytes=nbytes,
                                       note="[1, H, T, D] views, cos/sin gathered per token untimed, no positions"))
+    qk, why = adapter_or_reason(lambda: quack.rotary_embedding(is_neox))
+    if qk is None:
+        contenders.append(unavailable("quack", why))
+    else:
+        contenders.append(inplace("quack", lambda qc, kc: qk(positions, qc, kc, cache, hs),
+                                  note="each token a sequence of one at offset = its position; q and k in two calls"))
+    fi, why = adapter_or_reason(lambda: flashinfer.rotary_embedding(is_neox, q.dtype))
+    if fi is None:
+        contenders.append(unavailable("flashinfer", why))
+    else:
+        cache32 = cache.float()
+        nbytes = case.nbytes + case.tokens * inputs["rd"] * (cache32.element_size() - cache.element_size())
+        contenders.append(inplace("flashinfer", lambda qc, kc: fi(positions, qc, kc, cache32, hs), nbytes=nbytes,
+                                  note="cos/sin cache in fp32 (converted once untimed): + 2*T*R bytes"))
     return Setup(expected, {"q": bound, "k": bound}, contenders, inplace=True)
 
 FAMILY = Family("rotary", "Rotary embedding (in place on q and k)", ("rotary_embedding",), rotary_cases, build_rotary,

@@ -1,10 +1,14 @@
-"""MoE router: topk_softmax of gating logits [T, E] (the top-k of a softmax, renormalized), against eager, compile."""
+"""MoE router: topk_softmax of gating logits [T, E] (the top-k of a softmax, renormalized).
+
+Against torch eager, torch.compile and QuACK's top-k with a softmax (FlashInfer and Liger have no such op).
+"""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
 
+from .. import quack
 from .case import HEADLINE_TOKENS, ITEMSIZE, QUICK_TOKENS, TOKENS, Case
 from .contenders import (
     REL_TOL,
@@ -12,9 +16,11 @@ from .contenders import (
     Env,
     Family,
     Setup,
+    adapter_or_reason,
     allocating,
     cujit_or_reason,
     map_outputs,
+    tol,
     torch_dtype,
     unavailable,
     upcast,
@@ -96,6 +102,15 @@ def build_router(case: Case, env: Env) -> Setup:
     contenders.append(map_outputs(allocating("eager", lambda: topk_softmax(logits, k), ["weights", "ids"]), checked))
     contenders.append(map_outputs(env.compiler.contender(case, "ref", lambda x: topk_softmax(x, k), (logits,),
                                                          names=["weights", "ids"]), checked))
+    qk, why = adapter_or_reason(lambda: quack.topk_softmax(k))
+    if qk is None:
+        contenders.append(unavailable("quack", why))
+    else:
+        # QuACK's weights are in the logits' dtype: checked at that dtype's bound, their bytes counted as such.
+        found = allocating("quack", lambda: qk(logits), ["weights", "ids"], tolerance={"weights": tol(dtype)},
+                           nbytes=case.nbytes - tokens * k * (4 - logits.element_size()),
+                           note=f"weights in {case.dtype}, not fp32")
+        contenders.append(map_outputs(found, checked))
     return Setup(expected, tolerance, contenders)
 
 

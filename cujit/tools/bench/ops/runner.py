@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import liger
+from .. import flashinfer, liger, quack
 from ..timing import L2Flush, Timing, capture_graph, time_flushed, time_graphs
 from .case import Case
 from .contenders import Compiler, Contender, Env, Setup, compare
@@ -25,7 +25,7 @@ from .registry import family_of
 __all__ = ["CALLS_PER_GRAPH", "CONTENDERS", "GpuTimer", "run_case", "run_sweep"]
 
 #: Column order of the contenders in the report.
-CONTENDERS: tuple[str, ...] = ("cujit", "cujit unfused", "eager", "compile", "liger")
+CONTENDERS: tuple[str, ...] = ("cujit", "cujit unfused", "eager", "compile", "liger", "quack", "flashinfer")
 #: Calls captured in one CUDA graph for the small rows.
 CALLS_PER_GRAPH = 32
 
@@ -101,7 +101,7 @@ def _check(contender: Contender, setup: Setup, sync: Callable[[], None]) -> None
         if name not in got:
             problems.append(f"{name} missing")
             continue
-        problem = compare(got[name], want, setup.tolerance[name])
+        problem = compare(got[name], want, contender.tolerance.get(name, setup.tolerance[name]))
         if problem:
             problems.append(f"{name}: {problem}")
     if problems:
@@ -202,8 +202,12 @@ def _versions() -> dict[str, Any]:
         triton: str | None = metadata.version("triton")
     except metadata.PackageNotFoundError:
         triton = None
-    return {"torch": torch.__version__, "triton": triton, "liger": liger.version(), "cujit": cujit.__version__,
-            "python": platform.python_version()}
+    found: dict[str, Any] = {"torch": torch.__version__, "triton": triton, "cujit": cujit.__version__,
+                             "python": platform.python_version()}
+    for name, adapter in (("liger", liger), ("quack", quack), ("flashinfer", flashinfer)):
+        # The version, and why the adapters cannot use the package here (None: they can), for the header.
+        found[name], found[f"{name}_problem"] = adapter.version(), adapter.problem()
+    return found
 
 
 def run_sweep(cases: Sequence[Case], folder: Path, compile_mode: str = "static", argv: Sequence[str] = (),
@@ -219,7 +223,7 @@ def run_sweep(cases: Sequence[Case], folder: Path, compile_mode: str = "static",
 
     import torch
 
-    from ..report import progress_line, write_report
+    from ..report import peers_text, progress_line, write_report
 
     if not torch.cuda.is_available():
         print("cujit bench --ops needs a CUDA GPU; none is visible here.", file=sys.stderr)
@@ -237,8 +241,8 @@ def run_sweep(cases: Sequence[Case], folder: Path, compile_mode: str = "static",
         "calls_per_graph": CALLS_PER_GRAPH,
     }
     print(f"cujit serving-op benchmark on {meta['device']} ({meta['sms']} SMs, L2 {meta['l2_bytes'] / 1e6:.0f} MB): "
-          f"{len(cases)} rows; torch {meta['torch']}, triton {meta['triton']}, "
-          f"liger-kernel {meta['liger'] or 'not installed'}; torch.compile {compile_mode}", flush=True)
+          f"{len(cases)} rows; torch {meta['torch']}, triton {meta['triton']}, {peers_text(meta)}; "
+          f"torch.compile {compile_mode}", flush=True)
     env = Env("cuda", Compiler(compile_mode), GpuTimer(), torch.cuda.synchronize)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
