@@ -20,7 +20,7 @@ import cujit
 from ._runtime.ops import aligned
 from .rms_norm import data_address
 
-__all__ = ["QkNormConfig", "qk_norm_config", "qk_rms_norm"]
+__all__ = ["QkNormConfig", "distinct", "head_config", "qk_norm_config", "qk_rms_norm", "vector_layout"]
 
 #: (lanes per head, 16-byte vectors per lane) of the instantiations, by increasing capacity.
 CONFIGS: tuple[tuple[int, int], ...] = ((8, 1), (16, 1), (32, 1), (32, 2), (32, 4))
@@ -64,13 +64,19 @@ def _precompile() -> list[dict[str, Any]]:
     ]
 
 
-def _config(D: Any, dtype: cujit.DType) -> QkNormConfig:
+def head_config(D: Any, dtype: cujit.DType) -> QkNormConfig:
+    """The configuration of a call with heads of ``D`` values (the largest for a size refused or traced)."""
     found = qk_norm_config(D, dtype.itemsize) if type(D) is int else None
     return found if found is not None else QkNormConfig(_BLOCK, *CONFIGS[-1])  # refused below, or traced
 
 
-def _vector(q: Any, k: Any, q_weight: Any, k_weight: Any, D: Any, T: Any, QS: Any, KS: Any,
-            dtype: cujit.DType) -> bool:
+def vector_layout(q: Any, k: Any, q_weight: Any, k_weight: Any, D: Any, T: Any, QS: Any, KS: Any,
+                  dtype: cujit.DType) -> bool:
+    """Whether a call takes the 16-byte vector layout (whole vectors per head; q, k, their rows and weights aligned).
+
+    The two layouts sum a head's squares in different orders: a kernel that must give qk_rms_norm's bits decides
+    with this function.
+    """
     if type(D) is not int:
         return False  # a traced call launches nothing: no test of symbolic sizes
     lanes = 16 // dtype.itemsize
@@ -78,7 +84,7 @@ def _vector(q: Any, k: Any, q_weight: Any, k_weight: Any, D: Any, T: Any, QS: An
             and aligned(k_weight, 16) and (T <= 1 or (QS % lanes == 0 and KS % lanes == 0)))
 
 
-def _distinct(q: Any, k: Any, T: Any, QW: Any, KW: Any) -> bool:
+def distinct(q: Any, k: Any, T: Any, QW: Any, KW: Any) -> bool:
     """Whether q and k start at different addresses (a partial overlap is the caller's to avoid)."""
     if T == 0 or QW == 0 or KW == 0:
         return True
@@ -106,8 +112,8 @@ qk_rms_norm = cujit.op(
         "kv_heads": "KW // D if D > 0 else 0",
         "per_token": "max(q_heads + kv_heads, 1)",
         "count": "T * (q_heads + kv_heads)",
-        "config": _config,
-        "vector": _vector,
+        "config": head_config,
+        "vector": vector_layout,
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
@@ -118,7 +124,7 @@ qk_rms_norm = cujit.op(
         ("QW % D == 0 and KW % D == 0", "q and k: expected rows of whole heads (widths multiples of head_dim)"),
         ("T <= 1 or (abs(QS) >= QW and abs(KS) >= KW)", "q and k: rows overlap (a row stride below the width)"),
         ("count < 2**31", "q and k: expected fewer than 2**31 heads in all"),
-        (_distinct, "q and k must be different tensors"),
+        (distinct, "q and k must be different tensors"),
     ],
     grid="cdiv(count, config.heads_per_block)",
     block="block",

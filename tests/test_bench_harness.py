@@ -63,6 +63,10 @@ def test_fused_quant_router_and_qk_norm_bytes() -> None:
     assert C.topk_softmax_bytes(4097, 256, 8, 2) == 4097 * 256 * 2 + 4097 * 8 * (4 + 4)
     # q and k read and written, two weights of head_dim read.
     assert C.qk_rms_norm_bytes(4097, 32, 8, 128, 2) == 2 * 4097 * 40 * 128 * 2 + 2 * 128 * 2
+    # the same, and one cos/sin row (bf16) and one int64 position per token; partial rotary reads less of a row.
+    assert C.qk_norm_rotary_bytes(4097, 32, 8, 128, 128, 2, 2, 8) == (
+        2 * 4097 * 40 * 128 * 2 + 2 * 128 * 2 + 4097 * 128 * 2 + 4097 * 8)
+    assert C.qk_norm_rotary_bytes(1, 1, 1, 128, 64, 2, 4, 4) == 2 * 2 * 128 * 2 + 2 * 128 * 2 + 64 * 4 + 4
 
 
 def test_every_case_carries_its_formula_and_positive_bytes() -> None:
@@ -103,6 +107,8 @@ def test_full_sweep_covers_the_asked_shapes() -> None:
     assert {c.params["hidden"] for c in full if c.op == "fused_add_rms_norm_quant_fp8"} == {4096, 7168}
     assert {c.params["d"] for c in full if c.op == "silu_and_mul_quant_fp8"} == {4096, 14336}
     assert {c.tokens for c in full if c.op == "qk_rms_norm"} == set(C.TOKENS)
+    assert {(c.variant, c.params["head_size"]) for c in full if c.op == "qk_norm_rotary"} == {
+        ("qwen3", 128), ("gemma3", 256)}
     assert {c.op for c in full} == set(C.OPS)
     assert len({_key(c) for c in full}) == len(full), "no row twice"
 
@@ -427,6 +433,7 @@ def _fake_ops() -> dict[str, Any]:
     """Correct stand-ins for the cujit ops, with their signatures, built from the references."""
     from cujit.tools.bench import references as refs
     from cujit.tools.bench.ops import fused_quant, qk_norm
+    from cujit.tools.bench.ops.qk_norm_rotary import qk_norm_rotary as qk_norm_rotary_ref
 
     def rotary_embedding(positions: Any, q: Any, k: Any, cos_sin_cache: Any, *, is_neox: bool = True,
                          rotary_dim: Any = None, head_size: Any = None) -> None:
@@ -466,7 +473,14 @@ def _fake_ops() -> dict[str, Any]:
         return weights.copy_(w), ids.copy_(i)
 
     def qk_rms_norm(q: Any, k: Any, q_weight: Any, k_weight: Any, eps: float = 1e-6, *, gemma: bool = False) -> None:
+        if gemma:
+            q_weight, k_weight = q_weight.float() + 1, k_weight.float() + 1
         qk_norm.qk_rms_norm(q, k, q_weight, k_weight, eps)
+
+    def qk_norm_rotary(positions: Any, q: Any, k: Any, q_weight: Any, k_weight: Any, cos_sin_cache: Any, *,
+                       head_size: int, eps: float = 1e-6, is_neox: bool = True, gemma: bool = False,
+                       rotary_dim: Any = None) -> None:
+        qk_norm_rotary_ref(positions, q, k, q_weight, k_weight, cos_sin_cache, head_size, eps, gemma)
 
     def silu_and_mul_quant_fp8(x: Any, group_size: int = 128, *, column_major_scales: bool = False, out: Any = None,
                                scales: Any = None) -> Any:
@@ -479,7 +493,8 @@ def _fake_ops() -> dict[str, Any]:
 
     return {f.__name__: f for f in (rotary_embedding, store_kv_cache, rotary_embedding_with_kv_cache,
                                     per_token_quant_fp8, per_tensor_quant_fp8, per_token_group_quant_fp8,
-                                    topk_softmax, qk_rms_norm, silu_and_mul_quant_fp8, fused_add_rms_norm_quant_fp8)}
+                                    topk_softmax, qk_rms_norm, qk_norm_rotary, silu_and_mul_quant_fp8,
+                                    fused_add_rms_norm_quant_fp8)}
 
 
 @pytest.mark.parametrize("op, variant, params", [
@@ -495,6 +510,8 @@ def _fake_ops() -> dict[str, Any]:
     ("topk_softmax", "", {"experts": 64, "topk": 8}),
     ("topk_softmax", "", {"experts": 8, "topk": 2}),
     ("qk_rms_norm", "", {"q_heads": 4, "kv_heads": 2, "head_dim": 64}),
+    ("qk_norm_rotary", "qwen3", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
+    ("qk_norm_rotary", "gemma3", {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64}),
     ("silu_and_mul_quant_fp8", "", {"d": 256, "group_size": 128}),
     ("fused_add_rms_norm_quant_fp8", "", {"hidden": 256, "group_size": 128}),
 ])
@@ -510,7 +527,7 @@ def test_every_family_on_cpu(op: str, variant: str, params: dict[str, Any], monk
     cells = row["contenders"]
     assert cells["cujit"]["status"] == "ok", cells["cujit"]
     assert cells["eager"]["status"] == "ok", cells["eager"]
-    if op == "rotary_embedding_with_kv_cache":
+    if op in ("rotary_embedding_with_kv_cache", "qk_norm_rotary"):
         assert cells["cujit unfused"]["status"] == "ok", cells["cujit unfused"]
 
 
@@ -540,6 +557,14 @@ def _qk_norm_into_v(q: Any, k: Any, q_weight: Any, k_weight: Any, eps: float = 1
     k.as_strided((k.shape[0], 1), k.stride(), k.storage_offset() + width).fill_(0)  # the first value of v
 
 
+def _norm_without_rope(positions: Any, q: Any, k: Any, q_weight: Any, k_weight: Any, cos_sin_cache: Any, *,
+                       head_size: int, eps: float = 1e-6, is_neox: bool = True, gemma: bool = False,
+                       rotary_dim: Any = None) -> None:
+    from cujit.tools.bench.ops import qk_norm
+
+    qk_norm.qk_rms_norm(q, k, q_weight, k_weight, eps)
+
+
 def _quant_writes_x(x: Any, residual: Any, weight: Any, eps: float = 1e-6, *, group_size: int = 0, **_: Any) -> Any:
     from cujit.tools.bench.ops import fused_quant
 
@@ -552,6 +577,8 @@ def _quant_writes_x(x: Any, residual: Any, weight: Any, eps: float = 1e-6, *, gr
     ("topk_softmax", _ascending_topk, {"experts": 64, "topk": 8}, "picked: rel err"),
     ("topk_softmax", _repeated_topk, {"experts": 64, "topk": 8}, "distinct: "),
     ("qk_rms_norm", _qk_norm_into_v, {"q_heads": 4, "kv_heads": 2, "head_dim": 64}, "v: "),
+    ("qk_norm_rotary", _norm_without_rope, {"q_heads": 4, "kv_heads": 2, "head_size": 64, "rotary_dim": 64},
+     "q: rel err"),
     ("fused_add_rms_norm_quant_fp8", _quant_writes_x, {"hidden": 256, "group_size": 128}, "x: "),
 ])
 def test_new_ops_wrong_results_are_caught(op: str, fake: Any, params: dict[str, Any], problem: str,

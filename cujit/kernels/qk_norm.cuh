@@ -21,11 +21,12 @@
 
 namespace qk_norm_detail {
 
-/// Where one head lies: its first element and its weight, in q or in k.
+/// Where one head lies: its first element and its weight, in q or in k, and its token.
 template <typename T>
 struct Head {
   T* row;
   const T* weight;
+  uint32_t token;
   bool live;
 
   /// Head `g` of the list of all tokens' heads (heads_per_token = q_heads + kv_heads), or a dead one past the end
@@ -35,7 +36,7 @@ struct Head {
                     int64_t head_dim) {
     live = g < count;
     const uint32_t at = live ? g : 0;
-    const uint32_t token = at / heads_per_token;
+    token = at / heads_per_token;
     const uint32_t h = at - token * heads_per_token;
     if (h < q_heads) {
       row = q + token * q_stride + static_cast<int64_t>(h) * head_dim;

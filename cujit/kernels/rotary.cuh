@@ -41,10 +41,17 @@ namespace rotary_detail {
 template <bool kNeox>
 constexpr int kBatch = kNeox ? 1 : 2;
 
-/// The rotation of one pair, the single rounding rule of every rotary kernel.
+/// The first value of the rotated pair (a, b): a c - b s, one fused multiply-add over the rounded b s.
+CUJIT_DEVICE float rotated_first(float a, float b, float c, float s) { return __fmaf_rn(a, c, -(b * s)); }
+
+/// The second value of the rotated pair (a, b): b c + a s, one fused multiply-add over the rounded a s.
+CUJIT_DEVICE float rotated_second(float a, float b, float c, float s) { return __fmaf_rn(b, c, a * s); }
+
+/// The rotation of one pair, the single rounding rule of every rotary kernel (rotated_first, rotated_second; a
+/// kernel that holds only one value of a pair calls the one it needs).
 CUJIT_DEVICE void rotate_pair(float a, float b, float c, float s, float& a_out, float& b_out) {
-  a_out = __fmaf_rn(a, c, -(b * s));
-  b_out = __fmaf_rn(b, c, a * s);
+  a_out = rotated_first(a, b, c, s);
+  b_out = rotated_second(a, b, c, s);
 }
 
 /// One thread's share of the rotary part of a head: kVec values (neox: kVec in each half).
@@ -82,14 +89,17 @@ struct Chunk {
   }
 };
 
+/// Print and trap: the calling thread's token had a position outside the cache.
+CUJIT_DEVICE void position_fault(int64_t pos, uint64_t token, uint64_t max_position) {
+  printf("cujit rotary: position %lld of token %llu is outside the cos_sin_cache rows [0, %llu)\n",
+         static_cast<long long>(pos), static_cast<unsigned long long>(token),
+         static_cast<unsigned long long>(max_position));
+  __trap();
+}
+
 /// Print (one thread of the block) and trap when a block's token had a position outside the cache.
 CUJIT_DEVICE void position_error(int64_t pos, uint64_t token, uint64_t max_position) {
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    printf("cujit rotary: position %lld of token %llu is outside the cos_sin_cache rows [0, %llu)\n",
-           static_cast<long long>(pos), static_cast<unsigned long long>(token),
-           static_cast<unsigned long long>(max_position));
-    __trap();
-  }
+  if (threadIdx.x == 0 && threadIdx.y == 0) position_fault(pos, token, max_position);
 }
 
 /// The cos and sin values of one chunk of one token, read once and reused for every head. They are read after

@@ -18,6 +18,7 @@ from .ops.fused_quant import fused_add_rms_norm_quant_bytes, silu_and_mul_quant_
 from .ops.kv_cache import store_kv_bytes
 from .ops.norms import fused_add_rms_norm_bytes, rms_norm_bytes
 from .ops.qk_norm import qk_rms_norm_bytes
+from .ops.qk_norm_rotary import qk_norm_rotary_bytes
 from .ops.quant import group_quant_bytes, per_tensor_quant_bytes, per_token_quant_bytes
 from .ops.registry import families
 from .ops.rotary import rotary_bytes
@@ -40,6 +41,7 @@ __all__ = [
     "group_quant_bytes",
     "per_tensor_quant_bytes",
     "per_token_quant_bytes",
+    "qk_norm_rotary_bytes",
     "qk_rms_norm_bytes",
     "rms_norm_bytes",
     "rotary_bytes",

@@ -26,7 +26,7 @@ from .contenders import (
     upcast,
 )
 
-__all__ = ["FAMILY", "ROTARY_HEADS", "build_rotary", "rotary_bytes", "rotary_inputs"]
+__all__ = ["FAMILY", "ROTARY_HEADS", "build_rotary", "cos_sin_cache", "rotary_bytes", "rotary_inputs"]
 
 #: (q heads, kv heads, head size) of the rows.
 ROTARY_HEADS = ((64, 16, 128), (32, 8, 128), (40, 10, 128))
@@ -60,6 +60,16 @@ def rotary_cases(op: str, quick: bool) -> list[Case]:
     return cases
 
 
+def cos_sin_cache(env: Env, rotary_dim: int, dtype: Any) -> Any:
+    """[env.max_position, rotary_dim] in ``dtype``: cos of each frequency in a row's first half, sin in its second."""
+    import torch
+
+    rd, device = rotary_dim, env.device
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+    angles = torch.outer(torch.arange(env.max_position, dtype=torch.float64, device=device), inv_freq)
+    return torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype)
+
+
 def rotary_inputs(case: Case, env: Env) -> dict[str, Any]:
     """Positions, a cos/sin cache of env.max_position rows, q and k of a rotary row; with the head counts."""
     import torch
@@ -67,9 +77,7 @@ def rotary_inputs(case: Case, env: Env) -> dict[str, Any]:
     dtype, device = torch_dtype(case.dtype), env.device
     tokens = case.tokens
     qh, kh, hs, rd = (case.params[k] for k in ("q_heads", "kv_heads", "head_size", "rotary_dim"))
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
-    angles = torch.outer(torch.arange(env.max_position, dtype=torch.float64, device=device), inv_freq)
-    cache = torch.cat((angles.cos(), angles.sin()), dim=-1).to(dtype)
+    cache = cos_sin_cache(env, rd, dtype)
     positions = torch.randperm(env.max_position, device=device)[:tokens]
     return {"positions": positions, "cos_sin_cache": cache, "head_size": hs, "qh": qh, "kh": kh, "rd": rd,
             "q": torch.randn(tokens, qh * hs, dtype=dtype, device=device),

@@ -1,0 +1,220 @@
+/// @file qk_norm_rotary.cuh
+/// @brief Per-head RMSNorm of q and k fused with rotary embedding, in place, in one kernel (Qwen3 and Gemma 3
+/// attention: q_norm / k_norm per head, then RoPE).
+///
+/// Every head of q and k becomes rope(round(rms_norm(head) * w)): the head normalised as qk_norm.cuh normalises it
+/// (the same Fragment layout, reduction order and rounding, so the same bits), rounded once to the storage dtype,
+/// then rotated as rotary.cuh rotates it (the same fused multiply-adds, rounded once more). The result is bit for
+/// bit qk_rms_norm_kernel followed by rotary_embedding_kernel, with one read and one write of q and k instead of two
+/// of each. Only the first rotary_dim values of each head are rotated (partial rotary); neox style pairs
+/// (x[i], x[i + rotary_dim / 2]), gpt-j style (x[2i], x[2i + 1]); cos_sin [max_position, rotary_dim] holds cos in
+/// the first half of a row and sin in the second.
+///
+/// Layout: as qk_rms_norm_kernel, one group of kRowThreads lanes of a warp per head, each lane holding kVecs
+/// vectors' worth of the head. The cos/sin values of the lane's elements are loaded while the head is reduced.
+/// A rotation pairs values that other lanes may hold: in neox style, and in the element layout (!kVector), each
+/// group writes its normalised head to shared memory and reads the partners there after a __syncwarp (16-byte
+/// reads when the halves are whole vectors); gpt-j pairs in the vector layout are neighbours in one lane.
+///
+/// Positions outside [0, max_position): the cos/sin row 0 stands in (nothing outside the cache is read) and the
+/// first lane of each head of that token prints the position and traps at its end, as rotary_embedding_kernel
+/// does: the launch fails and the CUDA context is unusable afterwards.
+#ifndef CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
+#define CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
+
+#include <cujit/base.cuh>
+#include <cujit/pdl.cuh>
+#include <cujit/types.cuh>
+
+#include "qk_norm.cuh"
+#include "rotary.cuh"
+
+namespace qk_norm_rotary_detail {
+
+/// The values of a 16-byte vector as floats, in memory order.
+template <typename T>
+CUJIT_DEVICE void unpack(const packed::Vec16Words<T>& v, float (&f)[packed::Vec16Words<T>::kValues]) {
+  using P = packed::Packed<T>;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float w[P::kPerWord];
+    P::unpack(v.w[j], w);
+#pragma unroll
+    for (int h = 0; h < P::kPerWord; ++h) f[j * P::kPerWord + h] = w[h];
+  }
+}
+
+/// Floats rounded (to nearest even) into a 16-byte vector, in memory order.
+template <typename T>
+CUJIT_DEVICE packed::Vec16Words<T> pack(const float (&f)[packed::Vec16Words<T>::kValues]) {
+  using P = packed::Packed<T>;
+  packed::Vec16Words<T> v;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float w[P::kPerWord];
+#pragma unroll
+    for (int h = 0; h < P::kPerWord; ++h) w[h] = f[j * P::kPerWord + h];
+    v.w[j] = P::pack(w);
+  }
+  return v;
+}
+
+/// The index of the cos/sin values of element e of a head (e < rotary_dim).
+template <bool kNeox>
+CUJIT_DEVICE int64_t angle_index(int64_t e, int64_t half) {
+  return kNeox ? (e < half ? e : e - half) : e / 2;
+}
+
+/// The element that element e of a head is rotated with (e < rotary_dim).
+template <bool kNeox>
+CUJIT_DEVICE int64_t partner_of(int64_t e, int64_t half) {
+  return kNeox ? (e < half ? e + half : e - half) : (e ^ 1);
+}
+
+/// The rotation of one head held by a group of lanes (rms_norm_detail::Fragment): the angles of the lane's
+/// values, loaded early, and the rotation itself.
+///
+/// `first` is the offset of the lane's first value in the head (Fragment::thread_offset), `rotated` the number of
+/// the head's values from `first` on that are rotated (rotary_dim - first; zero or less for a dead head or a lane
+/// past the rotary part): value k of vector i is rotated when Fragment::slot(i, k) < rotated. `whole`: the vector
+/// layout, and no vector straddles the end of the rotary part or (neox) of its first half, so that a vector's
+/// angles are consecutive cos/sin values and its neox partners one aligned vector.
+template <typename T, typename C, bool kNeox, bool kVector, int kRowThreads, int kVecs>
+struct HeadRotation {
+  using F = rms_norm_detail::Fragment<kVector, T, kRowThreads, kVecs>;
+  using V = packed::Vec16Words<T>;
+  static constexpr int kLanes = F::kLanes;
+  /// cos/sin values a whole vector reads: one per value (neox), one per pair (gpt-j).
+  static constexpr int kAngles = kNeox ? kLanes : kLanes / 2;
+  /// Whether the group's values go through shared memory: neox partners, and any partners in the element layout.
+  static constexpr bool kExchange = kNeox || !kVector;
+
+  float cos[kVecs][kLanes];  // the angle of each held value (both values of a gpt-j pair hold theirs)
+  float sin[kVecs][kLanes];
+
+  /// Load the angles of the held values from the token's cos/sin row (`row`, `half` = rotary_dim / 2).
+  /// `vector_cs`: whole vectors' angles may be read as vectors (the cache is aligned for them).
+  CUJIT_DEVICE void load(const C* row, int64_t first, int64_t rotated, int64_t half, bool whole, bool vector_cs) {
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (F::slot(i, 0) >= rotated) continue;  // the slots of a vector only grow with k
+      if constexpr (kVector) {
+        if (whole) {
+          const int64_t j0 = angle_index<kNeox>(first + F::slot(i, 0), half);
+          float c[kAngles], s[kAngles];
+          vec_io::load_float<C, kAngles>(row + j0, vector_cs, c);
+          vec_io::load_float<C, kAngles>(row + half + j0, vector_cs, s);
+#pragma unroll
+          for (int k = 0; k < kLanes; ++k) {
+            cos[i][k] = c[kNeox ? k : k / 2];
+            sin[i][k] = s[kNeox ? k : k / 2];
+          }
+          continue;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kLanes; ++k) {
+        if (F::slot(i, k) < rotated) {
+          const int64_t j = angle_index<kNeox>(first + F::slot(i, k), half);
+          cos[i][k] = cujit::to_float(row[j]);
+          sin[i][k] = cujit::to_float(row[half + j]);
+        }
+      }
+    }
+  }
+
+  /// Rotate the held (normalised, rounded) values of `held` in place. `staged` is the group's copy of the head in
+  /// shared memory (written and synchronised by the caller when kExchange; unused otherwise).
+  CUJIT_DEVICE void rotate(F& held, const T* staged, int64_t first, int64_t rotated, int64_t half,
+                           bool whole) const {
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (F::slot(i, 0) >= rotated) continue;
+      float x[kLanes], p[kLanes], out[kLanes];
+      unpack<T>(held.v[i], x);
+      if constexpr (kVector && !kNeox) {
+#pragma unroll
+        for (int k = 0; k < kLanes; ++k) p[k] = x[k ^ 1];  // a vector starts at an even element
+      } else if (kVector && whole) {
+        unpack<T>(V::load(staged + partner_of<kNeox>(first + F::slot(i, 0), half)), p);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kLanes; ++k) {
+          if (F::slot(i, k) < rotated) {
+            p[k] = cujit::to_float(staged[partner_of<kNeox>(first + F::slot(i, k), half)]);
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t e = first + F::slot(i, k);
+        if (F::slot(i, k) >= rotated) {
+          out[k] = x[k];
+        } else if (kNeox ? e < half : (e & 1) == 0) {
+          out[k] = rotary_detail::rotated_first(x[k], p[k], cos[i][k], sin[i][k]);
+        } else {
+          out[k] = rotary_detail::rotated_second(p[k], x[k], cos[i][k], sin[i][k]);
+        }
+      }
+      held.v[i] = pack<T>(out);
+    }
+  }
+};
+
+}  // namespace qk_norm_rotary_detail
+
+/// Normalise, then rotate, the `count` = tokens * (q_heads + kv_heads) heads of q and k in place (heads listed as
+/// in qk_rms_norm_kernel: a token's q heads, then its k heads). Launch kBlock threads per block and
+/// cdiv(count, kBlock / kRowThreads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)), rotary_dim even
+/// and at most head_dim. q and k must not overlap. kVector is the host's choice, as for qk_rms_norm_kernel (the
+/// same choice gives the same bits).
+template <typename T, typename C, typename P, bool kNeox, bool kGemma, bool kVector, int kBlock, int kRowThreads,
+          int kVecs>
+__global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
+    const P* __restrict__ positions, T* q, T* k, const T* __restrict__ q_weight, const T* __restrict__ k_weight,
+    const C* __restrict__ cos_sin, uint32_t count, uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride,
+    int64_t k_stride, int64_t head_dim, int64_t rotary_dim, uint64_t max_position, float eps) {
+  using namespace rms_norm_detail;
+  using R = qk_norm_rotary_detail::HeadRotation<T, C, kNeox, kVector, kRowThreads, kVecs>;
+  using F = typename R::F;
+  static_assert(kRowThreads <= cujit::kWarpSize, "a head is normalised by lanes of one warp");
+  static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPathScalar, 1>());
+  // Each group's normalised head, for the partners of its rotation (kExchange only).
+  __shared__ __align__(16) uint32_t staged_words[R::kExchange ? kBlock * kVecs * 4 : 4];
+  cujit::pdl_wait();  // q, k and positions come from the previous kernels
+  const int lane = threadIdx.x % kRowThreads;
+  const uint32_t g = blockIdx.x * (kBlock / kRowThreads) + threadIdx.x / kRowThreads;
+  const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, g, count, q_heads, heads_per_token, q_stride,
+                                     k_stride, head_dim);
+  const int64_t first = F::thread_offset(lane);
+  const int64_t left = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
+  const int64_t rotated = head.live ? rotary_dim - first : 0;
+  const int64_t half = rotary_dim / 2;
+  // Vectors whose angles and neox partners are whole vectors; the cache aligned for vector reads of them.
+  const bool whole = kVector && rotary_dim % (kNeox ? 2 * F::kLanes : F::kLanes) == 0;
+  const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, R::kAngles>());
+
+  F held, w;
+  held.load(head.row + first, left);
+  const int64_t pos = static_cast<int64_t>(positions[head.token]);
+  F::prefetch(head.weight + first, left);
+  const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
+  R rotation;
+  rotation.load(cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim, first, rotated, half, whole,
+                vector_cs);
+  const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held.sum_squares()), head_dim, eps);
+  w.load(head.weight + first, left);
+  cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+  held.forget();
+  held.template normalize<kGemma>(w, inv_rms);
+  T* const staged = reinterpret_cast<T*>(staged_words) + (threadIdx.x / kRowThreads) * F::kTile;
+  if constexpr (R::kExchange) {
+    held.store(staged + first, left);
+    __syncwarp();
+  }
+  rotation.rotate(held, staged, first, rotated, half, whole);
+  held.store(head.row + first, left);
+  if (head.live && !pos_ok && lane == 0) rotary_detail::position_fault(pos, head.token, max_position);
+}
+
+#endif  // CUJIT_KERNELS_QK_NORM_ROTARY_CUH_

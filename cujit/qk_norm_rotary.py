@@ -1,0 +1,121 @@
+"""Per-head RMSNorm of q and k, then rotary embedding, in place, in one kernel: ``qk_norm_rotary``.
+
+``qk_norm_rotary(positions, q, k, q_weight, k_weight, cos_sin_cache, *, head_size, eps=1e-6, is_neox=True,
+gemma=False, rotary_dim=None)``: the q / k norm and RoPE of Qwen3 and Gemma 3 attention in one pass over q and k.
+Each head becomes ``rope(round(head * rsqrt(mean(head**2) + eps) * w))`` (``w`` is ``q_weight`` or ``k_weight``;
+``1 + w`` with ``gemma=True``).
+
+- ``q`` [tokens, q_heads * head_size] and ``k`` [tokens, kv_heads * head_size]: float32, float16 or bfloat16, rows
+  at any stride (the q and k slices of a fused qkv tensor work as they are; they must not overlap). A
+  [tokens, heads, head_size] tensor is passed as its ``flatten(1)`` view.
+- ``q_weight`` and ``k_weight`` [head_size] of q's dtype; ``head_size`` must equal their length, up to 2048 bytes
+  (1024 fp16 / bf16 values, 512 fp32), as for :func:`cujit.qk_rms_norm.qk_rms_norm`.
+- ``positions`` [tokens], int32 or int64; ``cos_sin_cache`` [max_position, rotary_dim], float32 or q's dtype, cos
+  in the first half of a row and sin in the second; ``rotary_dim`` (the cache's width, which ``rotary_dim`` must
+  equal when given) even and at most ``head_size``: only the first ``rotary_dim`` values of each head are rotated.
+  ``is_neox``: rotate halves (neox) or interleaved pairs (gpt-j), as :func:`cujit.rotary_embedding.rotary_embedding`.
+
+Rounding: the normalised head is computed in fp32 from the stored values and rounded to the storage dtype, then
+rotated in fp32 (a fused multiply-add per value) and rounded again. The rounding in between is deliberate: a model
+that runs its q_norm and its rope as two ops rounds there, and with it the result is bit for bit
+``qk_rms_norm(q, k, q_weight, k_weight, eps, gemma=gemma)`` followed by ``rotary_embedding(positions, q, k,
+cos_sin_cache, is_neox=is_neox, head_size=head_size)``, in one launch that reads and writes q and k once instead of
+twice.
+
+Positions outside [0, max_position) fail the launch as in rotary_embedding (a device-side trap; the context is
+unusable afterwards). The kernel is ``qk_norm_rotary_kernel`` in ``cujit/kernels/qk_norm_rotary.cuh``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cujit
+
+from .qk_rms_norm import CONFIGS, distinct, head_config, vector_layout
+
+__all__ = ["qk_norm_rotary"]
+
+
+def _precompile() -> list[dict[str, Any]]:
+    """What serving calls take, and every other value of each template parameter at least once.
+
+    Serving: bf16 and fp16, a float32 or same-dtype cache, int64 positions, neox style, both weight forms, heads of
+    64, 128 and 256, aligned views. Besides: gpt-j style, float32 rows, int32 positions, the element layout of
+    unaligned views, and the configurations of longer heads.
+    """
+    def entry(dtype: str, cs: str, pos: str, neox: bool, gemma: bool, vector: bool, head: int) -> dict[str, Any]:
+        config = head_config(head, cujit.DType.of(dtype))
+        return {"dtype": dtype, "cs_dtype": cs, "pos_dtype": pos, "is_neox": neox, "gemma": gemma, "vector": vector,
+                **config._asdict()}
+
+    found = [entry(d, cs, "int64", True, gemma, True, head)
+             for d in ("bfloat16", "float16") for cs in ("float32", d) for gemma in (False, True)
+             for head in (64, 128, 256)]
+    found += [entry("bfloat16", "float32", "int64", True, gemma, False, head)
+              for gemma in (False, True) for head in (64, 128, 256)]
+    found += [entry("bfloat16", "float32", "int64", False, False, vector, 128) for vector in (True, False)]
+    found += [entry("float32", "float32", "int64", neox, False, True, head)
+              for neox in (True, False) for head in (64, 128, 256)]
+    found += [entry("float32", "float32", "int64", True, False, False, 256),
+              entry("bfloat16", "float32", "int32", True, False, True, 128)]
+    lanes = 8  # bf16 values per 16-byte vector: the heads that need the larger configurations
+    found += [entry("bfloat16", "float32", "int64", True, False, vector, rt * vecs * lanes)
+              for rt, vecs in CONFIGS[3:] for vector in (True, False)]
+    unique = {tuple(sorted(f.items())): f for f in found}
+    return list(unique.values())
+
+
+_T, _QW, _KW, _QS, _KS, _D = (cujit.SymbolicSize(n) for n in ("T", "QW", "KW", "QS", "KS", "D"))
+_P, _R = cujit.SymbolicSize("P"), cujit.SymbolicSize("R")
+_DTYPE, _CS_DTYPE, _POS_DTYPE = (cujit.SymbolicDType(n) for n in ("dtype", "cs_dtype", "pos_dtype"))
+_FLOATS = ("float32", "float16", "bfloat16")
+
+qk_norm_rotary = cujit.op(
+    "cujit::qk_norm_rotary(Tensor positions, Tensor(a!) q, Tensor(b!) k, Tensor q_weight, Tensor k_weight, "
+    "Tensor cos_sin_cache, *, int head_size, float eps=1e-6, bool is_neox=True, bool gemma=False, "
+    "int? rotary_dim=None) -> ()",
+    source="kernels/qk_norm_rotary.cuh",
+    kernel="qk_norm_rotary_kernel<{dtype}, {cs_dtype}, {pos_dtype}, {is_neox}, {gemma}, {vector}, {block}, "
+           "{row_threads}, {vecs}>",
+    tensors={
+        "positions": cujit.TensorMatcher([_T]).with_dtype("int32", "int64", symbol=_POS_DTYPE),
+        "q": cujit.TensorMatcher([_T, _QW]).with_strides([_QS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "k": cujit.TensorMatcher([_T, _KW]).with_strides([_KS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "q_weight": cujit.TensorMatcher([_D]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "k_weight": cujit.TensorMatcher([_D]).with_dtype(*_FLOATS, symbol=_DTYPE),
+        "cos_sin_cache": cujit.TensorMatcher([_P, _R]).with_dtype(*_FLOATS, symbol=_CS_DTYPE),
+    },
+    values={
+        "q_heads": "QW // D if D > 0 else 0",
+        "kv_heads": "KW // D if D > 0 else 0",
+        "per_token": "max(q_heads + kv_heads, 1)",
+        "count": "T * (q_heads + kv_heads)",
+        "config": head_config,
+        "vector": vector_layout,
+        "block": "config.block",
+        "row_threads": "config.row_threads",
+        "vecs": "config.vecs",
+    },
+    checks=[
+        ("head_size == D", "head_size: expected the length of q_weight and k_weight"),
+        ("D > 0", "q_weight: expected at least one value (head_size)"),
+        ("D * dtype.itemsize <= 2048",
+         "q_weight: expected head_size up to 2048 bytes (1024 fp16 / bf16, 512 fp32)"),
+        ("QW % D == 0 and KW % D == 0", "q and k: expected rows of whole heads (widths multiples of head_size)"),
+        ("T <= 1 or (abs(QS) >= QW and abs(KS) >= KW)", "q and k: rows overlap (a row stride below the width)"),
+        ("count < 2**31", "q and k: expected fewer than 2**31 heads in all"),
+        (distinct, "q and k must be different tensors"),
+        ("rotary_dim is None or rotary_dim == R", "rotary_dim: expected the width of cos_sin_cache"),
+        ("R > 0 and R % 2 == 0", "cos_sin_cache: expected an even, non-zero number of columns (the rotary dim)"),
+        ("R <= D", "cos_sin_cache: expected at most head_size columns (the rotary dim)"),
+        ("cs_dtype == 'float32' or cs_dtype == dtype", "cos_sin_cache: expected float32 or the dtype of q and k"),
+        ("T == 0 or P > 0", "cos_sin_cache: expected at least one row"),
+    ],
+    grid="cdiv(count, config.heads_per_block)",
+    block="block",
+    args=("positions", "q", "k", "q_weight", "k_weight", "cos_sin_cache", "count", "q_heads", "per_token", "QS",
+          "KS", "D", "R", "P", "eps"),
+    precompile=_precompile(),
+    pdl=True,
+)
