@@ -343,7 +343,7 @@ CUJIT_DEVICE void quantize_row_split(const T* x_row, uint8_t* q_row, float* scal
     if (q_aligned) {
       if (dst != nullptr) quantize<kRecip>(dst, true, v[i], scale);
     } else {
-      store_realigned(dst, quantized_bits<kRecip>(v[i], scale));
+      store_realigned(dst, dst != nullptr ? quantized_bits<kRecip>(v[i], scale) : Bits{0});
     }
   }
   // The rest, read again; a warp steps together (store_realigned).
@@ -506,7 +506,9 @@ CUJIT_DEVICE void quantize_groups_split(const T* x, uint8_t* q, float* scales, i
       for (int k = 0; k < kPer; ++k) {
         const uint32_t at = lane + k * kLanes;
         const bool body = live && at < vectors;
-        store_realigned(body ? group_q + heads[b] + at * kVec : nullptr, quantized_bits<kRecip>(v[b][k], scale));
+        using Bits = typename QBits<kVec>::type;
+        store_realigned(body ? group_q + heads[b] + at * kVec : nullptr,
+                        body ? quantized_bits<kRecip>(v[b][k], scale) : Bits{0});
         if (live && !body) {
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
