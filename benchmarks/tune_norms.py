@@ -38,7 +38,7 @@ from cujit.rms_norm import (
     NormConfig,
     norm_config,
 )
-from cujit.silu_and_mul import activation_config
+from cujit.silu_and_mul import ActivationConfig, RowLayout, activation_config, row_layout
 from cujit.tools.bench import timing
 
 KERNELS = Path(cujit.__file__).resolve().parent / "kernels"
@@ -89,10 +89,14 @@ def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormCo
     return sorted(found)
 
 
-def activation_candidates(dtype: torch.dtype) -> list[tuple[int, int]]:
-    """(block, vectors per thread) pairs, the rule's first."""
-    rule = tuple(activation_config(4096, dtype))
-    others = [(128, 1), (256, 1), (512, 1), (128, 2), (256, 2)]
+def activation_candidates(dtype: torch.dtype, hidden: int) -> list[ActivationConfig]:
+    """Configurations of the path the op takes for an aligned x of rows of ``hidden`` values, the rule's first."""
+    vector = hidden % (16 // dtype.itemsize) == 0
+    rule = activation_config(hidden, dtype, vector)
+    if vector:
+        others = [ActivationConfig(b, v) for b, v in ((128, 1), (256, 1), (512, 1), (128, 2), (256, 2))]
+    else:
+        others = [ActivationConfig(b, v, True) for b, v in ((256, 1), (256, 2), (128, 2), (512, 2))]
     return [rule, *(c for c in others if c != rule)]
 
 
@@ -100,10 +104,11 @@ def norm_expression(op: str, dtype: torch.dtype, c: NormConfig) -> str:
     return f"{op}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, {c.rows}>"
 
 
-def activation_expression(op: str, dtype: torch.dtype, block: int, vecs: int) -> str:
+def activation_expression(op: str, dtype: torch.dtype, c: ActivationConfig) -> str:
+    path = str(c.row_path).lower()
     if op == "silu_and_mul":
-        return f"silu_and_mul_kernel<{CPP[dtype]}, {block}, {vecs}>"
-    return f"gelu_and_mul_kernel<{CPP[dtype]}, false, {block}, {vecs}>"
+        return f"silu_and_mul_kernel<{CPP[dtype]}, {path}, {c.block}, {c.vecs}>"
+    return f"gelu_and_mul_kernel<{CPP[dtype]}, false, {path}, {c.block}, {c.vecs}>"
 
 
 # ------------------------------------------------------------------------------------------------ compiling
@@ -210,17 +215,22 @@ def activation_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, 
     moved = 3 * tokens * d * x.element_size()
     result = Result(op, dtype, tokens, d, copy_us(moved, tokens))
     lanes = 16 // x.element_size()
-    for block, vecs in activation_candidates(dtype):
-        kernel = kernels[activation_expression(op, dtype, block, vecs)]
-        go = cujit.LaunchKernel(math.ceil(tokens * d / (block * vecs * lanes)), block)
+    for c in activation_candidates(dtype, d):
+        kernel = kernels[activation_expression(op, dtype, c)]
+        if c.row_path:
+            layout = row_layout(d, x.element_size(), c.block, c.vecs)
+            go = cujit.LaunchKernel(math.ceil(tokens * layout.segs / (c.block // layout.group)), c.block)
+        else:
+            layout = RowLayout(0, 0, 0)
+            go = cujit.LaunchKernel(math.ceil(tokens * d / (c.block * c.vecs * lanes)), c.block)
 
-        def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = go) -> None:
-            go(k, out, x, tokens, d)
+        def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = go, layout: RowLayout = layout) -> None:
+            go(k, out, x, tokens, d, *layout)
         launch()
         ok = _close(out, expected, dtype)
         if not ok:
-            print(f"  WRONG: {op} {dtype} {tokens}x{d} block {block} vecs {vecs}", flush=True)
-        result.times[(block, vecs)] = device_us(launch, tokens) if ok else math.inf
+            print(f"  WRONG: {op} {dtype} {tokens}x{d} {c}", flush=True)
+        result.times[c] = device_us(launch, tokens) if ok else math.inf
     return result
 
 
@@ -231,8 +241,9 @@ def _name(candidate: object) -> str:
                 PATH_VECTOR_LATE: "late"}[candidate.path]
         rows = f" r{candidate.rows}" if candidate.rows > 1 else ""
         return f"{path} {candidate.row_threads}x{candidate.vecs}/{candidate.block}{rows}"
-    block, vecs = candidate  # type: ignore[misc]
-    return f"block {block} x{vecs}"
+    c = candidate
+    assert isinstance(c, ActivationConfig)
+    return f"{'rows' if c.row_path else 'vec'} block {c.block} x{c.vecs}"
 
 
 def report_shape(r: Result, rule: object) -> None:
@@ -328,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c)
                                            for c in norm_candidates(hidden, dtype, tokens)}
             else:
-                wanted["activation.cuh"] |= {activation_expression(op, dtype, *c) for c in activation_candidates(dtype)}
+                wanted["activation.cuh"] |= {activation_expression(op, dtype, c)
+                                             for c in activation_candidates(dtype, hidden)}
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
     start = time.perf_counter()
     kernels = Kernels(wanted)
@@ -341,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 rule: object = norm_config(hidden, dtype, vector, not vector, tokens)
             else:
                 r = activation_case(kernels, op, dtype, tokens, hidden)
-                rule = tuple(activation_config(hidden, dtype))
+                rule = activation_config(hidden, dtype, hidden % (16 // dtype.itemsize) == 0)
             report_shape(r, rule)
             results.append(r)
     report_table(results)

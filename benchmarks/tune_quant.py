@@ -62,7 +62,8 @@ class Candidate:
     threads: int
     vecs: int
     recip: bool = True
-    path: str = ""  # per tensor, dynamic: "two kernels" (the partial maxima, then the quantization)
+    path: str = ""  # per tensor, dynamic: "two kernels" (the partial maxima, then the quantization); per token:
+    # "rows" (the row path) for rows that are not whole 16-byte vectors
 
     def name(self) -> str:
         division = "" if self.recip else " ieee"
@@ -77,12 +78,13 @@ def _fits(threads: int, vecs: int, chunks: int) -> bool:
 
 def token_candidates(tokens: int, hidden: int) -> tuple[list[Candidate], Candidate]:
     chunks = hidden // VEC
-    rule = Candidate(*per_token_plan(tokens, hidden, ITEMSIZE))
-    found = {rule, Candidate(rule.threads, rule.vecs, recip=False)}
+    path = "rows" if hidden % VEC else ""  # the row path for rows that are not whole vectors, as the op takes it
+    rule = Candidate(*per_token_plan(tokens, hidden, ITEMSIZE), path=path)
+    found = {rule, Candidate(rule.threads, rule.vecs, recip=False, path=path)}
     for threads in (128, 256, 512, 1024):
         for vecs in (1, 2, 4):
             if _fits(threads, vecs, chunks):
-                found.add(Candidate(threads, vecs))
+                found.add(Candidate(threads, vecs, path=path))
     if hidden == 7168:
         found.add(Candidate(256, 4))  # 224 x 4 would be exact; powers of two keep the set of kernels small
     return sorted(found), rule
@@ -119,7 +121,8 @@ def dynamic_candidates(total: int) -> tuple[list[Candidate], Candidate]:
 def expressions(op: str, c: Candidate) -> list[str]:
     recip = "true" if c.recip else "false"
     if op == "per_token_quant_fp8":
-        return [f"per_token_quant_fp8_kernel<{CPP}, {c.threads}, {c.vecs}, {recip}>"]
+        rows = "true" if c.path == "rows" else "false"
+        return [f"per_token_quant_fp8_kernel<{CPP}, {c.threads}, {c.vecs}, {recip}, {rows}>"]
     if op == "per_token_group_quant_fp8":
         return [f"per_token_group_quant_fp8_kernel<{CPP}, {GROUP}, {c.threads}, {c.vecs}, {recip}>"]
     return [f"per_tensor_amax_kernel<{CPP}, {AMAX_THREADS}>",

@@ -47,14 +47,19 @@ from typing import Any
 import cujit
 
 __all__ = [
+    "ROW_PATH",
     "SIZE_CHECK",
     "T",
-    "divider",
+    "TENSOR_ROW_PATH",
+        "divider",
     "group_plan",
     "one_float",
     "per_tensor_plan",
+    "per_tensor_row_plan",
     "per_token_plan",
     "q_matcher",
+    "split_chunks",
+    "tensor_launch",
     "x_matcher",
 ]
 
@@ -135,6 +140,47 @@ def per_tensor_plan(total: int, itemsize: int, dynamic: bool) -> tuple[int, int,
     return threads, vecs, blocks, partials
 
 
+def split_chunks(tokens: int, hidden: int, x_stride: int, itemsize: int) -> int:
+    """The chunks of x [tokens, hidden] on the per-tensor row path, as the kernel's SplitRows counts them.
+
+    A contiguous x (rows ``hidden`` apart, or at most one row) is one row of all its values, otherwise each row is
+    split on its own; a row of n values is n // (16 / itemsize) + 2 chunks (its body vectors at most, its head and
+    its tail).
+    """
+    lanes = 16 // itemsize
+    total = tokens * hidden
+    if x_stride == hidden or total <= hidden:
+        return total // lanes + 2 if total else 0
+    return tokens * (hidden // lanes + 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def per_tensor_row_plan(tokens: int, hidden: int, x_stride: int, itemsize: int) -> tuple[int, int, int, int]:
+    """(threads, vecs, blocks, partials) of the per-tensor row path (x's pointer or rows not 16-byte aligned).
+
+    Blocks of ``threads`` threads with ``vecs`` chunks each, as many blocks as cover :func:`split_chunks` (the
+    kernel strides over the blocks, so any count is correct; this one gives each block one turn). 128 x 1 up to
+    SMALL_TENSOR_VALUES values, 256 x MANY_VECS beyond, static scale or not: the row path holds more per chunk
+    than the vector path (about 47 registers a thread at 128 x 1), so that 128 x 1 would keep fewer loads in
+    flight than the vector path's; 256 x 4 keeps 48 KB per SM at its 78 registers. ``partials``: blocks of the
+    partial-maxima kernel, tiles of AMAX_THREADS x 4 chunks.
+    """
+    total = tokens * hidden
+    chunks = split_chunks(tokens, hidden, x_stride, itemsize)
+    threads, vecs = (256, MANY_VECS) if total > SMALL_TENSOR_VALUES else (128, 1)
+    blocks = max(1, -(-chunks // (threads * vecs)))
+    partials = max(1, min(MAX_PARTIALS, -(-chunks // (AMAX_THREADS * 4))))
+    return threads, vecs, blocks, partials
+
+
+def tensor_launch(tokens: int, hidden: int, x_stride: int, itemsize: int, dynamic: bool,
+                  row_path: bool) -> tuple[int, int, int, int]:
+    """The plan of one per-tensor call: :func:`per_tensor_row_plan` on the row path, else :func:`per_tensor_plan`."""
+    if row_path:
+        return per_tensor_row_plan(tokens, hidden, x_stride, itemsize)
+    return per_tensor_plan(tokens * hidden, itemsize, dynamic)
+
+
 T, H, XS = (cujit.SymbolicSize(n) for n in ("T", "H", "XS"))
 dtype = cujit.SymbolicDType("dtype")
 #: x [tokens, hidden]: rows at any stride, values of a row contiguous.
@@ -145,6 +191,15 @@ q_matcher = cujit.TensorMatcher([T, H]).with_dtype("float8_e4m3fn")
 #: A device float32 value: a static scale, a scale bound, a returned per-tensor scale.
 one_float = cujit.TensorMatcher([1]).with_dtype("float32")
 SIZE_CHECK = ("T < 2**31 and H < 2**31", "x: expected fewer than 2**31 rows and columns")
+#: Per token and per group: whether the call takes the row path, the negation of the vector path's condition (x
+#: 16-byte aligned, its row stride and hidden whole vectors, q aligned to a vector's values), which the kernels'
+#: vector paths do not test again. ``lanes`` is 16 // dtype.itemsize; ``out`` is q.
+ROW_PATH = "not (aligned(x, 16) and XS % lanes == 0 and H % lanes == 0 and aligned(out, lanes))"
+#: Per tensor: the same for the flat vector path (x 16-byte aligned, its rows whole vectors unless x is contiguous:
+#: the kernels' flat_of; q aligned to a vector's values, else the vector path would store q byte by byte). Either
+#: path is correct for every layout; this picks the faster.
+TENSOR_ROW_PATH = ("not (aligned(x, 16) and (XS == H or T <= 1 or H == 0 or (XS % lanes == 0 and H % lanes == 0)) "
+                   "and aligned(out, lanes))")
 
 
 def __getattr__(name: str) -> Any:

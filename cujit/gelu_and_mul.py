@@ -17,7 +17,7 @@ __all__ = ["gelu_and_mul"]
 gelu_and_mul = cujit.op(
     "cujit::gelu_and_mul(Tensor x, str approximate='none', *, Tensor(a!)? out=None) -> Tensor",
     source="kernels/activation.cuh",
-    kernel="gelu_and_mul_kernel<{dtype}, {tanh}, {block}, {vecs}>",
+    kernel="gelu_and_mul_kernel<{dtype}, {tanh}, {row_path}, {block}, {vecs}>",
     tensors=GATED_TENSORS,
     values={**GATED_VALUES, "tanh": "approximate == 'tanh'"},
     checks=[("approximate in ('none', 'tanh')", "approximate must be 'none' or 'tanh'"), GATED_CHECK],

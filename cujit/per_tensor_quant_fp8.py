@@ -4,7 +4,9 @@ Static with ``scale`` (a device float32 tensor [1], returned as a copy): one ker
 max(amax / 448, 1 / (448 * 512)) over the whole tensor, computed on the device with no host sync, in two kernels:
 partial maxima over tiles read front to back, then the scale and the quantization, blocks in reverse order so that
 the values read last by the first kernel are read first, from L2. Plans: cujit.fp8_quant.per_tensor_plan. The
-rule, bit for bit: cujit/fp8_quant.py.
+rule, bit for bit: cujit/fp8_quant.py. When x's pointer (or, for a strided x, its rows) is not 16-byte aligned,
+both kernels take the row path: each row (all of x, when contiguous) split at its own 16-byte boundaries, 16-byte
+loads between them (cujit.fp8_quant.TENSOR_ROW_PATH, per_tensor_row_plan).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import cujit
 from .fp8_quant import (
     AMAX_THREADS,
     SIZE_CHECK,
+    TENSOR_ROW_PATH,
     one_float,
     per_tensor_plan,
+    per_tensor_row_plan,
     q_matcher,
+    tensor_launch,
     x_matcher,
 )
 
@@ -26,14 +31,16 @@ __all__ = ["per_tensor_quant_fp8"]
 
 
 def _precompiled() -> list[dict[str, Any]]:
-    """bf16 and fp16, small and large tensors, static and dynamic scales."""
+    """bf16 and fp16, small and large tensors, static and dynamic scales, on both paths."""
     found = []
     for d, itemsize in (("bfloat16", 2), ("float16", 2)):
         for total in (4096, 1 << 24):
             for dynamic in (False, True):
                 threads, vecs, *_ = per_tensor_plan(total, itemsize, dynamic)
-                found.append({"dtype": d, "threads": threads, "vecs": vecs})
-    return found
+                found.append({"dtype": d, "threads": threads, "vecs": vecs, "row_path": False})
+            threads, vecs, *_ = per_tensor_row_plan(total // 4096, 4096, 4097, itemsize)
+            found.append({"dtype": d, "threads": threads, "vecs": vecs, "row_path": True})
+    return [dict(t) for t in dict.fromkeys(tuple(f.items()) for f in found)]
 
 
 per_tensor_quant_fp8 = cujit.op(
@@ -42,18 +49,20 @@ per_tensor_quant_fp8 = cujit.op(
     source="kernels/fp8_quant.cuh",
     launches=[
         # Dynamic: the partial maxima.
-        cujit.Launch(kernel=f"per_tensor_amax_kernel<{{dtype}}, {AMAX_THREADS}>",
+        cujit.Launch(kernel=f"per_tensor_amax_kernel<{{dtype}}, {AMAX_THREADS}, {{row_path}}>",
                      grid="partials if scale is None else 0", block=AMAX_THREADS,
                      args=("x", "partial_max", "XS", "H", "total")),
         # The scale (given, or from the partial maxima), then q, blocks in reverse order.
-        cujit.Launch(kernel="per_tensor_quant_fp8_kernel<{dtype}, {threads}, {vecs}, true>",
+        cujit.Launch(kernel="per_tensor_quant_fp8_kernel<{dtype}, {threads}, {vecs}, true, {row_path}>",
                      grid="blocks", block="threads",
                      args=("x", "out", "partial_max", "scale", "scale_out", "XS", "H", "total", "partials")),
     ],
     tensors={"x": x_matcher, "scale": one_float, "out": q_matcher, "scale_out": one_float},
     values={
         "total": "T * H",
-        "plan": (per_tensor_plan, "total", "dtype.itemsize", "scale is None"),
+        "lanes": "16 // dtype.itemsize",
+        "row_path": TENSOR_ROW_PATH,
+        "plan": (tensor_launch, "T", "H", "XS", "dtype.itemsize", "scale is None", "row_path"),
         "threads": "plan[0]",
         "vecs": "plan[1]",
         "blocks": "plan[2]",

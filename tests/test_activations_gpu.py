@@ -5,6 +5,10 @@ kernel computes in fp32 and rounds once (bf16 1e-2 > 2**-7, fp16 2e-3 > 2**-10);
 kernel's exponential (the hardware's exp2) and erf differ from the exact values by a few units in the last place.
 The references are float64 so that the cancellation in torch's own ``1 + erf`` / ``1 + tanh`` for large negative
 inputs does not count against the kernel.
+
+The kernel has two paths: 16-byte vectors over the whole tensor when d is whole vectors and x and out are 16-byte
+aligned, cujit/rows.cuh's row_map for every other d and alignment (odd widths, views that start one element in).
+Both compute the same expression, so the same values give the same bits on either path and at any alignment.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ CASES = [(torch.bfloat16, t, d) for t in TOKENS for d in HIDDEN]
 CASES += [(dt, t, d) for dt in (torch.float16, torch.float32) for t in (7, 128) for d in HIDDEN]
 CASES += [(dt, 4097, d) for dt in (torch.float16, torch.float32) for d in (4097, 8192)]
 CASES += [(dt, t, d) for dt in DTYPES for t in (1, 3) for d in (1, 3, 32768)]
+#: Odd widths on the row path, for every dtype: one thread per row up to a block per segment of a long row.
+ODD = [1, 7, 2881, 4095, 4097]
+CASES += [(dt, t, d) for dt in DTYPES for t in (1, 5, 130) for d in ODD]
+CASES += [(dt, t, d) for dt in DTYPES for t in (1, 3) for d in (8193, 30001, 65537)]
 
 
 def _id(case: tuple[torch.dtype, int, int]) -> str:
@@ -87,18 +95,55 @@ def test_extreme_inputs(name: str, dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [64, 4096, 4097])
+@pytest.mark.parametrize("d", [1, 7, 64, 2881, 4095, 4096, 4097, 8193, 30001])
 def test_misaligned_and_out(name: str, dtype: torch.dtype, d: int) -> None:
-    base = _input((33 * 2 * d + 1,), dtype)
-    x = base[1:].view(33, 2 * d)  # contiguous, but its first element is past a 16-byte boundary
-    storage = torch.full((33 * d + 1,), float("nan"), device="cuda", dtype=dtype)
-    out = storage[1:].view(33, d)  # a misaligned output the caller owns
+    """x and out one element past a 16-byte boundary, each alone and both: the right values, nothing written
+    outside out, and the bits of the aligned call (the vector path where d allows it)."""
+    rows = 33
+    base = _input((rows * 2 * d + 1,), dtype)
+    x = base[1:].view(rows, 2 * d)  # contiguous, but its first element is past a 16-byte boundary
+    aligned_x = x.clone()
+    storage = torch.full((rows * d + 2,), float("nan"), device="cuda", dtype=dtype)
+    out = storage[1:-1].view(rows, d)  # a misaligned output the caller owns, between two guards
     assert run(name, x, out=out) is out
     assert_matches(out, reference(name, x), dtype)
-    assert storage[0].isnan()
-    aligned = torch.empty(33, d, device="cuda", dtype=dtype)
-    assert run(name, x.clone(), out=aligned) is aligned
-    assert_matches(aligned, reference(name, x), dtype)
+    assert storage[0].isnan() and storage[-1].isnan()
+    aligned = torch.empty(rows, d, device="cuda", dtype=dtype)
+    assert run(name, aligned_x, out=aligned) is aligned
+    assert torch.equal(aligned, out)
+    assert torch.equal(run(name, x), out)  # x misaligned, out aligned
+    storage.fill_(float("nan"))
+    assert torch.equal(run(name, aligned_x, out=out), aligned)  # x aligned, out misaligned
+    assert storage[0].isnan() and storage[-1].isnan()
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", range(1, 8))
+def test_every_offset_gives_the_same_bits(name: str, dtype: torch.dtype, offset: int) -> None:
+    """Views of the same values starting 1 to 7 elements in (every alignment of a bf16 or fp16 row; fp32 repeats
+    them), at widths on both sides of a vector, equal the aligned call bit for bit."""
+    for rows, d in ((9, 4096), (9, 4097), (4, 2881), (65, 24), (3, 7)):
+        x = _input((rows, 2 * d), dtype)
+        expected = run(name, x)
+        base = torch.empty(rows * 2 * d + offset, device="cuda", dtype=dtype)
+        shifted = base[offset:].view(rows, 2 * d)
+        shifted.copy_(x)
+        assert torch.equal(run(name, shifted), expected), (rows, d)
+        outs = torch.full((rows * d + offset,), float("nan"), device="cuda", dtype=dtype)
+        assert torch.equal(run(name, shifted, out=outs[offset:].view(rows, d)), expected), (rows, d)
+        assert outs[:offset].isnan().all()
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("d", [1, 7, 100])
+def test_many_short_rows(name: str, d: int) -> None:
+    """65536 rows of a few values: many rows per block on the row path."""
+    x = _input((65536, 2 * d), torch.bfloat16)
+    assert_matches(run(name, x), reference(name, x), torch.bfloat16)
+    shifted = torch.empty(65536 * 2 * d + 1, device="cuda", dtype=torch.bfloat16)[1:].view(65536, 2 * d)
+    shifted.copy_(x)
+    assert torch.equal(run(name, shifted), run(name, x))
 
 
 @pytest.mark.parametrize("name", ["silu", "gelu"])
@@ -184,6 +229,7 @@ def test_refuses_wrong_inputs_and_launches_nothing() -> None:
         (lambda: silu_and_mul(x, out=out[:, :63]), cujit.TensorMatchError, ("out",)),
         (lambda: silu_and_mul(_input((8, 127), torch.bfloat16), out=out), cujit.CujitError, ("even",)),
         (lambda: silu_and_mul(x[:, ::2]), cujit.TensorMatchError, ("x",)),
+        (lambda: silu_and_mul(_input((8, 129), torch.bfloat16)[:, 1:]), cujit.TensorMatchError, ("x",)),
         (lambda: silu_and_mul(x[:, :64], out=out[:, :32].contiguous()), cujit.TensorMatchError, ("x",)),
         (lambda: silu_and_mul(x.cpu(), out=out), cujit.CujitError, ("cuda",)),
         (lambda: gelu_and_mul(x, "exact", out=out), cujit.CujitError, ("approximate",)),

@@ -15,9 +15,11 @@ from cujit.fp8_quant import (
     group_plan,
     per_tensor_plan,
     per_tensor_quant_fp8,
+    per_tensor_row_plan,
     per_token_group_quant_fp8,
     per_token_plan,
     per_token_quant_fp8,
+    split_chunks,
 )
 from cujit.rotary_embedding import launch_plan as rotary_plan
 from cujit.rotary_embedding import rotary_embedding, rows_for
@@ -86,6 +88,13 @@ def test_quant_plans() -> None:
     assert per_tensor_plan(4097 * 4096, 2, False) == (128, 1, -(-4097 * 4096 // 1024), 256)  # static: 128 x 1
     assert per_tensor_plan(0, 2, True) == (128, 1, 1, 1)  # one block still writes the scale
     assert per_tensor_plan(5, 4, False) == (128, 1, 1, 1)
+    # The row path: a contiguous x is one row (its values // 8 + 2 chunks), a strided one hidden // 8 + 2 a row.
+    assert split_chunks(33, 4000, 4000, 2) == 132000 // 8 + 2
+    assert split_chunks(33, 4000, 4097, 2) == 33 * (4000 // 8 + 2)
+    assert split_chunks(1, 4000, 9999, 4) == 4000 // 4 + 2 and split_chunks(0, 4000, 4097, 2) == 0
+    assert per_tensor_row_plan(33, 4000, 4097, 2) == (128, 1, 130, 9)
+    assert per_tensor_row_plan(4097, 4097, 4097, 2) == (256, 4, -(-(4097 * 4097 // 8 + 2) // 1024), 256)
+    assert per_tensor_row_plan(0, 4096, 4096, 2) == (128, 1, 1, 1)  # one block still writes the scale
 
 
 @pytest.mark.parametrize(("dtype", "neox", "head_size", "rotary_dim"),
@@ -243,15 +252,26 @@ with stub_backend() as stub:
                       128, 64, 5], values
 
     # per_token_quant_fp8: fp16 [3, 4096] with a scale bound; q and scales allocated.
-    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=512, vecs=1))
+    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=512, vecs=1, row_path=False))
     x, ub = fake(torch.randn(3, 4096, dtype=f16)), fake(torch.ones(1))
     [(grid, block, values)], (q, scales) = launches(per_token_quant_fp8, kernels, x, scale_ub=ub)
     assert grid == (3, 1, 1) and block == (512, 1, 1), (grid, block)
     assert tuple(q.shape) == (3, 4096) and q.dtype == torch.float8_e4m3fn and tuple(scales.shape) == (3, 1)
     assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), ub.data_ptr(), 4096, 4096], values
+    # The row path (the kernel's kRows): rows one element past a 16-byte boundary, then an out that starts one
+    # byte in; the same plan and grid.
+    kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=512, vecs=1, row_path=True))
+    x = fake(torch.randn(3, 4097, dtype=f16)[:, 1:])
+    [(grid, block, values)], (q, scales) = launches(per_token_quant_fp8, kernels, x)
+    assert grid == (3, 1, 1) and block == (512, 1, 1), (grid, block)
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 0, 4097, 4096], values
+    aligned = fake(torch.randn(3, 4096, dtype=f16))
+    out = fake(torch.empty(3 * 4096 + 1, dtype=torch.uint8)[1:].view(torch.float8_e4m3fn).view(3, 4096))
+    [(grid, _, values)], _ = launches(per_token_quant_fp8, kernels, aligned, out=out)
+    assert grid == (3, 1, 1) and values[:2] == [aligned.data_ptr(), out.data_ptr()], values
 
     # per_tensor_quant_fp8: partial maxima, then the quantization, at every size; static: one launch.
-    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1))
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1, row_path=False))
     x = fake(torch.randn(33, 4096, dtype=f16)[:, :4000])
     [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
     partials = allocated[-1]
@@ -268,15 +288,35 @@ with stub_backend() as stub:
                                                             16384], v3
     assert g4 == (16, 1, 1) and b4 == (128, 1, 1) and v4[:3] == [small.data_ptr(), q.data_ptr(),
                                                                  partials.data_ptr()], (g4, v4)
+    # The row path: rows 4097 apart, one element in (33 rows of 4000 // 8 + 2 chunks: 130 blocks of 128, 9
+    # partial maxima), then a contiguous x one element in (one row of 132000 // 8 + 2 chunks: 129 blocks).
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1, row_path=True))
+    x = fake(torch.randn(33, 4097, dtype=f16)[:, 1:4001])
+    [(g1, b1, v1), (g2, b2, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
+    partials = allocated[-1]
+    assert g1 == (9, 1, 1) and b1 == (512, 1, 1) and g2 == (130, 1, 1) and b2 == (128, 1, 1), (g1, b1, g2, b2)
+    assert v1 == [x.data_ptr(), partials.data_ptr(), 4097, 4000, 132000], v1
+    assert v2 == [x.data_ptr(), q.data_ptr(), partials.data_ptr(), 0, scale.data_ptr(), 4097, 4000, 132000, 9], v2
+    x = fake(torch.randn(33 * 4000 + 1, dtype=f16)[1:].view(33, 4000))
+    [(g1, _, _), (g2, _, v2)], (q, scale) = launches(per_tensor_quant_fp8, kernels, x)
+    assert g1 == (9, 1, 1) and g2 == (129, 1, 1) and v2[5:8] == [4000, 4000, 132000], (g1, g2, v2)
 
     # per_token_group_quant_fp8: column-major scales are allocated with strides (1, tokens).
-    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128, threads=128, vecs=1))
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128, threads=128, vecs=1,
+                                                      row_path=False))
     x = fake(torch.randn(7, 1024, dtype=f16))
     [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128,
                                                      column_major_scales=True)
     assert grid == (7, 1, 1) and block == (128, 1, 1), (grid, block)  # 8 groups per block
     assert tuple(scales.shape) == (7, 8) and scales.stride() == (1, 7), scales.stride()
     assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1024, 1024, 56, 8, 2**31, 2, 1, 7], values
+    # The row path for x[:, 1:] (groups one element past a 16-byte boundary): the same geometry and grid.
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float16", group_size=128, threads=128, vecs=1,
+                                                      row_path=True))
+    x = fake(torch.randn(7, 1025, dtype=f16)[:, 1:])
+    [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128)
+    assert grid == (7, 1, 1) and block == (128, 1, 1), (grid, block)
+    assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1025, 1024, 56, 8, 2**31, 2, 8, 1], values
 
     # rotary_embedding_with_kv_cache: 3-D views of one qkv tensor, 8 + 2 + 2 heads of 64.
     kernels = prepare(rotary_embedding_with_kv_cache, dict(dtype="float16", cs_dtype="float32",

@@ -16,6 +16,7 @@ from cujit.fp8_quant import (
     group_plan,
     per_tensor_plan,
     per_tensor_quant_fp8,
+    per_tensor_row_plan,
     per_token_group_quant_fp8,
     per_token_plan,
     per_token_quant_fp8,
@@ -31,8 +32,8 @@ TOTALS = (0, 5, 4096, 1 << 16, (1 << 16) + 1, 1 << 20, (1 << 20) + 1, 4097 * 716
 
 def _token_expressions(dtype: str) -> set[str]:
     cpp, itemsize = DTYPES[dtype]
-    return {"per_token_quant_fp8_kernel<{}, {}, {}, true>".format(cpp, *per_token_plan(t, h, itemsize))
-            for t in TOKENS for h in HIDDEN}
+    return {"per_token_quant_fp8_kernel<{}, {}, {}, true, {}>".format(cpp, *per_token_plan(t, h, itemsize), rows)
+            for t in TOKENS for h in HIDDEN for rows in ("false", "true")}
 
 
 def _group_expressions(dtype: str) -> set[str]:
@@ -41,17 +42,21 @@ def _group_expressions(dtype: str) -> set[str]:
     for t in TOKENS:
         for g in GROUPS:
             threads, vecs, _ = group_plan(t, g, itemsize)
-            found.add(f"per_token_group_quant_fp8_kernel<{cpp}, {g}, {threads}, {vecs}, true>")
+            for rows in ("false", "true"):
+                found.add(f"per_token_group_quant_fp8_kernel<{cpp}, {g}, {threads}, {vecs}, true, {rows}>")
     return found
 
 
 def _tensor_expressions(dtype: str) -> set[str]:
     cpp, itemsize = DTYPES[dtype]
-    found = {f"per_tensor_amax_kernel<{cpp}, {AMAX_THREADS}>"}
+    found = {f"per_tensor_amax_kernel<{cpp}, {AMAX_THREADS}, {rows}>" for rows in ("false", "true")}
     for total in TOTALS:
         for dynamic in (False, True):
             threads, vecs, *_ = per_tensor_plan(total, itemsize, dynamic)
-            found.add(f"per_tensor_quant_fp8_kernel<{cpp}, {threads}, {vecs}, true>")
+            found.add(f"per_tensor_quant_fp8_kernel<{cpp}, {threads}, {vecs}, true, false>")
+        for hidden, stride in ((max(total, 1), max(total, 1)), (7, 8), (4096, 4097)):
+            threads, vecs, *_ = per_tensor_row_plan(total // hidden, hidden, stride, itemsize)
+            found.add(f"per_tensor_quant_fp8_kernel<{cpp}, {threads}, {vecs}, true, true>")
     return found
 
 
@@ -67,8 +72,11 @@ def test_every_instantiation_the_plans_choose_compiles(dtype: str) -> None:
 def test_the_tuning_variants_compile() -> None:
     """The IEEE-division forms (kRecip false) that benchmarks/tune_quant.py compares, for sm_80 and sm_90."""
     expressions = ["per_token_quant_fp8_kernel<bf16_t, 512, 1, false>",
+                   "per_token_quant_fp8_kernel<bf16_t, 512, 1, false, true>",
                    "per_token_group_quant_fp8_kernel<bf16_t, 128, 128, 4, false>",
-                   "per_tensor_quant_fp8_kernel<bf16_t, 256, 4, false>"]
+                   "per_token_group_quant_fp8_kernel<bf16_t, 128, 128, 4, false, true>",
+                   "per_tensor_quant_fp8_kernel<bf16_t, 256, 4, false>",
+                   "per_tensor_quant_fp8_kernel<bf16_t, 256, 4, false, true>"]
     module = cujit.load_jit("fp8_ieee_variants", cuda_files=[KERNEL],
                             cuda_wrappers=[(f"k{i}", e) for i, e in enumerate(expressions)])
     for arch in ("sm_80", "sm_90"):
@@ -85,13 +93,20 @@ def test_precompile_lists_hold_the_serving_shapes(dtype: str) -> None:
     for tokens in (1, 16, 4097):
         for hidden in (4096, 7168):
             threads, vecs = per_token_plan(tokens, hidden, itemsize)
-            assert {"dtype": dtype, "threads": threads, "vecs": vecs} in _fields(per_token_quant_fp8)
+            for row_path in (False, True):  # the plan is the same on both paths
+                assert {"dtype": dtype, "threads": threads, "vecs": vecs, "row_path": row_path} in _fields(
+                    per_token_quant_fp8)
             threads, vecs, _ = group_plan(tokens, 128, itemsize)
-            assert {"dtype": dtype, "group_size": 128, "threads": threads, "vecs": vecs} in _fields(
-                per_token_group_quant_fp8)
+            for row_path in (False, True):
+                assert {"dtype": dtype, "group_size": 128, "threads": threads, "vecs": vecs,
+                        "row_path": row_path} in _fields(per_token_group_quant_fp8)
             for dynamic in (False, True):
                 threads, vecs, *_ = per_tensor_plan(tokens * hidden, itemsize, dynamic)
-                assert {"dtype": dtype, "threads": threads, "vecs": vecs} in _fields(per_tensor_quant_fp8)
+                assert {"dtype": dtype, "threads": threads, "vecs": vecs, "row_path": False} in _fields(
+                    per_tensor_quant_fp8)
+            threads, vecs, *_ = per_tensor_row_plan(tokens, hidden, hidden + 1, itemsize)
+            assert {"dtype": dtype, "threads": threads, "vecs": vecs, "row_path": True} in _fields(
+                per_tensor_quant_fp8)
 
 
 def test_group_geometry_of_the_host_is_the_kernels(tmp_path: Path) -> None:

@@ -2,6 +2,10 @@
 
 The references divide by CUDA tensors only: torch computes ``a / b`` for a Python number ``b`` as ``a * (1 / b)``,
 which is not the IEEE division the rule (and the kernels) use.
+
+Layouts that are not whole 16-byte vectors at aligned addresses take the kernels' row path (odd widths of a strided
+x, views such as x[:, 1:], an out that starts mid-vector); the "row path" section runs it at every alignment of x
+and of q against the same rule, for all three ops.
 """
 
 from __future__ import annotations
@@ -368,6 +372,165 @@ def test_per_tensor_size_thresholds(tokens: int, hidden: int) -> None:
     x = rows(tokens, hidden, torch.bfloat16)
     x.view(-1)[-1] = -77.0  # the max in the last values
     assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+
+
+# ---------------------------------------------------------------------------------------------------- row path
+# Odd widths, x views that start 1 to 7 elements past a 16-byte boundary (x = base[:, k:], and a contiguous x one
+# element in), and q views that start 1 to 7 bytes in, for every dtype: per token and per tensor take the row
+# path for all of these; per group too where its groups allow.
+ODD_HIDDEN = [1, 7, 2881, 4095, 4097]
+LAYOUTS = ["rows", "x[:, 1:]", "x[:, 3:]", "x[:, 7:]", "flat + 1"]
+
+
+def laid_out(tokens: int, hidden: int, dtype: torch.dtype, layout: str, scale: float = 3.0) -> torch.Tensor:
+    """x [tokens, hidden] of random values: contiguous ("rows"), a column slice that starts k elements into rows
+    k columns wider ("x[:, k:]"), or contiguous from one element past the start of its storage ("flat + 1")."""
+    if layout == "rows":
+        return rows(tokens, hidden, dtype, scale=scale)
+    if layout == "flat + 1":
+        flat = (torch.randn(tokens * hidden + 1, device="cuda") * scale).to(dtype)
+        return flat[1:].view(tokens, hidden)
+    k = int(layout[5])
+    return (torch.randn(tokens, hidden + k, device="cuda") * scale).to(dtype)[:, k:]
+
+
+def q_view(tokens: int, hidden: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(storage, out): an fp8 out [tokens, hidden] that starts ``offset`` bytes into a storage of 0x33 bytes, with
+    one guard byte after it."""
+    storage = torch.full((tokens * hidden + offset + 1,), 0x33, dtype=torch.uint8, device="cuda")
+    return storage, storage[offset:offset + tokens * hidden].view(FP8).view(tokens, hidden)
+
+
+def assert_guards(storage: torch.Tensor, offset: int) -> None:
+    assert (storage[:offset] == 0x33).all() and storage[-1].item() == 0x33
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 300])
+@pytest.mark.parametrize("hidden", [*ODD_HIDDEN, 4096])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_token_row_path(tokens: int, hidden: int, layout: str, dtype: torch.dtype) -> None:
+    x = laid_out(tokens, hidden, dtype, layout)
+    assert_same(*per_token_quant_fp8(x), *ref_per_token(x))
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 300])
+@pytest.mark.parametrize("hidden", [*ODD_HIDDEN, 4096])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_per_tensor_row_path(tokens: int, hidden: int, layout: str, dtype: torch.dtype, static: bool) -> None:
+    x = laid_out(tokens, hidden, dtype, layout)
+    scale = torch.tensor([0.0123], device="cuda") if static else None
+    assert_same(*per_tensor_quant_fp8(x, scale), *ref_per_tensor(x, scale))
+
+
+@pytest.mark.parametrize("offset", range(1, 8))
+@pytest.mark.parametrize("layout", ["rows", "x[:, 1:]", "x[:, 3:]"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_row_path_out_views(offset: int, layout: str, dtype: torch.dtype) -> None:
+    """q one to seven bytes past an aligned address: the aligned words of each row assembled across lanes, and
+    nothing written outside q."""
+    for tokens, hidden in ((7, 4096), (7, 4097), (300, 2881), (3, 7), (2, 65537)):
+        x = laid_out(tokens, hidden, dtype, layout)
+        storage, out = q_view(tokens, hidden, offset)
+        scales = torch.empty(tokens, 1, device="cuda")
+        assert per_token_quant_fp8(x, out=out, scales=scales)[0] is out
+        assert_same(out, scales, *ref_per_token(x))
+        assert_guards(storage, offset)
+        for static in (None, torch.tensor([0.0123], device="cuda")):
+            storage, out = q_view(tokens, hidden, offset)
+            q, scale = per_tensor_quant_fp8(x, static, out=out)
+            assert q is out
+            assert_same(out, scale, *ref_per_tensor(x, static))
+            assert_guards(storage, offset)
+
+
+@pytest.mark.parametrize("group_size", [16, 128, 1024])
+@pytest.mark.parametrize("layout", ["x[:, 1:]", "x[:, 3:]", "x[:, 7:]", "flat + 1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+@pytest.mark.parametrize("column_major", [False, True], ids=["row_major", "column_major"])
+def test_per_group_row_path(group_size: int, layout: str, dtype: torch.dtype, column_major: bool) -> None:
+    """Groups that start mid-vector (every group of a row at the same offset) take the row path."""
+    for tokens, hidden in ((1, 2048), (37, 2048), (300, 4096)):
+        x = laid_out(tokens, hidden, dtype, layout)
+        q, scales = per_token_group_quant_fp8(x, group_size, column_major_scales=column_major)
+        assert_same(q, scales.contiguous(), *ref_per_group(x, group_size))
+
+
+@pytest.mark.parametrize("offset", range(1, 8))
+@pytest.mark.parametrize("layout", ["rows", "x[:, 1:]"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_per_group_row_path_out_views(offset: int, layout: str, dtype: torch.dtype) -> None:
+    for group_size in (16, 128, 1024):
+        x = laid_out(33, 2048, dtype, layout)
+        storage, out = q_view(33, 2048, offset)
+        q, scales = per_token_group_quant_fp8(x, group_size, out=out)
+        assert q is out
+        assert_same(out, scales, *ref_per_group(x, group_size))
+        assert_guards(storage, offset)
+
+
+@pytest.mark.parametrize("tokens", [3, 300])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_row_path_long_rows_and_large_tensors(tokens: int, dtype: torch.dtype) -> None:
+    """Rows longer than the vectors a block holds in registers (the rest read again), and per tensor a tensor
+    beyond SMALL_TENSOR_VALUES (256 x 4 chunks a block, many partial maxima), the max in the last value."""
+    for hidden in (65537, 20001):
+        x = laid_out(tokens, hidden, dtype, "x[:, 1:]")
+        x[-1, -1] = -1e4
+        assert_same(*per_token_quant_fp8(x), *ref_per_token(x))
+        assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+    x = laid_out(4097, 4097, dtype, "flat + 1")
+    x[-1, -1] = -1e4
+    assert_same(*per_tensor_quant_fp8(x), *ref_per_tensor(x))
+    assert_same(*per_tensor_quant_fp8(x, torch.tensor([0.5], device="cuda")),
+                *ref_per_tensor(x, torch.tensor([0.5], device="cuda")))
+
+
+@pytest.mark.parametrize("layout", ["x[:, 1:]", "flat + 1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_row_path_matches_the_vector_path(layout: str, dtype: torch.dtype) -> None:
+    """The same values laid out both ways give the same bytes and scales, with a scale bound as well."""
+    x = laid_out(300, 4096, dtype, layout)
+    aligned = x.contiguous()
+    ub = torch.tensor([2.0], device="cuda")
+    for call in (lambda t: per_token_quant_fp8(t), lambda t: per_token_quant_fp8(t, scale_ub=ub),
+                 lambda t: per_tensor_quant_fp8(t), lambda t: per_tensor_quant_fp8(t, ub),
+                 lambda t: per_token_group_quant_fp8(t, 128), lambda t: per_token_group_quant_fp8(t, 16)):
+        q, s = call(x)
+        assert_same(q, s, *call(aligned))
+
+
+@pytest.mark.parametrize("layout", ["x[:, 1:]", "flat + 1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ID)
+def test_row_path_special_values(layout: str, dtype: torch.dtype) -> None:
+    """Zeros, infinities, NaN and negative zeros at the heads, tails and bodies of the row path's rows."""
+    x = laid_out(7, 4097, dtype, layout)
+    x[0] = 0.0
+    x[1, 0] = float("inf")  # the first value (a head value wherever the row starts mid-vector)
+    x[2, -1] = float("-inf")  # the last value
+    x[3, 2048] = float("nan")  # inside
+    x[4] = -0.0
+    x[5, ::3] = -0.0
+    x[6, -2] = float("nan")
+    q, scales = per_token_quant_fp8(x)
+    assert_same(q, scales, *ref_per_token(x))
+    assert (fp8_bytes(q[4]) == 0x80).all() and (fp8_bytes(q[5, ::3]) == 0x80).all()
+    for rows_ in (slice(0, 1), slice(4, 6), slice(1, 2), slice(3, 4)):
+        assert_same(*per_tensor_quant_fp8(x[rows_]), *ref_per_tensor(x[rows_]))
+    g = x[:, :4096]  # groups one element (or more) past a boundary, the specials in their heads, tails and bodies
+    q, scales = per_token_group_quant_fp8(g, 128)
+    assert_same(q, scales, *ref_per_group(g, 128))
+
+
+@pytest.mark.parametrize("scale", [2.0**-61, 2.0**126, 1e-40, 3e-3, -0.5, 0.0, float("inf"), float("nan")], ids=repr)
+def test_row_path_static_scales_over_the_float_range(scale: float) -> None:
+    mantissa = torch.randn(5, 1025, device="cuda")
+    x = (mantissa * torch.pow(2.0, torch.randint(-140, 120, (5, 1025), device="cuda").float()))[:, 1:]
+    x[0, :8] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-45, -1e-45, 3e38])
+    s = torch.tensor([scale], device="cuda")
+    assert_same(*per_tensor_quant_fp8(x, s), *ref_per_tensor(x, s))
 
 
 # ---------------------------------------------------------------------------------------------------- specials

@@ -31,7 +31,8 @@ from cujit.rms_norm import (
     norm_config,
     rms_norm,
 )
-from cujit.silu_and_mul import activation_config, silu_and_mul
+from cujit.silu_and_mul import BLOCK as ROW_BLOCK
+from cujit.silu_and_mul import ROW_VECS, activation_config, row_layout, silu_and_mul
 from tests.stub_cuda import StubBackend, bind_fakes, count_slow, fake, last_launch, stub_backend
 
 torch = pytest.importorskip("torch")
@@ -82,12 +83,33 @@ def test_norm_rule_chooses_precompiled_configurations_that_hold_the_row(name: st
 def test_activation_rule_chooses_precompiled_configurations(name: str) -> None:
     instances = [_as_fields(f) for f in OPS[name].op.instances()]
     for dtype in DTYPES:
-        for d in (1, 64, 4097, 8192, 1 << 20):
-            block, vecs = activation_config(d, dtype)
-            assert any(f["dtype"] == dtype and f["block"] == str(block) and f["vecs"] == str(vecs)
-                       for f in instances)
+        for d in (1, 7, 64, 4097, 8192, 1 << 20):
+            for vector in (True, False):
+                c = activation_config(d, dtype, vector)
+                assert c.row_path is not vector
+                assert any(f["dtype"] == dtype and f["block"] == str(c.block) and f["vecs"] == str(c.vecs)
+                           and f["row_path"] == str(c.row_path) for f in instances), (dtype, d, vector)
     if name == "gelu_and_mul":
         assert {f["tanh"] for f in instances} == {"False", "True"}
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_row_layout_covers_each_row_with_groups_that_hold_it(itemsize: int) -> None:
+    """Segments tile the row; a group is a power of two dividing the block, with a thread per element of the
+    head and the tail; a segment's 16-byte vectors take one round of the group (one vector more at most)."""
+    lanes = 16 // itemsize
+    full = ROW_BLOCK * ROW_VECS
+    for d in sorted({*range(1, 5000), *(k * full * lanes + e for k in range(1, 20) for e in range(-lanes, lanes + 2)),
+                     30000, 30001, 65535, 65536, 1 << 20}):
+        group, seg, segs = row_layout(d, itemsize)
+        assert group & (group - 1) == 0 and ROW_BLOCK % group == 0, d
+        assert (segs - 1) * seg < d <= segs * seg, d
+        if segs == 1:
+            assert seg == d and d // lanes <= group * ROW_VECS and group >= min(d, lanes), d
+            assert group == 1 or (group // 2) * ROW_VECS < d // lanes or group // 2 < min(d, lanes), d  # smallest
+        else:
+            assert group == ROW_BLOCK and seg % lanes == 0 and seg // lanes <= full + 1, d
+            assert d // lanes > full, d  # a row that fits one round is never cut
 
 
 # ------------------------------------------------------------------------------------------------ the stub
@@ -198,27 +220,42 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     assert len(stub.launches) == before
 
 
+def _gated_launch(stub: StubBackend, fn: Any, x: Any, extra: tuple[Any, ...], out: Any = None) -> tuple[Any, bool]:
+    """Call fn, check the grid, block and arguments of its launch against the plan; (out, whether the row path)."""
+    out = fn(x, *extra, out=out)
+    lanes = 16 // x.t.element_size()
+    d = x.shape[-1] // 2
+    rows = math.prod(x.shape[:-1])
+    key, values = last_launch(stub, fn)
+    vector = d % lanes == 0 and x.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
+    config = activation_config(d, x.dtype, vector)
+    assert key[-3:] == (config.row_path, config.block, config.vecs)
+    if vector:
+        assert values[:4] == [out.data_ptr(), x.data_ptr(), rows, d]
+        assert stub.launches[-1].grid == (math.ceil(rows * d / (config.block * config.vecs * lanes)), 1, 1)
+    else:
+        group, seg, segs = row_layout(d, x.t.element_size())
+        assert values == [out.data_ptr(), x.data_ptr(), rows, d, group, seg, segs]
+        assert stub.launches[-1].grid == (math.ceil(rows * segs / (config.block // group)), 1, 1)
+    assert stub.launches[-1].block == (config.block, 1, 1) and stub.launches[-1].pdl
+    return out, not vector
+
+
 @pytest.mark.parametrize("name", ["silu_and_mul", "gelu_and_mul"])
 def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNamespace, name: str) -> None:
     fn = getattr(ops, name)
     extra = ("tanh",) if name == "gelu_and_mul" else ()
     for dtype, shape in ((torch.float16, (3, 2, 2 * 4096)), (torch.float32, (5, 2 * 1000)), (torch.float16, (6,))):
         x = fake(stub, torch.randn(shape, dtype=dtype))
-        lanes = 16 // x.t.element_size()
         d = shape[-1] // 2
-        rows = math.prod(shape[:-1])
         for second in (False, True):
             generic = len(fn.slow)
-            out = fn(x, *extra)
+            out, row_path = _gated_launch(stub, fn, x, extra)
             assert not second or len(fn.slow) == generic
             assert tuple(out.shape) == (*shape[:-1], d)
-            key, values = last_launch(stub, fn)
-            assert values == [out.data_ptr(), x.data_ptr(), rows, d]
-            block, vecs = activation_config(d, dtype)
-            assert stub.launches[-1].grid == (math.ceil(rows * d / (block * vecs * lanes)), 1, 1)
-            assert stub.launches[-1].block == (block, 1, 1) and stub.launches[-1].pdl
+            assert row_path == (d == 3)  # 3 values: not whole vectors
             if name == "gelu_and_mul":
-                assert key[1] is True  # tanh
+                assert last_launch(stub, fn)[0][1] is True  # tanh
     before = len(stub.launches)
     x = fake(stub, torch.randn(4, 64, dtype=torch.float16))
     with pytest.raises(cujit.CujitError, match="the last dimension must be even"):
@@ -233,6 +270,29 @@ def test_activations_shapes_grid_and_arguments(stub: StubBackend, ops: SimpleNam
         fn(x)
         assert last_launch(stub, fn)[0][1] is False
     assert len(stub.launches) == before + (name == "gelu_and_mul")
+
+
+@pytest.mark.parametrize("name", ["silu_and_mul", "gelu_and_mul"])
+def test_activations_take_the_row_path_for_odd_widths_and_misaligned_tensors(stub: StubBackend,
+                                                                             ops: SimpleNamespace, name: str) -> None:
+    """The vector path only for d of whole vectors with x and out 16-byte aligned; every other call the row path,
+    with the layout of row_layout and a grid that covers its segments."""
+    fn = getattr(ops, name)
+    extra = ("none",) if name == "gelu_and_mul" else ()
+    for dtype in (torch.float32, torch.float16):  # the stub's tensors have no bf16; its itemsize is fp16's
+        lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+        for rows, d in ((7, 4096), (7, 4095), (7, 4097), (3, 2881), (5, 1), (5, 7), (2, 30000), (65, 64)):
+            base = torch.randn(rows * 2 * d + 1, dtype=dtype)
+            aligned = fake(stub, base[:-1].view(rows, 2 * d))
+            shifted = fake(stub, base[1:].view(rows, 2 * d))  # one element past a 16-byte boundary
+            assert aligned.data_ptr() % 16 == 0
+            _, row_path = _gated_launch(stub, fn, aligned, extra)
+            assert row_path == (d % lanes != 0)
+            _, row_path = _gated_launch(stub, fn, shifted, extra)
+            assert row_path
+            storage = torch.empty(rows * d + 1, dtype=dtype)
+            _, row_path = _gated_launch(stub, fn, aligned, extra, out=fake(stub, storage[1:].view(rows, d)))
+            assert row_path
 
 
 # ------------------------------------------------------------------------------------------------ real ops, CPU

@@ -1,26 +1,38 @@
 /// @file activation.cuh
 /// @brief Gated activations: out[..., :] = act(x[..., :d]) * x[..., d:] for SiLU and GELU (erf and tanh forms).
 ///
-/// x is [rows, 2 * d] and out is [rows, d], both contiguous (fp32, fp16 or bf16). Each output value is computed
-/// in fp32 from the two stored inputs and rounded once:
+/// x is [rows, 2 * d] and out is [rows, d], both contiguous (fp32, fp16 or bf16); out must not overlap x. Each
+/// output value is computed in fp32 from the two stored inputs and rounded once, the same expression on every path
+/// (so every path gives the same bits):
 /// - SiLU:       silu(a) = a / (1 + exp(-a))
 /// - GELU:       gelu(a) = a / 2 * (1 + erf(a / sqrt(2)))
 /// - GELU tanh:  a / 2 * (1 + tanh(u)) with u = sqrt(2 / pi) * (a + 0.044715 a^3), computed as the identical
 ///               a / (1 + exp(-2u)): one exponential instead of a tanh.
 /// The exponentials use the hardware's exp2 (relative error about 1e-6 in fp32, far below a bf16 or fp16 step).
 ///
-/// Layout: a flat grid over the output's 16-byte vectors (rows * d / kLanes of them). Each thread handles kVecs
-/// vectors spaced one block apart (so that every load instruction of a warp reads 512 contiguous bytes), issuing
-/// all its loads before any arithmetic. The launch bounds keep a thread within 40 registers, so that six blocks
-/// of 256 threads (48 KB of loads in flight) are resident per SM. The inputs are read once, so they are loaded
-/// with the streaming hint (evict-first); the output is stored normally, as the next kernel reads it. A thread
-/// finds its row with one division and steps to its next vectors with adds and compares.
+/// Two paths, a template parameter (kRows) that the host chooses per call (cujit/silu_and_mul.py: the value
+/// `vector`, the one place the condition is tested; the vector path does not test it again):
 ///
-/// When d is not a multiple of the vector width or a pointer is not 16-byte aligned, the same grid walks
-/// elements instead of vectors, kLanes per vector slot, again spaced so that a warp's accesses are contiguous.
-/// out must not overlap x.
+/// The vector path, when d is a multiple of the vector width and x and out are 16-byte aligned (so every row of
+/// gate, up and out is): a flat grid over the output's 16-byte vectors (rows * d / kLanes of them). Each thread
+/// handles kVecs vectors spaced one block apart (so that every load instruction of a warp reads 512 contiguous
+/// bytes), issuing all its loads before any arithmetic. The launch bounds keep a thread within 40 registers, so
+/// that six blocks of 256 threads (48 KB of loads in flight) are resident per SM. The inputs are read once, so they
+/// are loaded with the streaming hint (evict-first); the output is stored normally, as the next kernel reads it. A
+/// thread finds its row with one division and steps to its next vectors with adds and compares.
+///
+/// The row path, for every other d and alignment (odd widths such as 4097 or 2881, views that start mid-vector):
+/// rows of out cut into segments (cujit/silu_and_mul.py's row_layout: a whole row when one round of a group holds
+/// it, else segments of about equal length), one segment per group of `group` threads (a power of two up to the
+/// block: a block per long row, several rows per block for short ones), walked with cujit::row_map
+/// (cujit/rows.cuh). Stores are 16-byte vectors between each segment's first and last 16-byte boundary of out,
+/// single elements before and after; gate and up, whose rows start at other offsets than out's when d is odd,
+/// are read with shifted 16-byte vectors (two aligned loads funnel-shifted into place). kVecs (2) vectors a thread
+/// are loaded before the first is used; the launch bounds allow 85 registers, what the two shifted inputs take
+/// without spilling, so three blocks of 256 threads (48 KB of loads in flight) are resident per SM.
 #include <cujit/base.cuh>
 #include <cujit/pdl.cuh>
+#include <cujit/rows.cuh>
 #include <cujit/types.cuh>
 
 #include "packed.cuh"
@@ -121,73 +133,73 @@ CUJIT_DEVICE void act_and_mul_vectors(T* __restrict__ out, const T* __restrict__
   }
 }
 
-/// The element path: any d and alignment. Each vector slot of the grid stands for kLanes elements, spaced one
-/// block apart so that a warp's accesses are contiguous; a thread handles its kVecs * kLanes elements two at a
-/// time (a fallback: four loads in flight a thread, but no spilled registers and the vector path's occupancy).
+/// The row path: any d and alignment. Each row of out is cut into `segs` segments of `seg` values (the last one
+/// shorter; one segment when the row fits), and each segment is walked by a group of `group` threads (a power of
+/// two dividing kBlock, so kBlock / group segments per block, in order) with cujit::row_map: 16-byte stores between
+/// out's 16-byte boundaries, gate and up read with aligned or shifted 16-byte vectors whatever their offset from
+/// out, single elements only at a segment's edges, kVecs vectors a thread in flight.
 template <typename Act, typename T, int kBlock, int kVecs>
-CUJIT_DEVICE void act_and_mul_elements(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d) {
-  constexpr int kItems = kVecs * (16 / sizeof(T));
-  constexpr int kGroup = 2;
-  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * (kBlock * kItems) + threadIdx.x;
-  uint64_t step_rows, step_cols;
-  divide(kBlock, d, step_rows, step_cols);
-  RowWalker at(first, d);
-#pragma unroll 1
-  for (int group = 0; group < kItems / kGroup; ++group) {
-    const RowWalker start = at;
-    T a[kGroup], b[kGroup];
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      if (at.row < rows) {
-        const T* in = x + at.row * 2 * d + at.col;
-        a[i] = in[0];
-        b[i] = in[d];
-      }
-      at.advance(step_rows, step_cols, d);
-    }
-    if (group + 1 == kItems / kGroup) cujit::pdl_launch_dependents();
-    RowWalker store_at = start;
-#pragma unroll
-    for (int i = 0; i < kGroup; ++i) {
-      if (store_at.row < rows) {
-        const float y = Act::apply(cujit::to_float(a[i])) * cujit::to_float(b[i]);
-        out[store_at.row * d + store_at.col] = cujit::from_float<T>(y);
-      }
-      store_at.advance(step_rows, step_cols, d);
-    }
+CUJIT_DEVICE void act_and_mul_rows(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d,
+                                   uint32_t group, uint64_t seg, uint64_t segs) {
+  const uint64_t per_block = kBlock / group;
+  uint64_t row, first;
+  divide(blockIdx.x * per_block + threadIdx.x / group, segs, row, first);
+  if (row < rows) {
+    first *= seg;
+    const uint64_t n = d - first < seg ? d - first : seg;
+    const T* gate = x + row * 2 * d + first;
+    cujit::row_map<kVecs>(
+        out + row * d + first, n, cujit::Threads::group(group),
+        [](T a, T b) { return cujit::from_float<T>(Act::apply(cujit::to_float(a)) * cujit::to_float(b)); }, gate,
+        gate + d);
   }
+  cujit::pdl_launch_dependents();
 }
 
-template <typename Act, typename T, int kBlock, int kVecs>
-CUJIT_DEVICE void act_and_mul(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d) {
+/// Blocks per SM that the launch bounds ask for: 1536 threads for the vector path (at most 40 registers a thread:
+/// 48 KB of loads in flight per SM at one vector a thread), 768 for the row path (at most 85 registers, which
+/// row_map's two shifted inputs need without spilling: 48 KB in flight at two vectors a thread).
+template <bool kRows, int kBlock>
+constexpr int kMinBlocks = (kRows ? 768 : 1536) / kBlock;
+
+/// The path kRows (the row path) or not (the vector path), as the host chose it (the vector path does not test
+/// alignment).
+template <typename Act, typename T, bool kRows, int kBlock, int kVecs>
+CUJIT_DEVICE void act_and_mul(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d, uint32_t group,
+                              uint64_t seg, uint64_t segs) {
   static_assert(kBlock % 32 == 0 && kBlock <= 1024 && kVecs >= 1, "whole warps per block, at least one vector");
   cujit::pdl_wait();  // x comes from the previous kernel
-  constexpr uint64_t kLanes = 16 / sizeof(T);
-  if (d % kLanes == 0 && cujit::is_aligned(x, 16) && cujit::is_aligned(out, 16)) {
-    act_and_mul_vectors<Act, T, kBlock, kVecs>(out, x, rows, d);
+  if constexpr (kRows) {
+    act_and_mul_rows<Act, T, kBlock, kVecs>(out, x, rows, d, group, seg, segs);
   } else {
-    act_and_mul_elements<Act, T, kBlock, kVecs>(out, x, rows, d);
+    act_and_mul_vectors<Act, T, kBlock, kVecs>(out, x, rows, d);
   }
 }
 
 }  // namespace activation_detail
 
-/// out[r, :] = silu(x[r, :d]) * x[r, d:] for r < rows. Launch kBlock threads per block and
-/// cdiv(rows * d, kBlock * kVecs * (16 / sizeof(T))) blocks.
-template <typename T, int kBlock, int kVecs>
-__global__ void __launch_bounds__(kBlock, 1536 / kBlock)
-    silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d) {
-  activation_detail::act_and_mul<activation_detail::Silu, T, kBlock, kVecs>(out, x, rows, d);
+/// out[r, :] = silu(x[r, :d]) * x[r, d:] for r < rows. kBlock threads per block. The vector path (kRows false;
+/// only for d a multiple of 16 / sizeof(T) with x and out 16-byte aligned): cdiv(rows * d, kBlock * kVecs *
+/// (16 / sizeof(T))) blocks, and group, seg and segs unused. The row path: cdiv(rows * segs, kBlock / group)
+/// blocks, segs = cdiv(d, seg).
+template <typename T, bool kRows, int kBlock, int kVecs>
+__global__ void __launch_bounds__(kBlock, activation_detail::kMinBlocks<kRows, kBlock>)
+    silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d, uint32_t group,
+                        uint64_t seg, uint64_t segs) {
+  using namespace activation_detail;
+  act_and_mul<Silu, T, kRows, kBlock, kVecs>(out, x, rows, d, group, seg, segs);
 }
 
 /// out[r, :] = gelu(x[r, :d]) * x[r, d:] for r < rows, with the tanh approximation when kTanh. Launch as
 /// silu_and_mul_kernel.
-template <typename T, bool kTanh, int kBlock, int kVecs>
-__global__ void __launch_bounds__(kBlock, 1536 / kBlock)
-    gelu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d) {
+template <typename T, bool kTanh, bool kRows, int kBlock, int kVecs>
+__global__ void __launch_bounds__(kBlock, activation_detail::kMinBlocks<kRows, kBlock>)
+    gelu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, uint64_t rows, uint64_t d, uint32_t group,
+                        uint64_t seg, uint64_t segs) {
+  using namespace activation_detail;
   if constexpr (kTanh) {
-    activation_detail::act_and_mul<activation_detail::GeluTanh, T, kBlock, kVecs>(out, x, rows, d);
+    act_and_mul<GeluTanh, T, kRows, kBlock, kVecs>(out, x, rows, d, group, seg, segs);
   } else {
-    activation_detail::act_and_mul<activation_detail::GeluErf, T, kBlock, kVecs>(out, x, rows, d);
+    act_and_mul<GeluErf, T, kRows, kBlock, kVecs>(out, x, rows, d, group, seg, segs);
   }
 }
