@@ -47,11 +47,12 @@ from typing import Any
 import cujit
 
 __all__ = [
+    "GROUP_ROW_PATH",
     "ROW_PATH",
     "SIZE_CHECK",
     "T",
     "TENSOR_ROW_PATH",
-        "divider",
+    "divider",
     "group_plan",
     "one_float",
     "per_tensor_plan",
@@ -191,10 +192,16 @@ q_matcher = cujit.TensorMatcher([T, H]).with_dtype("float8_e4m3fn")
 #: A device float32 value: a static scale, a scale bound, a returned per-tensor scale.
 one_float = cujit.TensorMatcher([1]).with_dtype("float32")
 SIZE_CHECK = ("T < 2**31 and H < 2**31", "x: expected fewer than 2**31 rows and columns")
-#: Per token and per group: whether the call takes the row path, the negation of the vector path's condition (x
-#: 16-byte aligned, its row stride and hidden whole vectors, q aligned to a vector's values), which the kernels'
-#: vector paths do not test again. ``lanes`` is 16 // dtype.itemsize; ``out`` is q.
+#: Per token: whether the call takes the row path, the negation of the vector path's condition (x 16-byte aligned,
+#: its row stride and hidden whole vectors, q aligned to a vector's values), which the kernel's vector path does not
+#: test again. ``lanes`` is 16 // dtype.itemsize; ``out`` is q.
 ROW_PATH = "not (aligned(x, 16) and XS % lanes == 0 and H % lanes == 0 and aligned(out, lanes))"
+#: Per group: the same, but q aligned to a thread's store on the vector path: a group is min(group_size / lanes,
+#: 32) threads, each storing group_size / that many bytes (lanes, or group_size / 32 for groups beyond 32 vectors)
+#: in accesses of up to 16 bytes. Aligned to lanes only, q + 8 (fp16, bf16) with groups of 512 or more, or q + 4
+#: (fp32) with groups of 256 or more, would be stored with misaligned 16- or 8-byte accesses.
+GROUP_ROW_PATH = ("not (aligned(x, 16) and XS % lanes == 0 and H % lanes == 0 "
+                  "and aligned(out, min(16, max(lanes, group_size // 32))))")
 #: Per tensor: the same for the flat vector path (x 16-byte aligned, its rows whole vectors unless x is contiguous:
 #: the kernels' flat_of; q aligned to a vector's values, else the vector path would store q byte by byte). Either
 #: path is correct for every layout; this picks the faster.

@@ -6,7 +6,7 @@ two from 16 to 1024 dividing the row): scales [tokens, hidden / group_size], row
 cujit/fp8_quant.py. The kernel takes the groups of all rows in order, a few consecutive ones per block
 (cujit.fp8_quant.group_plan). A group is whole 16-byte vectors, but it starts mid-vector when x is a view such as
 x[:, 1:] or has an odd row stride; such calls, and an out that starts mid-vector, take the row path: each group
-split at x's own 16-byte boundaries, its head and tail values one by one (cujit.fp8_quant.ROW_PATH).
+split at x's own 16-byte boundaries, its head and tail values one by one (cujit.fp8_quant.GROUP_ROW_PATH).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import cujit
 
-from .fp8_quant import ROW_PATH, T, divider, group_plan, q_matcher, x_matcher
+from .fp8_quant import GROUP_ROW_PATH, T, divider, group_plan, q_matcher, x_matcher
 
 __all__ = ["per_token_group_quant_fp8"]
 
@@ -55,7 +55,7 @@ per_token_group_quant_fp8 = cujit.op(
         "magic": "div[0]",
         "shift": "div[1]",
         "lanes": "16 // dtype.itemsize",
-        "row_path": ROW_PATH,
+        "row_path": GROUP_ROW_PATH,
     },
     checks=[
         ("16 <= group_size <= 1024 and group_size & (group_size - 1) == 0",

@@ -317,6 +317,22 @@ with stub_backend() as stub:
     [(grid, block, values)], (q, scales) = launches(per_token_group_quant_fp8, kernels, x, 128)
     assert grid == (7, 1, 1) and block == (128, 1, 1), (grid, block)
     assert values == [x.data_ptr(), q.data_ptr(), scales.data_ptr(), 1025, 1024, 56, 8, 2**31, 2, 8, 1], values
+    # An aligned x and an out 4 bytes past a 16-byte boundary: fp32 groups of 1024 store 32 bytes a thread on the
+    # vector path (16-byte accesses), so they take the row path; fp32 groups of 128 (4 bytes a thread) do not.
+    def out_at(offset, tokens, hidden):
+        raw = torch.empty(tokens * hidden + 64, dtype=torch.uint8)
+        start = offset - raw.data_ptr() % 16 + 16
+        return fake(raw[start:start + tokens * hidden].view(torch.float8_e4m3fn).view(tokens, hidden))
+
+    x32 = fake(torch.randn(3, 2048, dtype=f32))
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float32", group_size=1024, threads=128, vecs=1,
+                                                      row_path=True))
+    [(grid, _, values)], _ = launches(per_token_group_quant_fp8, kernels, x32, 1024, out=out_at(4, 3, 2048))
+    assert grid == (2, 1, 1) and values[1] % 16 == 4, (grid, values)
+    kernels = prepare(per_token_group_quant_fp8, dict(dtype="float32", group_size=128, threads=128, vecs=1,
+                                                      row_path=False))
+    [(grid, _, values)], _ = launches(per_token_group_quant_fp8, kernels, x32, 128, out=out_at(4, 3, 2048))
+    assert grid == (12, 1, 1) and values[1] % 16 == 4, (grid, values)
 
     # rotary_embedding_with_kv_cache: 3-D views of one qkv tensor, 8 + 2 + 2 heads of 64.
     kernels = prepare(rotary_embedding_with_kv_cache, dict(dtype="float16", cs_dtype="float32",

@@ -458,11 +458,14 @@ def test_per_group_row_path(group_size: int, layout: str, dtype: torch.dtype, co
         assert_same(q, scales.contiguous(), *ref_per_group(x, group_size))
 
 
-@pytest.mark.parametrize("offset", range(1, 8))
+@pytest.mark.parametrize("offset", range(1, 16))
 @pytest.mark.parametrize("layout", ["rows", "x[:, 1:]"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=ID)
 def test_per_group_row_path_out_views(offset: int, layout: str, dtype: torch.dtype) -> None:
-    for group_size in (16, 128, 1024):
+    """q 1 to 15 bytes past a 16-byte boundary, and nothing written outside q. The vector path stores 16-byte
+    accesses for bf16 groups of 512 or more and 8- or 16-byte ones for fp32 groups of 256 or more, so q + 8 and
+    q + 4 take the row path there."""
+    for group_size in (16, 128, 256, 1024):
         x = laid_out(33, 2048, dtype, layout)
         storage, out = q_view(33, 2048, offset)
         q, scales = per_token_group_quant_fp8(x, group_size, out=out)

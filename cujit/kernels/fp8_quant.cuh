@@ -19,15 +19,15 @@
 /// issues all of its loads before any arithmetic. Two paths:
 /// - The vector path, where x's pointer and row stride and hidden allow 16-byte vectors (and q vectors of the same
 ///   values): every chunk of kLanes values is one 16-byte load and one store of kLanes bytes.
-/// - The row path (kRows, chosen by the host per call: cujit/fp8_quant.py's ROW_PATH and TENSOR_ROW_PATH) for
-///   every other layout: odd hidden sizes of a strided x, views that start mid-vector (x[:, 1:]), a q that starts
-///   mid-vector. Each row is split at x's own 16-byte boundaries (cujit::RowSplit): 16-byte loads between the
-///   row's first and last boundary, single values before the first (the head) and after the last whole vector
-///   (the tail). q's bytes of a vector then start at the same offset from an aligned address throughout a row: one
-///   aligned store of kLanes bytes when that offset is 0 (x and q contiguous and equally aligned, odd hidden sizes
-///   included), otherwise aligned words assembled across neighbouring lanes with a shuffle (store_realigned), so that
-///   a warp's stores stay whole words but for the bytes at the ends of its run. The arithmetic is the same on both
-///   paths, so they give the same bytes.
+/// - The row path (kRows, chosen by the host per call: cujit/fp8_quant.py's ROW_PATH, GROUP_ROW_PATH and
+///   TENSOR_ROW_PATH) for every other layout: odd hidden sizes of a strided x, views that start mid-vector (x[:, 1:]),
+///   a q that starts mid-vector. Each row is split at x's own 16-byte boundaries (cujit::RowSplit): 16-byte loads
+///   between the row's first and last boundary, single values before the first (the head) and after the last whole
+///   vector (the tail). q's bytes of a vector then start at the same offset from an aligned address throughout a row:
+///   one aligned store of kLanes bytes when that offset is 0 (x and q contiguous and equally aligned, odd hidden sizes
+///   included), otherwise aligned words assembled across neighbouring lanes with a shuffle (store_realigned), so that a
+///   warp's stores stay whole words but for the bytes at the ends of its run. The arithmetic is the same on both paths,
+///   so they give the same bytes.
 ///
 /// - per token: one block of kThreads threads per row; each thread keeps kVecs vectors of the row in registers
 ///   between the max and the quantization (rows longer than kThreads * kVecs vectors re-read the rest). Few tokens
@@ -763,7 +763,8 @@ __global__ void __launch_bounds__(kThreads, (1024 / kThreads > 0 ? 1024 / kThrea
 /// Block b works on groups [b * kGroupsPerBlock, (b + 1) * kGroupsPerBlock) (GroupGeometry; the host computes
 /// the same number). magic and shift: group_row's multiply-high divisor (cujit.fp8_quant.divider). kRows, chosen by
 /// the host: the row path (quantize_groups_split), else the vector path, which does not test again that x's
-/// pointer and row stride and q allow 16-byte vectors (cujit/fp8_quant.py: ROW_PATH).
+/// pointer and row stride allow 16-byte vectors and q its threads' stores (kWidth bytes each, in accesses of up to
+/// 16: cujit/fp8_quant.py, GROUP_ROW_PATH).
 template <typename T, int kGroup, int kThreads, int kVecs, bool kRecip, bool kRows = false>
 __global__ void __launch_bounds__(kThreads) per_token_group_quant_fp8_kernel(
     const T* __restrict__ x, fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, int64_t x_stride, uint32_t hidden,
