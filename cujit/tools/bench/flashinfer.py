@@ -12,6 +12,11 @@ Every import is guarded (``adapters.py``): without FlashInfer or one of its depe
 ``Unavailable`` with the reason, and the report's FlashInfer cell says "n/a". Programmatic dependent launch is
 left as FlashInfer defaults it (on for sm_90 and later). What each adapter changes about the inputs, and the
 bytes FlashInfer really moves, is in its docstring.
+
+On a machine without network (Python 3.12, torch 2.11 + CUDA 13, nvcc, ninja), the modules used here import from
+flashinfer-python 0.7.4 (about 101 MB) and apache-tvm-ffi 0.1.15.post2 installed with ``pip install --no-deps
+--target DIR``; add QuACK's CUTLASS DSL wheels (``quack.py``) for the CuTe DSL norms, or set
+``FLASHINFER_USE_CUDA_NORM=1`` for the CUDA ones. Its other declared dependencies are not imported by them.
 """
 
 from __future__ import annotations
