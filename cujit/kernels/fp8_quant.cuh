@@ -74,6 +74,22 @@ CUJIT_DEVICE float scale_of(float amax) {
   return scale < kMinScale ? kMinScale : scale;  // a NaN compares false and stays
 }
 
+/// The scale of one row from this thread's abs_bits maximum: reduced over the row's kThreads threads (a warp or
+/// the block), clamped to `ub` where there is an upper bound, written by thread 0 and returned to every thread.
+template <int kThreads>
+CUJIT_DEVICE float row_scale(uint32_t bits, bool has_ub, float ub, float* scale_out) {
+  if constexpr (kThreads == cujit::kWarpSize) {
+    bits = cujit::warp_reduce(bits, cujit::Max());
+  } else {
+    bits = cujit::block_reduce(bits, cujit::Max());
+  }
+  float amax = __uint_as_float(bits);
+  if (has_ub) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
+  const float scale = scale_of(amax);
+  if (threadIdx.x == 0) *scale_out = scale;
+  return scale;
+}
+
 /// The larger abs_bits of `N` values.
 template <typename T, int N>
 CUJIT_DEVICE uint32_t amax_bits(const T (&v)[N], uint32_t acc) {
@@ -263,15 +279,7 @@ CUJIT_DEVICE void quantize_row(const T* x_row, uint8_t* q_row, float* scale_out,
     vec_io::load<T, kVec>(x_row + c * kVec, kVector, w);
     bits = amax_bits<T, kVec>(w, bits);
   }
-  if constexpr (kThreads == cujit::kWarpSize) {
-    bits = cujit::warp_reduce(bits, cujit::Max());
-  } else {
-    bits = cujit::block_reduce(bits, cujit::Max());
-  }
-  float amax = __uint_as_float(bits);
-  if (scale_ub != nullptr) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
-  const float scale = scale_of(amax);
-  if (threadIdx.x == 0) *scale_out = scale;
+  const float scale = row_scale<kThreads>(bits, scale_ub != nullptr, ub, scale_out);
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     const uint32_t c = threadIdx.x + i * kThreads;
@@ -323,15 +331,7 @@ CUJIT_DEVICE void quantize_row_split(const T* x_row, uint8_t* q_row, float* scal
     vec_io::load<T, kLanes>(x_row + split.vector_start(c), true, w);
     bits = amax_bits<T, kLanes>(w, bits);
   }
-  if constexpr (kThreads == cujit::kWarpSize) {
-    bits = cujit::warp_reduce(bits, cujit::Max());
-  } else {
-    bits = cujit::block_reduce(bits, cujit::Max());
-  }
-  float amax = __uint_as_float(bits);
-  if (scale_ub != nullptr) amax = amax > ub ? ub : amax;  // NaN stays, as torch's clamp(max=ub)
-  const float scale = scale_of(amax);
-  if (threadIdx.x == 0) *scale_out = scale;
+  const float scale = row_scale<kThreads>(bits, scale_ub != nullptr, ub, scale_out);
   if (has_head) quantize<kRecip>(q_row + threadIdx.x, false, {edge[0]}, scale);
   if (has_tail) quantize<kRecip>(q_row + tail_start + threadIdx.x, false, {edge[1]}, scale);
   // The same for every thread of the block: whole aligned stores, or store_realigned (which needs every lane).
