@@ -6,8 +6,12 @@ import functools
 import subprocess
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 
 def trapped_launch(setup: str, launch: str) -> str:
@@ -59,3 +63,18 @@ def _fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     for var in ("CUJIT_OFFLINE", "CUJIT_DISK_CACHE", "CUJIT_DUMP_SOURCE", "CUJIT_DEFAULT_ARCH", "CUJIT_CACHE_LAYERS"):
         monkeypatch.delenv(var, raising=False)
     cache.clear_memory()
+
+
+def rotate_in_place(part: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> None:
+    """The reference rotary embedding of ``part`` [..., rotary_dim] in place, from ``cos, sin`` [..., rotary_dim / 2].
+
+    Neox style rotates the two halves against each other, GPT-J style each even value with the odd one after it;
+    the arithmetic is done in ``part``'s dtype (the tests pass float32 or float64).
+    """
+    half = part.shape[-1] // 2
+    if is_neox:
+        a, b = part[..., :half].clone(), part[..., half:].clone()
+        part[..., :half], part[..., half:] = a * cos - b * sin, b * cos + a * sin
+    else:
+        a, b = part[..., 0::2].clone(), part[..., 1::2].clone()
+        part[..., 0::2], part[..., 1::2] = a * cos - b * sin, b * cos + a * sin

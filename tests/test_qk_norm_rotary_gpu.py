@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 import cujit
-from tests.conftest import trapped_launch
+from tests.conftest import rotate_in_place, trapped_launch
 
 torch = pytest.importorskip("torch")
 
@@ -106,12 +106,7 @@ def reference(positions: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, ca
     angles = cache.double()[positions.long()]
     cos, sin = angles[:, None, :half], angles[:, None, half:]
     part = out[..., :rotary_dim]
-    if is_neox:
-        a, b = part[..., :half].clone(), part[..., half:].clone()
-        part[..., :half], part[..., half:] = a * cos - b * sin, b * cos + a * sin
-    else:
-        a, b = part[..., 0::2].clone(), part[..., 1::2].clone()
-        part[..., 0::2], part[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+    rotate_in_place(part, cos, sin, is_neox)
     return out.reshape(tokens, -1).to(x.dtype)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import cujit
-from tests.conftest import trapped_launch
+from tests.conftest import rotate_in_place, trapped_launch
 
 torch = pytest.importorskip("torch")
 
@@ -41,12 +41,7 @@ def reference(positions: torch.Tensor, x: torch.Tensor, cache: torch.Tensor, hea
     heads = x.shape[1] // head_size
     out = x.float().reshape(tokens, heads, head_size).clone()
     part = out[..., :rotary_dim]
-    if is_neox:
-        a, b = part[..., :half].clone(), part[..., half:].clone()
-        part[..., :half], part[..., half:] = a * cos - b * sin, b * cos + a * sin
-    else:
-        a, b = part[..., 0::2].clone(), part[..., 1::2].clone()
-        part[..., 0::2], part[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+    rotate_in_place(part, cos, sin, is_neox)
     return out.reshape(tokens, heads * head_size).to(x.dtype)
 
 
