@@ -1,11 +1,15 @@
 """Run the whole test suite on a GPU machine in parallel shards, one pytest process per shard, and sum the counts.
 
-Usage: python3 .ci/gpu/run_suite.py [--shards N] [--logs DIR] [FILE ...] [-- PYTEST_ARGS ...]
+Usage: python3 .ci/gpu/run_suite.py [--shards N] [--by-file] [--logs DIR] [FILE ...] [-- PYTEST_ARGS ...]
 
 The GPU tests spend most of their time compiling with NVRTC on the CPU, so N processes on a machine of many cores
-finish the suite in a fraction of one process's time. Test files are dealt to the shards largest first (by size,
-a stand-in for their run time). Each shard's log goes to DIR (default: $OUT or ./out); the last lines printed are
-every shard's pytest summary and the totals, and the exit code is non-zero if any shard failed.
+finish the suite in a fraction of one process's time. The tests are collected once and dealt to the shards one by
+one, in turn, so that the many cases of one large file spread over every shard (the processes share cujit's cache
+folder, so a kernel two shards need is compiled once). With --by-file, whole files are dealt instead, largest
+first (by size, a stand-in for their run time): the suite then takes as long as its slowest file.
+
+Each shard's log goes to DIR (default: $OUT or ./out); the last lines printed are every shard's pytest summary and
+the totals, and the exit code is non-zero if any shard failed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ def _shards(files: list[Path], n: int) -> list[list[Path]]:
     return [s for s in shards if s]
 
 
+def _collected(files: list[Path], extra: list[str]) -> list[str]:
+    """The node ids of the tests in ``files`` (pytest --collect-only), in collection order."""
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *extra, *map(str, files)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    ids = [line for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    if not ids:
+        raise SystemExit(f"no tests collected:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return ids
+
+
 def main() -> int:
     """Run the shards; the exit code is the worst shard's."""
     argv = sys.argv[1:]
@@ -41,6 +55,7 @@ def main() -> int:
         argv = argv[:argv.index("--")]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--by-file", action="store_true", help="deal whole files to the shards")
     parser.add_argument("--logs", default=os.environ.get("OUT", "out"))
     parser.add_argument("files", nargs="*")
     args = parser.parse_args(argv)
@@ -49,9 +64,15 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     procs = []
-    for i, shard in enumerate(_shards(files, args.shards)):
+    if args.by_file:
+        shards = [[str(f) for f in shard] for shard in _shards(files, args.shards)]
+    else:
+        ids = _collected(files, extra)
+        shards = [ids[i::args.shards] for i in range(min(args.shards, len(ids)))]
+        print(f"{len(ids)} tests collected in {time.perf_counter() - start:.0f} s", flush=True)
+    for i, shard in enumerate(shards):
         log = (logs / f"shard{i:02d}.log").open("w")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, *map(str, shard)]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, *shard]
         procs.append((i, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
     totals: dict[str, int] = {}
     worst = 0
