@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Download cujit's default CUDA 12 stack for a GPU machine that can only take files of under 60 MB, and cut it into
+# Download cujit's default CUDA 12 stack for a GPU machine that can only take files of under 60 MB, and pack it into
 # parts that can be sent one by one.
 #
 #   bash .ci/gpu/fetch_cuda12_stack.sh OUT_DIR [PYTHON_VERSION]
 #
 # Fetches the exact wheels (CPython PYTHON_VERSION, default 3.12, manylinux x86_64) that `pip install .` adds
 # beside a CUDA 13 torch: cupy-cuda12x, NVRTC 12 with the CUDA 12 runtime headers and nvcc's crt/ headers, the
-# CUDA 13 crt/ headers of torch's release (CRT_VERSION, default 13.0.88, torch 2.11's), and cuda-pathfinder. Writes
-# OUT_DIR/cuda12-stack.part.NN (55 MB each, the wheels concatenated in manifest order) and OUT_DIR/manifest.txt
-# (one line per wheel: file name, size in bytes, sha256). Send every part and the manifest to one folder on the
-# GPU machine, outside the checkout, then run .ci/gpu/install_cuda12_stack.sh there.
+# CUDA 13 crt/ headers of torch's release (CRT_VERSION, default 13.0.88, torch 2.11's), and cuda-pathfinder. Packs
+# them with .ci/gpu/stack_bundle.py (their files in one tar, zstd with a long window: 270 MB of wheels in three
+# parts of 55 MB, OUT_DIR/stack.tzst.NN, and OUT_DIR/manifest.txt) and adds the zstandard wheel, which unpacks them
+# where no zstd command is installed. Send every file of OUT_DIR to one folder on the GPU machine, outside the
+# checkout (the manifest and the zstandard wheel with the first part), then run .ci/gpu/install_cuda12_stack.sh
+# there.
 set -euo pipefail
 out=${1:?usage: fetch_cuda12_stack.sh OUT_DIR [PYTHON_VERSION]}
 py=${2:-3.12}
@@ -19,6 +21,7 @@ wheels=(cupy-cuda12x==14.2.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime
         nvidia-cuda-nvcc-cu12==12.9.86 "nvidia-cuda-crt==$crt" cuda-pathfinder==1.9.1)
 
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The package index itself, not this machine's local wheel folders or constraints.
@@ -29,15 +32,18 @@ env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT 
     --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform any \
     "${wheels[@]}"
 
-: > "$out/manifest.txt"
-rm -f "$out"/cuda12-stack.part.*
+files=()
 for spec in "${wheels[@]}"; do
     name=${spec%%==*}
     file=$(cd "$work" && ls | grep -i "^${name//-/_}-${spec##*==}-" | head -n 1)
     [ -n "$file" ] || { echo "error: no wheel downloaded for $spec" >&2; exit 1; }
-    echo "$file $(stat -c %s "$work/$file") $(sha256sum "$work/$file" | cut -d' ' -f1)" >> "$out/manifest.txt"
+    files+=("$work/$file")
 done
-while read -r file _ _; do cat "$work/$file"; done < "$out/manifest.txt" \
-    | split -b 55M -d -a 2 - "$out/cuda12-stack.part."
+rm -f "$out"/zstandard-*.whl "$out"/cuda12-stack.part.*
+python3 "$(dirname "$0")/stack_bundle.py" pack "$out" "${files[@]}"
+env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+    python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$out" \
+    --python-version "$py" --implementation cp --abi "cp${py/./}" \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 zstandard
 ls -l "$out"
 cat "$out/manifest.txt"

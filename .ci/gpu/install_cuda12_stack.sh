@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Join the parts written by fetch_cuda12_stack.sh, cut the wheels out by their sizes, check them and install them
-# with `pip install --no-deps --target TARGET_DIR`, beside whatever (CUDA 13) torch and CuPy the machine has.
+# Unpack the parts written by fetch_cuda12_stack.sh (.ci/gpu/stack_bundle.py: sizes, sha256 and every wheel's
+# RECORD checked, the wheels rebuilt) and install them with `pip install --no-deps --target TARGET_DIR`, beside
+# whatever (CUDA 13) torch and CuPy the machine has.
 #
 #   bash .ci/gpu/install_cuda12_stack.sh PARTS_DIR TARGET_DIR
 #   bash .ci/gpu/install_cuda12_stack.sh PARTS_DIR -
@@ -22,26 +23,13 @@
 set -euo pipefail
 parts=${1:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
 target=${2:?usage: install_cuda12_stack.sh PARTS_DIR TARGET_DIR}
-manifest="$parts/manifest.txt"
 python=${PYTHON:-python3}
-[ -f "$manifest" ] || { echo "error: $manifest not found" >&2; exit 1; }
+[ -f "$parts/manifest.txt" ] || { echo "error: $parts/manifest.txt not found" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat "$parts"/cuda12-stack.part.* > "$work/bundle"
-want=$(awk '{s += $2} END {print s}' "$manifest")
-got=$(stat -c %s "$work/bundle")
-[ "$want" = "$got" ] || { echo "error: the parts hold $got bytes, the manifest lists $want: a part is missing" >&2; exit 1; }
-
-offset=0
-files=()
-while read -r file size sum; do
-    dd if="$work/bundle" of="$work/$file" bs=1M iflag=skip_bytes,count_bytes skip="$offset" count="$size" \
-        status=none
-    echo "$sum  $work/$file" | sha256sum --check --quiet
-    files+=("$work/$file")
-    offset=$((offset + size))
-done < "$manifest"
+"$python" "$(dirname "$0")/stack_bundle.py" unpack "$parts" "$work/wheels"
+files=("$work"/wheels/*.whl)
 
 cd "$(dirname "$0")/../.."
 if [ "$target" = "-" ]; then
