@@ -173,7 +173,8 @@ def test_cache_and_position_dtypes(dtype: torch.dtype, cs_dtype: str, pos_dtype:
 
 # (head_size, rotary_dim): halves of whole vectors, halves that end mid-vector (40: bf16 halves of 20 values), a
 # rotary part that ends mid-vector (20), and tiny heads.
-PARTIAL = [(128, 64), (128, 32), (256, 64), (128, 40), (128, 20), (64, 16), (80, 40), (64, 2), (6, 2), (2, 2)]
+PARTIAL = [(128, 64), (128, 32), (256, 64), (128, 40), (128, 20), (64, 16), (80, 40), (64, 2), (6, 2), (2, 2),
+           (65, 64), (9, 8), (300, 128)]
 
 
 @pytest.mark.parametrize(("head_size", "rotary_dim"), PARTIAL, ids=lambda v: str(v))
@@ -201,11 +202,15 @@ LAYOUTS = [(1, 0, 0, 0), (0, 1, 0, 0), (3, 5, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1),
 
 @pytest.mark.parametrize(("offset", "pad", "weight_offset", "cache_offset"), LAYOUTS, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_size", [128, 300, 512])  # 300 and 512: several vectors a lane on the element path
 @STYLES
 def test_unaligned_views(offset: int, pad: int, weight_offset: int, cache_offset: int, dtype: torch.dtype,
-                         is_neox: bool) -> None:
+                         head_size: int, is_neox: bool) -> None:
+    if head_size * dtype.itemsize > 2048:
+        pytest.skip("beyond the largest head")
+
     def case() -> Case:
-        return Case(17, 4, 2, 128, dtype=dtype, offset=offset, pad=pad, weight_offset=weight_offset,
+        return Case(17, 4, 2, head_size, dtype=dtype, offset=offset, pad=pad, weight_offset=weight_offset,
                     cache_offset=cache_offset, is_neox=is_neox)
 
     check_bits(case())
@@ -344,8 +349,9 @@ def test_refusals_launch_nothing() -> None:
     assert torch.equal(case.qkv, before)
 
 
-@pytest.mark.parametrize("position", [MAX_POSITION, -1, 2**40])
-def test_positions_outside_the_cache_fail_the_launch(position: int) -> None:
+@pytest.mark.parametrize(("position", "pos_dtype"), [(MAX_POSITION, "int64"), (-1, "int64"), (2**40, "int64"),
+                                                    (MAX_POSITION, "int32"), (-1, "int32")])
+def test_positions_outside_the_cache_fail_the_launch(position: int, pos_dtype: str) -> None:
     out = trapped_launch(
         "from cujit.qk_norm_rotary import qk_norm_rotary",
         f"""
@@ -353,7 +359,7 @@ def test_positions_outside_the_cache_fail_the_launch(position: int) -> None:
         k = torch.randn(64, 2 * 128, dtype=torch.bfloat16, device="cuda")
         w = torch.ones(128, dtype=torch.bfloat16, device="cuda")
         cache = torch.randn({MAX_POSITION}, 128, device="cuda")
-        positions = torch.zeros(64, dtype=torch.int64, device="cuda")
+        positions = torch.zeros(64, dtype=torch.{pos_dtype}, device="cuda")
         positions[17] = {position}
         qk_norm_rotary(positions, q, k, w, w, cache, head_size=128)
         """,
