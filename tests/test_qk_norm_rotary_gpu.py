@@ -20,9 +20,9 @@ torch = pytest.importorskip("torch")
 from cujit.qk_norm_rotary import qk_norm_rotary  # noqa: E402
 from cujit.qk_rms_norm import qk_rms_norm  # noqa: E402
 from cujit.rotary_embedding import rotary_embedding  # noqa: E402
+from tests.test_rotary_gpu import MAX_POSITION, cos_sin_cache  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-MAX_POSITION = 4096
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 TOLERANCES = {
     torch.bfloat16: {"rtol": 2e-2, "atol": 3e-2},
@@ -30,20 +30,6 @@ TOLERANCES = {
     torch.float32: {"rtol": 2e-5, "atol": 2e-5},
 }
 BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
-
-
-def cos_sin_cache(rotary_dim: int, dtype: torch.dtype = torch.float32, offset: int = 0) -> torch.Tensor:
-    """[MAX_POSITION, rotary_dim], cos of each frequency in the first half of a row, sin in the second; ``offset``
-    starts it that many elements into a buffer (an unaligned cache)."""
-    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device="cuda") / rotary_dim)
-    freqs = torch.outer(torch.arange(MAX_POSITION, dtype=torch.float32, device="cuda"), inv_freq)
-    table = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
-    if not offset:
-        return table
-    buffer = torch.empty(MAX_POSITION * rotary_dim + offset, dtype=dtype, device="cuda")
-    view = buffer[offset:].view(MAX_POSITION, rotary_dim)
-    view.copy_(table)
-    return view
 
 
 class Case:
@@ -61,7 +47,7 @@ class Case:
         weights = (torch.rand(2, head_size + weight_offset, device="cuda") * 2 - 0.5).to(dtype)
         self.q_weight, self.k_weight = weights[0, weight_offset:], weights[1, weight_offset:]
         self.cache = cos_sin_cache(rotary_dim or head_size, cs_dtype if cs_dtype == torch.float32 else dtype,
-                                   cache_offset)
+                                   offset=cache_offset)
 
     @property
     def q(self) -> torch.Tensor:

@@ -23,11 +23,16 @@ TOLERANCES = {
 
 
 def cos_sin_cache(rotary_dim: int, dtype: torch.dtype = torch.float32, max_position: int = MAX_POSITION,
-                  base: float = 10000.0) -> torch.Tensor:
-    """vLLM's cache: [max_position, rotary_dim], cos of each frequency in the first half, sin in the second."""
+                  base: float = 10000.0, offset: int = 0) -> torch.Tensor:
+    """vLLM's cache: [max_position, rotary_dim], cos of each frequency in the first half, sin in the second;
+    ``offset`` starts it that many elements into a buffer (an unaligned cache)."""
     inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device="cuda") / rotary_dim)
     freqs = torch.outer(torch.arange(max_position, dtype=torch.float32, device="cuda"), inv_freq)
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
+    table = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(dtype)
+    if not offset:
+        return table
+    view = torch.empty(max_position * rotary_dim + offset, dtype=dtype, device="cuda")[offset:]
+    return view.view(max_position, rotary_dim).copy_(table)
 
 
 def reference(positions: torch.Tensor, x: torch.Tensor, cache: torch.Tensor, head_size: int,
