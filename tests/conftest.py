@@ -6,12 +6,15 @@ import functools
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     import torch
+
+    from tests.stub_cuda import StubBackend
 
 
 def trapped_launch(setup: str, launch: str) -> str:
@@ -63,6 +66,15 @@ def _fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     for var in ("CUJIT_OFFLINE", "CUJIT_DISK_CACHE", "CUJIT_DUMP_SOURCE", "CUJIT_DEFAULT_ARCH", "CUJIT_CACHE_LAYERS"):
         monkeypatch.delenv(var, raising=False)
     cache.clear_memory()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubBackend]:
+    """The stand-in CUDA driver (tests/stub_cuda.py) for one test; imports torch, so only where it is used."""
+    from tests.stub_cuda import stub_backend
+
+    with stub_backend() as backend:
+        yield backend
 
 
 def rotate_in_place(part: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> None:

@@ -7,7 +7,6 @@ import ctypes
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,13 @@ import torch
 import cujit
 from cujit._runtime import driver
 from cujit._runtime import module as module_api
-from tests.stub_cuda import FakeCudaTensor, StubBackend, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend
 
 KERNELS = Path(__file__).parent / "kernels"
 
 
 class Pair(ctypes.Structure):
     _fields_ = (("a", ctypes.c_int32), ("b", ctypes.c_float))
-
-
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
 
 
 def _all_types(stub: StubBackend) -> cujit.JitModule:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +32,7 @@ from cujit.rms_norm import (
 )
 from cujit.silu_and_mul import BLOCK as ROW_BLOCK
 from cujit.silu_and_mul import ROW_VECS, activation_config, row_layout, silu_and_mul
-from tests.stub_cuda import StubBackend, bind_fakes, count_slow, fake, last_launch, stub_backend
+from tests.stub_cuda import StubBackend, bind_fakes, count_slow, fake, last_launch
 
 torch = pytest.importorskip("torch")
 
@@ -113,12 +112,6 @@ def test_row_layout_covers_each_row_with_groups_that_hold_it(itemsize: int) -> N
 
 
 # ------------------------------------------------------------------------------------------------ the stub
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
-
-
 @pytest.fixture
 def ops(stub: StubBackend) -> SimpleNamespace:
     # Variants declared under the stub, in a namespace of their own: the real ops stay bound to the real driver.

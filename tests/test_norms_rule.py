@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -31,7 +30,7 @@ from cujit.rms_norm import (
     rms_norm,
     same_phase,
 )
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes
 
 torch = pytest.importorskip("torch")
 
@@ -109,12 +108,6 @@ def test_layout_config_reads_the_phase_of_real_tensors() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the stub
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
-
-
 @pytest.fixture
 def ops(stub: StubBackend) -> SimpleNamespace:
     declared = SimpleNamespace(rms_norm=rms_norm.op.variant("cujit_stub_rule"),

@@ -7,7 +7,6 @@ import inspect
 import pickle
 import struct
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -20,15 +19,9 @@ from cujit._runtime import op_generic
 from cujit._runtime import ops as ops_module
 from cujit._runtime.schema import parse_schema
 from tests import op_decls
-from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, fake, stub_backend
+from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes, count_slow, fake
 
 KERNELS = Path(__file__).parent / "kernels"
-
-
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ passes what the kernel expects; bad inputs are refused before anything is launch
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import cujit
 from cujit.qk_norm_rotary import qk_norm_rotary
 from cujit.qk_rms_norm import CONFIGS, head_config, qk_rms_norm
-from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch, stub_backend
+from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
 
 torch = pytest.importorskip("torch")
 
@@ -64,12 +63,6 @@ def test_a_gptj_element_layout_instance_compiles(arch: str) -> None:
     fields = {"dtype": "float16", "cs_dtype": "float16", "pos_dtype": "int32", "is_neox": False, "gemma": True,
               "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict()}
     assert qk_norm_rotary.op.module(**fields).compile(arch).cubin[:4] == b"\x7fELF"
-
-
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
 
 
 @pytest.fixture

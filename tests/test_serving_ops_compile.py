@@ -8,7 +8,6 @@ launches what the kernels expect; bad inputs are refused before anything is laun
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +19,7 @@ from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
-from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch, stub_backend
+from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
 
 torch = pytest.importorskip("torch")
 
@@ -36,12 +35,6 @@ def _fields(fields: dict[str, Any]) -> dict[str, str]:
 def test_every_precompiled_instance_compiles(name: str) -> None:
     for module in OPS[name].op.precompile_modules():
         assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
-
-
-@pytest.fixture
-def stub() -> Iterator[StubBackend]:
-    with stub_backend() as backend:
-        yield backend
 
 
 @pytest.fixture
