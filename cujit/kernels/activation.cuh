@@ -57,18 +57,6 @@ struct GeluTanh {
   }
 };
 
-/// q = a / b and r = a % b, with 32-bit division where both fit (several times cheaper than 64-bit).
-CUJIT_DEVICE void divide(uint64_t a, uint64_t b, uint64_t& q, uint64_t& r) {
-  if (((a | b) >> 32) == 0) {
-    const uint32_t q32 = static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
-    q = q32;
-    r = static_cast<uint32_t>(a) - q32 * static_cast<uint32_t>(b);
-  } else {
-    q = a / b;
-    r = a - q * b;
-  }
-}
-
 /// Walks a thread's items of a [rows, width] array: from flat index `first` on, every `step` items. Keeps
 /// (row, column), and the step as whole rows plus a remainder, so that each step is two adds and a compare (no
 /// branch, no division) and the loads of all steps can be issued back to back.
@@ -76,7 +64,7 @@ struct RowWalker {
   uint64_t row;
   uint64_t col;
 
-  CUJIT_DEVICE RowWalker(uint64_t first, uint64_t width) { divide(first, width, row, col); }
+  CUJIT_DEVICE RowWalker(uint64_t first, uint64_t width) { cujit::divmod(first, width, row, col); }
 
   /// Step by `step_rows` rows and `step_cols` columns (step_cols < width).
   CUJIT_DEVICE void advance(uint64_t step_rows, uint64_t step_cols, uint64_t width) {
@@ -98,7 +86,7 @@ CUJIT_DEVICE void act_and_mul_vectors(T* __restrict__ out, const T* __restrict__
   const uint64_t width = d / kLanes;  // output vectors per row
   const uint64_t first = static_cast<uint64_t>(blockIdx.x) * (kBlock * kVecs) + threadIdx.x;
   uint64_t step_rows, step_cols;
-  divide(kBlock, width, step_rows, step_cols);
+  cujit::divmod(kBlock, width, step_rows, step_cols);
   V a[kVecs], b[kVecs];
   {
     RowWalker at(first, width);
@@ -143,7 +131,7 @@ CUJIT_DEVICE void act_and_mul_rows(T* __restrict__ out, const T* __restrict__ x,
                                    uint32_t group, uint64_t seg, uint64_t segs) {
   const uint64_t per_block = kBlock / group;
   uint64_t row, first;
-  divide(blockIdx.x * per_block + threadIdx.x / group, segs, row, first);
+  cujit::divmod(blockIdx.x * per_block + threadIdx.x / group, segs, row, first);
   if (row < rows) {
     first *= seg;
     const uint64_t n = d - first < seg ? d - first : seg;

@@ -597,18 +597,6 @@ CUJIT_DEVICE uint32_t tiles_amax(const Flat<T>& flat, uint64_t first, uint64_t s
   return bits;
 }
 
-/// q = a / b and r = a % b, with 32-bit division where both fit (several times cheaper than 64-bit).
-CUJIT_DEVICE void divide(uint64_t a, uint64_t b, uint64_t& q, uint64_t& r) {
-  if (((a | b) >> 32) == 0) {
-    const uint32_t q32 = static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
-    q = q32;
-    r = static_cast<uint32_t>(a) - q32 * static_cast<uint32_t>(b);
-  } else {
-    q = a / b;
-    r = a - q * b;
-  }
-}
-
 /// x [rows, hidden] at any alignment and row stride, as chunks of at most kLanes values for the row path: row r's
 /// chunk j < vectors is its body vector j (a 16-byte load), chunk `vectors` its head and `vectors` + 1 its tail
 /// (fewer than kLanes values each, loaded one by one); `slots` = hidden / kLanes + 2 chunks per row, the last one
@@ -636,7 +624,7 @@ struct SplitRows {
   /// of its first value in the contiguous q, `body` whether it is a whole 16-byte vector. Returns count.
   CUJIT_DEVICE uint32_t load(uint64_t c, T (&v)[kLanes], uint64_t& first, bool& body) const {
     uint64_t row, j;
-    divide(c, slots, row, j);
+    cujit::divmod(c, slots, row, j);
     uint32_t count = 0;
     first = 0;
     body = false;

@@ -57,6 +57,18 @@ struct Threads {
 };
 #endif
 
+/// q = a / b and r = a % b (row and column of a flat index), with 32-bit division where both fit (several times cheaper than 64-bit).
+CUJIT_DEVICE void divmod(uint64_t a, uint64_t b, uint64_t& q, uint64_t& r) {
+  if (((a | b) >> 32) == 0) {
+    const uint32_t q32 = static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
+    q = q32;
+    r = static_cast<uint32_t>(a) - q32 * static_cast<uint32_t>(b);
+  } else {
+    q = a / b;
+    r = a - q * b;
+  }
+}
+
 /// Where the 16-byte vectors of a row of `n` values of T lie, relative to the address of its first element.
 template <typename T>
 struct RowSplit {
