@@ -412,10 +412,7 @@ CUJIT_DEVICE void quantize_groups(const T* x, uint8_t* q, float* scales, int64_t
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       bits[b] = g0 + b * kSlots + slot < last ? amax_bits<T, kWidth>(v[b], 0u) : 0u;
-#pragma unroll
-      for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-        bits[b] = cujit::max_bits(bits[b], __shfl_xor_sync(0xffffffffu, bits[b], offset));
-      }
+      bits[b] = cujit::warp_reduce<kLanes>(bits[b], cujit::Max());
     }
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
@@ -487,10 +484,7 @@ CUJIT_DEVICE void quantize_groups_split(const T* x, uint8_t* q, float* scales, i
 #pragma unroll
         for (int k = 0; k < kPer; ++k) bits[b] = amax_bits<T, kVec>(v[b][k], bits[b]);
       }
-#pragma unroll
-      for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-        bits[b] = cujit::max_bits(bits[b], __shfl_xor_sync(0xffffffffu, bits[b], offset));
-      }
+      bits[b] = cujit::warp_reduce<kLanes>(bits[b], cujit::Max());
     }
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {

@@ -63,11 +63,7 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_quant_fp8_kernel(
     // The expression silu_and_mul_kernel evaluates, then its rounding to T.
     y[i] = cujit::from_float<T>(activation_detail::Silu::apply(cujit::to_float(a[i])) * cujit::to_float(b[i]));
   }
-  uint32_t bits = live ? amax_bits<T, kWidth>(y, 0u) : 0u;
-#pragma unroll
-  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-    bits = cujit::max_bits(bits, __shfl_xor_sync(0xffffffffu, bits, offset));
-  }
+  const uint32_t bits = cujit::warp_reduce<kLanes>(live ? amax_bits<T, kWidth>(y, 0u) : 0u, cujit::Max());
   if (!live) return;
   const float scale = scale_of(__uint_as_float(bits));
   if (lane == 0) scales[row * scale_row_stride + col * scale_group_stride] = scale;

@@ -28,11 +28,14 @@ struct Min {
 };
 
 #if defined(__CUDACC__)
-/// Reduce `value` over the 32 lanes of a full warp; every lane gets the result.
-template <typename T, typename Op = Sum>
+/// Reduce `value` over the 32 lanes of a full warp; every lane gets the result. With kLanes (a power of two up to
+/// 32, e.g. `warp_reduce<8>(v, Max())`), over each aligned group of kLanes lanes instead, every lane getting its
+/// group's result; the whole warp must still call it.
+template <int kLanes = kWarpSize, typename T, typename Op = Sum>
 CUJIT_DEVICE T warp_reduce(T value, Op op = Op()) {
+  static_assert(kLanes > 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two <= 32");
 #pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
     value = op(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
   return value;
