@@ -6,6 +6,7 @@ Compile-only (sm_80 and sm_90, no GPU); tests/test_ported_kernels_gpu.py runs th
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -298,7 +299,37 @@ def test_driver_calls_say_what_cuda_h_is_under_nvrtc(tmp_path: Path) -> None:
 
 def test_crt_and_curand_hints_name_the_package() -> None:
     assert "pip install" in headers._missing_header_hint("crt/host_defines.h")
-    assert "cujit[curand]" in headers._missing_header_hint("curand_kernel.h")
+    hint = headers._missing_header_hint("curand_kernel.h")
+    assert "pip install" in hint and ("cujit[curand]" in hint or "cuda-toolkit[curand]" in hint), hint
+
+
+@pytest.mark.parametrize("nvrtc_major", [12, 13])
+def test_curand_headers_of_another_cuda_release_are_never_used(
+        nvrtc_major: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's CUDA 13 wheels bring curand headers that NVRTC 12 cannot parse; the CUDA 12 wheel's are NVRTC 12's."""
+    site = tmp_path / "site"
+    cuda12 = site / "nvidia" / "cuda_runtime" / "include"
+    cu13 = site / "nvidia" / "cu13" / "include"
+    curand12 = site / "nvidia" / "curand" / "include"
+    for folder, version in ((cuda12, 12090), (cu13, 13000)):
+        folder.mkdir(parents=True)
+        (folder / "cuda.h").write_text(f"#define CUDA_VERSION {version}\n")
+    (cu13 / "curand_kernel.h").write_text("// CUDA 13\n")
+    own = cuda12 if nvrtc_major == 12 else cu13
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: (nvrtc_major, 0))
+    monkeypatch.setattr(toolchain, "cuda_include_dir", lambda: own)
+    monkeypatch.setattr(sys, "path", [str(site)])
+    headers._curand_include_dir.cache_clear()
+    try:
+        # CUDA 13: its own header folder has curand; CUDA 12: only CUDA 13's curand is installed, so none.
+        assert headers._curand_include_dir() == (cu13 if nvrtc_major == 13 else None)
+        assert "cu13" not in " ".join(map(str, headers.extra_include_dirs()))
+        curand12.mkdir(parents=True)
+        (curand12 / "curand_kernel.h").write_text("// CUDA 12\n")
+        headers._curand_include_dir.cache_clear()
+        assert headers._curand_include_dir() == (cu13 if nvrtc_major == 13 else curand12)
+    finally:
+        headers._curand_include_dir.cache_clear()
 
 
 def test_unrecognised_errors_get_no_hint(tmp_path: Path) -> None:

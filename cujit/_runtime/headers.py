@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -269,16 +270,27 @@ def cccl_extra_dirs() -> tuple[Path, ...]:
 
 @functools.cache
 def _curand_include_dir() -> Path | None:
-    """The folder of curand's headers (``curand_kernel.h``), where the wheel is installed (``cujit[curand]``)."""
-    try:
-        from cuda import pathfinder
+    """The folder of curand's headers (``curand_kernel.h``) of NVRTC's own CUDA release, where installed; else None.
 
-        found = pathfinder.find_nvidia_header_directory("curand")
-    except (ImportError, AttributeError, RuntimeError):
-        return None
-    if not found or Path(found) == toolchain.cuda_include_dir():
-        return None
-    return Path(found) if (Path(found) / "curand_kernel.h").is_file() else None
+    The CUDA header folder itself where it has them (a toolkit; CUDA 13's wheels), else NVIDIA's wheels on
+    ``sys.path``: ``nvidia/cu<major>/include``, or ``nvidia/curand/include`` for CUDA 12 (``cujit[curand]``).
+    curand's headers of another release are never used: torch's CUDA 13 wheels bring theirs, which NVRTC 12
+    cannot parse.
+    """
+    cuda = toolchain.cuda_include_dir()
+    if (cuda / "curand_kernel.h").is_file():
+        return cuda
+    major = toolchain.nvrtc_version()[0]
+    for entry in sys.path:
+        site = Path(entry or ".")
+        for folder in (site / "nvidia" / f"cu{major}" / "include", site / "nvidia" / "curand" / "include"):
+            if not (folder / "curand_kernel.h").is_file():
+                continue
+            # A folder with cuda.h says its release; the per-component layout is CUDA 12's (and 11's, unsupported).
+            release = toolchain.header_version(folder)
+            if (release[0] if release is not None else 12) == major:
+                return folder
+    return None
 
 
 def extra_include_dirs() -> tuple[Path, ...]:
@@ -288,7 +300,7 @@ def extra_include_dirs() -> tuple[Path, ...]:
     if crt is not None:
         dirs.append(crt)
     curand = _curand_include_dir()
-    if curand is not None:
+    if curand is not None and curand != toolchain.cuda_include_dir():
         dirs.append(curand)
     return tuple(dirs)
 
@@ -602,7 +614,10 @@ def _missing_header_hint(name: str) -> str:
             f"and friends include: pip install {wheel}, matching the version of your CUDA headers."
         )
     if name.startswith("curand"):
-        return f"<{name}> comes with curand's headers: pip install 'cujit[curand]'."
+        major = toolchain.nvrtc_version()[0]
+        wheel = "'cujit[curand]' (nvidia-curand-cu12)" if major == 12 else f"'cuda-toolkit[curand]=={major}.*'"
+        return (f"<{name}> comes with curand's headers of NVRTC's CUDA release ({major}): pip install {wheel}; "
+                "curand headers of another CUDA release are not used.")
     if name in _HOST_ONLY:
         return (
             f"<{name}> is a host-only standard header: nothing in it runs on the device, and NVRTC has no "
