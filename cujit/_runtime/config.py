@@ -58,6 +58,21 @@ def _parse_folders(name: str, raw: str) -> tuple[Path, ...]:
     return tuple(Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip())
 
 
+def _parse_path(name: str, raw: str) -> Path | None:
+    """An optional file path: empty means unset; a path given must name an existing file."""
+    if raw.strip() == "":
+        return None
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise CujitError(f"{name}: {raw!r} is not a file (expected the path of a libnvrtc.so.N)")
+    return path.absolute()
+
+
+def nvrtc_path() -> Path | None:
+    """``CUJIT_NVRTC``: the libnvrtc named explicitly, or None to let the rule pick (``release.chosen``)."""
+    return _parse_path("CUJIT_NVRTC", _raw("CUJIT_NVRTC"))
+
+
 def check_arch(arch: str, what: str = "arch") -> str:
     """Validate an arch string such as ``sm_90`` or ``sm_90a``; return it normalised."""
     value = arch.strip()
@@ -95,6 +110,9 @@ VARIABLES: tuple[Variable, ...] = (
              "cache folder and toolchain, started on demand, gone after 10 idle minutes) compile modules whose "
              "kernel files start with standard, CUDA or CCCL headers, on a precompiled header of them",
              _parse_flag),
+    Variable("CUJIT_NVRTC", "", "path of the libnvrtc to compile with (e.g. .../nvidia/cuda_nvrtc/lib/libnvrtc.so.12), "
+             "instead of the one the rule picks; cujit sets it for the processes it starts (compile workers, the "
+             "compile server) so that they use the NVRTC of the process that started them", _parse_path),
     Variable("CUJIT_DEFAULT_ARCH", "sm_90", "arch to compile for where there is no GPU to ask (`demo`, "
              "`precompile`, `JitModule.compile()`)", lambda name, raw: check_arch(raw, name)),
 )
@@ -150,8 +168,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str
     out: dict[str, str | None] = {}
     for name in env:
         if name.startswith("CUJIT_") and name not in _BY_NAME:
-            close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.6)
-            out[name] = close[0] if close else None
+            # Compared without the prefix that every name shares, which would make any two names look alike.
+            close = difflib.get_close_matches(name[6:], [known[6:] for known in _BY_NAME], n=1, cutoff=0.6)
+            out[name] = f"CUJIT_{close[0]}" if close else None
     return out
 
 
