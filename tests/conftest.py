@@ -42,6 +42,21 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The processes the tests start compile with the test process's NVRTC, as cujit's own workers do.
+
+    A fresh process applies the rule by itself and can pick another installed NVRTC than this one (which may have
+    been loaded by torch, or by CuPy for its own kernels, before cujit looked); tests that compare a child's cache
+    keys or toolchain with this process's would then compare two toolchains. Tests of the rule itself unset it.
+    """
+    import os
+
+    if "CUJIT_NVRTC" not in os.environ:
+        from cujit._runtime import toolchain
+
+        os.environ.update(toolchain.nvrtc_environment())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     count = gpu_count()
     for item in items:

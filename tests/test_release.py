@@ -141,6 +141,7 @@ CHILD = textwrap.dedent("""\
 
 def _child(driver: str) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("CUJIT_NVRTC", None)  # the rule, not the test process's choice
     out = subprocess.run([sys.executable, "-c", CHILD, driver], capture_output=True, text=True, env=env,
                          timeout=120, check=False)
     assert out.returncode == 0, out.stderr
@@ -160,6 +161,45 @@ def test_cupys_binding_takes_the_library_the_rule_chose(driver: str) -> None:
     assert result["headers"][0] == result["version"][0]  # type: ignore[index]
     if driver != "none":
         assert result["version"][0] == int(driver.split(".")[0])  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------------- CUJIT_NVRTC
+def test_cujit_nvrtc_names_the_library_and_nothing_else_is_considered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    named = nvrtc_files(tmp_path / "cuda_nvrtc" / "lib", "libnvrtc.so.12", "libnvrtc-builtins.so.12.9")
+    monkeypatch.setenv("CUJIT_NVRTC", str(named))
+    monkeypatch.setattr(release, "loaded_nvrtc", lambda: [])
+    monkeypatch.setattr(release, "installed_nvrtc", lambda: [lib((13, 0))])  # newer, and ignored
+    release.chosen.cache_clear()
+    try:
+        picked = release.chosen()
+        assert (picked.path, picked.version, picked.origin) == (named, (12, 9), release.PINNED)
+        # Another major version already in the process would be what CuPy's binding takes: refused, both named.
+        monkeypatch.setattr(release, "loaded_nvrtc",
+                            lambda: [NvrtcLibrary(Path("/t/libnvrtc.so.13"), (13, 0), release.LOADED)])
+        release.chosen.cache_clear()
+        with pytest.raises(cujit.CujitError, match=r"CUJIT_NVRTC names NVRTC 12\.9 .* has loaded NVRTC 13\.0"):
+            release.chosen()
+        monkeypatch.setenv("CUJIT_NVRTC", str(tmp_path / "missing.so"))
+        release.chosen.cache_clear()
+        with pytest.raises(cujit.CujitError, match=r"CUJIT_NVRTC: .*missing\.so' is not a file"):
+            release.chosen()
+    finally:
+        release.chosen.cache_clear()
+
+
+def test_a_child_given_nvrtc_environment_compiles_with_this_process_nvrtc() -> None:
+    pin = toolchain.nvrtc_environment()
+    if not pin:
+        pytest.skip("no libnvrtc this process can name (no /proc/self/maps)")
+    assert Path(pin["CUJIT_NVRTC"]).resolve() == Path(str(toolchain.nvrtc_library())).resolve()
+    env = {**os.environ, **pin, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", CHILD, "none"], capture_output=True, text=True, env=env,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert Path(result["library"]).resolve() == Path(pin["CUJIT_NVRTC"]).resolve()
+    assert tuple(result["version"]) == toolchain.nvrtc_version()
 
 
 # ---------------------------------------------------------------------------------------------------- crt/

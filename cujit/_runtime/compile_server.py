@@ -197,7 +197,8 @@ def _start_server(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         package_root = Path(__file__).resolve().parent.parent.parent
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")]),
+               **toolchain.nvrtc_environment()}  # the server compiles with this process's NVRTC
         subprocess.Popen(
             [sys.executable, "-m", "cujit._runtime.compile_server", os.fspath(path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

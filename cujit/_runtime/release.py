@@ -2,6 +2,9 @@
 
 The rule, in order:
 
+0. ``CUJIT_NVRTC``, where set, names the library, and nothing else is considered. cujit sets it for the processes it
+   starts (compile workers, the compile server), so that they compile with the NVRTC of the process that started
+   them, whatever a fresh process would pick.
 1. An NVRTC already in this process is the one. torch's CUDA builds link libnvrtc, so ``import torch`` loads
    torch's own, and CuPy's binding (through ``cuda.pathfinder``) takes a library that is already loaded before
    searching anywhere; a second NVRTC could not be handed to CuPy anyway.
@@ -28,10 +31,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .errors import CujitError
 
-__all__ = ["LOADED", "NvrtcLibrary", "check_driver", "choose_nvrtc", "chosen", "driver_version", "installed_nvrtc",
-           "library_version", "loaded_nvrtc", "preload_chosen"]
+__all__ = ["LOADED", "PINNED", "NvrtcLibrary", "check_driver", "choose_nvrtc", "chosen", "driver_version",
+           "installed_nvrtc", "library_version", "loaded_nvrtc", "preload_chosen"]
 
 _BUILTINS = re.compile(r"libnvrtc-builtins\.so\.(\d+)\.(\d+)$")
 _VERSIONED = re.compile(r"libnvrtc\.so\.(\d+)\.(\d+)")
@@ -40,6 +44,7 @@ _SONAME = re.compile(r"libnvrtc\.so\.(\d+)$")
 # major version from CUDA 13 on, a per-component folder for CUDA 12.
 _WHEEL_LIB_DIRS = ("nvidia/cu[0-9]*/lib", "nvidia/cuda_nvrtc/lib")
 LOADED = "already loaded in this process"
+PINNED = "CUJIT_NVRTC"
 # The oldest driver of each CUDA major version (Linux), for messages.
 _DRIVER_FLOOR = {12: "525", 13: "580"}
 
@@ -207,6 +212,17 @@ def check_driver(nvrtc_version: tuple[int, int], driver: tuple[int, int] | None)
 @functools.cache
 def chosen() -> NvrtcLibrary:
     """The NVRTC library the rule picks in this process (what is loaded, or what :func:`preload_chosen` loads)."""
+    named = config.nvrtc_path()
+    if named is not None:
+        library = NvrtcLibrary(named, library_version(named), PINNED)
+        for other in loaded_nvrtc():
+            if other.version is not None and library.version is not None and other.version[0] != library.version[0]:
+                raise CujitError(
+                    f"CUJIT_NVRTC names {library.describe()}, but this process has loaded {other.describe()} "
+                    "already (torch's CUDA build loads its own at import), and CuPy's binding would take that one. "
+                    "Fix: unset CUJIT_NVRTC, or name an NVRTC of the same CUDA major version."
+                )
+        return library
     return choose_nvrtc(installed_nvrtc(), loaded_nvrtc(), driver_version())
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "header_version",
     "kernels_dir",
     "nvrtc",
+    "nvrtc_environment",
     "nvrtc_version",
 ]
 
@@ -88,7 +89,25 @@ def nvrtc_version() -> tuple[int, int]:
             "'cuda-toolkit[nvrtc,cudart]==13.*' for cupy-cuda13x) "
             f"or point CUDA_PATH at a CUDA toolkit; the loader said: {exc}"
         ) from exc
+    named = release.chosen()
+    if named.origin == release.PINNED and named.version is not None and named.version[0] != int(major):
+        raise CujitError(
+            f"CUJIT_NVRTC names {named.describe()}, but CuPy's binding had loaded NVRTC {major}.{minor} already. "
+            "Fix: unset CUJIT_NVRTC, or set it before anything in this process compiles with CuPy."
+        )
     return int(major), int(minor)
+
+
+def nvrtc_environment() -> dict[str, str]:
+    """``CUJIT_NVRTC`` for a process that cujit starts: the libnvrtc this process compiles with (loaded if needed).
+
+    Empty where there is none to name; the child then applies the rule itself.
+    """
+    try:
+        library = nvrtc_library()
+    except CujitError:
+        return {}
+    return {} if library is None else {"CUJIT_NVRTC": str(library)}
 
 
 @functools.cache

@@ -105,8 +105,12 @@ def diagnose() -> dict[str, Any]:
     how = None
     if nvrtc_version:
         origin = release.chosen().origin
-        how = (f"{origin}: torch's CUDA builds load their own NVRTC, and CuPy takes a loaded one"
-               if origin == release.LOADED else f"the newest release the driver can load, from {origin}")
+        if origin == release.LOADED:
+            how = f"{origin}: torch's CUDA builds load their own NVRTC, and CuPy takes a loaded one"
+        elif origin == release.PINNED:
+            how = "named by CUJIT_NVRTC"
+        else:
+            how = f"the newest release the driver can load, from {origin}"
     include = _attempt(toolchain.cuda_include_dir, problems) if nvrtc_version else None
     header_release = toolchain.header_version(include) if include else None
     crt = headers.find_crt_dir(include) if include else None
