@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ def test_the_benchmark_kernels_compile() -> None:
     module = cujit.load_jit("odd_widths", cuda_files=[source], cuda_wrappers=[
         (f"{form}_{d}", f"affine_{form}<{d}>") for form in ("aligned_only", "rows") for d in ("fp32_t", "bf16_t")])
     assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
+
+
+def test_the_row_map_candidates_compile() -> None:
+    """benchmarks/tune_rows.py's candidates (row_map forms, launch bounds, edges first), bf16 and fp32."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        import tune_rows
+    finally:
+        sys.path.pop(0)
+    torch = pytest.importorskip("torch")
+    for dtype in (torch.bfloat16, torch.float32):
+        jit, names = tune_rows.module(dtype)
+        assert len(names) == 7 and jit.compile("sm_90").cubin[:4] == b"\x7fELF"
