@@ -110,10 +110,11 @@ def build_rotary(case: Case, env: Env) -> Setup:
         extra: dict[str, Any] = {"head_size": hs} if accepts(op, "head_size") else {}
         contenders.append(inplace("cujit", lambda qc, kc: op(positions, qc, kc, cache, is_neox=is_neox, **extra)))
     contenders.append(inplace("eager", lambda qc, kc: refs.rotary_embedding(positions, qc, kc, cache, hs, is_neox)))
-    qk, kk = q.clone(), k.clone()
+    q_compiled, k_compiled = q.clone(), k.clone()
     contenders.append(env.compiler.contender(
-        case, "ref", lambda p, q, k, c: refs.rotary_embedding(p, q, k, c, hs, is_neox), (positions, qk, kk, cache),
-        reset=restore([(qk, q), (kk, k)]), outputs=lambda: {"q": qk, "k": kk}))
+        case, "ref", lambda p, q, k, c: refs.rotary_embedding(p, q, k, c, hs, is_neox),
+        (positions, q_compiled, k_compiled, cache), reset=restore([(q_compiled, q), (k_compiled, k)]),
+        outputs=lambda: {"q": q_compiled, "k": k_compiled}))
     if not is_neox:
         contenders.append(unavailable("liger", "n/a: Liger's rope is the neox (rotate-half) style only"))
     else:
@@ -133,11 +134,11 @@ def build_rotary(case: Case, env: Env) -> Setup:
 
             contenders.append(inplace("liger", liger_call, nbytes=nbytes,
                                       note="[1, H, T, D] views, cos/sin gathered per token untimed, no positions"))
-    qk, why = adapter_or_reason(lambda: quack.rotary_embedding(is_neox))
-    if qk is None:
+    qa, why = adapter_or_reason(lambda: quack.rotary_embedding(is_neox))
+    if qa is None:
         contenders.append(unavailable("quack", why))
     else:
-        contenders.append(inplace("quack", lambda qc, kc: qk(positions, qc, kc, cache, hs),
+        contenders.append(inplace("quack", lambda qc, kc: qa(positions, qc, kc, cache, hs),
                                   note="each token a sequence of one at offset = its position; q and k in two calls"))
     fi, why = adapter_or_reason(lambda: flashinfer.rotary_embedding(is_neox, q.dtype))
     if fi is None:
