@@ -1145,3 +1145,28 @@ def test_a_clean_compile_does_not_warn(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert module(small(tmp_path)).compile(arch=ARCH).cubin
+
+
+WARM_LOOKUP = textwrap.dedent("""\
+    import json, sys
+    from cujit.add_constant import add_constant
+    import cujit
+    add_constant.op.module(constant=3).compile("sm_90")
+    print(json.dumps({"cupy": "cupy" in sys.modules, "stats": dict(cujit.cache_stats())}))
+    """)
+
+
+def test_a_cache_hit_in_a_new_process_imports_no_cupy(tmp_path: Path) -> None:
+    """The key needs NVRTC's version, which the library gives through ctypes; CuPy (0.1-0.2 s) is for compiling."""
+    env = {**os.environ, "CUJIT_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", WARM_LOOKUP], capture_output=True, text=True, env=env,
+                             timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert cold["stats"]["compiles"] == 1 and cold["cupy"]  # compiling goes through CuPy's binding
+    assert warm["stats"]["compiles"] == 0 and warm["stats"]["disk_hits"] == 1
+    assert not warm["cupy"]

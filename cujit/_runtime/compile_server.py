@@ -81,7 +81,7 @@ class Result:
 
 def run_nvrtc(request: Request, pch: Sequence[str] = ()) -> Result:
     """Compile ``request`` with NVRTC in this process; ``pch`` are PCH options put before the others."""
-    nvrtc = toolchain.nvrtc()
+    nvrtc = toolchain.compiling_nvrtc()
     program = nvrtc.createProgram(request.source, request.filename, [], [])
     try:
         for expr in request.names:

@@ -12,6 +12,7 @@ Everything here is looked up once per process and memoised; none of it needs a G
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "choose_cuda_headers",
     "cuda_header_candidates",
     "cuda_headers_identity",
+    "compiling_nvrtc",
     "cuda_include_dir",
     "cujit_include_dir",
     "cupy_headers_mismatch",
@@ -76,10 +78,50 @@ def nvrtc() -> Any:
 
 
 @functools.cache
+def compiling_nvrtc() -> Any:
+    """CuPy's NVRTC binding, checked to be bound to the release the cache keys were made for (:func:`nvrtc_version`).
+
+    They differ only where something loaded another libnvrtc into this process between the two (CuPy's binding
+    takes the first its finder meets); compiling on would file code under another toolchain's keys.
+    """
+    binding = nvrtc()
+    bound = tuple(int(v) for v in binding.getVersion())
+    expected = nvrtc_version()
+    if bound != expected:
+        raise CujitError(
+            "CuPy's NVRTC binding uses NVRTC {}.{}, but cujit chose NVRTC {}.{} ({}) for this process: another "
+            "libnvrtc was loaded in between. Fix: set CUJIT_NVRTC to the library to use, or let cujit compile "
+            "before anything else loads NVRTC.".format(*bound, *expected, release.chosen().describe())
+        )
+    return binding
+
+
+def _version_of_chosen_library() -> tuple[int, int]:
+    """``nvrtcVersion`` of the library the rule picks, loaded with ctypes.
+
+    No CuPy import (0.1-0.2 s) on a cache hit, which needs the version for its key but never compiles.
+    """
+    library = release.preload_chosen()
+    handle = ctypes.CDLL(str(library.path))
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    status = handle.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    if status != 0:
+        raise CujitError(f"{library.describe()}: nvrtcVersion returned {status}")
+    return major.value, minor.value
+
+
+@functools.cache
 def nvrtc_version() -> tuple[int, int]:
-    """NVRTC's (major, minor) version; loading the library is the first thing that can fail."""
+    """NVRTC's (major, minor) version; loading the library is the first thing that can fail.
+
+    CuPy's binding answers where it is imported already (its library is the one then); otherwise the library the
+    rule picks answers, loaded with ctypes, and the binding takes that same library when a compile needs it.
+    """
     try:
-        major, minor = nvrtc().getVersion()
+        if "cupy_backends.cuda.libs.nvrtc" in sys.modules:
+            major, minor = nvrtc().getVersion()
+        else:
+            major, minor = _version_of_chosen_library()
     except CujitError:
         raise
     except Exception as exc:  # CuPy raises several types when libnvrtc is missing
