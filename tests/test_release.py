@@ -79,6 +79,19 @@ def test_a_library_already_in_the_process_wins() -> None:
     # torch's CUDA builds link their NVRTC: CuPy's binding takes the loaded one, so cujit must too.
     loaded = [lib((13, 0), "torch")]
     assert choose_nvrtc([lib((12, 9)), lib((13, 0))], loaded, (13, 0)) is loaded[0]
+    # torch beside the -cu12 wheels loads both; CuPy's binding asks for libnvrtc.so.13 first.
+    both = [lib((13, 0), "torch"), lib((12, 9), "torch's preload")]
+    assert choose_nvrtc([lib((12, 9)), lib((13, 0))], both, (13, 0)) is both[0]
+    # A newer major loaded than the driver takes is still what the binding would use: the driver check names it.
+    assert choose_nvrtc([lib((12, 9)), lib((13, 0))], loaded, (12, 8)) is loaded[0]
+
+
+def test_an_older_library_in_the_process_does_not_win() -> None:
+    # Only NVRTC 12 loaded (by another library): cujit loads the newest usable, which the binding asks for first,
+    # so a fresh process and this one pick the same.
+    installed = [lib((12, 9)), lib((13, 0), "cu13")]
+    assert choose_nvrtc(installed, [lib((12, 9), "loaded")], (13, 0)) is installed[1]
+    assert choose_nvrtc(installed, [lib((12, 9), "loaded")], (12, 8)).version == (12, 9)
 
 
 def test_nothing_the_driver_can_load_is_one_error_naming_what_was_found() -> None:

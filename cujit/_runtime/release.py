@@ -5,9 +5,11 @@ The rule, in order:
 0. ``CUJIT_NVRTC``, where set, names the library, and nothing else is considered. cujit sets it for the processes it
    starts (compile workers, the compile server), so that they compile with the NVRTC of the process that started
    them, whatever a fresh process would pick.
-1. An NVRTC already in this process is the one. torch's CUDA builds link libnvrtc, so ``import torch`` loads
-   torch's own, and CuPy's binding (through ``cuda.pathfinder``) takes a library that is already loaded before
-   searching anywhere; a second NVRTC could not be handed to CuPy anyway.
+1. Where CuPy's binding is in use already, its library is the one (a second NVRTC cannot be handed to it). Where
+   a library of a newer CUDA major version than the one rule 2 picks is loaded (torch's CUDA build links its own),
+   CuPy's binding would take that one, so it is the one. An older one that is loaded does not count: torch 2.11
+   and later, installed beside the ``-cu12`` wheels, load both ``libnvrtc.so.13`` and ``libnvrtc.so.12`` at
+   import, and CuPy's binding asks for ``.so.13`` first.
 2. Otherwise, among the NVRTC libraries installed (NVIDIA's wheels on ``sys.path``, ``CONDA_PREFIX``,
    ``CUDA_PATH``, ``CUDA_HOME``, ``/usr/local/cuda``), those the driver can use (the release's major version not
    above the driver's; any when no driver is present, e.g. compiling for an explicit arch on a build machine),
@@ -142,14 +144,25 @@ def loaded_nvrtc() -> list[NvrtcLibrary]:
 
 def choose_nvrtc(installed: Sequence[NvrtcLibrary], loaded: Sequence[NvrtcLibrary],
                  driver: tuple[int, int] | None) -> NvrtcLibrary:
-    """The rule (see the module's docstring) as a pure function. Raises ``CujitError`` when nothing is usable."""
-    if loaded:
-        return loaded[0]
+    """The rule (see the module's docstring) as a pure function. Raises ``CujitError`` when nothing is usable.
+
+    ``loaded`` is newest major version first: CuPy's binding asks the loader for ``libnvrtc.so.13`` before
+    ``libnvrtc.so.12``, so of what is loaded it takes the first; a library that cujit loads (the newest usable
+    installed) comes before an older loaded one, and after a newer one.
+    """
     known = [lib for lib in installed if lib.version is not None]
     usable = [lib for lib in known if driver is None or (lib.version is not None and lib.version[0] <= driver[0])]
+    best = None
     if usable:
-        best = max(lib.version for lib in usable if lib.version is not None)
-        return next(lib for lib in usable if lib.version == best)
+        newest = max(lib.version for lib in usable if lib.version is not None)
+        best = next(lib for lib in usable if lib.version == newest)
+    if loaded:
+        first = loaded[0]
+        # The loaded library of the same major version is the one the loader hands out for that soname.
+        if best is None or best.version is None or first.version is None or first.version[0] >= best.version[0]:
+            return first
+    if best is not None:
+        return best
     if installed and not known:
         return installed[0]  # versions unreadable: the first found, as the loader would have it; checked later
     raise CujitError(_nothing_usable(installed, driver))
@@ -215,8 +228,8 @@ def chosen() -> NvrtcLibrary:
     named = config.nvrtc_path()
     if named is not None:
         library = NvrtcLibrary(named, library_version(named), PINNED)
-        for other in loaded_nvrtc():
-            if other.version is not None and library.version is not None and other.version[0] != library.version[0]:
+        for other in loaded_nvrtc()[:1]:  # what CuPy's binding would take over the named one: a newer major
+            if other.version is not None and library.version is not None and other.version[0] > library.version[0]:
                 raise CujitError(
                     f"CUJIT_NVRTC names {library.describe()}, but this process has loaded {other.describe()} "
                     "already (torch's CUDA build loads its own at import), and CuPy's binding would take that one. "
