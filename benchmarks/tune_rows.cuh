@@ -32,7 +32,6 @@ CUJIT_DEVICE void row_map_edges_first(T* y, uint64_t n, const cujit::Threads& th
   namespace d = cujit::rows_detail;
   constexpr int K = sizeof...(In);
   using Seq = typename d::MakeIndices<K>::type;
-  using H = d::Held<T, K>;
   const cujit::RowSplit<T> split(y, n);
   const d::Reader<T> in[K] = {d::Reader<T>(inputs, split)...};
   const uint64_t head_index = threads.rank;
@@ -45,22 +44,7 @@ CUJIT_DEVICE void row_map_edges_first(T* y, uint64_t n, const cujit::Threads& th
     if (has_head) head[j] = in[j][head_index];
     if (has_tail) tail[j] = in[j][tail_index];
   }
-  d::for_vectors<kUnroll>(
-      split.vectors, threads,
-      [&](uint64_t v) {
-        H held;
-#pragma unroll
-        for (int j = 0; j < K; ++j) held.in[j] = in[j].vector(split.vector_start(v));
-        return held;
-      },
-      [&](uint64_t v, const H& held) {
-        cujit::Vec16<T> out;
-#pragma unroll
-        for (int k = 0; k < static_cast<int>(cujit::RowSplit<T>::kLanes); ++k) {
-          out[k] = d::apply_lane(f, held.in, k, Seq());
-        }
-        out.store(y + split.vector_start(v));
-      });
+  d::map_body<kUnroll>(y, split, threads, f, in);
   if (has_head) y[head_index] = apply_values(f, head, Seq());
   if (has_tail) y[tail_index] = apply_values(f, tail, Seq());
   // Groups narrower than a vector's lanes own more than one edge element.

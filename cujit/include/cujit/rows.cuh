@@ -207,6 +207,27 @@ struct Held {
   Vec16<T> in[K];
 };
 
+/// The body of row_map: y's body vectors of this thread, y = f(in...), kUnroll vectors of every input in flight.
+template <int kUnroll, typename T, typename F, int K>
+CUJIT_DEVICE void map_body(T* y, const RowSplit<T>& split, const Threads& threads, F& f, const Reader<T> (&in)[K]) {
+  using Seq = typename MakeIndices<K>::type;
+  using H = Held<T, K>;
+  for_vectors<kUnroll>(
+      split.vectors, threads,
+      [&](uint64_t v) {
+        H held;
+#pragma unroll
+        for (int j = 0; j < K; ++j) held.in[j] = in[j].vector(split.vector_start(v));
+        return held;
+      },
+      [&](uint64_t v, const H& held) {
+        Vec16<T> out;
+#pragma unroll
+        for (int k = 0; k < static_cast<int>(RowSplit<T>::kLanes); ++k) out[k] = apply_lane(f, held.in, k, Seq());
+        out.store(y + split.vector_start(v));
+      });
+}
+
 }  // namespace rows_detail
 
 /// Calls `f(i, x[i])` for every index i of [0, n) that this thread owns, reading x with 16-byte vectors where
@@ -254,26 +275,10 @@ CUJIT_DEVICE void row_map(T* y, uint64_t n, const Threads& threads, F f, const I
   constexpr int K = sizeof...(In);
   static_assert(K >= 1, "row_map needs at least one input; row_write takes none");
   using Seq = typename rows_detail::MakeIndices<K>::type;
-  using H = rows_detail::Held<T, K>;
   const RowSplit<T> split(y, n);
   // A pointer to another dtype fails here, at the conversion to const T*.
   const rows_detail::Reader<T> in[K] = {rows_detail::Reader<T>(inputs, split)...};
-  rows_detail::for_vectors<kUnroll>(
-      split.vectors, threads,
-      [&](uint64_t v) {
-        H held;
-#pragma unroll
-        for (int j = 0; j < K; ++j) held.in[j] = in[j].vector(split.vector_start(v));
-        return held;
-      },
-      [&](uint64_t v, const H& held) {
-        Vec16<T> out;
-#pragma unroll
-        for (int k = 0; k < static_cast<int>(RowSplit<T>::kLanes); ++k) {
-          out[k] = rows_detail::apply_lane(f, held.in, k, Seq());
-        }
-        out.store(y + split.vector_start(v));
-      });
+  rows_detail::map_body<kUnroll>(y, split, threads, f, in);
   rows_detail::for_edges(split, threads, [&](uint64_t i) { y[i] = rows_detail::apply_at(f, in, i, Seq()); });
 }
 #endif
