@@ -9,10 +9,11 @@ variable; a ``CUJIT_`` name that cujit does not know gets one warning naming the
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,24 @@ def compile_server() -> bool:
 def default_arch() -> str:
     """``CUJIT_DEFAULT_ARCH``: the arch to compile for when there is no GPU to ask."""
     return check_arch(_raw("CUJIT_DEFAULT_ARCH"), "CUJIT_DEFAULT_ARCH")
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the duration, the previous values restored after.
+
+    Processes started within inherit them.
+    """
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:

@@ -12,11 +12,10 @@ variables, so a worker uses the same cache folder and settings even when they ch
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,7 +145,7 @@ def _compile_in_workers(
     pin = toolchain.nvrtc_environment()
     environ = {**{k: v for k, v in os.environ.items() if k.startswith("CUJIT_")}, **pin}
     started = {}
-    with _set_environment(pin), \
+    with config.environment(pin), \
             concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=_context()) as pool:
         futures = {}
         # Modules that start with the same files, flags and arch next to each other: a worker that compiles two of
@@ -170,21 +169,6 @@ def _compile_in_workers(
                 cache.remember(key, compiled)
                 result = CompileResult(module, arch, module.compile(arch), None, compiled_now, seconds)
             results[index] = _done(result, on_done)
-
-
-@contextlib.contextmanager
-def _set_environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in ``os.environ`` for the duration, the previous values restored after."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _prefix(pair: tuple[JitModule, str]) -> tuple[str, ...]:

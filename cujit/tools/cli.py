@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 import warnings
@@ -153,17 +152,9 @@ def _writing_layer(layer: str | None) -> Iterator[None]:
     if layer is None:
         yield
         return
-    names = ("CUJIT_CACHE_DIR", "CUJIT_CACHE_LAYERS", "CUJIT_DISK_CACHE")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(CUJIT_CACHE_DIR=str(Path(layer).resolve()), CUJIT_CACHE_LAYERS="", CUJIT_DISK_CACHE="1")
-    try:
+    with config.environment({"CUJIT_CACHE_DIR": str(Path(layer).resolve()), "CUJIT_CACHE_LAYERS": "",
+                             "CUJIT_DISK_CACHE": "1"}):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _seal_layer(root: Path) -> None:
