@@ -228,13 +228,15 @@ def chosen() -> NvrtcLibrary:
     named = config.nvrtc_path()
     if named is not None:
         library = NvrtcLibrary(named, library_version(named), PINNED)
-        for other in loaded_nvrtc()[:1]:  # what CuPy's binding would take over the named one: a newer major
-            if other.version is not None and library.version is not None and other.version[0] > library.version[0]:
-                raise CujitError(
-                    f"CUJIT_NVRTC names {library.describe()}, but this process has loaded {other.describe()} "
-                    "already (torch's CUDA build loads its own at import), and CuPy's binding would take that one. "
-                    "Fix: unset CUJIT_NVRTC, or name an NVRTC of the same CUDA major version."
-                )
+        loaded = loaded_nvrtc()
+        # CuPy's binding takes the first loaded (newest major) over the named one where its major is newer.
+        first = loaded[0].version if loaded else None
+        if first is not None and library.version is not None and first[0] > library.version[0]:
+            raise CujitError(
+                f"CUJIT_NVRTC names {library.describe()}, but this process has loaded {loaded[0].describe()} "
+                "already (torch's CUDA build loads its own at import), and CuPy's binding would take that one. "
+                "Fix: unset CUJIT_NVRTC, or name an NVRTC of the same CUDA major version."
+            )
         return library
     return choose_nvrtc(installed_nvrtc(), loaded_nvrtc(), driver_version())
 

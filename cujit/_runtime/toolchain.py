@@ -82,7 +82,8 @@ def compiling_nvrtc() -> Any:
     """CuPy's NVRTC binding, checked to be bound to the release the cache keys were made for (:func:`nvrtc_version`).
 
     They differ only where something loaded another libnvrtc into this process between the two (CuPy's binding
-    takes the first its finder meets); compiling on would file code under another toolchain's keys.
+    takes the first its finder meets); compiling on would file code under another toolchain's keys. Checked once
+    per process (a failure is raised again on every call): the binding does not change library once bound.
     """
     binding = nvrtc()
     bound = tuple(int(v) for v in binding.getVersion())
