@@ -201,6 +201,40 @@ def test_cujit_nvrtc_names_the_library_and_nothing_else_is_considered(
         release.chosen.cache_clear()
 
 
+class _Binding:
+    """A stand-in for CuPy's NVRTC binding, bound to one release."""
+
+    def __init__(self, version: tuple[int, int]) -> None:
+        self.version = version
+
+    def getVersion(self) -> tuple[int, int]:  # CuPy's name
+        return self.version
+
+
+def test_a_binding_bound_to_another_release_than_the_keys_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(toolchain, "nvrtc", lambda: _Binding((12, 9)))
+    monkeypatch.setattr(toolchain, "nvrtc_version", lambda: (13, 0))
+    toolchain.compiling_nvrtc.cache_clear()
+    try:
+        with pytest.raises(cujit.CujitError, match=r"uses NVRTC 12\.9, but cujit chose NVRTC 13\.0 .*CUJIT_NVRTC"):
+            toolchain.compiling_nvrtc()
+    finally:
+        toolchain.compiling_nvrtc.cache_clear()
+
+
+def test_a_pin_that_cupys_binding_did_not_take_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = NvrtcLibrary(Path("/p/libnvrtc.so.12"), (12, 9), release.PINNED)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.nvrtc", object())  # the binding is in use
+    monkeypatch.setattr(toolchain, "nvrtc", lambda: _Binding((13, 0)))
+    monkeypatch.setattr(release, "chosen", lambda: pinned)
+    toolchain.nvrtc_version.cache_clear()
+    try:
+        with pytest.raises(cujit.CujitError, match=r"CUJIT_NVRTC names NVRTC 12\.9 .* had loaded NVRTC 13\.0"):
+            toolchain.nvrtc_version()
+    finally:
+        toolchain.nvrtc_version.cache_clear()
+
+
 def test_a_child_given_nvrtc_environment_compiles_with_this_process_nvrtc() -> None:
     pin = toolchain.nvrtc_environment()
     if not pin:
