@@ -11,6 +11,10 @@ dividing hidden; scales [tokens, hidden / group_size], row-major or column-major
 only read (y never reaches memory). x and residual are [tokens, hidden] float32, float16 or bfloat16 with rows at
 any stride; they must not overlap. ``q`` is a contiguous float8_e4m3fn [tokens, hidden].
 
+Rows whose hidden size is a whole number of 16-byte vectors, with x, residual, weight and q 16-byte aligned at
+every row, are held in registers and cross memory once each way; other rows (odd sizes, misaligned views) take a
+three-pass form that reads the residual row back from cache.
+
 So the results are those of ``fused_add_rms_norm(x, residual, weight)`` followed by ``per_token_quant_fp8(x)`` or
 ``per_token_group_quant_fp8(x, group_size)``, except that the sum of squares is added in another order than
 fused_add_rms_norm's (one block per row here): y may differ from the unfused one by one unit in its last place.
@@ -25,9 +29,11 @@ import cujit
 
 from .rms_norm import data_address
 
-__all__ = ["fused_add_rms_norm_quant_fp8", "threads_for"]
+__all__ = ["MAX_HELD_VECS", "fused_add_rms_norm_quant_fp8", "held_vecs", "threads_for"]
 
 _GROUPS = (0, 16, 32, 64, 128, 256, 512, 1024)
+#: The most 16-byte vectors a thread holds on the register path (bf16 rows up to 32768 values at 1024 threads).
+MAX_HELD_VECS = 4
 
 
 def threads_for(hidden: int) -> int:
@@ -38,8 +44,33 @@ def threads_for(hidden: int) -> int:
     return threads
 
 
+def held_vecs(hidden: int, lanes: int, threads: int, group_size: int) -> int:
+    """16-byte vectors a thread holds on the register path, or 0 where the row does not fit it (or a group spans
+    more than a warp's vectors): the three-pass form then serves the row."""
+    vecs = -(-hidden // (threads * lanes))
+    if vecs > MAX_HELD_VECS or (group_size and not lanes <= group_size <= 32 * lanes):
+        return 0
+    return vecs
+
+
 def _threads(H: Any) -> int:
     return threads_for(H) if type(H) is int else 1024
+
+
+def _vecs(vector: bool, H: Any, lanes: int, threads: int, group_size: int) -> int:
+    return held_vecs(H, lanes, threads, group_size) if vector and type(H) is int and H > 0 else 0
+
+
+def _precompile() -> list[dict[str, Any]]:
+    """The three-pass form and the register path at the vectors each block size takes, for each dtype."""
+    out = []
+    for dtype, lanes in (("float32", 4), ("float16", 8), ("bfloat16", 8)):
+        for threads in (128, 256, 512, 1024):
+            held = range(1, (MAX_HELD_VECS if threads == 1024 else -(-8 // lanes)) + 1)
+            for vecs in (0, *held):
+                out += [{"dtype": dtype, "group_size": g, "gemma": gemma, "threads": threads, "vecs": vecs}
+                        for g in (0, 128) for gemma in (False, True)]
+    return out
 
 
 def _distinct(x: Any, residual: Any, T: Any, H: Any) -> bool:
@@ -58,7 +89,7 @@ fused_add_rms_norm_quant_fp8 = cujit.op(
     "int group_size=0, bool column_major_scales=False, bool gemma=False, Tensor(b!)? out=None, "
     "Tensor(c!)? scales=None) -> (Tensor, Tensor)",
     source="kernels/fused_quant.cuh",
-    kernel="fused_add_rms_norm_quant_fp8_kernel<{dtype}, {group_size}, {gemma}, {threads}>",
+    kernel="fused_add_rms_norm_quant_fp8_kernel<{dtype}, {group_size}, {gemma}, {threads}, {vecs}>",
     tensors={
         "x": cujit.TensorMatcher([_T, _H]).with_strides([_XS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
         "residual": cujit.TensorMatcher([_T, _H]).with_strides([_RS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -71,6 +102,12 @@ fused_add_rms_norm_quant_fp8 = cujit.op(
         "SR": "1 if column_major_scales else G",
         "SC": "T if column_major_scales else 1",
         "threads": _threads,
+        "lanes": "16 // dtype.itemsize",  # values per 16-byte vector
+        # The register path: whole vectors per row and every row start, the weight and q 16-byte aligned. It
+        # reads out, so it is computed once out is allocated (or checked).
+        "vector": "H % lanes == 0 and aligned(x, 16) and aligned(residual, 16) and aligned(weight, 16) "
+                  "and aligned(out, 16) and (T <= 1 or (XS % lanes == 0 and RS % lanes == 0))",
+        "vecs": (_vecs, "vector", "H", "lanes", "threads", "group_size"),
     },
     checks=[
         ("group_size in (0, 16, 32, 64, 128, 256, 512, 1024)",
@@ -84,7 +121,6 @@ fused_add_rms_norm_quant_fp8 = cujit.op(
     grid="T if H else 0",
     block="threads",
     args=("out", "scales", "x", "residual", "weight", "H", "XS", "RS", "SR", "SC", "eps"),
-    precompile=[{"dtype": d, "group_size": g, "gemma": gemma, "threads": t}
-                for d in _FLOATS for g in (0, 128) for gemma in (False, True) for t in (128, 256, 512, 1024)],
+    precompile=_precompile(),
     pdl=True,
 )

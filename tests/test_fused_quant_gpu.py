@@ -191,13 +191,30 @@ def test_add_norm_quant_matches_the_composition(dtype: torch.dtype, hidden: int,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,group", [(16384, 0), (16384, 16), (32768, 128), (2048, 256), (1024, 1024),
+                                          (40960, 128), (96, 32)])
+def test_add_norm_quant_register_path_edges(dtype: torch.dtype, hidden: int, group: int) -> None:
+    """Rows of 2 and 4 vectors a thread, groups of 2 to 32 threads' vectors, groups too wide for a warp and rows
+    too long for the register path (both served by the three-pass form), and a row shorter than the block."""
+    x = torch.randn(5, hidden, device="cuda").to(dtype)
+    residual = torch.randn(5, hidden, device="cuda").to(dtype)
+    weight = (torch.rand(hidden, device="cuda") * 2 - 0.5).to(dtype)
+    eq, escales, eres = unfused(x, residual, weight, group, False, False)
+    got = fused_add_rms_norm_quant_fp8(x, residual, weight, 1e-6, group_size=group)
+    assert torch.equal(residual, eres)
+    assert_near_unfused(got, (eq, escales), group)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("column_major", [False, True])
-def test_add_norm_quant_strided_misaligned_gemma(dtype: torch.dtype, column_major: bool) -> None:
+@pytest.mark.parametrize("offset", [1, 8], ids=["misaligned", "aligned"])
+def test_add_norm_quant_strided_misaligned_gemma(dtype: torch.dtype, column_major: bool, offset: int) -> None:
+    """Strided rows: starting one element in (the three-pass form) or 8 elements in (16-byte aligned: registers)."""
     hidden = 4096
-    wide_x = torch.randn(33, hidden + 3, device="cuda").to(dtype)
+    wide_x = torch.randn(33, hidden + 8, device="cuda").to(dtype)
     wide_r = torch.randn(33, hidden + 8, device="cuda").to(dtype)
-    x, residual = wide_x[:, 1:hidden + 1], wide_r[:, 8:]
-    weight = (torch.rand(hidden + 1, device="cuda") * 2 - 0.5).to(dtype)[1:]
+    x, residual = wide_x[:, offset:hidden + offset], wide_r[:, 8:]
+    weight = (torch.rand(hidden + offset, device="cuda") * 2 - 0.5).to(dtype)[offset:]
     before_r = wide_r.clone()
     eq, escales, eres = unfused(x, residual, weight, 128, column_major, True)
     got = fused_add_rms_norm_quant_fp8(x, residual, weight, group_size=128, column_major_scales=column_major,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import cujit
-from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, threads_for
+from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, held_vecs, threads_for
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
@@ -186,7 +186,20 @@ def test_fake_tensors_give_output_shapes() -> None:
 
 def test_add_norm_quant_threads_are_precompiled() -> None:
     instances = [_fields(f) for f in fused_add_rms_norm_quant_fp8.op.instances()]
-    for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 1 << 20):
-        for group in (0, 128):
-            fields = {"dtype": "bfloat16", "group_size": group, "gemma": False, "threads": threads_for(hidden)}
-            assert _fields(fields) in instances
+    for dtype, lanes in (("bfloat16", 8), ("float32", 4)):
+        for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 32768, 1 << 20):
+            threads = threads_for(hidden)
+            for group in (0, 128):
+                # The three-pass form serves every row; the register path the aligned rows it fits.
+                for vecs in {0, held_vecs(hidden, lanes, threads, group)}:
+                    fields = {"dtype": dtype, "group_size": group, "gemma": False, "threads": threads, "vecs": vecs}
+                    assert _fields(fields) in instances, fields
+
+
+def test_add_norm_quant_register_path_bounds() -> None:
+    assert held_vecs(4096, 8, threads_for(4096), 128) == 1
+    assert held_vecs(32768, 8, 1024, 0) == 4 and held_vecs(32769, 8, 1024, 0) == 0
+    assert held_vecs(16384, 4, 1024, 0) == 4 and held_vecs(16385, 4, 1024, 0) == 0
+    assert held_vecs(4096, 8, 512, 16) == 1 and held_vecs(4096, 4, 512, 128) == 2
+    assert held_vecs(4096, 8, 512, 512) == 0  # a group of 64 vectors spans two warps
+    assert held_vecs(4096, 4, 512, 128) == 2 and held_vecs(4096, 4, 512, 256) == 0

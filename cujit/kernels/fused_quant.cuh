@@ -25,6 +25,8 @@
 
 #include "activation.cuh"
 #include "fp8_quant.cuh"
+#include "packed.cuh"
+#include "rms_norm.cuh"
 #include "vec_io.cuh"
 
 /// q [tokens, d] (contiguous) and scales[row * scale_row_stride + group * scale_group_stride] for the `groups` =
@@ -71,16 +73,99 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_quant_fp8_kernel(
                  scale);
 }
 
-/// fused_add_rms_norm_quant_fp8_kernel, one block per row (any hidden size, any alignment):
+namespace fused_quant_detail {
+
+/// One row of fused_add_rms_norm_quant_fp8_kernel held in registers (kVecs > 0): the row's 16-byte vectors spread
+/// over the block as rms_norm.cuh's vector layout spreads them (rms_norm_detail::Fragment: thread t holds
+/// vectors t, t + kThreads, ...), x and the residual loaded once, the sum stored at once, the block's sum of
+/// squares reduced, and y formed, reduced to its maxima and quantized from the same registers: the row crosses
+/// memory once each way. The host picks it when hidden is a whole number of vectors, every row start, the weight
+/// and q are 16-byte aligned, the row fits kThreads * kVecs vectors and a group spans 1 to 32 threads' vectors.
+/// A group of kGroup values is kGroup / kLanes consecutive threads' vector i, so its maximum is a shuffle among
+/// them. Pointers are at this row's first element.
+template <typename T, int kGroup, bool kGemma, int kThreads, int kVecs>
+CUJIT_DEVICE void add_norm_quant_held(uint8_t* out, float* scales, const T* x, T* res, const T* __restrict__ weight,
+                                      int64_t hidden, int64_t scale_group_stride, float eps) {
+  using F = rms_norm_detail::Fragment<true, T, kThreads, kVecs>;
+  using P = packed::Packed<T>;
+  constexpr int kLanes = F::kLanes;
+  constexpr int kPerWord = P::kPerWord;
+  static_assert(kGroup == 0 || (kGroup >= kLanes && kGroup / kLanes <= cujit::kWarpSize),
+                "a group is whole vectors of at most one warp");
+  const int64_t first = F::thread_offset(threadIdx.x);
+  const int64_t count = hidden - first;  // zero or less: a thread past the row's end
+  F held, w;
+  {
+    F in;
+    in.load(x + first, count);
+    held.load(res + first, count);
+    F::prefetch(weight + first, count);
+    held.add(in);
+  }
+  held.store(res + first, count);
+  held.forget();  // keep the packed sums, not the fp32 values they were rounded from
+  const float inv_rms =
+      rms_norm_detail::inverse_rms(rms_norm_detail::row_sum<kThreads, kThreads>(held.sum_squares()), hidden, eps);
+  w.load(weight + first, count);
+  cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+  held.forget();
+  held.template normalize<kGemma>(w, inv_rms);  // y, rounded to T; zeros past the row's end
+  float y[kVecs][kLanes];
+  uint32_t bits[kVecs];
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    bits[i] = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float f[kPerWord];
+      P::unpack(held.v[i].w[j], f);
+#pragma unroll
+      for (int h = 0; h < kPerWord; ++h) {
+        y[i][j * kPerWord + h] = f[h];
+        bits[i] = cujit::max_bits(bits[i], cujit::abs_bits(f[h]));
+      }
+    }
+  }
+  if constexpr (kGroup == 0) {
+    uint32_t all = 0;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) all = cujit::max_bits(all, bits[i]);
+    const float scale = fp8_quant_detail::scale_of(__uint_as_float(cujit::block_reduce(all, cujit::Max())));
+    if (threadIdx.x == 0) scales[0] = scale;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (F::slot(i, 0) < count) fp8_quant_detail::quantize<true>(out + first + F::slot(i, 0), true, y[i], scale);
+    }
+  } else {
+    constexpr int kGroupThreads = kGroup / kLanes;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const uint32_t group_bits = cujit::warp_reduce<kGroupThreads>(bits[i], cujit::Max());
+      const int64_t at = first + F::slot(i, 0);
+      if (at < hidden) {  // a group lies wholly inside the row or wholly past it
+        const float scale = fp8_quant_detail::scale_of(__uint_as_float(group_bits));
+        if (threadIdx.x % kGroupThreads == 0) scales[at / kGroup * scale_group_stride] = scale;
+        fp8_quant_detail::quantize<true>(out + at, true, y[i], scale);
+      }
+    }
+  }
+}
+
+}  // namespace fused_quant_detail
+
+/// fused_add_rms_norm_quant_fp8_kernel, one block per row:
 ///     residual = round_T(residual + x)                           (stored: the residual stream, in place)
 ///     y        = round_T(residual * rsqrt(mean(residual^2) + eps) * w),  w = weight, or 1 + weight when kGemma
 ///     q, scales = fp8_quant.cuh's rule over y: per row (kGroup == 0) or per group of kGroup values
-/// y is what fused_add_rms_norm writes to x, rounded the same way; it never reaches memory. Pass 1 adds and stores
-/// the residual with cujit::row_map (16-byte vectors wherever the row allows) and sums the squares of the rounded
-/// sums; after the block's reduction, pass 2 reads the residual row back (from L1/L2: the block just wrote it) to
-/// form y and its maxima, and pass 3 forms y again and quantizes it. Per group, each warp takes groups w, w + warps,
-/// ..., its lanes striding over the group's values.
-template <typename T, int kGroup, bool kGemma, int kThreads>
+/// y is what fused_add_rms_norm writes to x, rounded the same way; it never reaches memory.
+///
+/// kVecs > 0: the row held in registers, kVecs 16-byte vectors a thread (fused_quant_detail::add_norm_quant_held;
+/// aligned rows only, the host checks). kVecs == 0: any hidden size, any alignment, in three passes. Pass 1 adds
+/// and stores the residual with cujit::row_map (16-byte vectors wherever the row allows) and sums the squares of
+/// the rounded sums; after the block's reduction, pass 2 reads the residual row back (from L1/L2: the block just
+/// wrote it) to form y and its maxima, and pass 3 forms y again and quantizes it. Per group, each warp takes
+/// groups w, w + warps, ..., its lanes striding over the group's values.
+template <typename T, int kGroup, bool kGemma, int kThreads, int kVecs>
 __global__ void __launch_bounds__(kThreads) fused_add_rms_norm_quant_fp8_kernel(
     fp8_e4m3_t* __restrict__ q, float* __restrict__ scales, const T* x, T* residual, const T* __restrict__ weight,
     int64_t hidden, int64_t x_stride, int64_t residual_stride, int64_t scale_row_stride,
@@ -93,6 +178,11 @@ __global__ void __launch_bounds__(kThreads) fused_add_rms_norm_quant_fp8_kernel(
   const T* in = x + row * x_stride;
   T* res = residual + row * residual_stride;
   uint8_t* out = reinterpret_cast<uint8_t*>(q) + row * hidden;
+  if constexpr (kVecs > 0) {
+    fused_quant_detail::add_norm_quant_held<T, kGroup, kGemma, kThreads, kVecs>(
+        out, scales + row * scale_row_stride, in, res, weight, hidden, scale_group_stride, eps);
+    return;
+  }
   float squares = 0.0f;
   cujit::row_map(res, static_cast<uint64_t>(hidden), cujit::Threads::block(), [&](T r, T v) {
     const T sum = cujit::from_float<T>(cujit::to_float(r) + cujit::to_float(v));

@@ -39,6 +39,9 @@
 ///
 /// Programmatic dependent launch: every thread waits (cujit::pdl_wait) before its first global read and releases
 /// the next kernel (cujit::pdl_launch_dependents) after its last one.
+#ifndef CUJIT_KERNELS_RMS_NORM_CUH_
+#define CUJIT_KERNELS_RMS_NORM_CUH_
+
 #include <cujit/base.cuh>
 #include <cujit/pdl.cuh>
 #include <cujit/reduce.cuh>
@@ -761,3 +764,5 @@ __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, k
   const RowTensors<T, true> io{x, x, residual, x_stride, x_stride, residual_stride};
   norm<T, kGemma, kPath, kBlock, kRowThreads, kVecs, kRows>(io, weight, rows, hidden, eps);
 }
+
+#endif  // CUJIT_KERNELS_RMS_NORM_CUH_
