@@ -45,8 +45,10 @@ def threads_for(hidden: int) -> int:
 
 
 def held_vecs(hidden: int, lanes: int, threads: int, group_size: int) -> int:
-    """16-byte vectors a thread holds on the register path, or 0 where the row does not fit it (or a group spans
-    more than a warp's vectors): the three-pass form then serves the row."""
+    """16-byte vectors a thread holds on the register path, or 0 where the row does not fit it.
+
+    A group must span one vector to a warp's vectors; otherwise, too, the three-pass form serves the row.
+    """
     vecs = -(-hidden // (threads * lanes))
     if vecs > MAX_HELD_VECS or (group_size and not lanes <= group_size <= 32 * lanes):
         return 0
