@@ -20,11 +20,16 @@ import cujit
 from ._runtime.ops import aligned
 from .rms_norm import data_address
 
-__all__ = ["QkNormConfig", "distinct", "head_config", "qk_norm_config", "qk_rms_norm", "vector_layout"]
+__all__ = ["MANY_HEADS", "MANY_HEADS_FROM", "QkNormConfig", "distinct", "head_config", "heads_per_group",
+           "qk_norm_config", "qk_rms_norm", "vector_layout"]
 
 #: (lanes per head, 16-byte vectors per lane) of the instantiations, by increasing capacity.
 CONFIGS: tuple[tuple[int, int], ...] = ((8, 1), (16, 1), (32, 1), (32, 2), (32, 4))
 _BLOCK = 128
+#: Heads per row group from MANY_HEADS_FROM heads in all (about 4 blocks of 128 threads per SM on a 132-SM GPU
+#: with one head per group); fewer heads take one per group, so that they spread over more SMs.
+MANY_HEADS = 4
+MANY_HEADS_FROM = 16384
 
 
 class QkNormConfig(NamedTuple):
@@ -54,13 +59,19 @@ def qk_norm_config(head_dim: int, itemsize: int) -> QkNormConfig | None:
     return None
 
 
+def heads_per_group(count: Any) -> int:
+    """Heads each row group normalises: MANY_HEADS for MANY_HEADS_FROM heads or more in all, else one."""
+    return MANY_HEADS if type(count) is int and count >= MANY_HEADS_FROM else 1
+
+
 def _precompile() -> list[dict[str, Any]]:
     return [
-        {"dtype": dtype, "gemma": gemma, "vector": vector, **QkNormConfig(_BLOCK, *c)._asdict()}
+        {"dtype": dtype, "gemma": gemma, "vector": vector, **QkNormConfig(_BLOCK, *c)._asdict(), "heads": heads}
         for dtype in ("float32", "float16", "bfloat16")
         for gemma in (False, True)
         for vector in (True, False)
         for c in CONFIGS
+        for heads in (1, MANY_HEADS)
     ]
 
 
@@ -100,7 +111,7 @@ qk_rms_norm = cujit.op(
     "cujit::qk_rms_norm(Tensor(a!) q, Tensor(b!) k, Tensor q_weight, Tensor k_weight, float eps=1e-6, *, "
     "bool gemma=False) -> ()",
     source="kernels/qk_norm.cuh",
-    kernel="qk_rms_norm_kernel<{dtype}, {gemma}, {vector}, {block}, {row_threads}, {vecs}>",
+    kernel="qk_rms_norm_kernel<{dtype}, {gemma}, {vector}, {block}, {row_threads}, {vecs}, {heads}>",
     tensors={
         "q": cujit.TensorMatcher([_T, _QW]).with_strides([_QS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
         "k": cujit.TensorMatcher([_T, _KW]).with_strides([_KS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -117,6 +128,7 @@ qk_rms_norm = cujit.op(
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
+        "heads": (heads_per_group, "count"),
     },
     checks=[
         ("D > 0", "q_weight: expected at least one value (head_dim)"),
@@ -126,7 +138,7 @@ qk_rms_norm = cujit.op(
         ("count < 2**31", "q and k: expected fewer than 2**31 heads in all"),
         (distinct, "q and k must be different tensors"),
     ],
-    grid="cdiv(count, config.heads_per_block)",
+    grid="cdiv(count, config.heads_per_block * heads)",
     block="block",
     args=("q", "k", "q_weight", "k_weight", "count", "q_heads", "per_token", "QS", "KS", "D", "eps"),
     precompile=_precompile(),

@@ -16,7 +16,7 @@ import pytest
 import cujit
 from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, held_vecs, threads_for
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
-from cujit.qk_rms_norm import qk_norm_config, qk_rms_norm
+from cujit.qk_rms_norm import MANY_HEADS, MANY_HEADS_FROM, heads_per_group, qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
 from cujit.topk_softmax import MAX_EXPERTS, topk_config, topk_softmax
 from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
@@ -102,8 +102,11 @@ def test_qk_norm_plan_holds_the_head_and_is_precompiled() -> None:
             assert all(rt * v * lanes < d for rt, v in QK_CONFIGS if rt * v < c.row_threads * c.vecs)
             for gemma in (False, True):
                 for vector in (False, True):
-                    assert _fields({"dtype": dtype, "gemma": gemma, "vector": vector, **c._asdict()}) in instances
+                    for heads in (1, MANY_HEADS):
+                        fields = {"dtype": dtype, "gemma": gemma, "vector": vector, **c._asdict(), "heads": heads}
+                        assert _fields(fields) in instances
         assert qk_norm_config(2048 // itemsize + 1, itemsize) is None
+    assert heads_per_group(MANY_HEADS_FROM - 1) == 1 and heads_per_group(MANY_HEADS_FROM) == MANY_HEADS
 
 
 def test_qk_norm_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNamespace) -> None:
@@ -126,11 +129,21 @@ def test_qk_norm_launch_arguments_and_refusals(stub: StubBackend, ops: SimpleNam
         key, values = last_launch(stub, fn)
         c = qk_norm_config(d, 2)
         assert c is not None
-        assert key[1:] == (True, vector, c.block, c.row_threads, c.vecs), (columns, offset, d, w_offset)
+        assert key[1:] == (True, vector, c.block, c.row_threads, c.vecs, 1), (columns, offset, d, w_offset)
         assert values[:-1] == [q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(), 37 * (qh + kh), qh, qh + kh,
                                columns, columns, d]
         assert stub.launches[-1].grid == (math.ceil(37 * (qh + kh) / c.heads_per_block), 1, 1)
         assert stub.launches[-1].pdl
+    # Many heads in all: MANY_HEADS per lane group, a quarter of the blocks.
+    tokens = MANY_HEADS_FROM // 10 + 1
+    qkv = torch.randn(tokens, 128 * 12, dtype=f16)
+    q, k = fake(stub, qkv[:, :1024]), fake(stub, qkv[:, 1024:1280])
+    w = fake(stub, torch.randn(128, dtype=f16))
+    fn(q, k, w, w)
+    key, _ = last_launch(stub, fn)
+    c = qk_norm_config(128, 2)
+    assert c is not None and key[-1] == MANY_HEADS
+    assert stub.launches[-1].grid == (math.ceil(tokens * 10 / (c.heads_per_block * MANY_HEADS)), 1, 1)
     before = len(stub.launches)
     qkv = torch.randn(4, 64 * 6, dtype=f16)
     q, k = fake(stub, qkv[:, :256]), fake(stub, qkv[:, 256:320])

@@ -6,8 +6,8 @@
 /// normalised as rms_norm normalises a row (rms_norm.cuh: fp32 from the stored values, rounded once):
 ///     head = head * rsqrt(mean(head^2) + eps) * w,   w = q_weight or k_weight ([head_dim]), or 1 + w when kGemma
 ///
-/// Layout: the heads of all tokens in order (a token's q heads, then its k heads), one per group of kRowThreads
-/// (8, 16 or 32) lanes of a warp, each lane holding kVecs vectors' worth of the head in registers (rms_norm's
+/// Layout: the heads of all tokens in order (a token's q heads, then its k heads), kHeads per group of
+/// kRowThreads (8, 16 or 32) lanes of a warp, each lane holding kVecs vectors' worth of the head in registers (rms_norm's
 /// Fragment, with 16-byte vectors when kVector and element loads otherwise): one read and one write of every value,
 /// and a reduction of shuffles only. kVector is the host's choice: head_dim a whole number of vectors, and q, k,
 /// their row strides and both weights 16-byte aligned.
@@ -51,25 +51,51 @@ struct Head {
 }  // namespace qk_norm_detail
 
 /// Normalise the `count` = tokens * (q_heads + kv_heads) heads of q and k in place. Launch kBlock threads per
-/// block and cdiv(count, kBlock / kRowThreads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)).
-/// q and k must not overlap.
-template <typename T, bool kGemma, bool kVector, int kBlock, int kRowThreads, int kVecs>
+/// block and cdiv(count, kBlock / kRowThreads * kHeads) blocks; head_dim at most kRowThreads * kVecs * (16 /
+/// sizeof(T)). q and k must not overlap.
+///
+/// Each row group takes kHeads heads: all of them are loaded before the first is reduced, so that kHeads vectors a
+/// lane are in flight (one 16-byte vector of one head is too few bytes per SM to cover the memory latency when a
+/// head is 8 to 32 lanes' work), and a block does kHeads times the work of one launch slot. The heads of a block
+/// interleave: step j of its row groups takes heads j * groups + 0, 1, ..., so that each load of a warp is one
+/// contiguous run of heads.
+template <typename T, bool kGemma, bool kVector, int kBlock, int kRowThreads, int kVecs, int kHeads>
 __global__ void __launch_bounds__(kBlock)
     qk_rms_norm_kernel(T* q, T* k, const T* __restrict__ q_weight, const T* __restrict__ k_weight, uint32_t count,
                        uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride, int64_t k_stride,
                        int64_t head_dim, float eps) {
   using namespace rms_norm_detail;
   static_assert(kRowThreads <= cujit::kWarpSize, "a head is normalised by lanes of one warp");
+  static_assert(kHeads >= 1, "at least one head per row group");
   static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPathScalar, 1>());
   using F = Fragment<kVector, T, kRowThreads, kVecs>;
+  constexpr uint32_t kGroups = kBlock / kRowThreads;
   cujit::pdl_wait();  // q and k come from the previous kernel
-  const uint32_t g = blockIdx.x * (kBlock / kRowThreads) + threadIdx.x / kRowThreads;
-  const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, g, count, q_heads, heads_per_token, q_stride,
-                                     k_stride, head_dim);
+  const uint32_t base = blockIdx.x * kGroups * kHeads + threadIdx.x / kRowThreads;
   const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
-  const int64_t left = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
-  const RowTensors<T, false> io{head.row + first, head.row + first, nullptr, 0, 0, 0};
-  norm_tile<kVector, T, kBlock, kRowThreads, kVecs, kGemma>(io, head.weight + first, head_dim, left, eps);
+  T* rows[kHeads];
+  const T* weights[kHeads];
+  int64_t left[kHeads];
+  F held[kHeads];
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, base + j * kGroups, count, q_heads,
+                                       heads_per_token, q_stride, k_stride, head_dim);
+    rows[j] = head.row + first;
+    weights[j] = head.weight + first;
+    left[j] = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
+    held[j].load(rows[j], left[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held[j].sum_squares()), head_dim, eps);
+    F w;
+    w.load(weights[j], left[j]);
+    if (j + 1 == kHeads) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+    held[j].forget();
+    held[j].template normalize<kGemma>(w, inv_rms);
+    held[j].store(rows[j], left[j]);
+  }
 }
 
 #endif  // CUJIT_KERNELS_QK_NORM_CUH_
