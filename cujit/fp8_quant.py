@@ -79,6 +79,10 @@ MAX_PARTIALS = 256
 #: Per tensor, dynamic: tensors of at most this many values take blocks of 128 threads with one vector each, larger
 #: ones 256 threads with MANY_VECS vectors (fewer blocks, each of which reduces the partial maxima first).
 SMALL_TENSOR_VALUES = 1 << 20
+#: Per tensor, dynamic: tensors of at most this many values take one kernel of one block, which holds every value
+#: while it reduces their maximum (no partial-maxima kernel: one launch instead of two, about half the time of a
+#: single token's call).
+ONE_BLOCK_VALUES = 8192
 
 
 @functools.lru_cache(maxsize=1024)
@@ -132,9 +136,16 @@ def per_tensor_plan(total: int, itemsize: int, dynamic: bool) -> tuple[int, int,
     The quantization kernel: ``blocks`` (at least 1, the one that writes the scale) of ``threads`` threads with
     ``vecs`` 16-byte vectors each. A static scale takes 128 x 1 at every size; a dynamic one 128 x 1 up to
     SMALL_TENSOR_VALUES values and 256 x MANY_VECS beyond, after ``partials`` blocks of the partial-maxima kernel
-    (tiles of AMAX_THREADS x 4 vectors, at most MAX_PARTIALS blocks).
+    (tiles of AMAX_THREADS x 4 vectors, at most MAX_PARTIALS blocks). A dynamic scale of at most
+    ONE_BLOCK_VALUES values (and 1024 vectors) takes one block of one vector a thread and no partials
+    (``partials`` 0: the block reduces the maximum of the values it holds).
     """
     vec = 16 // itemsize
+    if dynamic and total <= min(ONE_BLOCK_VALUES, 1024 * vec):
+        threads = 128
+        while threads * vec < total:
+            threads *= 2
+        return threads, 1, 1, 0
     threads, vecs = (256, MANY_VECS) if dynamic and total > SMALL_TENSOR_VALUES else (128, 1)
     blocks = max(1, -(-total // (threads * vecs * vec)))
     partials = max(1, min(MAX_PARTIALS, -(-total // (AMAX_THREADS * 4 * vec))))

@@ -1,7 +1,8 @@
 """``per_tensor_quant_fp8(x, scale=None) -> (q, scale)``: FP8 (e4m3) quantization with one scale for the tensor.
 
 Static with ``scale`` (a device float32 tensor [1], returned as a copy): one kernel. Dynamic without: scale =
-max(amax / 448, 1 / (448 * 512)) over the whole tensor, computed on the device with no host sync, in two kernels:
+max(amax / 448, 1 / (448 * 512)) over the whole tensor, computed on the device with no host sync: for a few
+thousand values in one kernel of one block, which holds them all while it reduces their maximum; beyond, in two kernels:
 partial maxima over tiles read front to back, then the scale and the quantization, blocks in reverse order so that
 the values read last by the first kernel are read first, from L2. Plans: cujit.fp8_quant.per_tensor_plan. The
 rule, bit for bit: cujit/fp8_quant.py. When x's pointer (or, for a strided x, its rows) is not 16-byte aligned,
@@ -40,6 +41,8 @@ def _precompiled() -> list[dict[str, Any]]:
                 found.append({"dtype": d, "threads": threads, "vecs": vecs, "row_path": False})
             threads, vecs, *_ = per_tensor_row_plan(total // 4096, 4096, 4097, itemsize)
             found.append({"dtype": d, "threads": threads, "vecs": vecs, "row_path": True})
+        # A dynamic scale over a few tokens: one block of 128 to 1024 threads.
+        found += [{"dtype": d, "threads": t, "vecs": 1, "row_path": False} for t in (128, 256, 512, 1024)]
     return [dict(t) for t in dict.fromkeys(tuple(f.items()) for f in found)]
 
 

@@ -86,7 +86,12 @@ def test_quant_plans() -> None:
     threads, vecs, blocks, partials = per_tensor_plan(4097 * 4096, 2, True)
     assert (threads, vecs, partials) == (256, 4, 256) and blocks == -(-4097 * 4096 // 8192)
     assert per_tensor_plan(4097 * 4096, 2, False) == (128, 1, -(-4097 * 4096 // 1024), 256)  # static: 128 x 1
-    assert per_tensor_plan(0, 2, True) == (128, 1, 1, 1)  # one block still writes the scale
+    assert per_tensor_plan(0, 2, False) == (128, 1, 1, 1)  # one block still writes the scale
+    # A dynamic scale over few values: one block that holds them all, no partial maxima.
+    assert per_tensor_plan(0, 2, True) == (128, 1, 1, 0)
+    assert per_tensor_plan(4096, 2, True) == (512, 1, 1, 0) and per_tensor_plan(8192, 2, True) == (1024, 1, 1, 0)
+    assert per_tensor_plan(4096, 4, True) == (1024, 1, 1, 0) and per_tensor_plan(4097, 4, True) == (128, 1, 9, 1)
+    assert per_tensor_plan(8193, 2, True) == (128, 1, 9, 1)
     assert per_tensor_plan(5, 4, False) == (128, 1, 1, 1)
     # The row path: a contiguous x is one row (its values // 8 + 2 chunks), a strided one hidden // 8 + 2 a row.
     assert split_chunks(33, 4000, 4000, 2) == 132000 // 8 + 2

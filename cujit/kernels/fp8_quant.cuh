@@ -787,7 +787,8 @@ __global__ void __launch_bounds__(kThreads) per_tensor_amax_kernel(const T* __re
 }
 
 /// Per-tensor quantization: the scale is `*scale_in` when given (static), else from the `partials` maxima of the
-/// first kernel. Block i quantizes the flat chunks of block gridDim.x - 1 - i (kThreads * kVecs vectors); the block
+/// first kernel, or with `partials` 0 (one block that holds the whole tensor; vector path only) from the block's
+/// own values. Block i quantizes the flat chunks of block gridDim.x - 1 - i (kThreads * kVecs vectors); the block
 /// of the first chunks writes the scale to `*scale_out`. kRows (the row path, chosen by the host where x's pointer,
 /// or its row stride and hidden, do not allow 16-byte vectors): chunks of a SplitRows instead, the blocks strided
 /// over the grid, so that any grid covers them.
@@ -812,6 +813,11 @@ __global__ void __launch_bounds__(kThreads) per_tensor_quant_fp8_kernel(
     for (int i = 0; i < kVecs; ++i) flat.template load<kVec>(base + (i * kThreads + threadIdx.x) * kVec, v[i]);
     if (scale_in == nullptr) {
       uint32_t bits = 0;
+      if (partials == 0) {
+        // One block holds the whole tensor: the maximum of its own values (zeros past the end add nothing).
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) bits = amax_bits<T, kVec>(v[i], bits);
+      }
       for (uint32_t i = threadIdx.x; i < partials; i += kThreads) {
         bits = cujit::max_bits(bits, __float_as_uint(partial[i]));
       }
