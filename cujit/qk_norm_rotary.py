@@ -32,26 +32,37 @@ from typing import Any
 
 import cujit
 
-from .qk_rms_norm import CONFIGS, distinct, head_config, vector_layout
+from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, distinct, head_config, vector_layout
 
-__all__ = ["qk_norm_rotary"]
+__all__ = ["ROTARY_HEADS", "qk_norm_rotary", "rotary_heads_per_group"]
+
+#: Heads per row group from MANY_HEADS_FROM heads in all (qk_rms_norm takes 4; the angles of each head held here
+#: as well take registers: 2 keeps more threads resident).
+ROTARY_HEADS = 2
+
+
+def rotary_heads_per_group(count: Any) -> int:
+    """Heads each row group normalises and rotates: ROTARY_HEADS for MANY_HEADS_FROM heads or more, else one."""
+    return ROTARY_HEADS if type(count) is int and count >= MANY_HEADS_FROM else 1
 
 
 def _precompile() -> list[dict[str, Any]]:
     """What serving calls take, and every other value of each template parameter at least once.
 
     Serving: bf16 and fp16, a float32 or same-dtype cache, int64 positions, neox style, both weight forms, heads of
-    64, 128 and 256, aligned views. Besides: gpt-j style, float32 rows, int32 positions, the element layout of
-    unaligned views, and the configurations of longer heads.
+    64, 128 and 256, aligned views, one or ROTARY_HEADS heads per row group. Besides (one head per group): gpt-j
+    style, float32 rows, int32 positions, the element layout of unaligned views, and the configurations of longer
+    heads.
     """
-    def entry(dtype: str, cs: str, pos: str, neox: bool, gemma: bool, vector: bool, head: int) -> dict[str, Any]:
+    def entry(dtype: str, cs: str, pos: str, neox: bool, gemma: bool, vector: bool, head: int,
+              heads: int = 1) -> dict[str, Any]:
         config = head_config(head, cujit.DType.of(dtype))
         return {"dtype": dtype, "cs_dtype": cs, "pos_dtype": pos, "is_neox": neox, "gemma": gemma, "vector": vector,
-                **config._asdict()}
+                **config._asdict(), "heads": heads}
 
-    found = [entry(d, cs, "int64", True, gemma, True, head)
+    found = [entry(d, cs, "int64", True, gemma, True, head, heads)
              for d in ("bfloat16", "float16") for cs in ("float32", d) for gemma in (False, True)
-             for head in (64, 128, 256)]
+             for head in (64, 128, 256) for heads in (1, ROTARY_HEADS)]
     found += [entry("bfloat16", "float32", "int64", True, gemma, False, head)
               for gemma in (False, True) for head in (64, 128, 256)]
     found += [entry("bfloat16", "float32", "int64", False, False, vector, 128) for vector in (True, False)]
@@ -77,7 +88,7 @@ qk_norm_rotary = cujit.op(
     "int? rotary_dim=None) -> ()",
     source="kernels/qk_norm_rotary.cuh",
     kernel="qk_norm_rotary_kernel<{dtype}, {cs_dtype}, {pos_dtype}, {is_neox}, {gemma}, {vector}, {block}, "
-           "{row_threads}, {vecs}>",
+           "{row_threads}, {vecs}, {heads}>",
     tensors={
         "positions": cujit.TensorMatcher([_T]).with_dtype("int32", "int64", symbol=_POS_DTYPE),
         "q": cujit.TensorMatcher([_T, _QW]).with_strides([_QS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -96,6 +107,7 @@ qk_norm_rotary = cujit.op(
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
+        "heads": (rotary_heads_per_group, "count"),
     },
     checks=[
         ("head_size == D", "head_size: expected the length of q_weight and k_weight"),
@@ -112,7 +124,7 @@ qk_norm_rotary = cujit.op(
         ("cs_dtype == 'float32' or cs_dtype == dtype", "cos_sin_cache: expected float32 or the dtype of q and k"),
         ("T == 0 or P > 0", "cos_sin_cache: expected at least one row"),
     ],
-    grid="cdiv(count, config.heads_per_block)",
+    grid="cdiv(count, config.heads_per_block * heads)",
     block="block",
     args=("positions", "q", "k", "q_weight", "k_weight", "cos_sin_cache", "count", "q_heads", "per_token", "QS",
           "KS", "D", "R", "P", "eps"),

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 import cujit
-from cujit.qk_norm_rotary import qk_norm_rotary
+from cujit.qk_norm_rotary import ROTARY_HEADS, qk_norm_rotary
 from cujit.qk_rms_norm import CONFIGS, head_config, qk_rms_norm
 from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
 
 torch = pytest.importorskip("torch")
 
-FIELDS = ("dtype", "cs_dtype", "pos_dtype", "is_neox", "gemma", "vector", "block", "row_threads", "vecs")
+FIELDS = ("dtype", "cs_dtype", "pos_dtype", "is_neox", "gemma", "vector", "block", "row_threads", "vecs", "heads")
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -40,9 +40,10 @@ def test_serving_calls_are_precompiled() -> None:
             config = head_config(head, cujit.DType.of(dtype))
             for cs in ("float32", dtype):
                 for gemma in (False, True):
-                    fields = {"dtype": dtype, "cs_dtype": cs, "pos_dtype": "int64", "is_neox": True, "gemma": gemma,
-                              "vector": True, **config._asdict()}
-                    assert _fields(fields) in instances, fields
+                    for heads in (1, ROTARY_HEADS):
+                        fields = {"dtype": dtype, "cs_dtype": cs, "pos_dtype": "int64", "is_neox": True,
+                                  "gemma": gemma, "vector": True, **config._asdict(), "heads": heads}
+                        assert _fields(fields) in instances, fields
 
 
 def test_every_template_value_is_precompiled() -> None:
@@ -54,6 +55,7 @@ def test_every_template_value_is_precompiled() -> None:
     assert seen["pos_dtype"] == {"int32", "int64"}
     assert seen["is_neox"] == seen["gemma"] == seen["vector"] == {"True", "False"}
     assert {(f["row_threads"], f["vecs"]) for f in instances} == set(CONFIGS)
+    assert {int(f["heads"]) for f in instances} == {1, ROTARY_HEADS}
     assert len({tuple(sorted(_fields(f).items())) for f in instances}) == len(instances), "no instance twice"
 
 
@@ -61,7 +63,7 @@ def test_every_template_value_is_precompiled() -> None:
 def test_a_gptj_element_layout_instance_compiles(arch: str) -> None:
     # Outside the precompiled set: gpt-j style in the element layout with a same-dtype cache and int32 positions.
     fields = {"dtype": "float16", "cs_dtype": "float16", "pos_dtype": "int32", "is_neox": False, "gemma": True,
-              "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict()}
+              "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict(), "heads": 1}
     assert qk_norm_rotary.op.module(**fields).compile(arch).cubin[:4] == b"\x7fELF"
 
 
@@ -103,8 +105,8 @@ def test_launch_takes_qk_rms_norms_layout(layout: tuple[Any, ...], is_neox: bool
     assert ops.fused(positions, q, k, qw, kw, cache, head_size=d, eps=1e-5, is_neox=is_neox, gemma=True) is None
     key, values = last_launch(stub, ops.fused)
     assert key[1:3] == (cujit.DType.of("float32"), cujit.DType.of("int32")) and key[3] is is_neox
-    # gemma, vector, block, lanes per head, vectors per lane (qk_rms_norm's heads per lane group come last)
-    assert key[4:] == norm_key[1:-1], (key, norm_key)
+    # gemma, vector, block, lanes per head, vectors per lane, heads per lane group
+    assert key[4:] == norm_key[1:], (key, norm_key)  # one head per lane group for both at these sizes
     assert values[:-1] == [positions.data_ptr(), q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(),
                            cache.data_ptr(), tokens * (qh + kh), qh, qh + kh, columns, columns, d, rot, 100]
     assert values[-1] == pytest.approx(1e-5)

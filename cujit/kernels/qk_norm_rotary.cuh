@@ -10,8 +10,8 @@
 /// (x[i], x[i + rotary_dim / 2]), gpt-j style (x[2i], x[2i + 1]); cos_sin [max_position, rotary_dim] holds cos in
 /// the first half of a row and sin in the second.
 ///
-/// Layout: as qk_rms_norm_kernel, one group of kRowThreads lanes of a warp per head, each lane holding kVecs
-/// vectors' worth of the head. The cos/sin values of the lane's elements are loaded while the head is reduced.
+/// Layout: as qk_rms_norm_kernel, one group of kRowThreads lanes of a warp per kHeads heads, each lane holding
+/// kVecs vectors' worth of each head. The cos/sin values of the lane's elements are loaded while the head is reduced.
 /// A rotation pairs values that other lanes may hold: in neox style, and in the element layout (!kVector), each
 /// group writes its normalised head to shared memory and reads the partners there after a __syncwarp (16-byte
 /// reads when the halves are whole vectors); gpt-j pairs in the vector layout are neighbours in one lane.
@@ -165,11 +165,12 @@ struct HeadRotation {
 
 /// Normalise, then rotate, the `count` = tokens * (q_heads + kv_heads) heads of q and k in place (heads listed as
 /// in qk_rms_norm_kernel: a token's q heads, then its k heads). Launch kBlock threads per block and
-/// cdiv(count, kBlock / kRowThreads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)), rotary_dim even
-/// and at most head_dim. q and k must not overlap. kVector is the host's choice, as for qk_rms_norm_kernel (the
-/// same choice gives the same bits).
+/// cdiv(count, kBlock / kRowThreads * kHeads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)),
+/// rotary_dim even and at most head_dim. q and k must not overlap. kVector is the host's choice, as for
+/// qk_rms_norm_kernel (the same choice gives the same bits). kHeads heads per row group, interleaved over the block
+/// and loaded (with their positions and angles) before the first is reduced, as in qk_rms_norm_kernel.
 template <typename T, typename C, typename P, bool kNeox, bool kGemma, bool kVector, int kBlock, int kRowThreads,
-          int kVecs>
+          int kVecs, int kHeads>
 __global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
     const P* __restrict__ positions, T* q, T* k, const T* __restrict__ q_weight, const T* __restrict__ k_weight,
     const C* __restrict__ cos_sin, uint32_t count, uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride,
@@ -178,43 +179,70 @@ __global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
   using R = qk_norm_rotary_detail::HeadRotation<T, C, kNeox, kVector, kRowThreads, kVecs>;
   using F = typename R::F;
   static_assert(kRowThreads <= cujit::kWarpSize, "a head is normalised by lanes of one warp");
+  static_assert(kHeads >= 1, "at least one head per row group");
   static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPathScalar, 1>());
+  constexpr uint32_t kGroups = kBlock / kRowThreads;
   // Each group's normalised head, for the partners of its rotation (kExchange only).
   __shared__ __align__(16) uint32_t staged_words[R::kExchange ? kBlock * kVecs * 4 : 4];
   cujit::pdl_wait();  // q, k and positions come from the previous kernels
   const int lane = threadIdx.x % kRowThreads;
-  const uint32_t g = blockIdx.x * (kBlock / kRowThreads) + threadIdx.x / kRowThreads;
-  const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, g, count, q_heads, heads_per_token, q_stride,
-                                     k_stride, head_dim);
+  const uint32_t base = blockIdx.x * kGroups * kHeads + threadIdx.x / kRowThreads;
   const int64_t first = F::thread_offset(lane);
-  const int64_t left = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
-  const int64_t rotated = head.live ? rotary_dim - first : 0;
   const int64_t half = rotary_dim / 2;
   // Vectors whose angles and neox partners are whole vectors; the cache aligned for vector reads of them.
   const bool whole = kVector && rotary_dim % (kNeox ? 2 * F::kLanes : F::kLanes) == 0;
   const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, R::kAngles>());
 
-  F held, w;
-  held.load(head.row + first, left);
-  const int64_t pos = static_cast<int64_t>(positions[head.token]);
-  F::prefetch(head.weight + first, left);
-  const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
-  R rotation;
-  rotation.load(cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim, first, rotated, half, whole,
-                vector_cs);
-  const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held.sum_squares()), head_dim, eps);
-  w.load(head.weight + first, left);
-  cujit::pdl_launch_dependents();  // this thread's last global read has been issued
-  held.forget();
-  held.template normalize<kGemma>(w, inv_rms);
-  T* const staged = reinterpret_cast<T*>(staged_words) + (threadIdx.x / kRowThreads) * F::kTile;
-  if constexpr (R::kExchange) {
-    held.store(staged + first, left);
-    __syncwarp();
+  T* rows[kHeads];
+  const T* weights[kHeads];
+  int64_t left[kHeads], rotated[kHeads], pos[kHeads];
+  uint32_t token[kHeads];
+  bool live[kHeads];
+  F held[kHeads];
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, base + j * kGroups, count, q_heads,
+                                       heads_per_token, q_stride, k_stride, head_dim);
+    rows[j] = head.row + first;
+    weights[j] = head.weight + first;
+    token[j] = head.token;
+    live[j] = head.live;
+    left[j] = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
+    rotated[j] = head.live ? rotary_dim - first : 0;
+    held[j].load(rows[j], left[j]);
+    pos[j] = static_cast<int64_t>(positions[head.token]);
+    F::prefetch(weights[j], left[j]);
   }
-  rotation.rotate(held, staged, first, rotated, half, whole);
-  held.store(head.row + first, left);
-  if (head.live && !pos_ok && lane == 0) rotary_detail::position_fault(pos, head.token, max_position);
+  R rotation[kHeads];
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    const bool pos_ok = static_cast<uint64_t>(pos[j]) < max_position;
+    rotation[j].load(cos_sin + (pos_ok ? static_cast<uint64_t>(pos[j]) : 0) * rotary_dim, first, rotated[j], half,
+                     whole, vector_cs);
+  }
+  T* const staged = reinterpret_cast<T*>(staged_words) + (threadIdx.x / kRowThreads) * F::kTile;
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held[j].sum_squares()), head_dim, eps);
+    F w;
+    w.load(weights[j], left[j]);
+    if (j + 1 == kHeads) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+    held[j].forget();
+    held[j].template normalize<kGemma>(w, inv_rms);
+    if constexpr (R::kExchange) {
+      if (j > 0) __syncwarp();  // the group has read the previous head's partners before they are overwritten
+      held[j].store(staged + first, left[j]);
+      __syncwarp();
+    }
+    rotation[j].rotate(held[j], staged, first, rotated[j], half, whole);
+    held[j].store(rows[j], left[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < kHeads; ++j) {
+    if (live[j] && static_cast<uint64_t>(pos[j]) >= max_position && lane == 0) {
+      rotary_detail::position_fault(pos[j], token[j], max_position);
+    }
+  }
 }
 
 #endif  // CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
