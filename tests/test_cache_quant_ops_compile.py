@@ -293,6 +293,12 @@ with stub_backend() as stub:
                                                             16384], v3
     assert g4 == (16, 1, 1) and b4 == (128, 1, 1) and v4[:3] == [small.data_ptr(), q.data_ptr(),
                                                                  partials.data_ptr()], (g4, v4)
+    # One token, dynamic: one kernel of one block that holds every value (no partial maxima: partials 0).
+    kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=512, vecs=1, row_path=False))
+    one = fake(torch.randn(1, 4096, dtype=f16))
+    [(g5, b5, v5)], (q, scale) = launches(per_tensor_quant_fp8, kernels, one)
+    assert g5 == (1, 1, 1) and b5 == (512, 1, 1), (g5, b5)
+    assert v5[:2] == [one.data_ptr(), q.data_ptr()] and v5[3:] == [0, scale.data_ptr(), 4096, 4096, 4096, 0], v5
     # The row path: rows 4097 apart, one element in (33 rows of 4000 // 8 + 2 chunks: 130 blocks of 128, 9
     # partial maxima), then a contiguous x one element in (one row of 132000 // 8 + 2 chunks: 129 blocks).
     kernels = prepare(per_tensor_quant_fp8, dict(dtype="float16", threads=128, vecs=1, row_path=True))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import cujit
+from cujit._runtime import ops as ops_module
 from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, held_vecs, threads_for
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import MANY_HEADS, MANY_HEADS_FROM, heads_per_group, qk_norm_config, qk_rms_norm
@@ -207,6 +208,51 @@ def test_add_norm_quant_threads_are_precompiled() -> None:
                 for vecs in {0, held_vecs(hidden, lanes, threads, group)}:
                     fields = {"dtype": dtype, "group_size": group, "gemma": False, "threads": threads, "vecs": vecs}
                     assert _fields(fields) in instances, fields
+
+
+def test_add_norm_quant_takes_the_register_path_only_where_it_applies(stub: StubBackend,
+                                                                      ops: SimpleNamespace) -> None:
+    fn = ops.fused_add_rms_norm_quant_fp8
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the fast path refused the call")
+
+    fn.op.env["_slow"] = refused
+    f16, fp8 = torch.float16, torch.float8_e4m3fn  # fp16 as bf16: 8 values a vector
+
+    def vecs_of(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, group: int,
+                out: torch.Tensor | None = None) -> int:
+        T, H = x.shape
+        out = torch.empty(T, H, dtype=fp8) if out is None else out
+        # Both forms loaded, so that the launch shows which one the plan chose (the stub's generic path cannot
+        # take FP8 tensors: the fast path must serve every call).
+        lanes = 16 // x.element_size()
+        for vecs in {0, held_vecs(H, lanes, threads_for(H), group)}:
+            fields = {"dtype": x.dtype, "group_size": group, "gemma": False, "threads": threads_for(H), "vecs": vecs}
+            fn.op._loaded(tuple(ops_module._normalise(fields[f]) for f in fn.op.fields), 0)
+        scales = torch.empty(T, H // group if group else 1)
+        fn(fake(stub, x), fake(stub, residual), fake(stub, weight), group_size=group, out=fake(stub, out),
+           scales=fake(stub, scales))
+        key, values = last_launch(stub, fn)
+        assert values[:2] == [out.data_ptr(), scales.data_ptr()]
+        assert stub.launches[-1].grid == (T, 1, 1) and stub.launches[-1].block == (threads_for(H), 1, 1)
+        return int(key[-1])
+
+    x, r, w = torch.randn(4, 4096, dtype=f16), torch.randn(4, 4096, dtype=f16), torch.randn(4096, dtype=f16)
+    assert vecs_of(x, r, w, 128) == 1 and vecs_of(x, r, w, 0) == 1 and vecs_of(x, r, w, 16) == 1
+    assert vecs_of(x.float(), r.float(), w.float(), 128) == 2  # fp32: 4 values a vector
+    assert vecs_of(x, r, w, 512) == 0  # a group of 64 vectors spans two warps
+    wide = torch.randn(4, 4104, dtype=f16)
+    assert vecs_of(wide[:, 8:], r, w, 128) == 1  # rows 4104 apart, 16-byte aligned: still registers
+    assert vecs_of(wide[:, 1:4097], r, w, 128) == 0  # x one element in
+    assert vecs_of(x, torch.randn(4, 4100, dtype=f16)[:, :4096], w, 128) == 0  # residual rows 4100 apart
+    assert vecs_of(x, r, torch.randn(4097, dtype=f16)[1:], 128) == 0  # weight one element in
+    storage = torch.empty(4 * 4096 + 8, dtype=torch.uint8)
+    assert vecs_of(x, r, w, 128, storage[8:].view(fp8).view(4, 4096)) == 0  # q 8 bytes past 16-byte alignment
+    long = torch.randn(2, 40960, dtype=f16)
+    assert vecs_of(long, long.clone(), torch.randn(40960, dtype=f16), 128) == 0  # beyond 1024 x 4 vectors
+    odd = torch.randn(2, 4097, dtype=f16)
+    assert vecs_of(odd, odd.clone(), torch.randn(4097, dtype=f16), 0) == 0
 
 
 def test_add_norm_quant_register_path_bounds() -> None:
