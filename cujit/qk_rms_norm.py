@@ -26,8 +26,8 @@ __all__ = ["MANY_HEADS", "MANY_HEADS_FROM", "QkNormConfig", "distinct", "head_co
 #: (lanes per head, 16-byte vectors per lane) of the instantiations, by increasing capacity.
 CONFIGS: tuple[tuple[int, int], ...] = ((8, 1), (16, 1), (32, 1), (32, 2), (32, 4))
 _BLOCK = 128
-#: Heads per row group from MANY_HEADS_FROM heads in all (about 4 blocks of 128 threads per SM on a 132-SM GPU
-#: with one head per group); fewer heads take one per group, so that they spread over more SMs.
+#: Heads per row group from MANY_HEADS_FROM heads in all (16384 heads are about 16 blocks of 128 threads per SM of
+#: a 132-SM GPU at one head per group, 4 at four); fewer heads take one per group, so that they spread over more SMs.
 MANY_HEADS = 4
 MANY_HEADS_FROM = 16384
 
