@@ -9,8 +9,8 @@
 /// Layout: the heads of all tokens in order (a token's q heads, then its k heads), kHeads per group of
 /// kRowThreads (8, 16 or 32) lanes of a warp, each lane holding kVecs vectors' worth of each head in registers
 /// (rms_norm's Fragment, with 16-byte vectors when kVector and element loads otherwise): one read and one write of
-/// every value, and a reduction of shuffles only. kVector is the host's choice: head_dim a whole number of vectors, and q, k,
-/// their row strides and both weights 16-byte aligned.
+/// every value, and a reduction of shuffles only. kVector is the host's choice: head_dim a whole number of
+/// vectors, and q, k, their row strides and both weights 16-byte aligned.
 #ifndef CUJIT_KERNELS_QK_NORM_CUH_
 #define CUJIT_KERNELS_QK_NORM_CUH_
 
