@@ -8,7 +8,7 @@ module and ``cujit.add_constant.add_constant`` the op. A module is imported on f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._runtime.cache import cache_stats
 from ._runtime.checks import runtime_check
@@ -27,9 +27,11 @@ from ._runtime.matcher import (
 from ._runtime.module import JitModule, Kernel, load_jit
 from ._runtime.ops import Launch, Op, cdiv, op, shipped_module_names
 from ._runtime.ops import declared_ops as ops
-from ._runtime.parallel import compile_modules
 from ._runtime.tensors import Device
 from ._runtime.version import __version__
+
+if TYPE_CHECKING:
+    from ._runtime.parallel import compile_modules
 
 __all__ = [
     "CheckError",
@@ -68,7 +70,15 @@ _SHIPPED = frozenset(shipped_module_names())
 
 
 def __getattr__(name: str) -> Any:
-    """``cujit.<op>``: the shipped op module of that name, imported on first use (the op is ``cujit.<op>.<op>``)."""
+    """``cujit.<op>``: the shipped op module of that name, imported on first use (the op is ``cujit.<op>.<op>``).
+
+    ``cujit.compile_modules`` too is imported on first use: a process that only launches cached kernels never
+    needs it.
+    """
+    if name == "compile_modules":
+        from ._runtime.parallel import compile_modules
+
+        return compile_modules
     if name in _SHIPPED:
         import importlib
 
@@ -77,4 +87,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_SHIPPED})
+    return sorted({*globals(), *_SHIPPED, "compile_modules"})

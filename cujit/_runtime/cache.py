@@ -36,8 +36,9 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import config, headers, toolchain
 from .compile import Compiled, SourceSet, compile_nvrtc, offline_error, warn_compile_log
@@ -140,8 +141,7 @@ _COMPUTED_INCLUDE = re.compile(rb"#[ \t]*include[ \t]*[A-Za-z_]")
 _PATH_FLAGS = ("-I", "--include-path", "--pre-include", "-include")
 
 
-@dataclass(frozen=True)
-class _Roots:
+class _Roots(NamedTuple):
     """The folders that names in the key are relative to, each with a label that stands for it.
 
     ``search`` are the ``#include`` folders besides the includer's own, in NVRTC's order; the CUDA headers and
@@ -363,7 +363,7 @@ def _encode(compiled: Compiled, key: str, name: str) -> bytes:
         "name": name,
         "arch": compiled.arch,
         "lowered": compiled.lowered,
-        "params": {k: None if v is None else [asdict(p) for p in v] for k, v in compiled.params.items()},
+        "params": {k: None if v is None else [p._asdict() for p in v] for k, v in compiled.params.items()},
         "log": compiled.log,
     }
     header = json.dumps(meta, sort_keys=True).encode()

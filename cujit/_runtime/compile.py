@@ -10,8 +10,9 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from . import config, headers, toolchain
 from .errors import CompileError, CompileWarning, warn_user
@@ -45,8 +46,7 @@ def _flag_paths(flags: Sequence[str], names: Sequence[str]) -> tuple[Path, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class SourceSet:
+class SourceSet(NamedTuple):
     """What one module compiles: files, wrappers, options."""
 
     name: str
@@ -100,8 +100,7 @@ class SourceSet:
         return headers.nvrtc_options(arch, self.include_paths, self.extra_cflags)
 
 
-@dataclass(frozen=True)
-class Compiled:
+class Compiled(NamedTuple):
     """A module compiled for one arch: the cubin and, per wrapper, its lowered name and parameters."""
 
     arch: str

@@ -14,8 +14,8 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import CujitError, warn_user
 
@@ -82,8 +82,7 @@ def check_arch(arch: str, what: str = "arch") -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     """One documented ``CUJIT_`` variable: its default (as it would be written in the environment) and parser."""
 
     name: str

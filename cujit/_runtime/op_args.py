@@ -12,7 +12,7 @@ is a :class:`CujitError` and nothing is launched.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .dtypes import DType, as_dtype
 from .errors import CujitError
@@ -43,8 +43,7 @@ def pointee_dtype(param: Param) -> DType | None:
     return None if name is None else as_dtype(name)
 
 
-@dataclass(frozen=True)
-class Passed:
+class Passed(NamedTuple):
     """What an op passes for one ``args`` entry.
 
     Attributes:

@@ -16,8 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import cache, config, driver, toolchain
 from .compile import Compiled
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["CompileResult", "compile_modules", "compile_pairs"]
 
 
-@dataclass(frozen=True)
-class CompileResult:
+class CompileResult(NamedTuple):
     """What happened to one (module, arch): its compiled form or its error, whether NVRTC ran, and how long."""
 
     module: JitModule

@@ -30,8 +30,8 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import config
 from .errors import CujitError
@@ -51,8 +51,7 @@ PINNED = "CUJIT_NVRTC"
 _DRIVER_FLOOR = {12: "525", 13: "580"}
 
 
-@dataclass(frozen=True)
-class NvrtcLibrary:
+class NvrtcLibrary(NamedTuple):
     """One libnvrtc on this machine: its file, its CUDA (major, minor) release and where it was found."""
 
     path: Path

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CujitError
 
@@ -27,8 +26,7 @@ _PARAM = re.compile(
 _SCALARS = ("int", "float", "bool", "str")
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One parameter of an op.
 
     Attributes:
@@ -55,8 +53,7 @@ class Param:
         return self.type + ("?" if self.optional else "")
 
 
-@dataclass(frozen=True)
-class Schema:
+class Schema(NamedTuple):
     """A parsed op schema."""
 
     namespace: str

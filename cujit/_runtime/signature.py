@@ -8,7 +8,7 @@ Python values by the parameter types the kernel really declares.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["PROBE_DECLARATION", "Param", "parse_probe", "probe_expression"]
 
@@ -26,8 +26,7 @@ def probe_expression(expression: str) -> str:
     return f"cujit_detail::signature_probe<decltype({expression})>"
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One kernel parameter.
 
     Attributes:

@@ -19,9 +19,8 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import release
 from .errors import CujitError
@@ -173,8 +172,7 @@ def check_driver_for_launch() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA headers
-@dataclass(frozen=True)
-class HeaderDir:
+class HeaderDir(NamedTuple):
     """A folder of CUDA headers (it holds ``cuda_runtime.h``) and the CUDA version its ``cuda.h`` declares."""
 
     path: Path
