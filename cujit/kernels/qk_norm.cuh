@@ -48,6 +48,52 @@ struct Head {
   }
 };
 
+/// The kHeads heads of one row group as one lane holds them: where each lies from this lane's first element on,
+/// and its values (rms_norm's Fragment F), loaded by the constructor for all heads before any is reduced. Head j is
+/// number base + j * step of the list of all tokens' heads; a dead head (past the end) loads and stores nothing
+/// but still takes part in the shuffles. `then(j, head)` runs after head j's loads are issued (with its Head): a
+/// kernel's own loads of that head (its position, say) go out in the same round.
+template <typename T, typename F, int kHeads>
+struct LaneHeads {
+  T* rows[kHeads];           ///< this lane's first element of each head
+  const T* weights[kHeads];  ///< the head's weight at the same element
+  int64_t left[kHeads];      ///< the head's values from there on (0 for a dead head)
+  uint32_t token[kHeads];
+  bool live[kHeads];
+  F held[kHeads];
+
+  template <typename Then>
+  CUJIT_DEVICE LaneHeads(T* q, T* k, const T* q_weight, const T* k_weight, uint32_t base, uint32_t step,
+                         uint32_t count, uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride,
+                         int64_t k_stride, int64_t head_dim, int64_t first, Then then) {
+#pragma unroll
+    for (int j = 0; j < kHeads; ++j) {
+      const Head<T> head(q, k, q_weight, k_weight, base + j * step, count, q_heads, heads_per_token, q_stride,
+                         k_stride, head_dim);
+      rows[j] = head.row + first;
+      weights[j] = head.weight + first;
+      token[j] = head.token;
+      live[j] = head.live;
+      left[j] = head.live ? head_dim - first : 0;
+      held[j].load(rows[j], left[j]);
+      then(j, head);
+    }
+  }
+
+  /// Normalise head j in place (rounded to T): its reduction over the group's lanes, then its weight. After the
+  /// last head's weight load this thread's global reads are all issued: the next kernel is released there.
+  template <int kBlock, int kRowThreads, bool kGemma>
+  CUJIT_DEVICE void normalize(int j, int64_t head_dim, float eps) {
+    const float inv_rms = rms_norm_detail::inverse_rms(
+        rms_norm_detail::row_sum<kBlock, kRowThreads>(held[j].sum_squares()), head_dim, eps);
+    F w;
+    w.load(weights[j], left[j]);
+    if (j + 1 == kHeads) cujit::pdl_launch_dependents();
+    held[j].forget();
+    held[j].template normalize<kGemma>(w, inv_rms);
+  }
+};
+
 }  // namespace qk_norm_detail
 
 /// Normalise the `count` = tokens * (q_heads + kv_heads) heads of q and k in place. Launch kBlock threads per
@@ -73,28 +119,13 @@ __global__ void __launch_bounds__(kBlock)
   cujit::pdl_wait();  // q and k come from the previous kernel
   const uint32_t base = blockIdx.x * kGroups * kHeads + threadIdx.x / kRowThreads;
   const int64_t first = F::thread_offset(threadIdx.x % kRowThreads);
-  T* rows[kHeads];
-  const T* weights[kHeads];
-  int64_t left[kHeads];
-  F held[kHeads];
+  qk_norm_detail::LaneHeads<T, F, kHeads> heads(q, k, q_weight, k_weight, base, kGroups, count, q_heads,
+                                                heads_per_token, q_stride, k_stride, head_dim, first,
+                                                [](int, const qk_norm_detail::Head<T>&) {});
 #pragma unroll
   for (int j = 0; j < kHeads; ++j) {
-    const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, base + j * kGroups, count, q_heads,
-                                       heads_per_token, q_stride, k_stride, head_dim);
-    rows[j] = head.row + first;
-    weights[j] = head.weight + first;
-    left[j] = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
-    held[j].load(rows[j], left[j]);
-  }
-#pragma unroll
-  for (int j = 0; j < kHeads; ++j) {
-    const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held[j].sum_squares()), head_dim, eps);
-    F w;
-    w.load(weights[j], left[j]);
-    if (j + 1 == kHeads) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
-    held[j].forget();
-    held[j].template normalize<kGemma>(w, inv_rms);
-    held[j].store(rows[j], left[j]);
+    heads.template normalize<kBlock, kRowThreads, kGemma>(j, head_dim, eps);
+    heads.held[j].store(heads.rows[j], heads.left[j]);
   }
 }
 

@@ -193,26 +193,14 @@ __global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
   const bool whole = kVector && rotary_dim % (kNeox ? 2 * F::kLanes : F::kLanes) == 0;
   const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, R::kAngles>());
 
-  T* rows[kHeads];
-  const T* weights[kHeads];
-  int64_t left[kHeads], rotated[kHeads], pos[kHeads];
-  uint32_t token[kHeads];
-  bool live[kHeads];
-  F held[kHeads];
-#pragma unroll
-  for (int j = 0; j < kHeads; ++j) {
-    const qk_norm_detail::Head<T> head(q, k, q_weight, k_weight, base + j * kGroups, count, q_heads,
-                                       heads_per_token, q_stride, k_stride, head_dim);
-    rows[j] = head.row + first;
-    weights[j] = head.weight + first;
-    token[j] = head.token;
-    live[j] = head.live;
-    left[j] = head.live ? head_dim - first : 0;  // dead heads still take part in the shuffles
-    rotated[j] = head.live ? rotary_dim - first : 0;
-    held[j].load(rows[j], left[j]);
-    pos[j] = static_cast<int64_t>(positions[head.token]);
-    F::prefetch(weights[j], left[j]);
-  }
+  int64_t rotated[kHeads], pos[kHeads];
+  qk_norm_detail::LaneHeads<T, F, kHeads> heads(
+      q, k, q_weight, k_weight, base, kGroups, count, q_heads, heads_per_token, q_stride, k_stride, head_dim, first,
+      [&](int j, const qk_norm_detail::Head<T>& head) {
+        rotated[j] = head.live ? rotary_dim - first : 0;
+        pos[j] = static_cast<int64_t>(positions[head.token]);
+        F::prefetch(head.weight + first, head.live ? head_dim - first : 0);
+      });
   R rotation[kHeads];
 #pragma unroll
   for (int j = 0; j < kHeads; ++j) {
@@ -223,24 +211,19 @@ __global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
   T* const staged = reinterpret_cast<T*>(staged_words) + (threadIdx.x / kRowThreads) * F::kTile;
 #pragma unroll
   for (int j = 0; j < kHeads; ++j) {
-    const float inv_rms = inverse_rms(row_sum<kBlock, kRowThreads>(held[j].sum_squares()), head_dim, eps);
-    F w;
-    w.load(weights[j], left[j]);
-    if (j + 1 == kHeads) cujit::pdl_launch_dependents();  // this thread's last global read has been issued
-    held[j].forget();
-    held[j].template normalize<kGemma>(w, inv_rms);
+    heads.template normalize<kBlock, kRowThreads, kGemma>(j, head_dim, eps);
     if constexpr (R::kExchange) {
       if (j > 0) __syncwarp();  // the group has read the previous head's partners before they are overwritten
-      held[j].store(staged + first, left[j]);
+      heads.held[j].store(staged + first, heads.left[j]);
       __syncwarp();
     }
-    rotation[j].rotate(held[j], staged, first, rotated[j], half, whole);
-    held[j].store(rows[j], left[j]);
+    rotation[j].rotate(heads.held[j], staged, first, rotated[j], half, whole);
+    heads.held[j].store(heads.rows[j], heads.left[j]);
   }
 #pragma unroll
   for (int j = 0; j < kHeads; ++j) {
-    if (live[j] && static_cast<uint64_t>(pos[j]) >= max_position && lane == 0) {
-      rotary_detail::position_fault(pos[j], token[j], max_position);
+    if (heads.live[j] && static_cast<uint64_t>(pos[j]) >= max_position && lane == 0) {
+      rotary_detail::position_fault(pos[j], heads.token[j], max_position);
     }
   }
 }
