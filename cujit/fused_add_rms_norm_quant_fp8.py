@@ -12,8 +12,10 @@ only read (y never reaches memory). x and residual are [tokens, hidden] float32,
 any stride; they must not overlap. ``q`` is a contiguous float8_e4m3fn [tokens, hidden].
 
 Rows whose hidden size is a whole number of 16-byte vectors, with x, residual, weight and q 16-byte aligned at
-every row, are held in registers and cross memory once each way; other rows (odd sizes, misaligned views) take a
-three-pass form that reads the residual row back from cache.
+every row, are held in registers and cross memory once each way. Per token (``group_size=0``), so are the other
+rows (odd sizes, misaligned views): they split at the residual's own 16-byte boundaries, with single elements at
+each end and x, the weight and q read or written at their own alignments. Per group, those rows take a three-pass
+form that reads the residual row back from cache.
 
 So the results are those of ``fused_add_rms_norm(x, residual, weight)`` followed by ``per_token_quant_fp8(x)`` or
 ``per_token_group_quant_fp8(x, group_size)``, except that the sum of squares is added in another order than
@@ -29,11 +31,14 @@ import cujit
 
 from .rms_norm import data_address
 
-__all__ = ["MAX_HELD_VECS", "fused_add_rms_norm_quant_fp8", "held_vecs", "threads_for"]
+__all__ = ["MAX_HELD_VECS", "MAX_SPLIT_VECS", "fused_add_rms_norm_quant_fp8", "held_vecs", "split_vecs", "threads_for"]
 
 _GROUPS = (0, 16, 32, 64, 128, 256, 512, 1024)
 #: The most 16-byte vectors a thread holds on the register path (bf16 rows up to 32768 values at 1024 threads).
 MAX_HELD_VECS = 4
+#: The same for the per-token path at any alignment, which holds its edges and reads x and the weight at the
+#: residual's alignment besides: at 4 vectors of 16-bit values and 1024 threads (64 registers) it spills.
+MAX_SPLIT_VECS = 3
 
 
 def threads_for(hidden: int) -> int:
@@ -55,16 +60,32 @@ def held_vecs(hidden: int, lanes: int, threads: int, group_size: int) -> int:
     return vecs
 
 
+def split_vecs(hidden: int, lanes: int, threads: int) -> int:
+    """16-byte vectors a thread holds on the per-token path at any alignment, or 0 where the row does not fit it.
+
+    The row's body has at most hidden // lanes whole vectors (fewer when it starts mid-vector); a row shorter
+    than a vector is all head and tail, which one vector's worth of registers holds too.
+    """
+    vecs = max(1, -(-(hidden // lanes) // threads))
+    return vecs if vecs <= MAX_SPLIT_VECS else 0
+
+
 def _threads(H: Any) -> int:
     return threads_for(H) if type(H) is int else 1024
 
 
 def _vecs(vector: bool, H: Any, lanes: int, threads: int, group_size: int) -> int:
-    return held_vecs(H, lanes, threads, group_size) if vector and type(H) is int and H > 0 else 0
+    """The kernel's kVecs: > 0 the aligned register path, < 0 the per-token one at any alignment, 0 three passes."""
+    if type(H) is not int or H <= 0:
+        return 0
+    held = held_vecs(H, lanes, threads, group_size) if vector else 0
+    if held or group_size:
+        return held
+    return -split_vecs(H, lanes, threads)
 
 
 def _precompile() -> list[dict[str, Any]]:
-    """The three-pass form and the register path at the vectors each block size takes, for each dtype."""
+    """The three-pass form and the register paths at the vectors each block size takes, for each dtype."""
     out = []
     for dtype, lanes in (("float32", 4), ("float16", 8), ("bfloat16", 8)):
         for threads in (128, 256, 512, 1024):
@@ -72,6 +93,8 @@ def _precompile() -> list[dict[str, Any]]:
             for vecs in (0, *held):
                 out += [{"dtype": dtype, "group_size": g, "gemma": gemma, "threads": threads, "vecs": vecs}
                         for g in (0, 128) for gemma in (False, True)]
+            out += [{"dtype": dtype, "group_size": 0, "gemma": gemma, "threads": threads, "vecs": -vecs}
+                    for vecs in held if vecs <= MAX_SPLIT_VECS for gemma in (False, True)]
     return out
 
 

@@ -223,6 +223,32 @@ def test_add_norm_quant_strided_misaligned_gemma(dtype: torch.dtype, column_majo
     assert_near_unfused(got, (eq, escales), 128)
 
 
+def offset_rows(tokens: int, hidden: int, offset: int, dtype: torch.dtype) -> torch.Tensor:
+    """Random [tokens, hidden] rows, each starting `offset` elements into a row one `offset` wider."""
+    return torch.randn(tokens, hidden + offset, device="cuda").to(dtype)[:, offset:]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [1, 7, 100, 2881, 4097, 8191, 24575, 24585])
+@pytest.mark.parametrize("offsets", [(0, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 3), (3, 5, 1, 1), (0, 2, 3, 7)],
+                         ids=lambda o: "x{}-res{}-w{}-q{}".format(*o))
+def test_add_norm_quant_per_token_at_any_alignment(dtype: torch.dtype, hidden: int,
+                                                   offsets: tuple[int, int, int, int]) -> None:
+    """The per-token register path that splits each row at the residual's 16-byte boundaries: odd widths, x,
+    residual, weight and q each starting at its own offset (so x and the weight are read with shifted vectors
+    and q written realigned); 24585 16-bit values are beyond it (the three-pass form)."""
+    tokens = 6
+    ox, orr, ow, oq = offsets
+    x, residual = offset_rows(tokens, hidden, ox, dtype), offset_rows(tokens, hidden, orr, dtype)
+    weight = (torch.rand(hidden + ow, device="cuda") * 2 - 0.5).to(dtype)[ow:]
+    eq, escales, eres = unfused(x, residual, weight, 0, False, False)
+    out = torch.empty(tokens * hidden + oq, device="cuda", dtype=FP8)[oq:].view(tokens, hidden)
+    got = fused_add_rms_norm_quant_fp8(x, residual, weight, out=out)
+    assert got[0] is out
+    assert torch.equal(residual, eres)
+    assert_near_unfused(got, (eq, escales), 0)
+
+
 def test_add_norm_quant_odd_hidden_per_token_and_given_outputs() -> None:
     x = torch.randn(9, 4097, device="cuda", dtype=torch.bfloat16)
     residual = torch.randn_like(x)

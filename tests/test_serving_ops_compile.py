@@ -15,7 +15,7 @@ import pytest
 
 import cujit
 from cujit._runtime import ops as ops_module
-from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, held_vecs, threads_for
+from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8, held_vecs, split_vecs, threads_for
 from cujit.qk_rms_norm import CONFIGS as QK_CONFIGS
 from cujit.qk_rms_norm import MANY_HEADS, MANY_HEADS_FROM, heads_per_group, qk_norm_config, qk_rms_norm
 from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
@@ -204,8 +204,10 @@ def test_add_norm_quant_threads_are_precompiled() -> None:
         for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 32768, 1 << 20):
             threads = threads_for(hidden)
             for group in (0, 128):
-                # The three-pass form serves every row; the register path the aligned rows it fits.
-                for vecs in {0, held_vecs(hidden, lanes, threads, group)}:
+                # The three-pass form serves every row; the register path the aligned rows it fits, and per token
+                # the split one any other row it fits.
+                for vecs in {0, held_vecs(hidden, lanes, threads, group),
+                             -split_vecs(hidden, lanes, threads) if group == 0 else 0}:
                     fields = {"dtype": dtype, "group_size": group, "gemma": False, "threads": threads, "vecs": vecs}
                     assert _fields(fields) in instances, fields
 
@@ -227,7 +229,8 @@ def test_add_norm_quant_takes_the_register_path_only_where_it_applies(stub: Stub
         # Both forms loaded, so that the launch shows which one the plan chose (the stub's generic path cannot
         # take FP8 tensors: the fast path must serve every call).
         lanes = 16 // x.element_size()
-        for vecs in {0, held_vecs(H, lanes, threads_for(H), group)}:
+        for vecs in {0, held_vecs(H, lanes, threads_for(H), group),
+                     -split_vecs(H, lanes, threads_for(H)) if group == 0 else 0}:
             fields = {"dtype": x.dtype, "group_size": group, "gemma": False, "threads": threads_for(H), "vecs": vecs}
             fn.op._loaded(tuple(ops_module._normalise(fields[f]) for f in fn.op.fields), 0)
         scales = torch.empty(T, H // group if group else 1)
@@ -252,7 +255,19 @@ def test_add_norm_quant_takes_the_register_path_only_where_it_applies(stub: Stub
     long = torch.randn(2, 40960, dtype=f16)
     assert vecs_of(long, long.clone(), torch.randn(40960, dtype=f16), 128) == 0  # beyond 1024 x 4 vectors
     odd = torch.randn(2, 4097, dtype=f16)
-    assert vecs_of(odd, odd.clone(), torch.randn(4097, dtype=f16), 0) == 0
+    assert vecs_of(odd, odd.clone(), torch.randn(4097, dtype=f16), 0) == -1  # per token: split at any alignment
+    assert vecs_of(wide[:, 1:4097], r, w, 0) == -1  # x one element in, per token
+    assert vecs_of(x, r, w, 0, storage[8:].view(fp8).view(4, 4096)) == -1  # q misaligned, per token
+    assert vecs_of(long, long.clone(), torch.randn(40960, dtype=f16), 0) == 0  # beyond 1024 x 3 vectors
+    odd_long = torch.randn(2, 24575, dtype=f16)
+    assert vecs_of(odd_long, odd_long.clone(), torch.randn(24575, dtype=f16), 0) == -3
+
+
+def test_add_norm_quant_split_path_bounds() -> None:
+    assert split_vecs(1, 8, 128) == 1 and split_vecs(7, 8, 128) == 1  # all head and tail
+    assert split_vecs(4097, 8, 1024) == 1 and split_vecs(4097, 4, 1024) == 1 and split_vecs(4100, 4, 1024) == 2
+    assert split_vecs(24583, 8, 1024) == 3 and split_vecs(24584, 8, 1024) == 0
+    assert split_vecs(12291, 4, 1024) == 3 and split_vecs(12292, 4, 1024) == 0
 
 
 def test_add_norm_quant_register_path_bounds() -> None:

@@ -151,6 +151,116 @@ CUJIT_DEVICE void add_norm_quant_held(uint8_t* out, float* scales, const T* x, T
   }
 }
 
+/// One row of fused_add_rms_norm_quant_fp8_kernel per token (kGroup == 0) held in registers at any alignment
+/// (kVecs < 0, -kVecs vectors a thread): the row splits at the residual's own 16-byte boundaries
+/// (cujit::RowSplit), so that its loads and stores are whole vectors between single-element edges (head and tail,
+/// one element each for the first threads); x and the weight are read at those same indices with aligned or
+/// funnel-shifted vectors (cujit::rows_detail::Reader), and q is written at its own alignment with
+/// fp8_quant_detail::store_realigned. The host picks it for per-token rows that do not take the aligned path
+/// and whose vectors fit kThreads * -kVecs. Pointers are at this row's first element.
+template <typename T, int kThreads, int kVecs, bool kGemma>
+CUJIT_DEVICE void add_norm_quant_split(uint8_t* out, float* scale_out, const T* x, T* res,
+                                       const T* __restrict__ weight, int64_t hidden, float eps) {
+  using V = cujit::Vec16<T>;
+  using Reader = cujit::rows_detail::Reader<T>;
+  constexpr int kLanes = static_cast<int>(cujit::RowSplit<T>::kLanes);
+  using Bits = typename fp8_quant_detail::QBits<kLanes>::type;
+  static_assert(kThreads >= kLanes, "a thread per value of the head and of the tail");
+  const cujit::RowSplit<T> split(res, static_cast<uint64_t>(hidden));
+  const Reader in(x, split), w(weight, split);
+  const uint64_t t = threadIdx.x;
+  const uint64_t tail_at = split.tail_start() + t;
+  const bool has_head = t < split.head;
+  const bool has_tail = tail_at < split.n;
+  // This thread's values: body vectors t, t + kThreads, ... and its head and tail elements (edge[0], edge[1]).
+  V held[kVecs];
+  T edge[2] = {T(), T()};
+  {
+    V added[kVecs];
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const uint64_t c = t + static_cast<uint64_t>(i) * kThreads;
+      if (c < split.vectors) {
+        held[i] = V::load(res + split.vector_start(c));
+        added[i] = in.vector(split.vector_start(c));
+      }
+    }
+    T edge_in[2] = {T(), T()};
+    if (has_head) edge[0] = res[t], edge_in[0] = x[t];
+    if (has_tail) edge[1] = res[tail_at], edge_in[1] = x[tail_at];
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+#pragma unroll
+      for (int k = 0; k < kLanes; ++k) {
+        held[i][k] = cujit::from_float<T>(cujit::to_float(held[i][k]) + cujit::to_float(added[i][k]));
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) edge[e] = cujit::from_float<T>(cujit::to_float(edge[e]) + cujit::to_float(edge_in[e]));
+  }
+  float squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const uint64_t c = t + static_cast<uint64_t>(i) * kThreads;
+    if (c < split.vectors) {
+      held[i].store(res + split.vector_start(c));
+#pragma unroll
+      for (int k = 0; k < kLanes; ++k) {
+        const float f = cujit::to_float(held[i][k]);
+        squares = fmaf(f, f, squares);
+      }
+    }
+  }
+  if (has_head) res[t] = edge[0];
+  if (has_tail) res[tail_at] = edge[1];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const float f = cujit::to_float(edge[e]);  // zero where absent
+    squares = fmaf(f, f, squares);
+  }
+  const float inv_rms = rms_norm_detail::inverse_rms(cujit::block_sum(squares), hidden, eps);
+  // y = round_T(sum * inv_rms * w), as rms_norm.cuh forms it; its largest magnitude.
+  auto normalized = [&](T sum, T weight_value) {
+    const float wf = cujit::to_float(weight_value);
+    return cujit::from_float<T>(cujit::to_float(sum) * inv_rms * (kGemma ? 1.0f + wf : wf));
+  };
+  uint32_t bits = 0;
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const uint64_t c = t + static_cast<uint64_t>(i) * kThreads;
+    if (c < split.vectors) {
+      const V wv = w.vector(split.vector_start(c));
+#pragma unroll
+      for (int k = 0; k < kLanes; ++k) {
+        held[i][k] = normalized(held[i][k], wv[k]);
+        bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(held[i][k])));
+      }
+    }
+  }
+  if (has_head) edge[0] = normalized(edge[0], weight[t]);
+  if (has_tail) edge[1] = normalized(edge[1], weight[tail_at]);
+  cujit::pdl_launch_dependents();  // this thread's last global read has been issued
+  if (has_head) bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(edge[0])));
+  if (has_tail) bits = cujit::max_bits(bits, cujit::abs_bits(cujit::to_float(edge[1])));
+  const float scale = fp8_quant_detail::scale_of(__uint_as_float(cujit::block_reduce(bits, cujit::Max())));
+  if (t == 0) scale_out[0] = scale;
+  if (has_head) fp8_quant_detail::quantize<true>(out + t, false, {edge[0]}, scale);
+  if (has_tail) fp8_quant_detail::quantize<true>(out + tail_at, false, {edge[1]}, scale);
+  // The same for every thread of the block: whole aligned stores, or store_realigned (which needs every lane).
+  const bool q_aligned = cujit::is_aligned(out + split.head, kLanes);
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const uint64_t c = t + static_cast<uint64_t>(i) * kThreads;
+    uint8_t* dst = c < split.vectors ? out + split.vector_start(c) : nullptr;
+    if (q_aligned) {
+      if (dst != nullptr) fp8_quant_detail::quantize<true>(dst, true, held[i].data, scale);
+    } else {
+      fp8_quant_detail::store_realigned(dst, dst != nullptr ? fp8_quant_detail::quantized_bits<true>(held[i].data, scale)
+                                                            : Bits{0});
+    }
+  }
+}
+
 }  // namespace fused_quant_detail
 
 /// fused_add_rms_norm_quant_fp8_kernel, one block per row:
@@ -160,7 +270,9 @@ CUJIT_DEVICE void add_norm_quant_held(uint8_t* out, float* scales, const T* x, T
 /// y is what fused_add_rms_norm writes to x, rounded the same way; it never reaches memory.
 ///
 /// kVecs > 0: the row held in registers, kVecs 16-byte vectors a thread (fused_quant_detail::add_norm_quant_held;
-/// aligned rows only, the host checks). kVecs == 0: any hidden size, any alignment, in three passes. Pass 1 adds
+/// aligned rows only, the host checks). kVecs < 0, per token only: the row held in registers at the residual's
+/// alignment, -kVecs vectors a thread, whatever the hidden size and the alignment of each tensor
+/// (fused_quant_detail::add_norm_quant_split). kVecs == 0: any hidden size, any alignment, in three passes. Pass 1 adds
 /// and stores the residual with cujit::row_map (16-byte vectors wherever the row allows) and sums the squares of
 /// the rounded sums; after the block's reduction, pass 2 reads the residual row back (from L1/L2: the block just
 /// wrote it) to form y and its maxima, and pass 3 forms y again and quantizes it. Per group, each warp takes
@@ -181,6 +293,11 @@ __global__ void __launch_bounds__(kThreads) fused_add_rms_norm_quant_fp8_kernel(
   if constexpr (kVecs > 0) {
     fused_quant_detail::add_norm_quant_held<T, kGroup, kGemma, kThreads, kVecs>(
         out, scales + row * scale_row_stride, in, res, weight, hidden, scale_group_stride, eps);
+    return;
+  } else if constexpr (kVecs < 0) {
+    static_assert(kGroup == 0, "the split path quantizes per token");
+    fused_quant_detail::add_norm_quant_split<T, kThreads, -kVecs, kGemma>(out, scales + row * scale_row_stride, in,
+                                                                          res, weight, hidden, eps);
     return;
   }
   float squares = 0.0f;
