@@ -23,6 +23,7 @@ __all__ = [
     "GATED_TENSORS",
     "GATED_VALUES",
     "ROW_VECS",
+    "SEGMENT_VECS",
     "VECTOR_VECS",
     "ActivationConfig",
     "RowLayout",
@@ -36,10 +37,13 @@ __all__ = [
 
 #: Threads per block of both paths.
 BLOCK = 256
-#: 16-byte output vectors a thread loads before it computes: one on the vector path, two per round of the row path
-#: (row_map's kUnroll).
+#: 16-byte output vectors a thread loads before it computes: one on both paths (on the row path, row_map's
+#: kUnroll).
 VECTOR_VECS = 1
-ROW_VECS = 2
+ROW_VECS = 1
+#: 16-byte output vectors per thread of a row segment on the row path: a group of BLOCK threads walks up to
+#: BLOCK * SEGMENT_VECS vectors of a row, ROW_VECS at a time.
+SEGMENT_VECS = 2
 
 
 class ActivationConfig(NamedTuple):
@@ -69,23 +73,25 @@ def activation_config(d: int, dtype: Any, vector: bool = True) -> ActivationConf
     SM needs to reach full bandwidth; two vectors a thread add nothing but registers, and a grid-stride loop
     measured slower for the same memory-bound shape (add_constant).
 
-    Otherwise the row path (:func:`row_layout` says how it walks a row): cujit::row_map with two vectors a thread
-    in flight, at most 85 registers a thread (what its two shifted inputs need without spilling), so three blocks
-    of 256 per SM: 768 threads x 64 bytes = 48 KB in flight as well.
+    Otherwise the row path (:func:`row_layout` says how it walks a row): cujit::row_map with one vector a thread
+    in flight, at most 64 registers a thread, four blocks of 256 per SM. Two vectors a thread at 85 registers
+    (three blocks) keep more bytes in flight on paper, but row_map measured 0.73x a copy's time that way against
+    0.89x at one vector (benchmarks/tune_rows.py, H100, rows of 4097 bf16).
     """
     del d, dtype  # the same for every shape until measurements say otherwise
     return ActivationConfig(BLOCK, VECTOR_VECS) if vector else ActivationConfig(BLOCK, ROW_VECS, True)
 
 
 @functools.lru_cache(maxsize=1024)
-def row_layout(d: int, itemsize: int, block: int = BLOCK, vecs: int = ROW_VECS) -> RowLayout:
+def row_layout(d: int, itemsize: int, block: int = BLOCK, vecs: int = SEGMENT_VECS) -> RowLayout:
     """The segments and thread groups of the row path for rows of ``d`` values of ``itemsize`` bytes.
 
-    A group of ``block`` threads holds ``block * vecs`` vectors in one round. A row with more whole vectors is cut
-    into the fewest segments of about equal length (a multiple of the vector's values) that each fit in one
-    round, so that few rows still spread over many blocks; a shorter row takes the smallest power-of-two group
-    that holds it in one round, at least as many threads as a vector has values (so that the elements before
-    the row's first 16-byte boundary and after its last whole vector take one step), several rows per block.
+    A group of ``block`` threads walks up to ``block * vecs`` vectors (a "round": ``vecs`` steps of one vector a
+    thread). A row with more whole vectors is cut into the fewest segments of about equal length (a multiple of the
+    vector's values) that each fit in one round, so that few rows still spread over many blocks; a shorter row takes
+    the smallest power-of-two group that holds it in one round, at least as many threads as a vector has values (so
+    that the elements before the row's first 16-byte boundary and after its last whole vector take one step),
+    several rows per block.
     """
     lanes = 16 // itemsize
     vectors = d // lanes

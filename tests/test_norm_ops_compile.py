@@ -31,7 +31,7 @@ from cujit.rms_norm import (
     rms_norm,
 )
 from cujit.silu_and_mul import BLOCK as ROW_BLOCK
-from cujit.silu_and_mul import ROW_VECS, activation_config, row_layout, silu_and_mul
+from cujit.silu_and_mul import SEGMENT_VECS, activation_config, row_layout, silu_and_mul
 from tests.stub_cuda import StubBackend, bind_fakes, count_slow, fake, last_launch
 
 torch = pytest.importorskip("torch")
@@ -97,15 +97,15 @@ def test_row_layout_covers_each_row_with_groups_that_hold_it(itemsize: int) -> N
     """Segments tile the row; a group is a power of two dividing the block, with a thread per element of the
     head and the tail; a segment's 16-byte vectors take one round of the group (one vector more at most)."""
     lanes = 16 // itemsize
-    full = ROW_BLOCK * ROW_VECS
+    full = ROW_BLOCK * SEGMENT_VECS
     for d in sorted({*range(1, 5000), *(k * full * lanes + e for k in range(1, 20) for e in range(-lanes, lanes + 2)),
                      30000, 30001, 65535, 65536, 1 << 20}):
         group, seg, segs = row_layout(d, itemsize)
         assert group & (group - 1) == 0 and ROW_BLOCK % group == 0, d
         assert (segs - 1) * seg < d <= segs * seg, d
         if segs == 1:
-            assert seg == d and d // lanes <= group * ROW_VECS and group >= min(d, lanes), d
-            assert group == 1 or (group // 2) * ROW_VECS < d // lanes or group // 2 < min(d, lanes), d  # smallest
+            assert seg == d and d // lanes <= group * SEGMENT_VECS and group >= min(d, lanes), d
+            assert group == 1 or (group // 2) * SEGMENT_VECS < d // lanes or group // 2 < min(d, lanes), d  # smallest
         else:
             assert group == ROW_BLOCK and seg % lanes == 0 and seg // lanes <= full + 1, d
             assert d // lanes > full, d  # a row that fits one round is never cut

@@ -145,10 +145,13 @@ CUJIT_DEVICE void act_and_mul_rows(T* __restrict__ out, const T* __restrict__ x,
 }
 
 /// Blocks per SM that the launch bounds ask for: 1536 threads for the vector path (at most 40 registers a thread:
-/// 48 KB of loads in flight per SM at one vector a thread), 768 for the row path (at most 85 registers, which
-/// row_map's two shifted inputs need without spilling: 48 KB in flight at two vectors a thread).
+/// 48 KB of loads in flight per SM at one vector a thread), 1024 for the row path at one vector a thread (at most
+/// 64 registers: its segment arithmetic and shifted reads take 59-63 unbounded at sm_90, and a cap of 48 or 40
+/// spills). The row path once took two vectors a thread at 768 threads (85 registers); row_map at one vector a
+/// thread measured 0.89x a copy's time against 0.73x at two (benchmarks/tune_rows.py, H100, rows of 4097 bf16,
+/// one block of 256 per row).
 template <bool kRows, int kBlock>
-constexpr int kMinBlocks = (kRows ? 768 : 1536) / kBlock;
+constexpr int kMinBlocks = (kRows ? 1024 : 1536) / kBlock;
 
 /// The path kRows (the row path) or not (the vector path), as the host chose it (the vector path does not test
 /// alignment).

@@ -30,8 +30,12 @@
 /// Requirements: every pointer is aligned to sizeof(T) (as every tensor of a torch or CuPy dtype is); an input
 /// may be y itself (in place) but must not otherwise overlap y; the functor is a device functor, usually a
 /// lambda; T is any dtype alias of cujit/types.cuh of 1, 2, 4 or 8 bytes (fp32, fp16, bf16, fp8, int8 ...
-/// int64, fp64, bool). `kUnroll` (default 2) vectors per thread are loaded before the first is used, so that
-/// enough bytes are in flight to reach full bandwidth; 1 suits kernels that are short of registers.
+/// int64, fp64, bool). `kUnroll` (default 1) vectors per thread are loaded before the first is used. More than
+/// one rarely pays: each shifted input then keeps two 16-byte vectors live per round, and the registers cost more
+/// resident threads (bytes in flight) than the unrolling adds. Measured on an H100 (benchmarks/tune_rows.py, y = x
+/// * a + b over 4097 rows of bf16, one block of 256 per row): 1 vector a thread (47 registers) 0.83-0.90x the
+/// time of a copy of the same bytes at widths 4097, 8192, 2881 and a view one element in, 2 vectors (80
+/// registers) 0.65-0.76x; launch bounds of 6 blocks of 256 per SM (40 registers) add 0.01-0.02x to the first.
 ///
 /// Light on purpose: base.cuh and vec.cuh only (no type traits, no standard headers).
 #ifndef CUJIT_ROWS_CUH_
@@ -234,7 +238,7 @@ CUJIT_DEVICE void map_body(T* y, const RowSplit<T>& split, const Threads& thread
 /// it is aligned: the loads of a reduction (sum, maximum, a norm's sum of squares). Which indices a thread owns
 /// depends on x's alignment, so a result that depends on the order of f's calls (a float sum) may differ in its
 /// last bits between alignments.
-template <int kUnroll = 2, typename T, typename F>
+template <int kUnroll = 1, typename T, typename F>
 CUJIT_DEVICE void row_read(const T* x, uint64_t n, const Threads& threads, F f) {
   const RowSplit<T> split(x, n);
   using V = Vec16<T>;
@@ -270,7 +274,7 @@ CUJIT_DEVICE void row_write(T* y, uint64_t n, const Threads& threads, F f) {
 /// dtype as y: `row_map(y, n, threads, f, x)` maps x, `row_map(y, n, threads, f, gate, up)` combines two rows.
 /// Stores are 16-byte vectors at y's alignment; each input is read with aligned vectors when its offset from y
 /// is a multiple of 16 bytes and with shifted vectors otherwise (see the top of this file). f returns a T.
-template <int kUnroll = 2, typename T, typename F, typename... In>
+template <int kUnroll = 1, typename T, typename F, typename... In>
 CUJIT_DEVICE void row_map(T* y, uint64_t n, const Threads& threads, F f, const In*... inputs) {
   constexpr int K = sizeof...(In);
   static_assert(K >= 1, "row_map needs at least one input; row_write takes none");
