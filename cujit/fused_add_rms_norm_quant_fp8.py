@@ -41,10 +41,16 @@ MAX_HELD_VECS = 4
 MAX_SPLIT_VECS = 3
 
 
-def threads_for(hidden: int) -> int:
-    """Threads of the block that takes a row: about 8 values a thread for the adding pass, 128 to 1024."""
+def threads_for(hidden: int, lanes: int = 8) -> int:
+    """Threads of the block that takes a row (``lanes`` values a 16-byte vector): about 8 values each, 128-1024.
+
+    A row's whole vectors, not its values, decide: a row of 4097 bf16 values has at most 512 (the rest are
+    single edge elements), so 512 threads hold it at one vector each. Twice as many threads would leave half of
+    them idle and halve the rows an SM works on at once (two blocks of 1024 instead of four of 512): measured on an
+    H100 at 1024 threads, 4097 rows of 4097 values took 0.55x a copy's time against 0.98x at 8192 values.
+    """
     threads = 128
-    while threads < 1024 and threads * 8 < hidden:
+    while threads < 1024 and threads * 8 < hidden // lanes * lanes:
         threads *= 2
     return threads
 
@@ -70,8 +76,8 @@ def split_vecs(hidden: int, lanes: int, threads: int) -> int:
     return vecs if vecs <= MAX_SPLIT_VECS else 0
 
 
-def _threads(H: Any) -> int:
-    return threads_for(H) if type(H) is int else 1024
+def _threads(H: Any, lanes: int) -> int:
+    return threads_for(H, lanes) if type(H) is int else 1024
 
 
 def _vecs(vector: bool, H: Any, lanes: int, threads: int, group_size: int) -> int:
@@ -126,8 +132,8 @@ fused_add_rms_norm_quant_fp8 = cujit.op(
         "G": "H // group_size if group_size > 0 else 1",
         "SR": "1 if column_major_scales else G",
         "SC": "T if column_major_scales else 1",
-        "threads": _threads,
         "lanes": "16 // dtype.itemsize",  # values per 16-byte vector
+        "threads": (_threads, "H", "lanes"),
         # The register path: whole vectors per row and every row start, the weight and q 16-byte aligned. It
         # reads out, so it is computed once out is allocated (or checked).
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(residual, 16) and aligned(weight, 16) "

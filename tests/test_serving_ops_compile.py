@@ -201,13 +201,13 @@ def test_fake_tensors_give_output_shapes() -> None:
 def test_add_norm_quant_threads_are_precompiled() -> None:
     instances = [_fields(f) for f in fused_add_rms_norm_quant_fp8.op.instances()]
     for dtype, lanes in (("bfloat16", 8), ("float32", 4)):
-        for hidden in (1, 128, 1000, 1025, 4096, 7168, 8192, 16384, 32768, 1 << 20):
-            threads = threads_for(hidden)
+        for hidden in (1, 128, 1000, 1025, 2881, 4096, 4097, 4103, 4104, 7168, 8192, 16384, 24575, 32768, 1 << 20):
+            threads = threads_for(hidden, lanes)
             for group in (0, 128):
                 # The three-pass form serves every row; the register path the aligned rows it fits, and per token
                 # the split one any other row it fits.
-                for vecs in {0, held_vecs(hidden, lanes, threads, group),
-                             -split_vecs(hidden, lanes, threads) if group == 0 else 0}:
+                held = held_vecs(hidden, lanes, threads, group) if hidden % lanes == 0 else 0
+                for vecs in {0, held, -split_vecs(hidden, lanes, threads) if group == 0 else 0}:
                     fields = {"dtype": dtype, "group_size": group, "gemma": False, "threads": threads, "vecs": vecs}
                     assert _fields(fields) in instances, fields
 
@@ -229,16 +229,17 @@ def test_add_norm_quant_takes_the_register_path_only_where_it_applies(stub: Stub
         # Both forms loaded, so that the launch shows which one the plan chose (the stub's generic path cannot
         # take FP8 tensors: the fast path must serve every call).
         lanes = 16 // x.element_size()
-        for vecs in {0, held_vecs(H, lanes, threads_for(H), group),
-                     -split_vecs(H, lanes, threads_for(H)) if group == 0 else 0}:
-            fields = {"dtype": x.dtype, "group_size": group, "gemma": False, "threads": threads_for(H), "vecs": vecs}
+        for vecs in {0, held_vecs(H, lanes, threads_for(H, lanes), group),
+                     -split_vecs(H, lanes, threads_for(H, lanes)) if group == 0 else 0}:
+            fields = {"dtype": x.dtype, "group_size": group, "gemma": False, "threads": threads_for(H, lanes),
+                      "vecs": vecs}
             fn.op._loaded(tuple(ops_module._normalise(fields[f]) for f in fn.op.fields), 0)
         scales = torch.empty(T, H // group if group else 1)
         fn(fake(stub, x), fake(stub, residual), fake(stub, weight), group_size=group, out=fake(stub, out),
            scales=fake(stub, scales))
         key, values = last_launch(stub, fn)
         assert values[:2] == [out.data_ptr(), scales.data_ptr()]
-        assert stub.launches[-1].grid == (T, 1, 1) and stub.launches[-1].block == (threads_for(H), 1, 1)
+        assert stub.launches[-1].grid == (T, 1, 1) and stub.launches[-1].block == (threads_for(H, lanes), 1, 1)
         return int(key[-1])
 
     x, r, w = torch.randn(4, 4096, dtype=f16), torch.randn(4, 4096, dtype=f16), torch.randn(4096, dtype=f16)
@@ -264,6 +265,9 @@ def test_add_norm_quant_takes_the_register_path_only_where_it_applies(stub: Stub
 
 
 def test_add_norm_quant_split_path_bounds() -> None:
+    # A block has a thread per whole vector of the row (about): 4097 bf16 values are 512 vectors and an edge.
+    assert threads_for(4096) == threads_for(4097) == threads_for(4103) == 512 and threads_for(4104) == 1024
+    assert threads_for(4099, 4) == 512 and threads_for(4100, 4) == 1024 and threads_for(1, 4) == 128
     assert split_vecs(1, 8, 128) == 1 and split_vecs(7, 8, 128) == 1  # all head and tail
     assert split_vecs(4097, 8, 1024) == 1 and split_vecs(4097, 4, 1024) == 1 and split_vecs(4100, 4, 1024) == 2
     assert split_vecs(24583, 8, 1024) == 3 and split_vecs(24584, 8, 1024) == 0
