@@ -36,6 +36,15 @@ def _shards(files: list[Path], n: int) -> list[list[Path]]:
     return [s for s in shards if s]
 
 
+def _without_quiet(args: list[str]) -> list[str]:
+    """``args`` less -q, -qq, ... and --quiet, since this script passes one -q itself.
+
+    A second would make pytest list counts per file instead of node ids when collecting, and print no summary line
+    when running.
+    """
+    return [a for a in args if a != "--quiet" and not (a.startswith("-q") and set(a[1:]) == {"q"})]
+
+
 def _collected(files: list[Path], extra: list[str]) -> list[str]:
     """The node ids of the tests in ``files`` (pytest --collect-only), in collection order."""
     cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *extra, *map(str, files)]
@@ -51,7 +60,7 @@ def main() -> int:
     argv = sys.argv[1:]
     extra: list[str] = []
     if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
+        extra = _without_quiet(argv[argv.index("--") + 1:])
         argv = argv[:argv.index("--")]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
