@@ -140,6 +140,39 @@ def test_a_value_may_define_an_output_dimension() -> None:
     assert fn.op.defined_outputs == {"half"}
 
 
+def test_a_declaration_made_again_reuses_the_generated_rule_text() -> None:
+    from cujit._runtime import rules
+
+    n = cujit.SymbolicSize("n")
+
+    def declare(name: str, rule: Any) -> Any:
+        return cujit.op(f"decl::{name}(Tensor x) -> ()", source=KERNELS / "ops_test.cuh", kernel="axpy<fp32_t>",
+                        tensors={"x": cujit.TensorMatcher([n]).with_dtype("float32")}, values={"half": rule},
+                        checks=[("n % 2 == 0 and aligned(x, 16)", "x must have an even length")], grid=1, block=1,
+                        args=("x", "n", "half"))
+
+    declare("again_a", "n // 2")
+    before = dict(rules._EMITTED)
+    declare("again_b", "n // 2")
+    assert rules._EMITTED == before  # every expression of the second op was emitted before
+
+
+def test_call_rules_of_the_same_text_keep_their_own_callables(stub: StubBackend) -> None:
+    """The generated text of a call rule is shared; the callable behind it is each op's own."""
+    two = _declare(schema="decl::two(Tensor(a!) y, Tensor x, float a) -> ()", values={"blocks": (lambda n: 2, "n")},
+                   grid="blocks")
+    three = _declare(schema="decl::three(Tensor(a!) y, Tensor x, float a) -> ()",
+                     values={"blocks": (lambda n: 3, "n")}, grid="blocks")
+    y, x = fake(stub, torch.zeros(8)), fake(stub, torch.ones(8))
+    for fn, blocks in ((two, 2), (three, 3)):
+        bind_fakes(fn.op.env, stub)
+        fn(y, x, 1.0)  # the generic path (compile and load)
+        assert stub.launches[-1].grid == (blocks, 1, 1)
+        slow = count_slow(fn)
+        fn(y, x, 1.0)  # the generated one
+        assert stub.launches[-1].grid == (blocks, 1, 1) and slow == []
+
+
 # ------------------------------------------------------------------------------------------------ the fast path
 def test_strided_rows_pack_pointers_sizes_strides_and_a_float32(stub: StubBackend, ops: SimpleNamespace) -> None:
     base = torch.randn(4, 40)

@@ -128,19 +128,23 @@ class Rule:
         if self.func is not None:
             env[slot] = self.func
             return f"{slot}({', '.join(self.names)})"
-        tree = self.tree
-        if tree is None:
+        if self.tree is None:
             return self.text
-        import copy
-
-        rewritten = copy.deepcopy(tree)
         if self.called is not None:
             env[slot] = self.called
-            for node in ast.walk(rewritten):
-                if isinstance(node, ast.Name) and node.id == _CALL:
-                    node.id = slot
-        rewritten = _Inline(pointer, tensors or {}).visit(rewritten)
-        return f"({ast.unparse(rewritten)})"
+        # The text depends on the expression and on how it is inlined, not on the op: ops that share rules (the gated
+        # activations, an op declared again) reuse it instead of rewriting the tree again.
+        key = (self.text, slot if self.called is not None else None, pointer, tuple(sorted((tensors or {}).items())))
+        emitted = _EMITTED.get(key)
+        if emitted is None:
+            rewritten = ast.parse(self.text, mode="eval")  # a fresh tree to rewrite (faster than a deep copy)
+            if self.called is not None:
+                for node in ast.walk(rewritten):
+                    if isinstance(node, ast.Name) and node.id == _CALL:
+                        node.id = slot
+            rewritten = _Inline(pointer, tensors or {}).visit(rewritten)
+            emitted = _EMITTED[key] = f"({ast.unparse(rewritten)})"
+        return emitted
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         """The rule's value for ``names``; an exception it raises (other than a CujitError) is worded."""
@@ -193,6 +197,9 @@ class Rule:
 
 #: The name a call rule's callable has in the expression that calls it (op names cannot start with _).
 _CALL = "_call"
+
+#: Rule.emit's results: (expression text, slot of a call's callable, pointer form, tensors) -> generated text.
+_EMITTED: dict[tuple[Any, ...], str] = {}
 
 
 def _argument_text(argument: Any, where: str, index: int) -> str:
