@@ -255,8 +255,8 @@ CUJIT_DEVICE void add_norm_quant_split(uint8_t* out, float* scale_out, const T* 
     if (q_aligned) {
       if (dst != nullptr) fp8_quant_detail::quantize<true>(dst, true, held[i].data, scale);
     } else {
-      fp8_quant_detail::store_realigned(dst, dst != nullptr ? fp8_quant_detail::quantized_bits<true>(held[i].data, scale)
-                                                            : Bits{0});
+      const Bits bits_i = dst != nullptr ? fp8_quant_detail::quantized_bits<true>(held[i].data, scale) : Bits{0};
+      fp8_quant_detail::store_realigned(dst, bits_i);
     }
   }
 }
