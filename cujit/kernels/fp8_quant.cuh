@@ -252,6 +252,19 @@ CUJIT_DEVICE void store_realigned(uint8_t* p, Bits bits) {
   }
 }
 
+/// Quantizes the N values v (a 16-byte vector of x) to dst, or to nothing when dst is null: one aligned store when
+/// `aligned` (dst's alignment to N bytes, the same for every vector of a row), else store_realigned, which needs
+/// every lane of the warp to call it together (with a null dst where a lane has no vector).
+template <bool kRecip, typename T, int N>
+CUJIT_DEVICE void quantize_vector(uint8_t* dst, bool aligned, const T (&v)[N], float scale) {
+  if (aligned) {
+    if (dst != nullptr) quantize<kRecip>(dst, true, v, scale);
+  } else {
+    using Bits = typename QBits<N>::type;
+    store_realigned(dst, dst != nullptr ? quantized_bits<kRecip>(v, scale) : Bits{0});
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ per token
 
 /// Per token, one row: kVecs chunks of kVec values per thread kept in registers.
@@ -302,7 +315,6 @@ CUJIT_DEVICE void quantize_row_split(const T* x_row, uint8_t* q_row, float* scal
                                      uint32_t hidden) {
   constexpr int kLanes = 16 / sizeof(T);
   static_assert(kThreads >= kLanes, "a thread per value of the head and of the tail");
-  using Bits = typename QBits<kLanes>::type;
   const cujit::RowSplit<T> split(x_row, hidden);
   const uint32_t vectors = static_cast<uint32_t>(split.vectors);
   const uint32_t head = static_cast<uint32_t>(split.head);
@@ -339,12 +351,7 @@ CUJIT_DEVICE void quantize_row_split(const T* x_row, uint8_t* q_row, float* scal
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     const uint32_t c = threadIdx.x + i * kThreads;
-    uint8_t* dst = c < vectors ? q_row + split.vector_start(c) : nullptr;
-    if (q_aligned) {
-      if (dst != nullptr) quantize<kRecip>(dst, true, v[i], scale);
-    } else {
-      store_realigned(dst, dst != nullptr ? quantized_bits<kRecip>(v[i], scale) : Bits{0});
-    }
+    quantize_vector<kRecip>(c < vectors ? q_row + split.vector_start(c) : nullptr, q_aligned, v[i], scale);
   }
   // The rest, read again; a warp steps together (store_realigned).
 #pragma unroll 1
@@ -353,11 +360,7 @@ CUJIT_DEVICE void quantize_row_split(const T* x_row, uint8_t* q_row, float* scal
     uint8_t* dst = c < vectors ? q_row + split.vector_start(c) : nullptr;
     T w[kLanes];
     if (dst != nullptr) vec_io::load<T, kLanes>(x_row + split.vector_start(c), true, w);
-    if (q_aligned) {
-      if (dst != nullptr) quantize<kRecip>(dst, true, w, scale);
-    } else {
-      store_realigned(dst, dst != nullptr ? quantized_bits<kRecip>(w, scale) : Bits{0});
-    }
+    quantize_vector<kRecip>(dst, q_aligned, w, scale);
   }
 }
 

@@ -164,7 +164,6 @@ CUJIT_DEVICE void add_norm_quant_split(uint8_t* out, float* scale_out, const T* 
   using V = cujit::Vec16<T>;
   using Reader = cujit::rows_detail::Reader<T>;
   constexpr int kLanes = static_cast<int>(cujit::RowSplit<T>::kLanes);
-  using Bits = typename fp8_quant_detail::QBits<kLanes>::type;
   static_assert(kThreads >= kLanes, "a thread per value of the head and of the tail");
   const cujit::RowSplit<T> split(res, static_cast<uint64_t>(hidden));
   const Reader in(x, split), w(weight, split);
@@ -251,13 +250,8 @@ CUJIT_DEVICE void add_norm_quant_split(uint8_t* out, float* scale_out, const T* 
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     const uint64_t c = t + static_cast<uint64_t>(i) * kThreads;
-    uint8_t* dst = c < split.vectors ? out + split.vector_start(c) : nullptr;
-    if (q_aligned) {
-      if (dst != nullptr) fp8_quant_detail::quantize<true>(dst, true, held[i].data, scale);
-    } else {
-      const Bits bits_i = dst != nullptr ? fp8_quant_detail::quantized_bits<true>(held[i].data, scale) : Bits{0};
-      fp8_quant_detail::store_realigned(dst, bits_i);
-    }
+    fp8_quant_detail::quantize_vector<true>(c < split.vectors ? out + split.vector_start(c) : nullptr, q_aligned,
+                                            held[i].data, scale);
   }
 }
 
