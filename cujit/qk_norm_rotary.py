@@ -34,16 +34,27 @@ import cujit
 
 from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, distinct, head_config, vector_layout
 
-__all__ = ["ROTARY_HEADS", "qk_norm_rotary", "rotary_heads_per_group"]
+__all__ = ["ROTARY_HEADS", "ROTARY_SPAN", "qk_norm_rotary", "rotary_heads_per_group", "rotary_span"]
 
-#: Heads per row group from MANY_HEADS_FROM heads in all (qk_rms_norm takes 4; the angles of each head held here
+#: Heads a row group loads at once from MANY_HEADS_FROM heads in all (qk_rms_norm takes 4; the angles held here
 #: as well take registers: 2 keeps more threads resident).
 ROTARY_HEADS = 2
+#: Consecutive heads a row group takes in turn from MANY_HEADS_FROM heads in all: mostly heads of one token, whose
+#: position and angles the group then loads once for all of them (8 divides the 40 heads of Qwen3-8B's tokens).
+ROTARY_SPAN = 8
 
 
 def rotary_heads_per_group(count: Any) -> int:
-    """Heads each row group normalises and rotates: ROTARY_HEADS for MANY_HEADS_FROM heads or more, else one."""
+    """Heads each row group loads at once: ROTARY_HEADS for MANY_HEADS_FROM heads or more, else one."""
     return ROTARY_HEADS if type(count) is int and count >= MANY_HEADS_FROM else 1
+
+
+def rotary_span(count: Any) -> int:
+    """Consecutive heads each row group takes: ROTARY_SPAN for MANY_HEADS_FROM heads or more, else one.
+
+    Fewer heads spread over as many row groups, and SMs, as they can.
+    """
+    return ROTARY_SPAN if type(count) is int and count >= MANY_HEADS_FROM else 1
 
 
 def _precompile() -> list[dict[str, Any]]:
@@ -108,6 +119,7 @@ qk_norm_rotary = cujit.op(
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
         "heads": (rotary_heads_per_group, "count"),
+        "span": (rotary_span, "count"),
     },
     checks=[
         ("head_size == D", "head_size: expected the length of q_weight and k_weight"),
@@ -124,10 +136,10 @@ qk_norm_rotary = cujit.op(
         ("cs_dtype == 'float32' or cs_dtype == dtype", "cos_sin_cache: expected float32 or the dtype of q and k"),
         ("T == 0 or P > 0", "cos_sin_cache: expected at least one row"),
     ],
-    grid="cdiv(count, config.heads_per_block * heads)",
+    grid="cdiv(count, config.heads_per_block * span)",
     block="block",
     args=("positions", "q", "k", "q_weight", "k_weight", "cos_sin_cache", "count", "q_heads", "per_token", "QS",
-          "KS", "D", "R", "P", "eps"),
+          "KS", "D", "R", "P", "span", "eps"),
     precompile=_precompile(),
     pdl=True,
 )

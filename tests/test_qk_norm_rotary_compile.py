@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import cujit
-from cujit.qk_norm_rotary import ROTARY_HEADS, qk_norm_rotary
-from cujit.qk_rms_norm import CONFIGS, head_config, qk_rms_norm
+from cujit.qk_norm_rotary import ROTARY_HEADS, ROTARY_SPAN, qk_norm_rotary
+from cujit.qk_rms_norm import CONFIGS, MANY_HEADS_FROM, head_config, qk_rms_norm
 from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
 
 torch = pytest.importorskip("torch")
@@ -108,11 +108,28 @@ def test_launch_takes_qk_rms_norms_layout(layout: tuple[Any, ...], is_neox: bool
     # gemma, vector, block, lanes per head, vectors per lane, heads per lane group
     assert key[4:] == norm_key[1:], (key, norm_key)  # one head per lane group for both at these sizes
     assert values[:-1] == [positions.data_ptr(), q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(),
-                           cache.data_ptr(), tokens * (qh + kh), qh, qh + kh, columns, columns, d, rot, 100]
+                           cache.data_ptr(), tokens * (qh + kh), qh, qh + kh, columns, columns, d, rot, 100, 1]
     assert values[-1] == pytest.approx(1e-5)
     config = head_config(d, cujit.DType.of(dtype))
     assert stub.launches[-1].grid == norm_grid == (math.ceil(tokens * (qh + kh) / config.heads_per_block), 1, 1)
     assert stub.launches[-1].block == (config.block, 1, 1) and stub.launches[-1].pdl
+
+
+def test_many_heads_take_runs_of_consecutive_heads(stub: StubBackend, ops: SimpleNamespace) -> None:
+    # From MANY_HEADS_FROM heads on, each lane group takes ROTARY_SPAN consecutive heads, ROTARY_HEADS at a time.
+    tokens, qh, kh, d = 410, 32, 8, 128
+    assert tokens * (qh + kh) >= MANY_HEADS_FROM > (tokens - 1) * (qh + kh)
+    qkv = torch.randn(tokens, (qh + 2 * kh) * d, dtype=torch.float16)
+    w = fake(stub, torch.randn(d, dtype=torch.float16))
+    cache = fake(stub, torch.randn(8, d))
+    for t in (tokens, tokens - 1):
+        q, k = fake(stub, qkv[:t, :qh * d]), fake(stub, qkv[:t, qh * d:(qh + kh) * d])
+        ops.fused(fake(stub, torch.zeros(t, dtype=torch.int64)), q, k, w, w, cache, head_size=d)
+        key, values = last_launch(stub, ops.fused)
+        many = t * (qh + kh) >= MANY_HEADS_FROM
+        assert key[-1] == (ROTARY_HEADS if many else 1) and values[-2] == (ROTARY_SPAN if many else 1)
+        per_block = head_config(d, cujit.DType.of("float16")).heads_per_block
+        assert stub.launches[-1].grid == (math.ceil(t * (qh + kh) / (per_block * values[-2])), 1, 1)
 
 
 def test_empty_launches_nothing(stub: StubBackend, ops: SimpleNamespace) -> None:

@@ -18,7 +18,7 @@ from tests.conftest import rotate_in_place, trapped_launch
 torch = pytest.importorskip("torch")
 
 from cujit.qk_norm_rotary import qk_norm_rotary  # noqa: E402
-from cujit.qk_rms_norm import qk_rms_norm  # noqa: E402
+from cujit.qk_rms_norm import MANY_HEADS_FROM, qk_rms_norm  # noqa: E402
 from cujit.rotary_embedding import rotary_embedding  # noqa: E402
 from tests.test_rotary_gpu import MAX_POSITION, cos_sin_cache  # noqa: E402
 
@@ -145,6 +145,28 @@ def test_float64_reference(dtype: torch.dtype, head_size: int, gemma: bool, is_n
 def test_token_counts_and_head_counts(tokens: int, heads: tuple[int, int], is_neox: bool) -> None:
     check_bits(Case(tokens, *heads, 128, is_neox=is_neox))
     check_reference(Case(tokens, *heads, 128, is_neox=is_neox))
+
+
+# Enough heads for runs of consecutive heads per lane group (MANY_HEADS_FROM), with 7 or 3 heads a token, so that
+# runs start mid-token and cross tokens: (tokens, q heads, kv heads, head_size, rotary_dim, offset, dtype).
+RUNS = [(2341, 5, 2, 128, None, 0, torch.bfloat16), (2341, 5, 2, 128, 40, 0, torch.float16),
+        (5462, 2, 1, 64, None, 1, torch.bfloat16), (2341, 5, 2, 256, 64, 0, torch.float32),
+        (2341, 5, 2, 100, None, 0, torch.bfloat16)]
+
+
+@pytest.mark.parametrize(("tokens", "q_heads", "kv_heads", "head_size", "rotary_dim", "offset", "dtype"), RUNS,
+                         ids=lambda v: str(v))
+@STYLES
+def test_runs_of_heads_across_tokens(tokens: int, q_heads: int, kv_heads: int, head_size: int,
+                                     rotary_dim: int | None, offset: int, dtype: torch.dtype, is_neox: bool) -> None:
+    assert tokens * (q_heads + kv_heads) >= MANY_HEADS_FROM
+
+    def case() -> Case:
+        return Case(tokens, q_heads, kv_heads, head_size, dtype=dtype, rotary_dim=rotary_dim, offset=offset,
+                    is_neox=is_neox)
+
+    check_bits(case())
+    check_reference(case())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -335,17 +357,19 @@ def test_refusals_launch_nothing() -> None:
     assert torch.equal(case.qkv, before)
 
 
-@pytest.mark.parametrize(("position", "pos_dtype"), [(MAX_POSITION, "int64"), (-1, "int64"), (2**40, "int64"),
-                                                    (MAX_POSITION, "int32"), (-1, "int32")])
-def test_positions_outside_the_cache_fail_the_launch(position: int, pos_dtype: str) -> None:
+@pytest.mark.parametrize(("position", "pos_dtype", "tokens"),
+                         [(MAX_POSITION, "int64", 64), (-1, "int64", 64), (2**40, "int64", 64),
+                          (MAX_POSITION, "int32", 64), (-1, "int32", 64), (MAX_POSITION, "int64", 2048)])
+def test_positions_outside_the_cache_fail_the_launch(position: int, pos_dtype: str, tokens: int) -> None:
+    # 2048 tokens of 10 heads: runs of consecutive heads per lane group
     out = trapped_launch(
         "from cujit.qk_norm_rotary import qk_norm_rotary",
         f"""
-        q = torch.randn(64, 8 * 128, dtype=torch.bfloat16, device="cuda")
-        k = torch.randn(64, 2 * 128, dtype=torch.bfloat16, device="cuda")
+        q = torch.randn({tokens}, 8 * 128, dtype=torch.bfloat16, device="cuda")
+        k = torch.randn({tokens}, 2 * 128, dtype=torch.bfloat16, device="cuda")
         w = torch.ones(128, dtype=torch.bfloat16, device="cuda")
         cache = torch.randn({MAX_POSITION}, 128, device="cuda")
-        positions = torch.zeros(64, dtype=torch.{pos_dtype}, device="cuda")
+        positions = torch.zeros({tokens}, dtype=torch.{pos_dtype}, device="cuda")
         positions[17] = {position}
         qk_norm_rotary(positions, q, k, w, w, cache, head_size=128)
         """,

@@ -10,15 +10,16 @@
 /// (x[i], x[i + rotary_dim / 2]), gpt-j style (x[2i], x[2i + 1]); cos_sin [max_position, rotary_dim] holds cos in
 /// the first half of a row and sin in the second.
 ///
-/// Layout: as qk_rms_norm_kernel, one group of kRowThreads lanes of a warp per kHeads heads, each lane holding
-/// kVecs vectors' worth of each head. The cos/sin values of the lane's elements are loaded while the head is reduced.
+/// Layout: as qk_rms_norm_kernel, one group of kRowThreads lanes of a warp per head, each lane holding kVecs
+/// vectors' worth of it; a group takes a run of consecutive heads (see the kernel) and loads the cos/sin values of
+/// its lanes' elements once per token of that run, while the token's first head is reduced.
 /// A rotation pairs values that other lanes may hold: in neox style, and in the element layout (!kVector), each
 /// group writes its normalised head to shared memory and reads the partners there after a __syncwarp (16-byte
 /// reads when the halves are whole vectors); gpt-j pairs in the vector layout are neighbours in one lane.
 ///
 /// Positions outside [0, max_position): the cos/sin row 0 stands in (nothing outside the cache is read) and the
-/// first lane of each head of that token prints the position and traps at its end, as rotary_embedding_kernel
-/// does: the launch fails and the CUDA context is unusable afterwards.
+/// first lane of each row group that met such a token prints the position and traps at its end, as
+/// rotary_embedding_kernel does: the launch fails and the CUDA context is unusable afterwards.
 #ifndef CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
 #define CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
 
@@ -165,67 +166,81 @@ struct HeadRotation {
 
 /// Normalise, then rotate, the `count` = tokens * (q_heads + kv_heads) heads of q and k in place (heads listed as
 /// in qk_rms_norm_kernel: a token's q heads, then its k heads). Launch kBlock threads per block and
-/// cdiv(count, kBlock / kRowThreads * kHeads) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)),
+/// cdiv(count, kBlock / kRowThreads * span) blocks; head_dim at most kRowThreads * kVecs * (16 / sizeof(T)),
 /// rotary_dim even and at most head_dim. q and k must not overlap. kVector is the host's choice, as for
-/// qk_rms_norm_kernel (the same choice gives the same bits). kHeads heads per row group, interleaved over the block
-/// and loaded (with their positions and angles) before the first is reduced, as in qk_rms_norm_kernel.
+/// qk_rms_norm_kernel (the same choice gives the same bits).
+///
+/// Each row group takes `span` consecutive heads of the list, kHeads at a time (all kHeads loaded before the first
+/// is reduced, as in qk_rms_norm_kernel). Consecutive heads mostly belong to one token: the group loads a token's
+/// position and angles when its first head comes up and keeps them for the token's next heads, so that the
+/// dependent loads (position, then its cos/sin row) are paid once per token and group, not once per head, and one
+/// set of angles is held in registers, not one per head in flight.
 template <typename T, typename C, typename P, bool kNeox, bool kGemma, bool kVector, int kBlock, int kRowThreads,
           int kVecs, int kHeads>
 __global__ void __launch_bounds__(kBlock) qk_norm_rotary_kernel(
     const P* __restrict__ positions, T* q, T* k, const T* __restrict__ q_weight, const T* __restrict__ k_weight,
     const C* __restrict__ cos_sin, uint32_t count, uint32_t q_heads, uint32_t heads_per_token, int64_t q_stride,
-    int64_t k_stride, int64_t head_dim, int64_t rotary_dim, uint64_t max_position, float eps) {
+    int64_t k_stride, int64_t head_dim, int64_t rotary_dim, uint64_t max_position, uint32_t span, float eps) {
   using namespace rms_norm_detail;
   using R = qk_norm_rotary_detail::HeadRotation<T, C, kNeox, kVector, kRowThreads, kVecs>;
   using F = typename R::F;
   static_assert(kRowThreads <= cujit::kWarpSize, "a head is normalised by lanes of one warp");
-  static_assert(kHeads >= 1, "at least one head per row group");
+  static_assert(kHeads >= 1, "at least one head per step");
   static_assert(check_config<T, kBlock, kRowThreads, kVecs, kPathScalar, 1>());
   constexpr uint32_t kGroups = kBlock / kRowThreads;
   // Each group's normalised head, for the partners of its rotation (kExchange only).
   __shared__ __align__(16) uint32_t staged_words[R::kExchange ? kBlock * kVecs * 4 : 4];
   cujit::pdl_wait();  // q, k and positions come from the previous kernels
   const int lane = threadIdx.x % kRowThreads;
-  const uint32_t base = blockIdx.x * kGroups * kHeads + threadIdx.x / kRowThreads;
+  const uint32_t begin = (blockIdx.x * kGroups + threadIdx.x / kRowThreads) * span;
+  const uint32_t end = min(count, begin + span);  // heads at or past `end` are dead: loaded and stored by none
   const int64_t first = F::thread_offset(lane);
   const int64_t half = rotary_dim / 2;
+  const int64_t rotated = rotary_dim - first;  // the lane's values (from `first` on) that are rotated
   // Vectors whose angles and neox partners are whole vectors; the cache aligned for vector reads of them.
   const bool whole = kVector && rotary_dim % (kNeox ? 2 * F::kLanes : F::kLanes) == 0;
   const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, R::kAngles>());
-
-  int64_t rotated[kHeads], pos[kHeads];
-  qk_norm_detail::LaneHeads<T, F, kHeads> heads(
-      q, k, q_weight, k_weight, base, kGroups, count, q_heads, heads_per_token, q_stride, k_stride, head_dim, first,
-      [&](int j, const qk_norm_detail::Head<T>& head) {
-        rotated[j] = head.live ? rotary_dim - first : 0;
-        pos[j] = static_cast<int64_t>(positions[head.token]);
-        F::prefetch(head.weight + first, head.live ? head_dim - first : 0);
-      });
-  R rotation[kHeads];
-#pragma unroll
-  for (int j = 0; j < kHeads; ++j) {
-    const bool pos_ok = static_cast<uint64_t>(pos[j]) < max_position;
-    rotation[j].load(cos_sin + (pos_ok ? static_cast<uint64_t>(pos[j]) : 0) * rotary_dim, first, rotated[j], half,
-                     whole, vector_cs);
-  }
   T* const staged = reinterpret_cast<T*>(staged_words) + (threadIdx.x / kRowThreads) * F::kTile;
+
+  R rotation;
+  uint32_t angles_of = 0xffffffffu;  // the token whose angles `rotation` holds (none yet)
+  bool fault = false;                // a token of this group had a position outside the cache
+  int64_t fault_pos = 0;
+  uint32_t fault_token = 0;
+  // The trip count is the same for every group, so that the groups of a warp shuffle together; a dead head takes
+  // part in the shuffles and touches no memory.
+#pragma unroll 1
+  for (uint32_t step = 0; step < span; step += kHeads) {
+    qk_norm_detail::LaneHeads<T, F, kHeads> heads(
+        q, k, q_weight, k_weight, begin + step, 1, end, q_heads, heads_per_token, q_stride, k_stride, head_dim,
+        first, [&](int, const qk_norm_detail::Head<T>& head) {
+          if (step == 0) F::prefetch(head.weight + first, head.live ? head_dim - first : 0);
+        });
 #pragma unroll
-  for (int j = 0; j < kHeads; ++j) {
-    heads.template normalize<kBlock, kRowThreads, kGemma>(j, head_dim, eps);
-    if constexpr (R::kExchange) {
-      if (j > 0) __syncwarp();  // the group has read the previous head's partners before they are overwritten
-      heads.held[j].store(staged + first, heads.left[j]);
-      __syncwarp();
+    for (int j = 0; j < kHeads; ++j) {
+      if (heads.live[j] && heads.token[j] != angles_of) {  // the first head of a token: its position and angles
+        angles_of = heads.token[j];
+        const int64_t pos = static_cast<int64_t>(positions[angles_of]);
+        const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
+        if (!pos_ok && !fault) {
+          fault = true;
+          fault_pos = pos;
+          fault_token = angles_of;
+        }
+        rotation.load(cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim, first, rotated, half,
+                      whole, vector_cs);
+      }
+      heads.template normalize<kBlock, kRowThreads, kGemma>(j, head_dim, eps);
+      if constexpr (R::kExchange) {
+        __syncwarp();  // the group has read the previous head's partners before they are overwritten
+        heads.held[j].store(staged + first, heads.left[j]);
+        __syncwarp();
+      }
+      rotation.rotate(heads.held[j], staged, first, heads.live[j] ? rotated : 0, half, whole);
+      heads.held[j].store(heads.rows[j], heads.left[j]);
     }
-    rotation[j].rotate(heads.held[j], staged, first, rotated[j], half, whole);
-    heads.held[j].store(heads.rows[j], heads.left[j]);
   }
-#pragma unroll
-  for (int j = 0; j < kHeads; ++j) {
-    if (heads.live[j] && static_cast<uint64_t>(pos[j]) >= max_position && lane == 0) {
-      rotary_detail::position_fault(pos[j], heads.token[j], max_position);
-    }
-  }
+  if (fault && lane == 0) rotary_detail::position_fault(fault_pos, fault_token, max_position);
 }
 
 #endif  // CUJIT_KERNELS_QK_NORM_ROTARY_CUH_
