@@ -26,7 +26,7 @@ from cujit.tools.bench import timing
 
 KERNEL = Path(cujit.__file__).resolve().parent / "kernels" / "qk_norm_rotary.cuh"
 #: (heads loaded at once, consecutive heads per row group)
-CANDIDATES = ((1, 1), (2, 2), (2, 4), (2, 8), (2, 16), (4, 8), (4, 16), (1, 8), (2, 40))
+CANDIDATES = ((1, 1), (1, 2), (1, 4), (1, 8), (1, 16), (1, 40), (2, 8), (2, 40))
 #: (name, tokens, q heads, kv heads, head size, gemma)
 SHAPES = (("qwen3", 4097, 32, 8, 128, False), ("gemma3", 4097, 16, 8, 256, True), ("qwen3", 512, 32, 8, 128, False),
           ("qwen3", 64, 32, 8, 128, False), ("qwen3", 1, 32, 8, 128, False))

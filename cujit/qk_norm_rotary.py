@@ -36,12 +36,14 @@ from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, distinct, head_config, vector
 
 __all__ = ["ROTARY_HEADS", "ROTARY_SPAN", "qk_norm_rotary", "rotary_heads_per_group", "rotary_span"]
 
-#: Heads a row group loads at once from MANY_HEADS_FROM heads in all (qk_rms_norm takes 4; the angles held here
-#: as well take registers: 2 keeps more threads resident).
-ROTARY_HEADS = 2
-#: Consecutive heads a row group takes in turn from MANY_HEADS_FROM heads in all: mostly heads of one token, whose
-#: position and angles the group then loads once for all of them (8 divides the 40 heads of Qwen3-8B's tokens).
-ROTARY_SPAN = 8
+#: Heads a row group loads at once from MANY_HEADS_FROM heads in all, and the consecutive heads it takes in turn:
+#: mostly heads of one token, whose position and angles the group loads once for all of them. Measured on an H100
+#: with benchmarks/tune_qk_norm_rotary.py (4097 tokens of Qwen3-8B's 32 + 8 heads of 128, bf16): one head at a time
+#: over runs of 4 took 48.7 us, runs of 8 53.9 us, two at a time over runs of 8 60.0 us (72 registers against 64:
+#: fewer threads resident), one head per group (no runs) 85.6 us; Gemma 3's heads of 256: 56.7 / 55.8 / 60.0 /
+#: 97.7 us.
+ROTARY_HEADS = 1
+ROTARY_SPAN = 4
 
 
 def rotary_heads_per_group(count: Any) -> int:
