@@ -3,7 +3,9 @@
 Each row group takes ``span`` consecutive heads, ``heads`` at a time (cujit/kernels/qk_norm_rotary.cuh); the op
 picks ROTARY_HEADS and ROTARY_SPAN (cujit/qk_norm_rotary.py) from MANY_HEADS_FROM heads on. For each shape this
 times every (heads, span) candidate against cujit's two ops in sequence (qk_rms_norm, then rotary_embedding) and
-against ``copy_`` of the same bytes, and checks that every candidate writes the same bits as the pair.
+against ``copy_`` of the same bytes, and checks that every candidate writes the same bits as the pair. The
+candidates marked "halves" are the form of benchmarks/qk_norm_rotary_halves.cuh (both neox halves of a head's
+share in one lane), with the same work split.
 CUDA events, median of 15: L2 flushed before each launch from 4097 tokens on, CUDA-graph replays below.
 
     python benchmarks/tune_qk_norm_rotary.py
@@ -25,8 +27,11 @@ from cujit.rotary_embedding import rotary_embedding
 from cujit.tools.bench import timing
 
 KERNEL = Path(cujit.__file__).resolve().parent / "kernels" / "qk_norm_rotary.cuh"
+HALVES = Path(__file__).resolve().parent / "qk_norm_rotary_halves.cuh"
 #: (heads loaded at once, consecutive heads per row group)
 CANDIDATES = ((1, 1), (1, 2), (1, 4), (1, 8), (1, 16), (1, 40), (2, 8), (2, 40))
+#: (heads loaded at once, consecutive heads per lane group) of the "halves" form
+HALVES_CANDIDATES = ((1, 1), (1, 4), (1, 8), (2, 4), (2, 8))
 #: (name, tokens, q heads, kv heads, head size, gemma)
 SHAPES = (("qwen3", 4097, 32, 8, 128, False), ("gemma3", 4097, 16, 8, 256, True), ("qwen3", 512, 32, 8, 128, False),
           ("qwen3", 64, 32, 8, 128, False), ("qwen3", 1, 32, 8, 128, False))
@@ -41,11 +46,25 @@ def expression(head: int, gemma: bool, heads: int) -> str:
             f"{c.row_threads}, {c.vecs}, {heads}>")
 
 
+def halves_expression(head: int, gemma: bool, heads: int) -> str:
+    lanes = 8  # bf16 values per 16-byte vector
+    return (f"qk_norm_rotary_halves_kernel<bf16_t, bf16_t, int64_t, {str(gemma).lower()}, 128, {head // (2 * lanes)}, "
+            f"{heads}>")
+
+
+def candidates_module() -> tuple[cujit.JitModule, list[str]]:
+    """One module of every candidate of every shape (kernel ``k<i>`` is expression ``i`` of the list)."""
+    wanted = {expression(d, g, h) for _, _, _, _, d, g in SHAPES for h, _ in CANDIDATES}
+    wanted |= {halves_expression(d, g, h) for _, _, _, _, d, g in SHAPES for h, _ in HALVES_CANDIDATES}
+    ordered = sorted(wanted)
+    module = cujit.load_jit("tune_qk_norm_rotary", cuda_files=[KERNEL, HALVES],
+                            cuda_wrappers=[(f"k{i}", e) for i, e in enumerate(ordered)])
+    return module, ordered
+
+
 def compile_all() -> dict[str, cujit.Kernel]:
-    wanted = sorted({expression(d, g, h) for _, _, _, _, d, g in SHAPES for h, _ in CANDIDATES})
-    module = cujit.load_jit("tune_qk_norm_rotary", cuda_files=[KERNEL],
-                            cuda_wrappers=[(f"k{i}", e) for i, e in enumerate(wanted)])
-    return {e: getattr(module, f"k{i}") for i, e in enumerate(wanted)}
+    module, ordered = candidates_module()
+    return {e: getattr(module, f"k{i}") for i, e in enumerate(ordered)}
 
 
 def device_us(fn: Callable[[], None], tokens: int) -> float:
@@ -99,6 +118,20 @@ def shape_row(kernels: dict[str, cujit.Kernel], name: str, tokens: int, qh: int,
         results[f"{heads}x{span}"] = device_us(launch, tokens) if same else math.inf
         if not same:
             print(f"  WRONG: {name} {tokens} tokens, heads {heads}, span {span}", flush=True)
+    for heads, span in HALVES_CANDIDATES:
+        kernel = kernels[halves_expression(d, gemma, heads)]
+        go = cujit.LaunchKernel(math.ceil(count / (128 // (d // 16) * span)), 128)
+
+        def launch_halves(kernel: cujit.Kernel = kernel, go: cujit.LaunchKernel = go, span: int = span) -> None:
+            go(kernel, positions, wq, wk, qw, kw, cache, count, qh, qh + kh, work.stride(0), work.stride(0), d,
+               max_position, span, EPS)
+
+        work.copy_(qkv)
+        launch_halves()
+        same = torch.equal(torch.cat((wq, wk), dim=1), want)
+        results[f"halves {heads}x{span}"] = device_us(launch_halves, tokens) if same else math.inf
+        if not same:
+            print(f"  WRONG: {name} {tokens} tokens, halves, heads {heads}, span {span}", flush=True)
     rule = f"{ROTARY_HEADS}x{ROTARY_SPAN}"
     best = min((v, n) for n, v in results.items() if n not in ("copy_", "pair", "op"))
     cells = "  ".join(f"{n} {v:7.2f}" for n, v in results.items())

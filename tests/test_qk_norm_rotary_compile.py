@@ -10,6 +10,8 @@ passes what the kernel expects; bad inputs are refused before anything is launch
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -65,6 +67,18 @@ def test_a_gptj_element_layout_instance_compiles(arch: str) -> None:
     fields = {"dtype": "float16", "cs_dtype": "float16", "pos_dtype": "int32", "is_neox": False, "gemma": True,
               "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict(), "heads": 1}
     assert qk_norm_rotary.op.module(**fields).compile(arch).cubin[:4] == b"\x7fELF"
+
+
+def test_the_sweeps_candidates_compile() -> None:
+    """benchmarks/tune_qk_norm_rotary.py's candidates: the op's kernel and the form with both halves in one lane."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        import tune_qk_norm_rotary
+    finally:
+        sys.path.pop(0)
+    module, expressions = tune_qk_norm_rotary.candidates_module()
+    assert any("halves" in e for e in expressions) and any("halves" not in e for e in expressions)
+    assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
 
 
 @pytest.fixture
