@@ -739,3 +739,49 @@ def test_the_fake_computes_only_what_output_shapes_need() -> None:
         out = fn.op.torch_op.default(torch.empty(12, device="cuda"))
     assert tuple(out.shape) == (6,) and out.device.type == "cuda"
     assert planned == []
+
+
+def _halving_op(name: str) -> Any:
+    n, half = cujit.SymbolicSize("n"), cujit.SymbolicSize("half")
+    f32 = ("float32",)
+    return cujit.op(f"{name}(Tensor x, *, Tensor(a!)? out=None) -> Tensor", source=KERNELS / "ops_test.cuh",
+                    kernel="axpy<fp32_t>", tensors={"x": cujit.TensorMatcher([n]).with_dtype(*f32),
+                                                    "out": cujit.TensorMatcher([half]).with_dtype(*f32)},
+                    values={"half": "n // 2"}, grid=1, block=32, args=("out", "x", "n", "half"))
+
+
+@pytest.mark.parametrize("registry", ["torch's registry", "the public function"])
+def test_fake_implementations_are_registered_without_inspecting_the_caller(registry: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake goes into torch's registry directly (no inspect of the declaring frame); where that registry is not
+    # as expected, torch.library.register_fake does it. Either way the functional and out forms trace on fakes.
+    from torch._library import simple_registry
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    public = torch.library.register_fake
+    calls: list[str] = []
+
+    def counting(qualname: str, fake: Any, **kwargs: Any) -> Any:
+        calls.append(qualname)
+        return public(qualname, fake, **kwargs)
+
+    monkeypatch.setattr(torch.library, "register_fake", counting)
+    name = "fakereg::halve_a" if registry == "torch's registry" else "fakereg::halve_b"
+    if registry == "the public function":  # a registry whose register() takes other arguments than cujit passes
+        original = simple_registry.FakeImplHolder.register
+
+        def other_signature(self: Any, fake: Any, source: str, *args: Any, **kwargs: Any) -> Any:
+            if source.endswith(")"):  # cujit's own call names the op in its source
+                raise TypeError("register() got an unexpected keyword argument 'lib'")
+            return original(self, fake, source, *args, **kwargs)
+
+        monkeypatch.setattr(simple_registry.FakeImplHolder, "register", other_signature)
+    fn = _halving_op(name)
+    torch_op = fn.op.torch_op
+    assert calls == ([] if registry == "torch's registry" else [name, f"{name}.out"])
+    monkeypatch.undo()
+    with FakeTensorMode():
+        x = torch.empty(12, device="cuda")
+        assert tuple(torch_op.default(x).shape) == (6,)
+        out = torch.empty(6, device="cuda")
+        assert torch_op.out(x, out=out) is None

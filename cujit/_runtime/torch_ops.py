@@ -36,7 +36,7 @@ from .tensors import TensorInfo, device
 if TYPE_CHECKING:
     from .ops import Op
 
-__all__ = ["call_traced", "declared", "ensure_registered", "torch_op", "tracing"]
+__all__ = ["call_traced", "declared", "ensure_registered", "register_fake", "torch_op", "tracing"]
 
 _LOCK = threading.RLock()
 _LIBRARIES: dict[str, Any] = {}
@@ -85,13 +85,31 @@ def ensure_registered(op: Op) -> None:
         library.define(functional)
         for key in ("CUDA", "CPU"):
             library.impl(name, _functional_kernel(qualified), key)
-        torch.library.register_fake(f"{namespace}::{name}", _fake(qualified, functional=True), lib=library)
+        register_fake(f"{namespace}::{name}", _fake(qualified, functional=True), library)
         if out is not None:
             library.define(out)
             for key in ("CUDA", "CPU"):
                 library.impl(f"{name}.out", _out_kernel(qualified), key)
-            torch.library.register_fake(f"{namespace}::{name}.out", _fake(qualified, functional=False), lib=library)
+            register_fake(f"{namespace}::{name}.out", _fake(qualified, functional=False), library)
         _REGISTERED.add(op.name)
+
+
+def register_fake(qualname: str, fake: Any, library: Any) -> None:
+    """Register ``fake`` as the fake implementation of ``qualname``, as ``torch.library.register_fake`` does.
+
+    ``register_fake`` records its caller's file and line for its messages, through ``inspect``, which reads the
+    calling file and scans every imported module (about 1 ms per registration once torch is imported; two per op).
+    The same entry of torch's registry is written here with the declaring module as the source; where that
+    registry is not as expected (another torch), the public function does it.
+    """
+    import torch
+
+    try:
+        entry = torch._library.simple_registry.singleton.find(qualname)
+        handle = entry.fake_impl.register(fake, f"{__file__} ({qualname})", lib=library)
+        library._registration_handles.append(handle)
+    except (AttributeError, TypeError):
+        torch.library.register_fake(qualname, fake, lib=library)
 
 
 def _current(qualified: str) -> Op:
