@@ -8,7 +8,9 @@ Random weights, bf16, SDPA attention, one GPU. Per family, on one model instance
 it also rebinds names in the family's modeling module for the rest of the process):
 
 - ``eager``: the model as transformers builds it; ``compile``: ``torch.compile`` of it (default mode);
-- ``cujit``: after ``cujit.integrations.transformers.patch(model)``; ``cujit+compile``: compiled while patched;
+- ``cujit``: after ``cujit.integrations.transformers.patch(model)``; ``cujit+compile``: compiled while patched
+  (the patch's default ``under_compile="model"``: the graph holds the model's own code, as ``compile``'s does);
+  ``cujit-ops+compile``: compiled while patched with ``under_compile="cujit"`` (cujit's ops in the graph);
   ``cujit+graphs`` (decode only): one decode step of the patched model captured in a CUDA graph and replayed;
 - ``liger``, ``liger+compile``: after Liger-Kernel's instance patch (rope, RMSNorm, SwiGLU/GeGLU; no loss
   kernels), where ``liger_kernel`` imports; otherwise the rows say why not.
@@ -247,6 +249,10 @@ def bench_family(family: str, args: argparse.Namespace) -> list[Row]:
                         profile_it=False, prefill=compile_prefill)
             measure(rows, family, "cujit+graphs", model, model, args, patched=CUJIT_KERNELS, profile_it=False,
                     graphs=True, prefill=False)
+        if not args.no_compile:
+            with patch(model, under_compile="cujit"):
+                measure(rows, family, "cujit-ops+compile", _compiled(model), model, args, patched=CUJIT_KERNELS,
+                        profile_it=False, prefill=compile_prefill)
         why = None if args.no_liger else _liger(model)
         if args.no_liger:
             rows.append(Row(family, "-", "liger", note="--no-liger"))

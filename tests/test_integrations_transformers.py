@@ -132,7 +132,8 @@ def test_context_manager_and_the_modeling_module_is_untouched() -> None:
         caller = patched
         while "apply_rotary_pos_emb" not in caller.__code__.co_names:
             caller = caller.__wrapped__
-        assert caller.__globals__["apply_rotary_pos_emb"] is cujit_hf.apply_rotary_pos_emb
+        applied = caller.__globals__["apply_rotary_pos_emb"]
+        assert applied is not rope and applied.__qualname__.startswith("_deferring")  # see under_compile
     assert not handle.active
     assert type(model.model.norm) is norm_cls
 
@@ -288,3 +289,43 @@ def test_rotary_table_layout() -> None:
     assert table.shape == (3, 4) and positions.tolist() == [0, 1, 2] * 3
     with pytest.raises(cujit.CujitError, match=r"expected cos and sin of shape \[4 or 1, seq, dim\]"):
         cujit_hf.rotary_table(cos, sin, 4)
+
+
+@pytest.mark.parametrize("under_compile", cujit_hf.UNDER_COMPILE)
+def test_under_torch_compile_the_patched_parts_run_the_models_code_or_cujits(under_compile: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # "model": while Dynamo traces, every patched part runs the model's own code, so the compiled graph is the
+    # unpatched model's; "cujit": the ops (here their torch stand-ins, counted) are traced into the graph. Eager
+    # calls use the ops either way.
+    stand_ins(monkeypatch)
+    calls: list[str] = []
+    for name in ("rms_norm", "silu_and_mul", "rotary_embedding"):
+        def counted(*args: object, _op: object = getattr(cujit_hf, name), _name: str = name,
+                    **kwargs: object) -> object:
+            calls.append(_name)
+            return _op(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(cujit_hf, name, counted)
+    model = tiny("qwen3")
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(4))
+    ops = {"rms_norm", "silu_and_mul", "rotary_embedding"}
+    with torch.no_grad():
+        want = model(ids).logits
+        with cujit_hf.patch(model, under_compile=under_compile):
+            calls.clear()
+            eager = model(ids).logits
+            assert set(calls) == ops
+            torch._dynamo.reset()
+            calls.clear()
+            compiled = torch.compile(model, backend="eager", fullgraph=True)
+            got = compiled(ids).logits
+            traced = set(calls)
+        torch._dynamo.reset()
+    assert traced == (set() if under_compile == "model" else ops)
+    torch.testing.assert_close(eager, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_under_compile_values_are_checked() -> None:
+    with pytest.raises(cujit.CujitError, match="under_compile must be one of 'model', 'cujit', got 'torch'"):
+        cujit_hf.patch(tiny("llama"), under_compile="torch")

@@ -126,11 +126,13 @@ def test_generate_greedy_tokens(family: str) -> None:
     assert bool((gap <= 0.02 * last.abs().max()).all()), (first_want, first_got, gap)
 
 
-def test_torch_compile_of_patched_model() -> None:
-    """The patched model compiles without graph breaks and gives the eager patched model's logits."""
+@pytest.mark.parametrize("under_compile", cujit_hf.UNDER_COMPILE)
+def test_torch_compile_of_patched_model(under_compile: str) -> None:
+    """The patched model compiles without graph breaks and gives the eager patched model's logits, with the model's
+    own code in the graph ("model") or cujit's ops ("cujit")."""
     model = model_of("qwen3", torch.bfloat16)
     ids = torch.randint(0, 512, (1, 64), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
-    with cujit_hf.patch(model), torch.inference_mode():
+    with cujit_hf.patch(model, under_compile=under_compile), torch.inference_mode():
         want = model(ids).logits
         torch._dynamo.reset()
         compiled = torch.compile(model, fullgraph=True)

@@ -28,6 +28,14 @@ How each is patched, and why:
   unpatching deletes the instance attributes. The cost: names that the modeling module rebinds after ``patch`` are
   not seen by the patched attention modules (a library that monkeypatches the module later, for instance).
 
+Under ``torch.compile`` (``under_compile="model"``, the default), each patched part runs the model's own code
+while Dynamo traces it, so the compiled model is the one ``torch.compile`` makes of the unpatched model: Inductor
+fuses the norms, activations and rotary into its own kernels, launched from its generated code, where cujit's ops
+would stay opaque ``torch.ops.cujit`` calls, each through the dispatcher into Python (at decode, host time is the
+step: Llama ~1B on an H100, 16.85 ms a step with cujit's ops in the compiled graph against 10.40 ms for
+``torch.compile`` alone). Eager calls, and CUDA graphs captured from them, use cujit's ops. ``under_compile="cujit"``
+keeps cujit's ops in the compiled graph instead.
+
 Inference only: a patched module called while autograd records (``torch.is_grad_enabled()`` and an input or a
 weight that requires grad, as a model's parameters do by default) raises :class:`~cujit.CujitError` instead of
 computing something without a gradient; run under ``torch.no_grad()`` or ``torch.inference_mode()`` (``generate``
@@ -55,6 +63,7 @@ from ..silu_and_mul import silu_and_mul
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "UNDER_COMPILE",
     "CujitGatedMLP",
     "CujitHeadRMSNorm",
     "CujitRMSNorm",
@@ -115,6 +124,10 @@ def _compiling() -> bool:
     return bool(torch.compiler.is_compiling())
 
 
+#: ``patch(under_compile=...)``: what a patched part runs while torch.compile traces it.
+UNDER_COMPILE = ("model", "cujit")
+
+
 # ------------------------------------------------------------------------------------------------ norms
 def head_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
     """RMSNorm of every head of ``x`` ([..., head_dim]) with one ``weight`` [head_dim]: the QK-norm.
@@ -144,15 +157,20 @@ class CujitRMSNorm(nn.Module):
 
     weight: nn.Parameter
 
-    def __init__(self, original: Any, *, gemma: bool) -> None:
+    def __init__(self, original: Any, *, gemma: bool, defer: bool = True) -> None:
         super().__init__()
         self.weight = original.weight  # the same Parameter object, under the same state_dict key
         eps = getattr(original, "variance_epsilon", None)
         self.eps = float(eps if eps is not None else original.eps)
         self.gemma = gemma
+        # The original module's own forward (a bound method, not a submodule: no second state_dict entry), run
+        # while torch.compile traces when `defer` (patch's under_compile="model").
+        self._model_forward = original.forward if defer else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of ``x`` over its last dimension."""
+        if self._model_forward is not None and _compiling():
+            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("RMSNorm", x, self.weight)
         _check_operands("RMSNorm", x, self.weight)
         return _rms_norm_rows(x, self.weight, self.eps, self.gemma)
@@ -167,6 +185,8 @@ class CujitHeadRMSNorm(CujitRMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of every head of ``x`` ([..., head_dim])."""
+        if self._model_forward is not None and _compiling():
+            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("QK-norm", x, self.weight)
         _check_operands("QK-norm", x, self.weight)
         return head_rms_norm(x, self.weight, self.eps, self.gemma)
@@ -202,8 +222,10 @@ class CujitGatedMLP(nn.Module):
     gate_up_weight: torch.Tensor
     gate_up_bias: torch.Tensor | None
 
-    def __init__(self, original: Any, activation: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, original: Any, activation: str, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                 defer: bool = True) -> None:
         super().__init__()
+        self._model_forward = original.forward if defer else None  # as in CujitRMSNorm
         self.gate_proj = original.gate_proj
         self.up_proj = original.up_proj
         self.down_proj = original.down_proj
@@ -215,6 +237,8 @@ class CujitGatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP of ``x`` ([..., hidden])."""
+        if self._model_forward is not None and _compiling():
+            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("gated MLP", x, self.gate_proj.weight, self.up_proj.weight,
                          getattr(self.down_proj, "weight", None))
         _check_operands("gated MLP", x, self.gate_up_weight)
@@ -315,10 +339,15 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
             k_rows.view(batch, seq, kv_heads, dim).transpose(1, 2))
 
 
-def _table_forward(original: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., Any]:
-    """A rotary module's instance forward: the module's own cos and sin, in fp32, as (table, positions)."""
+def _table_forward(original: Callable[..., tuple[torch.Tensor, torch.Tensor]], defer: bool) -> Callable[..., Any]:
+    """A rotary module's instance forward: the module's own cos and sin, in fp32, as (table, positions).
+
+    With ``defer``, the module's own (cos, sin) while torch.compile traces.
+    """
 
     def forward(x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        if defer and _compiling():
+            return original(x, position_ids, *args, **kwargs)
         # The models compute cos and sin in fp32 and round them to x's dtype last; a float32 probe of no elements
         # keeps them in fp32 (x is read for its dtype and device only).
         probe = x.new_empty((0,), dtype=torch.float32)
@@ -348,6 +377,21 @@ def _rotary_caller(forward: Any, modeling: types.ModuleType) -> Any:
             return None
         function = inner
     return None
+
+
+def _deferring(model_apply: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`apply_rotary_pos_emb` in eager calls, the modeling module's own while torch.compile traces.
+
+    The rotary module returns the model's own cos and sin while torch.compile traces (:func:`_table_forward`).
+    """
+
+    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *args: Any,
+              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if _compiling() and not _is_table(cos, sin):  # a table, should the rotary module have run eagerly
+            return model_apply(q, k, cos, sin, *args, **kwargs)  # type: ignore[no-any-return]
+        return apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs)
+
+    return apply
 
 
 def _cell(cell: Any) -> Any:
@@ -454,18 +498,25 @@ def _modules_of(model: nn.Module, cls: type) -> Iterator[tuple[str, Any]]:
 
 
 def patch(model: nn.Module, *, norms: bool = True, mlp: bool = True, rotary: bool = True,
-          qk_norm: bool = True) -> Patch:
+          qk_norm: bool = True, under_compile: str = "model") -> Patch:
     """Put cujit's ops into ``model`` (a transformers model of a supported family); see the module's docstring.
 
-    ``norms``, ``mlp``, ``rotary``, ``qk_norm``: which parts to patch. Returns a :class:`Patch`; ``unpatch()`` (or
-    the end of ``with patch(model):``) restores the model exactly.
+    ``norms``, ``mlp``, ``rotary``, ``qk_norm``: which parts to patch. ``under_compile``: what the patched parts
+    run while torch.compile traces the model, ``"model"`` (the model's own code, which Inductor fuses) or
+    ``"cujit"`` (cujit's ops, as ``torch.ops.cujit`` nodes of the graph). Returns a :class:`Patch`; ``unpatch()``
+    (or the end of ``with patch(model):``) restores the model exactly.
 
     Raises:
-        CujitError: the model's type is not supported, or the model is already patched.
+        CujitError: the model's type is not supported, the model is already patched, or ``under_compile`` is
+            neither value.
         TypeError: ``model`` is not an ``nn.Module``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch: expected a torch.nn.Module, got {type(model).__name__}")
+    if under_compile not in UNDER_COMPILE:
+        raise CujitError(f"patch: under_compile must be one of {', '.join(map(repr, UNDER_COMPILE))}, got "
+                         f"{under_compile!r}")
+    defer = under_compile == "model"
     family = _family_of(model)
     if getattr(model, _PATCH_ATTR, None) is not None:
         raise CujitError("patch: the model is already patched: call .unpatch() on its handle first")
@@ -480,11 +531,11 @@ def patch(model: nn.Module, *, norms: bool = True, mlp: bool = True, rotary: boo
 
     handle = Patch(model)
     try:
-        _patch_norms(model, handle, cls("RMSNorm"), family, norms=norms, qk_norm=qk_norm)
+        _patch_norms(model, handle, cls("RMSNorm"), family, norms=norms, qk_norm=qk_norm, defer=defer)
         if mlp:
-            _patch_mlps(model, handle, cls("MLP"))
+            _patch_mlps(model, handle, cls("MLP"), defer)
         if rotary:
-            _patch_rotary(model, handle, modeling, cls("Attention"), cls("RotaryEmbedding"))
+            _patch_rotary(model, handle, modeling, cls("Attention"), cls("RotaryEmbedding"), defer)
     except BaseException:
         handle.unpatch()
         raise
@@ -493,17 +544,17 @@ def patch(model: nn.Module, *, norms: bool = True, mlp: bool = True, rotary: boo
 
 
 def _patch_norms(model: nn.Module, handle: Patch, norm_cls: type, family: _Family, *, norms: bool,
-                 qk_norm: bool) -> None:
+                 qk_norm: bool, defer: bool) -> None:
     for name, module in list(_modules_of(model, norm_cls)):
         head = family.qk_norm and name.rpartition(".")[2] in ("q_norm", "k_norm")
         if not (qk_norm if head else norms):
             continue
-        new = (CujitHeadRMSNorm if head else CujitRMSNorm)(module, gemma=family.gemma_norm)
+        new = (CujitHeadRMSNorm if head else CujitRMSNorm)(module, gemma=family.gemma_norm, defer=defer)
         handle._undo.append(_replace(model, name, new))
         handle._record("qk_norm" if head else "rms_norm", name)
 
 
-def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type) -> None:
+def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type, defer: bool) -> None:
     for name, module in list(_modules_of(model, mlp_cls)):
         activation = _activation_of(module.act_fn)
         reason = _mlp_refusal(module) if activation is not None else (
@@ -517,12 +568,12 @@ def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type) -> None:
         if module.gate_proj.bias is not None:
             bias, undo_bias = _stack(module.gate_proj.bias, module.up_proj.bias)
             handle._undo.append(undo_bias)
-        handle._undo.append(_replace(model, name, CujitGatedMLP(module, activation, weight, bias)))
+        handle._undo.append(_replace(model, name, CujitGatedMLP(module, activation, weight, bias, defer=defer)))
         handle._record("mlp", name)
 
 
 def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, attention_cls: type,
-                  rotary_cls: type) -> None:
+                  rotary_cls: type, defer: bool) -> None:
     rotaries = list(_modules_of(model, rotary_cls))
     attentions = list(_modules_of(model, attention_cls))
     forward: Any = attention_cls.forward  # type: ignore[attr-defined]
@@ -542,10 +593,10 @@ def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, a
         handle.skipped.append(f"rotary embedding: {reason}")
         return
     scope = dict(vars(modeling))
-    scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
+    scope["apply_rotary_pos_emb"] = _deferring(scope["apply_rotary_pos_emb"]) if defer else apply_rotary_pos_emb
     patched_forward = _rewrap(forward, caller, _with_globals(caller, scope))
     for name, module in rotaries:
-        handle._undo.append(_set_forward(module, _table_forward(module.forward)))
+        handle._undo.append(_set_forward(module, _table_forward(module.forward, defer)))
         handle._record("rotary", name)
     for name, module in attentions:
         handle._undo.append(_set_forward(module, types.MethodType(patched_forward, module)))
