@@ -46,10 +46,17 @@ def expression(head: int, gemma: bool, heads: int) -> str:
             f"{c.row_threads}, {c.vecs}, {heads}>")
 
 
+HALVES_BLOCK = 128
+
+
+def halves_lanes(head: int) -> int:
+    """Lanes per head of the halves form: half a bf16 head in 16-byte vectors (8 values each)."""
+    return head // (2 * 8)
+
+
 def halves_expression(head: int, gemma: bool, heads: int) -> str:
-    lanes = 8  # bf16 values per 16-byte vector
-    return (f"qk_norm_rotary_halves_kernel<bf16_t, bf16_t, int64_t, {str(gemma).lower()}, 128, {head // (2 * lanes)}, "
-            f"{heads}>")
+    return (f"qk_norm_rotary_halves_kernel<bf16_t, bf16_t, int64_t, {str(gemma).lower()}, {HALVES_BLOCK}, "
+            f"{halves_lanes(head)}, {heads}>")
 
 
 def candidates_module() -> tuple[cujit.JitModule, list[str]]:
@@ -103,35 +110,28 @@ def shape_row(kernels: dict[str, cujit.Kernel], name: str, tokens: int, qh: int,
     moved = 2 * count * d * 2
     results = {"copy_": timing.copy_us(moved, graph_calls=GRAPH_CALLS if tokens <= GRAPH_TOKENS else 0),
                "pair": device_us(pair, tokens), "op": device_us(fused_op, tokens)}
-    config = head_config(d, cujit.DType.of("bfloat16"))
-    for heads, span in CANDIDATES:
-        kernel = kernels[expression(d, gemma, heads)]
-        go = cujit.LaunchKernel(math.ceil(count / (config.heads_per_block * span)), config.block)
 
-        def launch(kernel: cujit.Kernel = kernel, go: cujit.LaunchKernel = go, span: int = span) -> None:
-            go(kernel, positions, wq, wk, qw, kw, cache, count, qh, qh + kh, work.stride(0), work.stride(0), d, d,
-               max_position, span, EPS)
+    def candidate(label: str, kernel: cujit.Kernel, go: cujit.LaunchKernel, *rest: object) -> None:
+        """Time one candidate into results[label], if it writes the two ops' bits (inf otherwise)."""
+
+        def launch() -> None:
+            go(kernel, positions, wq, wk, qw, kw, cache, count, qh, qh + kh, work.stride(0), work.stride(0), *rest)
 
         work.copy_(qkv)
         launch()
         same = torch.equal(torch.cat((wq, wk), dim=1), want)
-        results[f"{heads}x{span}"] = device_us(launch, tokens) if same else math.inf
+        results[label] = device_us(launch, tokens) if same else math.inf
         if not same:
-            print(f"  WRONG: {name} {tokens} tokens, heads {heads}, span {span}", flush=True)
+            print(f"  WRONG: {name} {tokens} tokens, {label}", flush=True)
+
+    config = head_config(d, cujit.DType.of("bfloat16"))
+    for heads, span in CANDIDATES:
+        go = cujit.LaunchKernel(math.ceil(count / (config.heads_per_block * span)), config.block)
+        candidate(f"{heads}x{span}", kernels[expression(d, gemma, heads)], go, d, d, max_position, span, EPS)
     for heads, span in HALVES_CANDIDATES:
-        kernel = kernels[halves_expression(d, gemma, heads)]
-        go = cujit.LaunchKernel(math.ceil(count / (128 // (d // 16) * span)), 128)
-
-        def launch_halves(kernel: cujit.Kernel = kernel, go: cujit.LaunchKernel = go, span: int = span) -> None:
-            go(kernel, positions, wq, wk, qw, kw, cache, count, qh, qh + kh, work.stride(0), work.stride(0), d,
-               max_position, span, EPS)
-
-        work.copy_(qkv)
-        launch_halves()
-        same = torch.equal(torch.cat((wq, wk), dim=1), want)
-        results[f"halves {heads}x{span}"] = device_us(launch_halves, tokens) if same else math.inf
-        if not same:
-            print(f"  WRONG: {name} {tokens} tokens, halves, heads {heads}, span {span}", flush=True)
+        go = cujit.LaunchKernel(math.ceil(count / (HALVES_BLOCK // halves_lanes(d) * span)), HALVES_BLOCK)
+        candidate(f"halves {heads}x{span}", kernels[halves_expression(d, gemma, heads)], go, d, max_position, span,
+                  EPS)
     rule = f"{ROTARY_HEADS}x{ROTARY_SPAN}"
     best = min((v, n) for n, v in results.items() if n not in ("copy_", "pair", "op"))
     cells = "  ".join(f"{n} {v:7.2f}" for n, v in results.items())
