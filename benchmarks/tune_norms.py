@@ -9,6 +9,7 @@ dtype, the configuration that is best over all token counts of each hidden size:
 
     python benchmarks/tune_norms.py                  # everything
     python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: mostly bf16 at 4097 tokens
+    python benchmarks/tune_norms.py --ops rms_norm --shapes 4097x4097,4097x2881   # bf16 at these shapes only
     python benchmarks/tune_norms.py --pdl            # a graph of rms_norm -> silu_and_mul -> rms_norm, PDL on/off
 """
 
@@ -67,10 +68,12 @@ def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormCo
     vector = hidden % lanes == 0
     found = {norm_config(hidden, dtype, vector, not vector, tokens)}
     loops = (2, 4, 8) if tokens >= 128 else ()
-    vector_values = math.ceil(hidden / lanes)
+    # Vectors a row group must hold: the whole row's, or for the phased path the body's only (the head and tail
+    # are held besides, one element a thread).
+    vectors = {"row": math.ceil(hidden / lanes), "body": max(1, hidden // lanes)}
     for vecs in (1, 2, 4):
-        fewest = max(8, 1 << math.ceil(math.log2(math.ceil(vector_values / vecs))))
-        for row_threads in (fewest, fewest * 2):
+        fewest = {k: max(8, 1 << math.ceil(math.log2(math.ceil(n / vecs)))) for k, n in vectors.items()}
+        for row_threads in sorted({fewest["row"], fewest["row"] * 2, *([] if vector else [fewest["body"]])}):
             if row_threads > 1024 or row_threads * vecs * lanes >= 4 * hidden:
                 continue
             blocks = [max(row_threads, 128)] + ([256] if row_threads <= 64 else [])
@@ -81,7 +84,8 @@ def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormCo
                     if vecs <= 2:
                         found |= {NormConfig(PATH_VECTOR, block, row_threads, vecs, rows) for rows in loops}
                 elif vecs <= 2:
-                    found.add(NormConfig(PATH_SCALAR, block, row_threads, vecs))
+                    if row_threads * vecs * lanes >= hidden:
+                        found.add(NormConfig(PATH_SCALAR, block, row_threads, vecs))
                     if row_threads >= 32:
                         found |= {NormConfig(PATH_PHASED, block, row_threads, vecs, rows) for rows in (1, *loops)}
     if hidden > 8192:
@@ -325,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         "hidden sizes; fp32 at 4097 x 4096")
     parser.add_argument("--pdl", action="store_true", help="only time a graph of rms_norm -> silu_and_mul -> "
                         "rms_norm at 1-16 tokens with and without programmatic dependent launch")
+    parser.add_argument("--shapes", help="bf16 shapes only, as TOKENSxHIDDEN,... (e.g. 4097x4097,4097x2881)")
     args = parser.parse_args(argv)
     if args.pdl:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
@@ -332,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ops = args.ops.split(",")
     cases = shapes(args.quick)
+    if args.shapes:
+        cases = [(torch.bfloat16, *map(int, shape.split("x"))) for shape in args.shapes.split(",")]
     wanted: dict[str, set[str]] = defaultdict(set)
     for op in ops:
         for dtype, tokens, hidden in cases:

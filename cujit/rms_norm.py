@@ -22,7 +22,8 @@ from ._runtime.tensors import tensor_info
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
     "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm", "same_phase",
+    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "plain_config", "rms_norm",
+    "same_phase",
 ]
 
 # rms_norm_detail::kPath*, read from the kernel's own header (cujit/kernels/norm_plan.cuh).
@@ -77,9 +78,10 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
     """The kernel configuration for ``tokens`` rows of ``hidden`` values of ``dtype``.
 
     ``vector``: whether 16-byte vectors apply (hidden a multiple of 16 bytes' worth of values; every row start and
-    the weight 16-byte aligned). ``phased``: otherwise, whether every tensor has the same alignment at each row
-    and the weight is 16-byte aligned (:func:`same_phase`), so that rows can be read with vectors from their
-    first 16-byte boundary. The choice, by capacity (threads per row x vectors per thread x values per vector
+    the weight 16-byte aligned). ``phased``: otherwise, whether the weight is 16-byte aligned and the rows can be
+    split at the 16-byte boundaries of the tensor written row by row: always for rms_norm (x is read with shifted
+    vectors where it is out of phase with out), for the fused form when x and residual are in phase
+    (:func:`same_phase`). The choice, by capacity (threads per row x vectors per thread x values per vector
     must cover the row, so that the row is read once and kept in registers):
 
     - Each thread holds at most 4 vectors (64 bytes of the row, 16 registers, plus 16 for the weight, loaded with
@@ -96,10 +98,13 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       so that short rows, e.g. a per-head norm of 64 or 128 values, keep every lane busy.
     - Blocks have at least 128 threads (several rows per block for small rows), so that 16 resident blocks fill
       an SM.
-    - Rows that are not 16-byte aligned but in phase take the vector loads of PHASED_CONFIGS, with LOOP_ROWS
-      rows per group from LOOP_TOKENS tokens on, which amortises the weight's copy to shared memory (4% faster at
-      4097 x 4097 bf16 on an H200); other rows load element by element, one register per value: half the values
-      per thread (2 vectors' worth) for the same registers.
+    - Rows that are not 16-byte aligned take the vector loads of PHASED_CONFIGS, with LOOP_ROWS rows per group
+      from LOOP_TOKENS tokens on, which amortises the weight's copy to shared memory (4% faster at 4097 x 4097
+      bf16 on an H200). Their capacity counts the body's whole vectors only (hidden // lanes of them at most):
+      the head and tail, under a vector each, take one element a thread besides, so that a row of 4097 values
+      takes as many threads as one of 4096. Rows that cannot be split so (the fused form out of phase, a
+      misaligned weight) load element by element, one register per value: half the values per thread (2
+      vectors' worth) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
       of 1024 threads over tiles, the second pass reading the row again, mostly from L1/L2.
     """
@@ -116,7 +121,7 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool) -> No
                 return _make(PATH_VECTOR, row_threads, vecs)
     elif phased:
         for row_threads, vecs in PHASED_CONFIGS:
-            if row_threads * vecs * lanes >= hidden:
+            if row_threads * vecs >= hidden // lanes:  # the body's vectors; the head and tail are held besides
                 return _make(PATH_PHASED, row_threads, vecs, rows)
     else:
         for row_threads, vecs in SCALAR_CONFIGS:
@@ -160,11 +165,18 @@ def same_phase(a: Any, b: Any, a_stride: int, b_stride: int, T: int, itemsize: i
             and (T <= 1 or (a_stride - b_stride) % (16 // itemsize) == 0))
 
 
+def plain_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
+    """:func:`norm_config` for one rms_norm call of ``T`` rows of hidden size ``H``: the phased path reads x at
+    any offset from out, so only the weight's alignment matters."""
+    return _rule(H, dtype, vector, not vector and aligned(weight, 16), T >= LOOP_TOKENS)
+
+
 def layout_config(H: int, dtype: DType, vector: bool, T: int, x: Any, other: Any, weight: Any, x_stride: int,
                   other_stride: int) -> NormConfig:
-    """:func:`norm_config` for one call of ``T`` rows of hidden size ``H``.
+    """:func:`norm_config` for one fused_add_rms_norm call of ``T`` rows of hidden size ``H``.
 
-    ``other`` is the second tensor read or written row by row (``out``, or ``residual``).
+    ``other`` is the second tensor read and written row by row (``residual``), which must be in phase with x
+    (x is written too) for the phased path.
     """
     if vector:
         return _rule(H, dtype, True, False, T >= LOOP_TOKENS)
@@ -194,7 +206,7 @@ rms_norm = cujit.op(
         # computed once out is allocated (or checked).
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(weight, 16) and aligned(out, 16) "
                   "and (T <= 1 or (x_stride % lanes == 0 and out_stride % lanes == 0))",
-        "config": (layout_config, "H", "dtype", "vector", "T", "x", "out", "weight", "x_stride", "out_stride"),
+        "config": (plain_config, "H", "dtype", "vector", "T", "weight"),
     },
     checks=[("T <= 1 or abs(out_stride) >= H", "out: rows overlap (a row stride below hidden)")],
     grid="cdiv(T, config.rows_per_block) if H else 0",

@@ -25,6 +25,7 @@ from cujit.rms_norm import (
     PATH_VECTOR_LATE,
     NormConfig,
     layout_config,
+    plain_config,
     rms_norm,
 )
 from tests.test_norms_gpu import DTYPES, assert_matches, reference
@@ -72,7 +73,7 @@ def test_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], col
     assert rms_norm(x, weight, out=out) is out
     assert_matches(out, expected, dtype)
     assert wide_out[:, :column].isnan().all() and wide_out[:, column + hidden:].isnan().all()
-    # A contiguous out: other alignments than x's (the scalar path, unless both happen to be in phase).
+    # A contiguous out: other alignments than x's (x read with shifted vectors).
     assert_matches(rms_norm(x, weight), expected, dtype)
     # In place.
     before = wide.clone()
@@ -80,6 +81,27 @@ def test_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], col
     assert_matches(x, expected, dtype)
     assert torch.equal(wide[:, :column], before[:, :column])
     assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [5, 9, 17, 33, 1000, 4096, 4097])
+def test_rms_norm_reads_x_out_of_phase_with_out(dtype: torch.dtype, hidden: int) -> None:
+    """x and out at different offsets (and row strides) relative to 16 bytes: the phased path splits each row at
+    out's boundaries and reads x with shifted vectors, falling back to element loads where a covering vector would
+    reach outside x's row (short rows: nothing but such vectors)."""
+    weight = _weight(hidden, dtype)
+    for tokens in (1, 7, LOOP_TOKENS + 3):
+        for x_column, out_column in ((1, 0), (3, 0), (0, 5), (2, 7), (7, 1)):
+            wide_x = torch.randn(tokens, hidden + 9, device="cuda").to(dtype)
+            x = wide_x[:, x_column:x_column + hidden]
+            wide_out = torch.full((tokens, hidden + 12), float("nan"), device="cuda", dtype=dtype)
+            out = wide_out[:, out_column:out_column + hidden]
+            assert plain_config(hidden, cujit.DType.of(dtype), False, tokens, weight).path == PATH_PHASED
+            before = wide_x.clone()
+            assert rms_norm(x, weight, out=out) is out
+            assert_matches(out, reference(x, weight), dtype)
+            assert torch.equal(wide_x, before)
+            assert wide_out[:, :out_column].isnan().all() and wide_out[:, out_column + hidden:].isnan().all()
 
 
 @pytest.mark.parametrize("case", ODD, ids=lambda c: f"{str(c[0])[6:]}-{c[1]}x{c[2]}")
@@ -122,7 +144,7 @@ def test_short_odd_rows(dtype: torch.dtype, hidden: int, tokens: int) -> None:
     assert_matches(x, expected_x, dtype)
 
 
-def test_odd_rows_out_of_phase_take_the_scalar_path() -> None:
+def test_fused_rows_out_of_phase_take_the_scalar_path() -> None:
     dtype = torch.bfloat16
     x = torch.randn(4097, 4098, device="cuda").to(dtype)[:, 1:]
     residual = torch.randn(4097, 4097, device="cuda").to(dtype)

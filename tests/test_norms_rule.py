@@ -27,6 +27,7 @@ from cujit.rms_norm import (
     VECTOR_CONFIGS,
     layout_config,
     norm_config,
+    plain_config,
     rms_norm,
     same_phase,
 )
@@ -67,7 +68,12 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int) ->
                     assert all(rt * v * lanes < hidden for configs in lists for rt, v in configs), (hidden, c)
                     continue
                 assert c.path == (PATH_VECTOR if vector else PATH_PHASED if phased else PATH_SCALAR)
-                assert capacity >= hidden, (hidden, dtype, c)
+                if c.path == PATH_PHASED:  # the body's whole vectors; the head and tail are held besides
+                    assert c.row_threads * c.vecs >= hidden // lanes, (hidden, dtype, c)
+                    smaller = [(rt, v) for rt, v in PHASED_CONFIGS if rt * v < c.row_threads * c.vecs]
+                    assert all(rt * v < hidden // lanes for rt, v in smaller), (hidden, dtype, c)
+                else:
+                    assert capacity >= hidden, (hidden, dtype, c)
                 looped = c.path == PATH_PHASED and many
                 assert c.rows == (LOOP_ROWS if looped else 1), (hidden, dtype, tokens, c)
                 assert c.rows_per_block == c.block // c.row_threads * c.rows
@@ -105,6 +111,21 @@ def test_layout_config_reads_the_phase_of_real_tensors() -> None:
     assert not same_phase(wide[:, 8:], contiguous, 4110, 4101, 4097, 2)
     aligned = layout_config(4096, dtype, True, 4097, contiguous, contiguous, weight, 4096, 4096)
     assert (aligned.path, aligned.rows) == (PATH_VECTOR, 1)
+
+
+def test_plain_rms_norm_splits_any_row_with_an_aligned_weight() -> None:
+    """rms_norm reads x at any offset from out (shifted vectors), so only the weight decides between the phased
+    and the scalar path; a row of 4097 or 4095 values takes the threads of one of 4096."""
+    bf16 = cujit.DType.of(torch.bfloat16)
+    weight = torch.empty(4097, dtype=torch.bfloat16)
+    assert weight.data_ptr() % 16 == 0
+    for hidden in (4095, 4096, 4097):
+        c = plain_config(hidden, bf16, False, 4097, weight[:hidden])
+        assert (c.path, c.row_threads, c.vecs, c.rows) == (PATH_PHASED, 256, 2, LOOP_ROWS), (hidden, c)
+    assert plain_config(4103, bf16, False, 1, weight).row_threads == 256  # 512 whole vectors at most, and 7 more
+    assert plain_config(4104, bf16, False, 1, torch.empty(4104, dtype=torch.bfloat16)).row_threads == 512
+    assert plain_config(4097, bf16, False, 4097, torch.empty(4098, dtype=torch.bfloat16)[1:]).path == PATH_SCALAR
+    assert plain_config(4096, bf16, True, 4097, weight).path == PATH_VECTOR
 
 
 # ------------------------------------------------------------------------------------------------ the stub

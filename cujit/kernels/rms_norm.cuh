@@ -22,10 +22,13 @@
 ///   the weight) is 16-byte aligned: 16-byte loads and stores, the weight loaded with the row and kept in
 ///   registers; each row group normalises up to kRows rows in turn, the next row's loads in flight while the
 ///   current one is reduced and written. The fast path.
-/// - kPathPhased: the row fits in one tile but is not 16-byte aligned (an odd hidden size, a sliced x), every
-///   tensor having the same alignment at each row and the weight 16-byte aligned: element loads up to the row's
-///   first 16-byte boundary and after its last whole vector, 16-byte vectors between; the weight copied once per
-///   block to shared memory and read there at the row's alignment. Rows looped over as for kPathVector.
+/// - kPathPhased: rows that are not 16-byte aligned (an odd hidden size, a sliced x) and a 16-byte aligned
+///   weight: each row split at the 16-byte boundaries of the tensor written row by row (out; residual for the
+///   fused form), 16-byte vector stores in its body and element accesses up to its first boundary and after its
+///   last whole vector. The plain form reads x at any offset from out (shifted vectors, cujit/rows.cuh); the
+///   fused form needs x and residual in phase. The weight is copied once per block to shared memory and read
+///   there at the row's alignment. The body's vectors must fit the tile (hidden / kLanes of them at most, the
+///   head and tail held besides). Rows looped over as for kPathVector.
 /// - kPathScalar: the row fits in one tile, any alignment: element loads in a thread-interleaved order (thread t
 ///   of a row takes elements t, t + kRowThreads, ...), so that a warp's loads stay coalesced.
 /// - kPathTiled: any hidden size: tile by tile in two passes, the second reading the row again (mostly from
@@ -45,6 +48,7 @@
 #include <cujit/base.cuh>
 #include <cujit/pdl.cuh>
 #include <cujit/reduce.cuh>
+#include <cujit/rows.cuh>
 #include <cujit/types.cuh>
 
 #include "norm_plan.cuh"
@@ -100,6 +104,24 @@ struct Fragment {
           }
           v[i].w[j] = word;
         }
+      }
+    }
+  }
+
+  /// Load the vectors of `reader`'s row that start at element `first` + slot(i, 0) of it (the index of this
+  /// thread's first element in the row, whose body vectors the reader's split places); vectors at or past
+  /// `count` read as zero. For a row that is not in phase with the tensor whose split the kernel follows: each
+  /// vector is a shifted one (see cujit/rows.cuh), or an aligned load when the row happens to be in phase.
+  CUJIT_DEVICE void load(const cujit::RowReader<T>& reader, int64_t first, int64_t count) {
+    static_assert(kVector, "a row reader follows the vector layout");
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (slot(i, 0) < count) {
+        const cujit::Vec16<T> got = reader.vector(static_cast<uint64_t>(first + slot(i, 0)));
+        const uint4 bits = *reinterpret_cast<const uint4*>(&got);
+        v[i] = {{bits.x, bits.y, bits.z, bits.w}};
+      } else {
+        v[i] = V::zeros();
       }
     }
   }
@@ -475,31 +497,22 @@ CUJIT_DEVICE void norm_rows(const RowTensors<T, kFusedAdd>& io, const T* __restr
 }
 
 // ------------------------------------------------------------------------------------------------ odd rows
-/// Where the 16-byte vectors of one row lie when its start is not 16-byte aligned or its length not a whole
-/// number of vectors (kPathPhased): `head` elements up to the first 16-byte boundary, `body` elements of whole
-/// vectors, then `tail` elements, fewer than one vector's worth each. The host picks this path only when every
-/// tensor the kernel reads or writes row by row has the same alignment relative to 16 bytes at each row (equal
-/// addresses modulo 16 and row strides modulo a vector), so that the phase read from x holds for all of them.
+/// Rows that are not 16-byte aligned or not a whole number of vectors (kPathPhased) split as cujit::RowSplit
+/// does (cujit/rows.cuh): `head` elements up to the first 16-byte boundary, `vectors` whole vectors, then `tail`
+/// elements, fewer than one vector's worth each. The split follows the tensor that is written row by row (out,
+/// or residual for the fused form); a split of zero elements (all parts empty) stands for no row.
 template <typename T>
-struct Phase {
-  static constexpr int64_t kLanes = 16 / sizeof(T);
-  int64_t head = 0;
-  int64_t body = 0;
-  int64_t tail = 0;
+using Split = cujit::RowSplit<T>;
 
-  /// The phase of the row at `row` of `hidden` elements; all zero when `valid` is false (no row: nothing is
-  /// loaded or stored).
-  CUJIT_DEVICE Phase(const T* row, int64_t hidden, bool valid) {
-    if (!valid) return;
-    const int64_t past = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16 / sizeof(T));
-    head = past == 0 ? 0 : (kLanes - past < hidden ? kLanes - past : hidden);
-    body = (hidden - head) / kLanes * kLanes;
-    tail = hidden - head - body;
-  }
-};
+/// The elements in the body of a split.
+template <typename T>
+CUJIT_DEVICE int64_t body_elements(const Split<T>& split) {
+  return static_cast<int64_t>(split.vectors * Split<T>::kLanes);
+}
 
 /// The head and tail elements of a row that thread t of its row group holds: head element t (if t < head) and
 /// tail element t (if t < tail), each as the bits of one value in the low end of a 32-bit word (zero if absent).
+/// `t` is below kRowThreads, which is at least a vector's worth of elements (check_config).
 template <typename T>
 struct Edges {
   using P = packed::Packed<T>;
@@ -525,13 +538,13 @@ struct Edges {
     }
   }
 
-  CUJIT_DEVICE void load(const T* row, const Phase<T>& phase, int t) {
-    if (t < phase.head) head = P::load_one(row + t);
-    if (t < phase.tail) tail = P::load_one(row + phase.head + phase.body + t);
+  CUJIT_DEVICE void load(const T* row, const Split<T>& split, uint32_t t) {
+    if (t < split.head) head = P::load_one(row + t);
+    if (t < split.tail) tail = P::load_one(row + split.tail_start() + t);
   }
-  CUJIT_DEVICE void store(T* row, const Phase<T>& phase, int t) const {
-    if (t < phase.head) P::store_one(row + t, head);
-    if (t < phase.tail) P::store_one(row + phase.head + phase.body + t, tail);
+  CUJIT_DEVICE void store(T* row, const Split<T>& split, uint32_t t) const {
+    if (t < split.head) P::store_one(row + t, head);
+    if (t < split.tail) P::store_one(row + split.tail_start() + t, tail);
   }
   /// this = round(this + other).
   CUJIT_DEVICE void add(const Edges& other) {
@@ -544,32 +557,45 @@ struct Edges {
   }
   /// this = round(this * inv_rms * w), with w read from the staged weight.
   template <bool kGemma>
-  CUJIT_DEVICE void normalize(const uint32_t* staged, const Phase<T>& phase, int t, float inv_rms) {
-    if (t < phase.head) {
+  CUJIT_DEVICE void normalize(const uint32_t* staged, const Split<T>& split, uint32_t t, float inv_rms) {
+    if (t < split.head) {
       const float w = value(staged_bits(staged, t));
       head = bits(value(head) * inv_rms * (kGemma ? 1.0f + w : w));
     }
-    if (t < phase.tail) {
-      const float w = value(staged_bits(staged, phase.head + phase.body + t));
+    if (t < split.tail) {
+      const float w = value(staged_bits(staged, static_cast<int64_t>(split.tail_start() + t)));
       tail = bits(value(tail) * inv_rms * (kGemma ? 1.0f + w : w));
     }
   }
 };
 
-/// One row of the phased layout held by one thread: its share of the row's vectors, and its edge elements.
-template <typename T, int kRowThreads, int kVecs>
+/// One row of the phased layout held by one thread: its share of the row's body vectors, and its edge elements.
+/// Stores follow the split; with kShifted, loads read a row that may be out of phase with it (RowReader).
+template <typename T, int kRowThreads, int kVecs, bool kShifted>
 struct PhasedRow {
   using F = Fragment<true, T, kRowThreads, kVecs>;
   F body;
   Edges<T> edges;
 
-  CUJIT_DEVICE void load(const T* row, const Phase<T>& phase, int t) {
-    body.load(row + phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
-    edges.load(row, phase, t);
+  /// This thread's first body element in the row, and the body elements from there on.
+  static CUJIT_DEVICE int64_t first(const Split<T>& split, uint32_t t) {
+    return static_cast<int64_t>(split.head) + F::thread_offset(t);
   }
-  CUJIT_DEVICE void store(T* row, const Phase<T>& phase, int t) const {
-    body.store(row + phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
-    edges.store(row, phase, t);
+  static CUJIT_DEVICE int64_t count(const Split<T>& split, uint32_t t) {
+    return body_elements(split) - F::thread_offset(t);
+  }
+
+  CUJIT_DEVICE void load(const T* row, const Split<T>& split, uint32_t t) {
+    if constexpr (kShifted) {
+      body.load(cujit::RowReader<T>(row, split), first(split, t), count(split, t));
+    } else {
+      body.load(row + first(split, t), count(split, t));
+    }
+    edges.load(row, split, t);
+  }
+  CUJIT_DEVICE void store(T* row, const Split<T>& split, uint32_t t) const {
+    body.store(row + first(split, t), count(split, t));
+    edges.store(row, split, t);
   }
   CUJIT_DEVICE void add(const PhasedRow& other) {
     body.add(other.body);
@@ -578,11 +604,11 @@ struct PhasedRow {
   CUJIT_DEVICE float sum_squares() const { return body.sum_squares() + edges.sum_squares(); }
   CUJIT_DEVICE void forget() { body.forget(); }
   template <bool kGemma>
-  CUJIT_DEVICE void normalize(const uint32_t* staged, const Phase<T>& phase, int t, float inv_rms) {
+  CUJIT_DEVICE void normalize(const uint32_t* staged, const Split<T>& split, uint32_t t, float inv_rms) {
     F w;
-    w.load_staged(staged, phase.head + F::thread_offset(t), phase.body - F::thread_offset(t));
+    w.load_staged(staged, first(split, t), count(split, t));
     body.template normalize<kGemma>(w, inv_rms);
-    edges.template normalize<kGemma>(staged, phase, t, inv_rms);
+    edges.template normalize<kGemma>(staged, split, t, inv_rms);
   }
 };
 
@@ -617,24 +643,30 @@ CUJIT_DEVICE void stage_weight(uint32_t* staged, const T* __restrict__ weight, i
 template <typename T, int kRowThreads, int kVecs>
 constexpr int kStagedWords = kRowThreads * kVecs * 4 + 4;
 
-/// RMSNorm (or fused add + RMSNorm) of rows that are not 16-byte aligned (kPathPhased): vector loads and stores
-/// from each row's first 16-byte boundary, element loads for the head and tail, the weight read from a
-/// shared-memory copy at the row's alignment (x and the other tensor in phase). Rows are looped over as in
-/// norm_rows.
+/// RMSNorm (or fused add + RMSNorm) of rows that are not 16-byte aligned (kPathPhased): each row split at the
+/// 16-byte boundaries of the tensor written row by row (out, or residual), vector stores in the body and element
+/// accesses at the head and tail; the weight read from a shared-memory copy at the row's alignment. x is read
+/// in phase (the fused form, whose x is written too: the host checks that x and residual are in phase) or
+/// through a RowReader at any offset (the plain form). Rows are looped over as in norm_rows.
 template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd>
 CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
                               int64_t hidden, float eps) {
-  using R = PhasedRow<T, kRowThreads, kVecs>;
+  using R = PhasedRow<T, kRowThreads, kVecs, !kFusedAdd>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
   __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
   const L loop(rows);
-  const int t = threadIdx.x % kRowThreads;
+  const uint32_t t = threadIdx.x % kRowThreads;
+  // The split of row `at` at step k (of no elements past the last row).
+  const auto split_of = [&](int64_t row, int k) {
+    const int64_t at = loop.clamp(row, k);
+    return Split<T>(io.other() + at * io.other_stride(), static_cast<uint64_t>(loop.count(row, k, hidden)));
+  };
   int64_t row = L::first();
-  Phase<T> phase(io.x + loop.clamp(row, 0) * io.x_stride, hidden, loop.count(row, 0, 1) != 0);
+  Split<T> split = split_of(row, 0);
   R held;
   {
     R in;
-    io.load(held, in, loop.clamp(row, 0), 0, phase, t);
+    io.load(held, in, loop.clamp(row, 0), 0, split, t);
     stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
     io.combine(held, in);
   }
@@ -642,22 +674,21 @@ CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __res
 #pragma unroll 1
   for (int k = 0; k < loop.steps; ++k) {
     const int64_t at = loop.clamp(row, k);
-    io.store_sum(held, at, 0, phase, t);
+    io.store_sum(held, at, 0, split, t);
     const int64_t next_row = row + L::kGroups;
-    const int64_t next_at = loop.clamp(next_row, k + 1);
-    const Phase<T> next_phase(io.x + next_at * io.x_stride, hidden, loop.count(next_row, k + 1, 1) != 0);
+    const Split<T> next_split = split_of(next_row, k + 1);
     R next, next_in;
-    io.load(next, next_in, next_at, 0, next_phase, t);
+    io.load(next, next_in, loop.clamp(next_row, k + 1), 0, next_split, t);
     if (k + 1 == loop.steps) cujit::pdl_launch_dependents();
     if constexpr (kFusedAdd) held.forget();
     const float inv_rms =
         inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
     held.forget();
-    held.template normalize<kGemma>(staged, phase, t, inv_rms);
-    io.store(held, at, 0, phase, t);
+    held.template normalize<kGemma>(staged, split, t, inv_rms);
+    io.store(held, at, 0, split, t);
     io.combine(next, next_in);
     held = next;
-    phase = next_phase;
+    split = next_split;
     row = next_row;
   }
 }
@@ -743,8 +774,8 @@ CUJIT_DEVICE void norm(const RowTensors<T, kFusedAdd>& io, const T* __restrict__
 
 /// out[r, :] = rms_norm(x[r, :]) * w for r < rows. Rows are x_stride / out_stride elements apart (the last
 /// dimension is contiguous); out may be x. Launch kBlock threads per block and
-/// cdiv(rows, kBlock / kRowThreads * kRows) blocks. Except for kPathTiled, hidden must be at most
-/// kRowThreads * kVecs * (16 / sizeof(T)).
+/// cdiv(rows, kBlock / kRowThreads * kRows) blocks. hidden must be at most kRowThreads * kVecs * (16 / sizeof(T))
+/// (floor(hidden / (16 / sizeof(T))) at most kRowThreads * kVecs for kPathPhased), except for kPathTiled.
 template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs, int kRows>
 __global__ void __launch_bounds__(kBlock, (rms_norm_detail::kMinBlocks<kBlock, kPath>))
     rms_norm_kernel(T* out, const T* x, const T* __restrict__ weight, int64_t rows, int64_t hidden,

@@ -234,6 +234,14 @@ CUJIT_DEVICE void map_body(T* y, const RowSplit<T>& split, const Threads& thread
 
 }  // namespace rows_detail
 
+/// Reads of one row of T (at `p`) at the body vectors of a split made for another pointer of the same row length:
+/// `RowReader<T>(p, split).vector(split.vector_start(v))` is the kLanes values of p's row that body vector v of
+/// the split covers, loaded as one aligned vector when p is in phase with the split's pointer and as a shifted
+/// vector otherwise; `reader[i]` is one value. For a kernel that holds a row in registers instead of mapping it
+/// (a norm reads the whole row before it writes any of it), with its stores aligned to the split of its output.
+template <typename T>
+using RowReader = rows_detail::Reader<T>;
+
 /// Calls `f(i, x[i])` for every index i of [0, n) that this thread owns, reading x with 16-byte vectors where
 /// it is aligned: the loads of a reduction (sum, maximum, a norm's sum of squares). Which indices a thread owns
 /// depends on x's alignment, so a result that depends on the order of f's calls (a float sum) may differ in its
