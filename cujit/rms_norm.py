@@ -166,8 +166,10 @@ def same_phase(a: Any, b: Any, a_stride: int, b_stride: int, T: int, itemsize: i
 
 
 def plain_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
-    """:func:`norm_config` for one rms_norm call of ``T`` rows of hidden size ``H``: the phased path reads x at
-    any offset from out, so only the weight's alignment matters."""
+    """:func:`norm_config` for one rms_norm call of ``T`` rows of hidden size ``H``.
+
+    The phased path reads x at any offset from out, so only the weight's alignment matters.
+    """
     return _rule(H, dtype, vector, not vector and aligned(weight, 16), T >= LOOP_TOKENS)
 
 
