@@ -45,8 +45,7 @@ fused_add_rms_norm = cujit.op(
         # Whole vectors per row, and every row start and the weight 16-byte aligned.
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(residual, 16) and aligned(weight, 16) "
                   "and (T <= 1 or (x_stride % lanes == 0 and residual_stride % lanes == 0))",
-        "config": (layout_config, "H", "dtype", "vector", "T", "x", "residual", "weight", "x_stride",
-                   "residual_stride"),
+        "config": (layout_config, "H", "dtype", "vector", "T", "weight"),
     },
     checks=[
         ("T <= 1 or abs(x_stride) >= H", "x: rows overlap (a row stride below hidden)"),

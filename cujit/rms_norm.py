@@ -22,8 +22,7 @@ from ._runtime.tensors import tensor_info
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
     "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "plain_config", "rms_norm",
-    "same_phase",
+    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm",
 ]
 
 # rms_norm_detail::kPath*, read from the kernel's own header (cujit/kernels/norm_plan.cuh).
@@ -78,10 +77,9 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
     """The kernel configuration for ``tokens`` rows of ``hidden`` values of ``dtype``.
 
     ``vector``: whether 16-byte vectors apply (hidden a multiple of 16 bytes' worth of values; every row start and
-    the weight 16-byte aligned). ``phased``: otherwise, whether the weight is 16-byte aligned and the rows can be
-    split at the 16-byte boundaries of the tensor written row by row: always for rms_norm (x is read with shifted
-    vectors where it is out of phase with out), for the fused form when x and residual are in phase
-    (:func:`same_phase`). The choice, by capacity (threads per row x vectors per thread x values per vector
+    the weight 16-byte aligned). ``phased``: otherwise, whether the weight is 16-byte aligned, so that rows can
+    be split at the 16-byte boundaries of out (of residual for the fused form), x read at any offset from it
+    (:func:`layout_config`). The choice, by capacity (threads per row x vectors per thread x values per vector
     must cover the row, so that the row is read once and kept in registers):
 
     - Each thread holds at most 4 vectors (64 bytes of the row, 16 registers, plus 16 for the weight, loaded with
@@ -102,9 +100,8 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       from LOOP_TOKENS tokens on, which amortises the weight's copy to shared memory (4% faster at 4097 x 4097
       bf16 on an H200). Their capacity counts the body's whole vectors only (hidden // lanes of them at most):
       the head and tail, under a vector each, take one element a thread besides, so that a row of 4097 values
-      takes as many threads as one of 4096. Rows that cannot be split so (the fused form out of phase, a
-      misaligned weight) load element by element, one register per value: half the values per thread (2
-      vectors' worth) for the same registers.
+      takes as many threads as one of 4096. Rows with a weight that is not 16-byte aligned load element by
+      element, one register per value: half the values per thread (2 vectors' worth) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
       of 1024 threads over tiles, the second pass reading the row again, mostly from L1/L2.
     """
@@ -155,35 +152,13 @@ def data_address(tensor: Any) -> int:
     return tensor_info(tensor).ptr
 
 
-def same_phase(a: Any, b: Any, a_stride: int, b_stride: int, T: int, itemsize: int) -> bool:
-    """Whether the rows of ``a`` and ``b`` ([T, H] tensors of one dtype) are equally aligned relative to 16 bytes.
+def layout_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
+    """:func:`norm_config` for one call of ``T`` rows of hidden size ``H`` (rms_norm or fused_add_rms_norm).
 
-    That is: equal addresses modulo 16 and equal row strides modulo a 16-byte vector, with element-aligned values.
-    """
-    pa, pb = data_address(a), data_address(b)
-    return (pa % itemsize == 0 and (pa - pb) % 16 == 0
-            and (T <= 1 or (a_stride - b_stride) % (16 // itemsize) == 0))
-
-
-def plain_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
-    """:func:`norm_config` for one rms_norm call of ``T`` rows of hidden size ``H``.
-
-    The phased path reads x at any offset from out, so only the weight's alignment matters.
+    Rows that are not 16-byte aligned take the phased path whenever the weight is: it reads and writes x at any
+    offset from the tensor whose boundaries it follows (out, or residual).
     """
     return _rule(H, dtype, vector, not vector and aligned(weight, 16), T >= LOOP_TOKENS)
-
-
-def layout_config(H: int, dtype: DType, vector: bool, T: int, x: Any, other: Any, weight: Any, x_stride: int,
-                  other_stride: int) -> NormConfig:
-    """:func:`norm_config` for one fused_add_rms_norm call of ``T`` rows of hidden size ``H``.
-
-    ``other`` is the second tensor read and written row by row (``residual``), which must be in phase with x
-    (x is written too) for the phased path.
-    """
-    if vector:
-        return _rule(H, dtype, True, False, T >= LOOP_TOKENS)
-    phased = aligned(weight, 16) and same_phase(x, other, x_stride, other_stride, T, dtype.itemsize)
-    return _rule(H, dtype, False, phased, T >= LOOP_TOKENS)
 
 
 # ------------------------------------------------------------------------------------------------ the op
@@ -208,7 +183,7 @@ rms_norm = cujit.op(
         # computed once out is allocated (or checked).
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(weight, 16) and aligned(out, 16) "
                   "and (T <= 1 or (x_stride % lanes == 0 and out_stride % lanes == 0))",
-        "config": (plain_config, "H", "dtype", "vector", "T", "weight"),
+        "config": (layout_config, "H", "dtype", "vector", "T", "weight"),
     },
     checks=[("T <= 1 or abs(out_stride) >= H", "out: rows overlap (a row stride below hidden)")],
     grid="cdiv(T, config.rows_per_block) if H else 0",

@@ -25,7 +25,6 @@ from cujit.rms_norm import (
     PATH_VECTOR_LATE,
     NormConfig,
     layout_config,
-    plain_config,
     rms_norm,
 )
 from tests.test_norms_gpu import DTYPES, assert_matches, reference
@@ -49,7 +48,7 @@ def _config(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor) -> NormC
     vector = (hidden % lanes == 0 and x.data_ptr() % 16 == 0 and other.data_ptr() % 16 == 0
               and weight.data_ptr() % 16 == 0 and (tokens <= 1 or (x.stride(0) % lanes == 0
                                                                     and other.stride(0) % lanes == 0)))
-    return layout_config(hidden, dtype, vector, tokens, x, other, weight, x.stride(0), other.stride(0))
+    return layout_config(hidden, dtype, vector, tokens, weight)
 
 
 # ------------------------------------------------------------------------------------------------ odd rows
@@ -96,7 +95,7 @@ def test_rms_norm_reads_x_out_of_phase_with_out(dtype: torch.dtype, hidden: int)
             x = wide_x[:, x_column:x_column + hidden]
             wide_out = torch.full((tokens, hidden + 12), float("nan"), device="cuda", dtype=dtype)
             out = wide_out[:, out_column:out_column + hidden]
-            assert plain_config(hidden, cujit.DType.of(dtype), False, tokens, weight).path == PATH_PHASED
+            assert _config(x, out, weight).path == PATH_PHASED
             before = wide_x.clone()
             assert rms_norm(x, weight, out=out) is out
             assert_matches(out, reference(x, weight), dtype)
@@ -144,21 +143,42 @@ def test_short_odd_rows(dtype: torch.dtype, hidden: int, tokens: int) -> None:
     assert_matches(x, expected_x, dtype)
 
 
-def test_fused_rows_out_of_phase_take_the_scalar_path() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [5, 17, 1000, 4096, 4097])
+def test_fused_add_rms_norm_x_out_of_phase_with_residual(dtype: torch.dtype, hidden: int) -> None:
+    """x at another offset (and row stride) than residual: each row split at residual's boundaries, x read with
+    shifted vectors and written element by element in the body."""
+    weight = _weight(hidden, dtype)
+    for tokens in (1, 7, LOOP_TOKENS + 3):
+        for x_column, r_column in ((1, 0), (0, 3), (2, 7), (7, 1)):
+            wide_x = torch.randn(tokens, hidden + 9, device="cuda").to(dtype)
+            wide_residual = torch.randn(tokens, hidden + 12, device="cuda").to(dtype)
+            x = wide_x[:, x_column:x_column + hidden]
+            residual = wide_residual[:, r_column:r_column + hidden]
+            assert _config(x, residual, weight).path == PATH_PHASED
+            before_x, before_residual = wide_x.clone(), wide_residual.clone()
+            total = x + residual
+            expected_x = reference(total, weight)
+            fused_add_rms_norm(x, residual, weight)
+            assert torch.equal(residual, total)
+            assert_matches(x, expected_x, dtype)
+            for wide, before, column in ((wide_x, before_x, x_column), (wide_residual, before_residual, r_column)):
+                assert torch.equal(wide[:, :column], before[:, :column])
+                assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+
+
+def test_a_misaligned_weight_takes_the_scalar_path() -> None:
     dtype = torch.bfloat16
-    x = torch.randn(4097, 4098, device="cuda").to(dtype)[:, 1:]
-    residual = torch.randn(4097, 4097, device="cuda").to(dtype)
-    weight = _weight(4097, dtype)
-    assert _config(x, residual, weight).path == PATH_SCALAR
-    total = x + residual
-    expected_x = reference(total, weight)
-    fused_add_rms_norm(x, residual, weight)
-    assert torch.equal(residual, total)
-    assert_matches(x, expected_x, dtype)
     misaligned_weight = torch.randn(4098, device="cuda").to(dtype)[1:]
     y = torch.randn(4097, 4097, device="cuda").to(dtype)
     assert _config(y, y, misaligned_weight).path == PATH_SCALAR
     assert_matches(rms_norm(y, misaligned_weight), reference(y, misaligned_weight), dtype)
+    residual = torch.randn_like(y)
+    total = y + residual
+    expected_y = reference(total, misaligned_weight)
+    fused_add_rms_norm(y, residual, misaligned_weight)
+    assert torch.equal(residual, total)
+    assert_matches(y, expected_y, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ token counts

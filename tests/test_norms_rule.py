@@ -2,7 +2,7 @@
 
 - norm_config picks only precompiled instantiations (tests/test_compile_all.py compiles every one of them), that
   hold the row; the phased path loops over LOOP_ROWS rows per group from LOOP_TOKENS tokens on, aligned rows never.
-- layout_config reads the layout of real tensors (CPU tensors here: only their addresses and strides matter).
+- layout_config reads the alignment of a real weight (a CPU tensor here: only its address matters).
 - The generated launch code, against the stub driver: the grid covers rows_per_block rows per block.
 """
 
@@ -27,9 +27,7 @@ from cujit.rms_norm import (
     VECTOR_CONFIGS,
     layout_config,
     norm_config,
-    plain_config,
     rms_norm,
-    same_phase,
 )
 from tests.stub_cuda import FakeCudaTensor, StubBackend, bind_fakes
 
@@ -83,49 +81,20 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int) ->
                     assert c.vecs <= 2  # the next row's vectors take registers too
 
 
-def test_layout_config_reads_the_phase_of_real_tensors() -> None:
-    bf16 = torch.bfloat16
-    dtype = cujit.DType.of(bf16)
-    wide = torch.empty(4097, 4110, dtype=bf16)
-    weight = torch.empty(4097, dtype=bf16)
-    assert weight.data_ptr() % 16 == 0 and wide.data_ptr() % 16 == 0
-
-    def config(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor = weight) -> tuple[int, int]:
-        c = layout_config(x.shape[1], dtype, False, x.shape[0], x, other, w, x.stride(0), other.stride(0))
-        return c.path, c.rows
-
-    contiguous = torch.empty(4097, 4097, dtype=bf16)
-    assert config(contiguous, contiguous) == (PATH_PHASED, LOOP_ROWS)
-    assert config(contiguous[:7], torch.empty(7, 4097, dtype=bf16)) == (PATH_PHASED, 1)
-    for column in (1, 3, 7):
-        x = wide[:, column:column + 4097]
-        assert config(x, x) == (PATH_PHASED, LOOP_ROWS)
-        assert config(x, torch.empty(4097, 4110, dtype=bf16)[:, column:column + 4097]) == (PATH_PHASED, LOOP_ROWS)
-        assert config(x, contiguous)[0] == PATH_SCALAR  # the strides differ modulo a vector
-        assert config(x, torch.empty(4097, 4110, dtype=bf16)[:, column + 1:column + 4098])[0] == PATH_SCALAR
-        assert config(x, x, torch.empty(4098, dtype=bf16)[1:])[0] == PATH_SCALAR  # a misaligned weight
-    one = wide[:1, 3:3 + 4097]
-    assert config(one, torch.empty(1, 4097, dtype=bf16)[:, :])[0] == PATH_SCALAR  # addresses out of phase
-    assert config(one, torch.empty(1, 4100, dtype=bf16)[:, 3:])[0] == PATH_PHASED  # one row: no stride matters
-    assert same_phase(wide[:, 8:], contiguous, 4110, 4102, 4097, 2)
-    assert not same_phase(wide[:, 8:], contiguous, 4110, 4101, 4097, 2)
-    aligned = layout_config(4096, dtype, True, 4097, contiguous, contiguous, weight, 4096, 4096)
-    assert (aligned.path, aligned.rows) == (PATH_VECTOR, 1)
-
-
-def test_plain_rms_norm_splits_any_row_with_an_aligned_weight() -> None:
-    """rms_norm reads x at any offset from out (shifted vectors), so only the weight decides between the phased
-    and the scalar path; a row of 4097 or 4095 values takes the threads of one of 4096."""
+def test_any_row_with_an_aligned_weight_is_split() -> None:
+    """Both ops read x at any offset from the tensor whose 16-byte boundaries they follow (out, or residual), so
+    only the weight decides between the phased and the scalar path; a row of 4095 to 4103 values takes the
+    threads of one of 4096."""
     bf16 = cujit.DType.of(torch.bfloat16)
-    weight = torch.empty(4097, dtype=torch.bfloat16)
+    weight = torch.empty(4104, dtype=torch.bfloat16)
     assert weight.data_ptr() % 16 == 0
-    for hidden in (4095, 4096, 4097):
-        c = plain_config(hidden, bf16, False, 4097, weight[:hidden])
-        assert (c.path, c.row_threads, c.vecs, c.rows) == (PATH_PHASED, 256, 2, LOOP_ROWS), (hidden, c)
-    assert plain_config(4103, bf16, False, 1, weight).row_threads == 256  # 512 whole vectors at most, and 7 more
-    assert plain_config(4104, bf16, False, 1, torch.empty(4104, dtype=torch.bfloat16)).row_threads == 512
-    assert plain_config(4097, bf16, False, 4097, torch.empty(4098, dtype=torch.bfloat16)[1:]).path == PATH_SCALAR
-    assert plain_config(4096, bf16, True, 4097, weight).path == PATH_VECTOR
+    for hidden in (4095, 4096, 4097, 4103):
+        for tokens, rows in ((4097, LOOP_ROWS), (7, 1)):
+            c = layout_config(hidden, bf16, False, tokens, weight[:hidden])
+            assert (c.path, c.row_threads, c.vecs, c.rows) == (PATH_PHASED, 256, 2, rows), (hidden, c)
+    assert layout_config(4104, bf16, False, 1, weight).row_threads == 512  # 513 whole vectors
+    assert layout_config(4097, bf16, False, 4097, torch.empty(4098, dtype=torch.bfloat16)[1:]).path == PATH_SCALAR
+    assert layout_config(4096, bf16, True, 4097, weight).path == PATH_VECTOR
 
 
 # ------------------------------------------------------------------------------------------------ the stub

@@ -25,10 +25,11 @@
 /// - kPathPhased: rows that are not 16-byte aligned (an odd hidden size, a sliced x) and a 16-byte aligned
 ///   weight: each row split at the 16-byte boundaries of the tensor written row by row (out; residual for the
 ///   fused form), 16-byte vector stores in its body and element accesses up to its first boundary and after its
-///   last whole vector. The plain form reads x at any offset from out (shifted vectors, cujit/rows.cuh); the
-///   fused form needs x and residual in phase. The weight is copied once per block to shared memory and read
-///   there at the row's alignment. The body's vectors must fit the tile (hidden / kLanes of them at most, the
-///   head and tail held besides). Rows looped over as for kPathVector.
+///   last whole vector. x may lie at any offset from that tensor: it is read with shifted vectors
+///   (cujit/rows.cuh), and the fused form writes it element by element where it is out of phase. The weight is
+///   copied once per block to shared memory and read there at the row's alignment. The body's vectors must fit
+///   the tile (hidden / kLanes of them at most, the head and tail held besides). Rows looped over as for
+///   kPathVector.
 /// - kPathScalar: the row fits in one tile, any alignment: element loads in a thread-interleaved order (thread t
 ///   of a row takes elements t, t + kRowThreads, ...), so that a warp's loads stay coalesced.
 /// - kPathTiled: any hidden size: tile by tile in two passes, the second reading the row again (mostly from
@@ -140,6 +141,22 @@ struct Fragment {
             const int64_t at = slot(i, j * kPerWord + h);
             if (at < count) P::store_one(base + at, v[i].w[j] >> (16 * h));
           }
+        }
+      }
+    }
+  }
+
+  /// Store to `base`, the vectors before `count` only, element by element: for a row that is not in phase with
+  /// the split the vectors follow (`base` not 16-byte aligned). Vector layout only.
+  CUJIT_DEVICE void store_elements(T* base, int64_t count) const {
+    static_assert(kVector, "element stores of whole vectors follow the vector layout");
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      if (slot(i, 0) < count) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int h = 0; h < kPerWord; ++h) P::store_one(base + slot(i, 0) + j * kPerWord + h, v[i].w[j] >> (16 * h));
         }
       }
     }
@@ -570,8 +587,9 @@ struct Edges {
 };
 
 /// One row of the phased layout held by one thread: its share of the row's body vectors, and its edge elements.
-/// Stores follow the split; with kShifted, loads read a row that may be out of phase with it (RowReader).
-template <typename T, int kRowThreads, int kVecs, bool kShifted>
+/// A row in phase with the split is read and written with 16-byte vectors; one out of phase is read with shifted
+/// vectors (RowReader) and written element by element.
+template <typename T, int kRowThreads, int kVecs>
 struct PhasedRow {
   using F = Fragment<true, T, kRowThreads, kVecs>;
   F body;
@@ -586,15 +604,15 @@ struct PhasedRow {
   }
 
   CUJIT_DEVICE void load(const T* row, const Split<T>& split, uint32_t t) {
-    if constexpr (kShifted) {
-      body.load(cujit::RowReader<T>(row, split), first(split, t), count(split, t));
-    } else {
-      body.load(row + first(split, t), count(split, t));
-    }
+    body.load(cujit::RowReader<T>(row, split), first(split, t), count(split, t));
     edges.load(row, split, t);
   }
   CUJIT_DEVICE void store(T* row, const Split<T>& split, uint32_t t) const {
-    body.store(row + first(split, t), count(split, t));
+    if (cujit::is_aligned(row + split.head, 16)) {
+      body.store(row + first(split, t), count(split, t));
+    } else {
+      body.store_elements(row + first(split, t), count(split, t));
+    }
     edges.store(row, split, t);
   }
   CUJIT_DEVICE void add(const PhasedRow& other) {
@@ -644,14 +662,14 @@ template <typename T, int kRowThreads, int kVecs>
 constexpr int kStagedWords = kRowThreads * kVecs * 4 + 4;
 
 /// RMSNorm (or fused add + RMSNorm) of rows that are not 16-byte aligned (kPathPhased): each row split at the
-/// 16-byte boundaries of the tensor written row by row (out, or residual), vector stores in the body and element
-/// accesses at the head and tail; the weight read from a shared-memory copy at the row's alignment. x is read
-/// in phase (the fused form, whose x is written too: the host checks that x and residual are in phase) or
-/// through a RowReader at any offset (the plain form). Rows are looped over as in norm_rows.
+/// 16-byte boundaries of out (of residual for the fused form), vector stores in the body and element accesses at
+/// the head and tail; x read through a RowReader at any offset (and, for the fused form, written element by
+/// element in the body when it is out of phase with residual). The weight is read from a shared-memory copy at
+/// the row's alignment. Rows are looped over as in norm_rows.
 template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd>
 CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
                               int64_t hidden, float eps) {
-  using R = PhasedRow<T, kRowThreads, kVecs, !kFusedAdd>;
+  using R = PhasedRow<T, kRowThreads, kVecs>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
   __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
   const L loop(rows);
