@@ -132,11 +132,12 @@ def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: Simpl
         # (x, weight, out, expected path, block, rows per block)
         (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
         (torch.randn(5, 4104, dtype=f16)[:, :4096], torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
-        (torch.randn(5, 4097, dtype=f16)[:, 1:], torch.randn(4096, dtype=f16), None, PATH_SCALAR, 512, 1),
+        # x or out out of phase with the other: the phased path (x read with shifted vectors), 512 whole vectors
+        (torch.randn(5, 4097, dtype=f16)[:, 1:], torch.randn(4096, dtype=f16), None, PATH_PHASED, 256, 1),
         (torch.randn(5, 4096, dtype=f16), torch.randn(4097, dtype=f16)[1:], None, PATH_SCALAR, 512, 1),
         (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), torch.empty(5, 4097, dtype=f16)[:, 1:],
-         PATH_SCALAR, 512, 1),
-        (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_PHASED, 512, 1),
+         PATH_PHASED, 256, 1),
+        (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_PHASED, 256, 1),
         (torch.randn(3, 40000, dtype=f16), torch.randn(40000, dtype=f16), None, PATH_TILED, 1024, 1),
         (torch.randn(37, 64, dtype=torch.float32), torch.randn(64), None, PATH_VECTOR, 128, 8),
         (torch.randn(37, 64, dtype=f16), torch.randn(64, dtype=f16), None, PATH_VECTOR, 128, 16),
@@ -187,7 +188,7 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     cases = [
         (torch.randn(7, 8192, dtype=f16), torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
         (torch.randn(7, 8200, dtype=f16)[:, :8192], torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
-        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_SCALAR, 512),
+        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_PHASED, 512),  # x read and written out of phase
     ]
     for x, residual, path, block in cases:
         fx, fr = fake(stub, x), fake(stub, residual)
