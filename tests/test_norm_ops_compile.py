@@ -188,7 +188,8 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     cases = [
         (torch.randn(7, 8192, dtype=f16), torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
         (torch.randn(7, 8200, dtype=f16)[:, :8192], torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
-        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_PHASED, 512),  # x read and written out of phase
+        # x out of phase with residual: read with shifted vectors, written element by element
+        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_PHASED, 512),
     ]
     for x, residual, path, block in cases:
         fx, fr = fake(stub, x), fake(stub, residual)
