@@ -12,6 +12,8 @@
 ///   row_read(x, n, threads, f)              f(i, x[i]) for each i            (reductions)
 ///   row_write(y, n, threads, f)             y[i] = f(i)
 ///   row_map(y, n, threads, f, a, b, ...)    y[i] = f(a[i], b[i], ...)        (one or more inputs)
+///   RowReader<T>(a, split).vector(i)        a's values at the body vectors of another pointer's split
+///                                           (for kernels that hold a row, e.g. rms_norm.cuh)
 ///
 /// Each index of [0, n) is visited by exactly one thread of `threads`, exactly once. The functor is called per
 /// element on both paths (a vector is loaded, then f is applied to each of its values), so the vector path and
