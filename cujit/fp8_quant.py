@@ -91,9 +91,11 @@ def per_token_plan(tokens: int, hidden: int, itemsize: int) -> tuple[int, int]:
 
     threads: the smallest power of two from 32 to 1024 that holds the row in at most 1 (up to FEW_TOKENS rows) or
     MANY_VECS 16-byte vectors per thread; vecs: the vectors each thread keeps in registers (1 to 4; rows beyond
-    1024 x 4 vectors re-read the rest).
+    1024 x 4 vectors re-read the rest). A row's whole vectors count, hidden // lanes of them: on the row path
+    (odd widths, misaligned views) its head and tail, under a vector each, take one value a thread besides, so
+    that a row of 4097 values takes the plan of one of 4096.
     """
-    chunks = -(-hidden // (16 // itemsize))
+    chunks = max(1, hidden // (16 // itemsize))
     target = 1 if tokens <= FEW_TOKENS else MANY_VECS
     threads = 32
     while threads < 1024 and threads * target < chunks:

@@ -76,6 +76,8 @@ def test_kv_plan() -> None:
 
 def test_quant_plans() -> None:
     assert per_token_plan(4097, 4096, 2) == (128, 4)
+    assert per_token_plan(4097, 4103, 2) == (128, 4)  # the row path: 512 whole vectors, 7 values besides
+    assert per_token_plan(16, 4097, 2) == (512, 1)
     assert per_token_plan(4097, 7168, 2) == (256, 4)
     assert per_token_plan(16, 4096, 2) == (512, 1)  # few tokens: one vector per thread
     assert per_token_plan(4097, 65536, 2) == (1024, 4)  # longer rows re-read what the registers cannot hold

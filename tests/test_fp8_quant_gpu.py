@@ -316,7 +316,8 @@ PLAN_TOKENS = [1, 2, 16, 17, 300, 4097]
 
 
 @pytest.mark.parametrize("tokens", PLAN_TOKENS)
-@pytest.mark.parametrize(("hidden", "pad"), [(7, 0), (136, 0), (4096, 0), (7168, 0), (4096, 8), (136, 3)])
+@pytest.mark.parametrize(("hidden", "pad"), [(7, 0), (136, 0), (4096, 0), (7168, 0), (4096, 8), (136, 3), (4097, 0),
+                                            (4103, 3)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=ID)
 def test_per_token_plans(tokens: int, hidden: int, pad: int, dtype: torch.dtype) -> None:
     x = rows(tokens, hidden, dtype, pad)
