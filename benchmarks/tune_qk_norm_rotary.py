@@ -1,11 +1,11 @@
 """Sweep how qk_norm_rotary_kernel spreads heads over its row groups, on one GPU (under a minute).
 
 Each row group takes ``span`` consecutive heads, ``heads`` at a time (cujit/kernels/qk_norm_rotary.cuh); the op
-picks ROTARY_HEADS and ROTARY_SPAN (cujit/qk_norm_rotary.py) from MANY_HEADS_FROM heads on. For each shape this
-times every (heads, span) candidate against cujit's two ops in sequence (qk_rms_norm, then rotary_embedding) and
-against ``copy_`` of the same bytes, and checks that every candidate writes the same bits as the pair. The
-candidates marked "halves" are the form of benchmarks/qk_norm_rotary_halves.cuh (both neox halves of a head's
-share in one lane), with the same work split.
+picks ROTARY_HEADS and ROTARY_SPAN (HALVES_HEADS and HALVES_SPAN for the halves form; cujit/qk_norm_rotary.py) from
+MANY_HEADS_FROM heads on. For each shape this times every (heads, span) candidate of both forms of the kernel
+(the exchanging form, and the halves form marked "halves": both neox halves of a head's share in one lane) against
+cujit's two ops in sequence (qk_rms_norm, then rotary_embedding) and against ``copy_`` of the same bytes, and
+checks that every candidate writes the same bits as the pair.
 CUDA events, median of 15: L2 flushed before each launch from 4097 tokens on, CUDA-graph replays below.
 
     python benchmarks/tune_qk_norm_rotary.py
@@ -17,17 +17,17 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import cujit
-from cujit.qk_norm_rotary import ROTARY_HEADS, ROTARY_SPAN, qk_norm_rotary
-from cujit.qk_rms_norm import head_config, qk_rms_norm
+from cujit.qk_norm_rotary import HALVES_HEADS, HALVES_SPAN, qk_norm_rotary, rotary_config
+from cujit.qk_rms_norm import qk_rms_norm
 from cujit.rotary_embedding import rotary_embedding
 from cujit.tools.bench import timing
 
 KERNEL = Path(cujit.__file__).resolve().parent / "kernels" / "qk_norm_rotary.cuh"
-HALVES = Path(__file__).resolve().parent / "qk_norm_rotary_halves.cuh"
 #: (heads loaded at once, consecutive heads per row group)
 CANDIDATES = ((1, 1), (1, 2), (1, 4), (1, 8), (1, 16), (1, 40), (2, 8), (2, 40))
 #: (heads loaded at once, consecutive heads per lane group) of the "halves" form
@@ -40,31 +40,22 @@ GRAPH_CALLS = 20
 EPS = 1e-6
 
 
-def expression(head: int, gemma: bool, heads: int) -> str:
-    c = head_config(head, cujit.DType.of("bfloat16"))
+def config(head: int, halves: bool) -> Any:
+    return rotary_config(head, cujit.DType.of("bfloat16"), halves)
+
+
+def expression(head: int, gemma: bool, heads: int, halves: bool = False) -> str:
+    c = config(head, halves)
     return (f"qk_norm_rotary_kernel<bf16_t, bf16_t, int64_t, true, {str(gemma).lower()}, true, {c.block}, "
-            f"{c.row_threads}, {c.vecs}, {heads}>")
-
-
-HALVES_BLOCK = 128
-
-
-def halves_lanes(head: int) -> int:
-    """Lanes per head of the halves form: half a bf16 head in 16-byte vectors (8 values each)."""
-    return head // (2 * 8)
-
-
-def halves_expression(head: int, gemma: bool, heads: int) -> str:
-    return (f"qk_norm_rotary_halves_kernel<bf16_t, bf16_t, int64_t, {str(gemma).lower()}, {HALVES_BLOCK}, "
-            f"{halves_lanes(head)}, {heads}>")
+            f"{c.row_threads}, {c.vecs}, {heads}, {str(halves).lower()}>")
 
 
 def candidates_module() -> tuple[cujit.JitModule, list[str]]:
     """One module of every candidate of every shape (kernel ``k<i>`` is expression ``i`` of the list)."""
     wanted = {expression(d, g, h) for _, _, _, _, d, g in SHAPES for h, _ in CANDIDATES}
-    wanted |= {halves_expression(d, g, h) for _, _, _, _, d, g in SHAPES for h, _ in HALVES_CANDIDATES}
+    wanted |= {expression(d, g, h, True) for _, _, _, _, d, g in SHAPES for h, _ in HALVES_CANDIDATES}
     ordered = sorted(wanted)
-    module = cujit.load_jit("tune_qk_norm_rotary", cuda_files=[KERNEL, HALVES],
+    module = cujit.load_jit("tune_qk_norm_rotary", cuda_files=[KERNEL],
                             cuda_wrappers=[(f"k{i}", e) for i, e in enumerate(ordered)])
     return module, ordered
 
@@ -124,15 +115,13 @@ def shape_row(kernels: dict[str, cujit.Kernel], name: str, tokens: int, qh: int,
         if not same:
             print(f"  WRONG: {name} {tokens} tokens, {label}", flush=True)
 
-    config = head_config(d, cujit.DType.of("bfloat16"))
-    for heads, span in CANDIDATES:
-        go = cujit.LaunchKernel(math.ceil(count / (config.heads_per_block * span)), config.block)
-        candidate(f"{heads}x{span}", kernels[expression(d, gemma, heads)], go, d, d, max_position, span, EPS)
-    for heads, span in HALVES_CANDIDATES:
-        go = cujit.LaunchKernel(math.ceil(count / (HALVES_BLOCK // halves_lanes(d) * span)), HALVES_BLOCK)
-        candidate(f"halves {heads}x{span}", kernels[halves_expression(d, gemma, heads)], go, d, max_position, span,
-                  EPS)
-    rule = f"{ROTARY_HEADS}x{ROTARY_SPAN}"
+    for halves, candidates in ((False, CANDIDATES), (True, HALVES_CANDIDATES)):
+        c = config(d, halves)
+        for heads, span in candidates:
+            go = cujit.LaunchKernel(math.ceil(count / (c.heads_per_block * span)), c.block)
+            candidate(f"{'halves ' if halves else ''}{heads}x{span}", kernels[expression(d, gemma, heads, halves)], go,
+                      d, d, max_position, span, EPS)
+    rule = f"halves {HALVES_HEADS}x{HALVES_SPAN}"
     best = min((v, n) for n, v in results.items() if n not in ("copy_", "pair", "op"))
     cells = "  ".join(f"{n} {v:7.2f}" for n, v in results.items())
     print(f"{name:6} {tokens:5} tokens  {cells}  | best {best[1]} ({results['copy_'] / best[0]:.2f}x copy_, "

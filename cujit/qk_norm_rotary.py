@@ -23,7 +23,9 @@ cos_sin_cache, is_neox=is_neox, head_size=head_size)``, in one launch that reads
 twice.
 
 Positions outside [0, max_position) fail the launch as in rotary_embedding (a device-side trap; the context is
-unusable afterwards). The kernel is ``qk_norm_rotary_kernel`` in ``cujit/kernels/qk_norm_rotary.cuh``.
+unusable afterwards). The kernel is ``qk_norm_rotary_kernel`` in ``cujit/kernels/qk_norm_rotary.cuh``, in one of two
+forms (:func:`halves_form`): the halves form where it applies (neox style, the whole head rotated, aligned rows and
+weights, heads of 2 to 32 vectors' worth), the exchanging form for every other call.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Any
 
 import cujit
 
-from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, distinct, head_config, vector_layout
+from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, QkNormConfig, distinct, head_config, vector_layout
 
-__all__ = ["ROTARY_HEADS", "ROTARY_SPAN", "qk_norm_rotary", "rotary_heads_per_group", "rotary_span"]
+__all__ = ["HALVES_HEADS", "HALVES_SPAN", "ROTARY_HEADS", "ROTARY_SPAN", "halves_form", "qk_norm_rotary",
+           "rotary_config", "rotary_heads_per_group", "rotary_span"]
 
 #: Heads a row group loads at once from MANY_HEADS_FROM heads in all, and the consecutive heads it takes in turn:
 #: mostly heads of one token, whose position and angles the group loads once for all of them. Measured on an H100
@@ -44,19 +47,47 @@ __all__ = ["ROTARY_HEADS", "ROTARY_SPAN", "qk_norm_rotary", "rotary_heads_per_gr
 #: 97.7 us.
 ROTARY_HEADS = 1
 ROTARY_SPAN = 4
+#: The same for the halves form. Measured on an H200 with benchmarks/tune_qk_norm_rotary.py (bf16, times in us,
+#: the exchanging form's best in brackets): Qwen3-8B's 32 + 8 heads of 128 at 4097 tokens, two heads at a time over
+#: runs of 4 29.3 (46.9), one over runs of 4 29.1, one per group 34.7; Gemma 3's 16 + 8 heads of 256, 32.8 (53.1);
+#: Qwen3 at 512 tokens 8.4 (13.8), where one over runs of 4 took 9.3. Below MANY_HEADS_FROM heads, one head per
+#: group: 2.35 (2.91) at 64 tokens, 2.02 (2.18) at one token.
+HALVES_HEADS = 2
+HALVES_SPAN = 4
 
 
-def rotary_heads_per_group(count: Any) -> int:
-    """Heads each row group loads at once: ROTARY_HEADS for MANY_HEADS_FROM heads or more, else one."""
-    return ROTARY_HEADS if type(count) is int and count >= MANY_HEADS_FROM else 1
+def halves_form(is_neox: bool, vector: bool, R: Any, D: Any, dtype: cujit.DType) -> bool:
+    """Whether a call takes the halves form.
+
+    That is: neox style, the whole head rotated, the vector layout, and heads of exactly 2 * L values per lane pair
+    of qk_rms_norm's one-vector configuration (L values a 16-byte vector), so that each lane can hold a vector of
+    each half and give the same bits.
+    """
+    if not (is_neox and vector and type(D) is int and R == D):
+        return False
+    base = head_config(D, dtype)
+    return base.vecs == 1 and base.row_threads >= 2 and D == base.row_threads * (16 // dtype.itemsize)
 
 
-def rotary_span(count: Any) -> int:
-    """Consecutive heads each row group takes: ROTARY_SPAN for MANY_HEADS_FROM heads or more, else one.
+def rotary_config(D: Any, dtype: cujit.DType, halves: bool) -> QkNormConfig:
+    """The lanes of a call: qk_rms_norm's configuration, or for the halves form half its lanes per head."""
+    base = head_config(D, dtype)
+    return QkNormConfig(base.block, base.row_threads // 2, 1) if halves else base
+
+
+def rotary_heads_per_group(count: Any, halves: bool = False) -> int:
+    """Heads each row group loads at once: ROTARY_HEADS (HALVES_HEADS) from MANY_HEADS_FROM heads, else one."""
+    many = type(count) is int and count >= MANY_HEADS_FROM
+    return (HALVES_HEADS if halves else ROTARY_HEADS) if many else 1
+
+
+def rotary_span(count: Any, halves: bool = False) -> int:
+    """Consecutive heads each row group takes: ROTARY_SPAN (HALVES_SPAN) from MANY_HEADS_FROM heads, else one.
 
     Fewer heads spread over as many row groups, and SMs, as they can.
     """
-    return ROTARY_SPAN if type(count) is int and count >= MANY_HEADS_FROM else 1
+    many = type(count) is int and count >= MANY_HEADS_FROM
+    return (HALVES_SPAN if halves else ROTARY_SPAN) if many else 1
 
 
 def _precompile() -> list[dict[str, Any]]:
@@ -68,19 +99,23 @@ def _precompile() -> list[dict[str, Any]]:
     heads.
     """
     def entry(dtype: str, cs: str, pos: str, neox: bool, gemma: bool, vector: bool, head: int,
-              heads: int = 1) -> dict[str, Any]:
-        config = head_config(head, cujit.DType.of(dtype))
+              heads: int = 1, halves: bool = False) -> dict[str, Any]:
+        config = rotary_config(head, cujit.DType.of(dtype), halves)
         return {"dtype": dtype, "cs_dtype": cs, "pos_dtype": pos, "is_neox": neox, "gemma": gemma, "vector": vector,
-                **config._asdict(), "heads": heads}
+                **config._asdict(), "heads": heads, "halves": halves}
 
-    found = [entry(d, cs, "int64", True, gemma, True, head, heads)
+    found = [entry(d, cs, "int64", True, gemma, True, head, heads, halves=True)
              for d in ("bfloat16", "float16") for cs in ("float32", d) for gemma in (False, True)
-             for head in (64, 128, 256) for heads in (1, ROTARY_HEADS)]
+             for head in (64, 128, 256) for heads in (1, HALVES_HEADS)]
+    found += [entry(d, cs, "int64", True, gemma, True, head, heads)  # partial rotary
+              for d in ("bfloat16", "float16") for cs in ("float32", d) for gemma in (False, True)
+              for head in (64, 128, 256) for heads in (1, ROTARY_HEADS)]
     found += [entry("bfloat16", "float32", "int64", True, gemma, False, head)
               for gemma in (False, True) for head in (64, 128, 256)]
     found += [entry("bfloat16", "float32", "int64", False, False, vector, 128) for vector in (True, False)]
     found += [entry("float32", "float32", "int64", neox, False, True, head)
               for neox in (True, False) for head in (64, 128, 256)]
+    found += [entry("float32", "float32", "int64", True, False, True, head, halves=True) for head in (64, 128)]
     found += [entry("float32", "float32", "int64", True, False, False, 256),
               entry("bfloat16", "float32", "int32", True, False, True, 128)]
     lanes = 8  # bf16 values per 16-byte vector: the heads that need the larger configurations
@@ -101,7 +136,7 @@ qk_norm_rotary = cujit.op(
     "int? rotary_dim=None) -> ()",
     source="kernels/qk_norm_rotary.cuh",
     kernel="qk_norm_rotary_kernel<{dtype}, {cs_dtype}, {pos_dtype}, {is_neox}, {gemma}, {vector}, {block}, "
-           "{row_threads}, {vecs}, {heads}>",
+           "{row_threads}, {vecs}, {heads}, {halves}>",
     tensors={
         "positions": cujit.TensorMatcher([_T]).with_dtype("int32", "int64", symbol=_POS_DTYPE),
         "q": cujit.TensorMatcher([_T, _QW]).with_strides([_QS, 1]).with_dtype(*_FLOATS, symbol=_DTYPE),
@@ -115,13 +150,14 @@ qk_norm_rotary = cujit.op(
         "kv_heads": "KW // D if D > 0 else 0",
         "per_token": "max(q_heads + kv_heads, 1)",
         "count": "T * (q_heads + kv_heads)",
-        "config": head_config,
         "vector": vector_layout,
+        "halves": halves_form,
+        "config": rotary_config,
         "block": "config.block",
         "row_threads": "config.row_threads",
         "vecs": "config.vecs",
-        "heads": (rotary_heads_per_group, "count"),
-        "span": (rotary_span, "count"),
+        "heads": (rotary_heads_per_group, "count", "halves"),
+        "span": (rotary_span, "count", "halves"),
     },
     checks=[
         ("head_size == D", "head_size: expected the length of q_weight and k_weight"),

@@ -18,13 +18,22 @@ from typing import Any
 import pytest
 
 import cujit
-from cujit.qk_norm_rotary import ROTARY_HEADS, ROTARY_SPAN, qk_norm_rotary
+from cujit.qk_norm_rotary import (
+    HALVES_HEADS,
+    HALVES_SPAN,
+    ROTARY_HEADS,
+    ROTARY_SPAN,
+    halves_form,
+    qk_norm_rotary,
+    rotary_config,
+)
 from cujit.qk_rms_norm import CONFIGS, MANY_HEADS_FROM, head_config, qk_rms_norm
 from tests.stub_cuda import StubBackend, bind_fakes, fake, last_launch
 
 torch = pytest.importorskip("torch")
 
-FIELDS = ("dtype", "cs_dtype", "pos_dtype", "is_neox", "gemma", "vector", "block", "row_threads", "vecs", "heads")
+FIELDS = ("dtype", "cs_dtype", "pos_dtype", "is_neox", "gemma", "vector", "block", "row_threads", "vecs", "heads",
+          "halves")
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -36,16 +45,20 @@ def _instances() -> list[dict[str, str]]:
 
 
 def test_serving_calls_are_precompiled() -> None:
+    """Both forms: the halves form for the whole head rotated, the exchanging form for partial rotary."""
     instances = _instances()
     for dtype in ("bfloat16", "float16"):
         for head in (64, 128, 256):
-            config = head_config(head, cujit.DType.of(dtype))
-            for cs in ("float32", dtype):
-                for gemma in (False, True):
-                    for heads in (1, ROTARY_HEADS):
-                        fields = {"dtype": dtype, "cs_dtype": cs, "pos_dtype": "int64", "is_neox": True,
-                                  "gemma": gemma, "vector": True, **config._asdict(), "heads": heads}
-                        assert _fields(fields) in instances, fields
+            for halves, many in ((True, HALVES_HEADS), (False, ROTARY_HEADS)):
+                assert halves_form(True, True, head if halves else head // 2, head, cujit.DType.of(dtype)) is halves
+                config = rotary_config(head, cujit.DType.of(dtype), halves)
+                for cs in ("float32", dtype):
+                    for gemma in (False, True):
+                        for heads in (1, many):
+                            fields = {"dtype": dtype, "cs_dtype": cs, "pos_dtype": "int64", "is_neox": True,
+                                      "gemma": gemma, "vector": True, **config._asdict(), "heads": heads,
+                                      "halves": halves}
+                            assert _fields(fields) in instances, fields
 
 
 def test_every_template_value_is_precompiled() -> None:
@@ -56,8 +69,13 @@ def test_every_template_value_is_precompiled() -> None:
     assert seen["cs_dtype"] == {"float32", "float16", "bfloat16"}
     assert seen["pos_dtype"] == {"int32", "int64"}
     assert seen["is_neox"] == seen["gemma"] == seen["vector"] == {"True", "False"}
-    assert {(f["row_threads"], f["vecs"]) for f in instances} == set(CONFIGS)
-    assert {int(f["heads"]) for f in instances} == {1, ROTARY_HEADS}
+    exchanging = [f for f in instances if not f["halves"]]
+    assert {(f["row_threads"], f["vecs"]) for f in exchanging} == set(CONFIGS)
+    assert {int(f["heads"]) for f in exchanging} == {1, ROTARY_HEADS}
+    halves = [f for f in instances if f["halves"]]
+    assert {(f["row_threads"], f["vecs"]) for f in halves} == {(4, 1), (8, 1), (16, 1)}
+    assert {int(f["heads"]) for f in halves} == {1, HALVES_HEADS}
+    assert all(f["is_neox"] and f["vector"] for f in halves)
     assert len({tuple(sorted(_fields(f).items())) for f in instances}) == len(instances), "no instance twice"
 
 
@@ -65,19 +83,19 @@ def test_every_template_value_is_precompiled() -> None:
 def test_a_gptj_element_layout_instance_compiles(arch: str) -> None:
     # Outside the precompiled set: gpt-j style in the element layout with a same-dtype cache and int32 positions.
     fields = {"dtype": "float16", "cs_dtype": "float16", "pos_dtype": "int32", "is_neox": False, "gemma": True,
-              "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict(), "heads": 1}
+              "vector": False, **head_config(256, cujit.DType.of("float16"))._asdict(), "heads": 1, "halves": False}
     assert qk_norm_rotary.op.module(**fields).compile(arch).cubin[:4] == b"\x7fELF"
 
 
 def test_the_sweeps_candidates_compile() -> None:
-    """benchmarks/tune_qk_norm_rotary.py's candidates: the op's kernel and the form with both halves in one lane."""
+    """benchmarks/tune_qk_norm_rotary.py's candidates: both forms of the op's kernel."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     try:
         import tune_qk_norm_rotary
     finally:
         sys.path.pop(0)
     module, expressions = tune_qk_norm_rotary.candidates_module()
-    assert any("halves" in e for e in expressions) and any("halves" not in e for e in expressions)
+    assert any(e.endswith(", true>") for e in expressions) and any(e.endswith(", false>") for e in expressions)
     assert module.compile("sm_90").cubin[:4] == b"\x7fELF"
 
 
@@ -119,30 +137,44 @@ def test_launch_takes_qk_rms_norms_layout(layout: tuple[Any, ...], is_neox: bool
     assert ops.fused(positions, q, k, qw, kw, cache, head_size=d, eps=1e-5, is_neox=is_neox, gemma=True) is None
     key, values = last_launch(stub, ops.fused)
     assert key[1:3] == (cujit.DType.of("float32"), cujit.DType.of("int32")) and key[3] is is_neox
-    # gemma, vector, block, lanes per head, vectors per lane, heads per lane group
-    assert key[4:] == norm_key[1:], (key, norm_key)  # one head per lane group for both at these sizes
+    # gemma, vector: the layout qk_rms_norm takes (the condition for its bits)
+    assert key[4:6] == norm_key[1:3], (key, norm_key)
+    halves = key[10]
+    assert halves is (is_neox and key[5] and rot == d and d == norm_key[4] * 16 // qkv.element_size())
+    # block, lanes per head, vectors per lane, heads per lane group: qk_rms_norm's, or half its lanes per head
+    config = rotary_config(d, cujit.DType.of(dtype), halves)
+    assert key[6:10] == (config.block, config.row_threads, config.vecs, 1), (key, norm_key)
+    if not halves:
+        assert key[6:10] == norm_key[3:], (key, norm_key)  # one head per lane group for both at these sizes
+    else:
+        assert (key[7], key[8]) == (norm_key[4] // 2, 1)
     assert values[:-1] == [positions.data_ptr(), q.data_ptr(), k.data_ptr(), qw.data_ptr(), kw.data_ptr(),
                            cache.data_ptr(), tokens * (qh + kh), qh, qh + kh, columns, columns, d, rot, 100, 1]
     assert values[-1] == pytest.approx(1e-5)
-    config = head_config(d, cujit.DType.of(dtype))
-    assert stub.launches[-1].grid == norm_grid == (math.ceil(tokens * (qh + kh) / config.heads_per_block), 1, 1)
+    assert stub.launches[-1].grid == (math.ceil(tokens * (qh + kh) / config.heads_per_block), 1, 1)
+    if not halves:
+        assert stub.launches[-1].grid == norm_grid
     assert stub.launches[-1].block == (config.block, 1, 1) and stub.launches[-1].pdl
 
 
-def test_many_heads_take_runs_of_consecutive_heads(stub: StubBackend, ops: SimpleNamespace) -> None:
-    # From MANY_HEADS_FROM heads on, each lane group takes ROTARY_SPAN consecutive heads, ROTARY_HEADS at a time.
+@pytest.mark.parametrize("rotary", [128, 64], ids=["halves", "exchanging"])
+def test_many_heads_take_runs_of_consecutive_heads(stub: StubBackend, ops: SimpleNamespace, rotary: int) -> None:
+    # From MANY_HEADS_FROM heads on, each lane group takes HALVES_SPAN (ROTARY_SPAN) consecutive heads,
+    # HALVES_HEADS (ROTARY_HEADS) at a time.
     tokens, qh, kh, d = 410, 32, 8, 128
     assert tokens * (qh + kh) >= MANY_HEADS_FROM > (tokens - 1) * (qh + kh)
     qkv = torch.randn(tokens, (qh + 2 * kh) * d, dtype=torch.float16)
     w = fake(stub, torch.randn(d, dtype=torch.float16))
-    cache = fake(stub, torch.randn(8, d))
+    cache = fake(stub, torch.randn(8, rotary))
+    halves = rotary == d
+    heads, span = (HALVES_HEADS, HALVES_SPAN) if halves else (ROTARY_HEADS, ROTARY_SPAN)
     for t in (tokens, tokens - 1):
         q, k = fake(stub, qkv[:t, :qh * d]), fake(stub, qkv[:t, qh * d:(qh + kh) * d])
         ops.fused(fake(stub, torch.zeros(t, dtype=torch.int64)), q, k, w, w, cache, head_size=d)
         key, values = last_launch(stub, ops.fused)
         many = t * (qh + kh) >= MANY_HEADS_FROM
-        assert key[-1] == (ROTARY_HEADS if many else 1) and values[-2] == (ROTARY_SPAN if many else 1)
-        per_block = head_config(d, cujit.DType.of("float16")).heads_per_block
+        assert key[-1] is halves and key[-2] == (heads if many else 1) and values[-2] == (span if many else 1)
+        per_block = rotary_config(d, cujit.DType.of("float16"), halves).heads_per_block
         assert stub.launches[-1].grid == (math.ceil(t * (qh + kh) / (per_block * values[-2])), 1, 1)
 
 

@@ -149,9 +149,12 @@ def test_token_counts_and_head_counts(tokens: int, heads: tuple[int, int], is_ne
 
 # Enough heads for runs of consecutive heads per lane group (MANY_HEADS_FROM), with 7 or 3 heads a token, so that
 # runs start mid-token and cross tokens: (tokens, q heads, kv heads, head_size, rotary_dim, offset, dtype).
+# The whole head rotated in the vector layout takes the kernel's halves form (neox), every other case the
+# exchanging form.
 RUNS = [(2341, 5, 2, 128, None, 0, torch.bfloat16), (2341, 5, 2, 128, 40, 0, torch.float16),
         (5462, 2, 1, 64, None, 1, torch.bfloat16), (2341, 5, 2, 256, 64, 0, torch.float32),
-        (2341, 5, 2, 100, None, 0, torch.bfloat16)]
+        (2341, 5, 2, 100, None, 0, torch.bfloat16), (2341, 5, 2, 256, None, 0, torch.float16),
+        (2341, 5, 2, 128, None, 0, torch.float32), (5462, 2, 1, 64, None, 0, torch.bfloat16)]
 
 
 @pytest.mark.parametrize(("tokens", "q_heads", "kv_heads", "head_size", "rotary_dim", "offset", "dtype"), RUNS,
