@@ -135,14 +135,19 @@ print(json.dumps({"ms": times}))
 # The whole warm start as a serving process meets it: torch imported and its CUDA context made, then everything
 # the first call of a cached op costs (importing cujit and the op's module, the cache lookup, loading the module on
 # the GPU, the checks and the launch), timed to the end of the kernel. A finder on sys.meta_path notes who imports
-# CuPy, if anything does (the warm path should not need it): the innermost frames of the importing stack.
+# CuPy, if anything does (the warm path should not need it): the innermost frames of the importing stack. Only an
+# import counts (the import system's _find_and_load on the stack): importlib.util.find_spec("cupy"), which locates
+# CuPy's headers without importing it, asks the same finders.
 _FIRST_CALL_CHILD = r"""
 import json, sys, time, traceback
 cupy_by = []
 class _Watch:
     def find_spec(self, name, path=None, target=None):
         if name == "cupy" and not cupy_by:
-            frames = [f for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
+            stack = traceback.extract_stack()[:-1]
+            if not any(f.name == "_find_and_load" for f in stack):
+                return None
+            frames = [f for f in stack if "importlib" not in f.filename and "<frozen" not in f.filename]
             cupy_by.extend(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}" for f in frames[-6:])
         return None
 sys.meta_path.insert(0, _Watch())
