@@ -127,13 +127,18 @@ def test_context_manager_and_the_modeling_module_is_untouched() -> None:
         assert modeling_llama.LlamaAttention.forward is forward
         assert all(type(m) is not cujit_hf.CujitRMSNorm for m in other.modules())  # per instance
         attn = model.model.layers[0].self_attn
-        patched = attn.forward.__func__
-        assert patched.__code__ is forward.__code__  # the same decorators, if any, around the patched copy
+        deferring = attn.forward.__func__
+        assert deferring.__qualname__.startswith("_deferring_forward")  # see under_compile
+        patched = next(c.cell_contents for c in deferring.__closure__
+                       if getattr(c.cell_contents, "__code__", None) is forward.__code__
+                       and c.cell_contents is not forward)
+        # the same decorators, if any, around the patched copy; the class's own forward while compiling
+        assert any(c.cell_contents is forward for c in deferring.__closure__)
         caller = patched
         while "apply_rotary_pos_emb" not in caller.__code__.co_names:
             caller = caller.__wrapped__
         applied = caller.__globals__["apply_rotary_pos_emb"]
-        assert applied is not rope and applied.__qualname__.startswith("_deferring")  # see under_compile
+        assert applied is cujit_hf.apply_rotary_pos_emb and applied is not rope
     assert not handle.active
     assert type(model.model.norm) is norm_cls
 

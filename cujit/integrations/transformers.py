@@ -379,19 +379,27 @@ def _rotary_caller(forward: Any, modeling: types.ModuleType) -> Any:
     return None
 
 
-def _deferring(model_apply: Callable[..., Any]) -> Callable[..., Any]:
-    """:func:`apply_rotary_pos_emb` in eager calls, the modeling module's own while torch.compile traces.
+def _carries_table(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an attention call was given a rotary table (a rotary module that ran eagerly) for its cos and sin."""
+    return any(isinstance(a, tuple) and len(a) == 2 and all(isinstance(t, torch.Tensor) for t in a)
+               and _is_table(*a) for a in (*args, *kwargs.values()))
 
-    The rotary module returns the model's own cos and sin while torch.compile traces (:func:`_table_forward`).
+
+def _deferring_forward(original: Callable[..., Any], patched: Callable[..., Any]) -> Callable[..., Any]:
+    """An attention module's forward: ``patched`` in eager calls, the class's own while torch.compile traces.
+
+    The patched copy runs against globals of its own, which torch.compile's guards cannot name (they name the
+    modeling module's globals): tracing the class's own forward keeps them sound. The rotary module returns the
+    model's own cos and sin while torch.compile traces (:func:`_table_forward`); should it have run eagerly and
+    passed a table, the patched copy takes it.
     """
 
-    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *args: Any,
-              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if _compiling() and not _is_table(cos, sin):  # a table, should the rotary module have run eagerly
-            return model_apply(q, k, cos, sin, *args, **kwargs)  # type: ignore[no-any-return]
-        return apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if _compiling() and not _carries_table(args, kwargs):
+            return original(self, *args, **kwargs)
+        return patched(self, *args, **kwargs)
 
-    return apply
+    return forward
 
 
 def _cell(cell: Any) -> Any:
@@ -593,8 +601,10 @@ def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, a
         handle.skipped.append(f"rotary embedding: {reason}")
         return
     scope = dict(vars(modeling))
-    scope["apply_rotary_pos_emb"] = _deferring(scope["apply_rotary_pos_emb"]) if defer else apply_rotary_pos_emb
+    scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
     patched_forward = _rewrap(forward, caller, _with_globals(caller, scope))
+    if defer:
+        patched_forward = _deferring_forward(forward, patched_forward)
     for name, module in rotaries:
         handle._undo.append(_set_forward(module, _table_forward(module.forward, defer)))
         handle._record("rotary", name)
