@@ -9,7 +9,7 @@ dtype, the configuration that is best over all token counts of each hidden size:
 
     python benchmarks/tune_norms.py                  # everything
     python benchmarks/tune_norms.py --ops rms_norm   # one op; --quick: mostly bf16 at 4097 tokens
-    python benchmarks/tune_norms.py --ops rms_norm --shapes 4097x4097,4097x2881   # bf16 at these shapes only
+    python benchmarks/tune_norms.py --ops rms_norm --shapes 4097x4097,4096x4096+1   # bf16 shapes; +1: x[:, 1:]
     python benchmarks/tune_norms.py --pdl            # a graph of rms_norm -> silu_and_mul -> rms_norm, PDL on/off
 """
 
@@ -32,6 +32,7 @@ import cujit
 from cujit.rms_norm import (
     LOOP_TOKENS,
     PATH_PHASED,
+    PATH_PHASED_DIRECT,
     PATH_SCALAR,
     PATH_TILED,
     PATH_VECTOR,
@@ -57,15 +58,16 @@ GRAPH_TOKENS = 16
 
 
 # ------------------------------------------------------------------------------------------------ candidates
-def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormConfig]:
+def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int, offset: bool = False) -> list[NormConfig]:
     """Configurations around the rule's choice: 1, 2 and 4 vectors a thread, the fewest threads that hold the row
     and twice that many (at most 4x the row's size), 256-thread blocks for small rows, and for long rows the
     two-pass kernel. Aligned rows: the vector path with the weight loaded after the reduction (PATH_VECTOR_LATE)
     and with it loaded with the row (PATH_VECTOR), the latter also looping over 2, 4 or 8 rows per row group
     (from 128 tokens, at most 2 vectors a thread). Odd rows: the scalar path and the phased path (rows as
-    above)."""
+    above), with the weight staged in shared memory or read directly (PATH_PHASED_DIRECT). ``offset``: x starts
+    one element into its rows, so that no vector path applies."""
     lanes = 16 // dtype.itemsize
-    vector = hidden % lanes == 0
+    vector = hidden % lanes == 0 and not offset
     found = {norm_config(hidden, dtype, vector, not vector, tokens)}
     loops = (2, 4, 8) if tokens >= 128 else ()
     # Vectors a row group must hold: the whole row's, or for the phased path the body's only (the head and tail
@@ -87,7 +89,8 @@ def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int) -> list[NormCo
                     if row_threads * vecs * lanes >= hidden:
                         found.add(NormConfig(PATH_SCALAR, block, row_threads, vecs))
                     if row_threads >= 32:
-                        found |= {NormConfig(PATH_PHASED, block, row_threads, vecs, rows) for rows in (1, *loops)}
+                        found |= {NormConfig(path, block, row_threads, vecs, rows) for rows in (1, *loops)
+                                  for path in (PATH_PHASED, PATH_PHASED_DIRECT)}
     if hidden > 8192:
         found |= {NormConfig(PATH_TILED, 1024, 1024, 2), NormConfig(PATH_TILED, 512, 512, 4)}
     return sorted(found)
@@ -164,6 +167,7 @@ class Result:
     tokens: int
     hidden: int
     copy: float
+    offset: bool = False  # x one element into its rows
     times: dict[object, float] = field(default_factory=dict)  # candidate -> us (inf when wrong)
 
 
@@ -172,12 +176,15 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> 
     return bool(torch.allclose(actual.float(), expected.float(), rtol=rtol, atol=atol))
 
 
-def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hidden: int) -> Result:
+def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hidden: int,
+                  offset: bool = False) -> Result:
+    """``offset``: x is base[:, 1:] of a tensor one column wider (out and residual contiguous)."""
     eps = 1e-6
-    x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
-    residual = torch.randn_like(x)
+    x = torch.randn(tokens, hidden + offset, dtype=dtype, device="cuda")[:, int(offset):]
+    xs_stride = x.stride(0)
+    residual = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
     weight = torch.randn(hidden, dtype=dtype, device="cuda")
-    out = torch.empty_like(x)
+    out = torch.empty(tokens, hidden, dtype=dtype, device="cuda")
     w32 = weight.float()
     if op == "rms_norm":
         x32 = x.float()
@@ -188,21 +195,23 @@ def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hi
         s32 = s.float()
         expected = [s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps) * w32, s]
         moved = 4 * x.numel() * x.element_size()
-    result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens))
-    for c in norm_candidates(hidden, dtype, tokens):
+    result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens), offset)
+    for c in norm_candidates(hidden, dtype, tokens, offset):
         kernel = kernels[norm_expression(op, dtype, c)]
         launch_with = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
         if op == "rms_norm":
             def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = launch_with) -> None:
-                go(k, out, x, weight, tokens, hidden, hidden, hidden, eps)
+                go(k, out, x, weight, tokens, hidden, xs_stride, hidden, eps)
             launch()
             ok = _close(out, expected[0], dtype)
         else:
-            xs, rs = x.clone(), residual.clone()
+            xs = torch.empty(tokens, hidden + offset, dtype=dtype, device="cuda")[:, int(offset):]
+            xs.copy_(x)
+            rs = residual.clone()
 
             def launch(k: cujit.Kernel = kernel, go: cujit.LaunchKernel = launch_with, xs: torch.Tensor = xs,
                        rs: torch.Tensor = rs) -> None:
-                go(k, xs, rs, weight, tokens, hidden, hidden, hidden, eps)
+                go(k, xs, rs, weight, tokens, hidden, xs_stride, hidden, eps)
             launch()
             ok = _close(xs, expected[0], dtype) and torch.equal(rs, expected[1])
         if not ok:
@@ -242,7 +251,7 @@ def activation_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, 
 def _name(candidate: object) -> str:
     if isinstance(candidate, NormConfig):
         path = {PATH_VECTOR: "vec", PATH_SCALAR: "scalar", PATH_TILED: "tiled", PATH_PHASED: "phased",
-                PATH_VECTOR_LATE: "late"}[candidate.path]
+                PATH_VECTOR_LATE: "late", PATH_PHASED_DIRECT: "direct"}[candidate.path]
         rows = f" r{candidate.rows}" if candidate.rows > 1 else ""
         return f"{path} {candidate.row_threads}x{candidate.vecs}/{candidate.block}{rows}"
     c = candidate
@@ -253,26 +262,29 @@ def _name(candidate: object) -> str:
 def report_shape(r: Result, rule: object) -> None:
     best = min(r.times, key=r.times.__getitem__)
     cells = "  ".join(f"{_name(c)}{'*' if c == rule else ''} {t:7.1f}" for c, t in r.times.items())
-    print(f"{r.op:18s} {str(r.dtype)[6:]:8s} {r.tokens:5d} x {r.hidden:5d}  copy {r.copy:7.1f} us  "
+    shape = f"{r.tokens:5d} x {r.hidden:5d}{' +1' if r.offset else '   '}"
+    print(f"{r.op:18s} {str(r.dtype)[6:]:8s} {shape}  copy {r.copy:7.1f} us  "
           f"best {_name(best)}: {r.times[best]:7.1f} us = {r.copy / r.times[best]:.2f}x copy; "
           f"rule {r.times.get(rule, math.nan):7.1f}  |  {cells}", flush=True)
 
 
 def report_table(results: list[Result]) -> None:
     """Per op, dtype and hidden size: the candidate with the best geometric mean of time / best time."""
-    groups: dict[tuple[str, torch.dtype, int, bool], list[Result]] = defaultdict(list)
+    groups: dict[tuple[str, torch.dtype, int, bool, bool], list[Result]] = defaultdict(list)
     for r in results:
-        groups[(r.op, r.dtype, r.hidden, r.tokens >= LOOP_TOKENS)].append(r)
+        groups[(r.op, r.dtype, r.hidden, r.offset, r.tokens >= LOOP_TOKENS)].append(r)
     print("\nbest over the token counts below and from LOOP_TOKENS (geometric mean of time / best time at each "
           "count)")
-    for (op, dtype, hidden, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2:])):
+    for (op, dtype, hidden, offset, _), rs in sorted(groups.items(),
+                                                     key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2:])):
         common = set.intersection(*(set(r.times) for r in rs))
         score = {c: math.exp(statistics.fmean(math.log(r.times[c] / min(r.times.values())) for r in rs))
                  for c in common}
         best = min(score, key=score.__getitem__)
         tokens = ",".join(str(r.tokens) for r in rs)
         ranked = ", ".join(f"{_name(c)} {score[c]:.3f}" for c in sorted(score, key=score.__getitem__)[:4])
-        print(f"  {op:18s} {str(dtype)[6:]:8s} hidden {hidden:5d} (tokens {tokens}): {_name(best)}  [{ranked}]")
+        where = f"hidden {hidden:5d}{' x one element in' if offset else ''}"
+        print(f"  {op:18s} {str(dtype)[6:]:8s} {where} (tokens {tokens}): {_name(best)}  [{ranked}]")
 
 
 # ------------------------------------------------------------------------------------------------ PDL
@@ -313,13 +325,21 @@ def pdl_chain(d: int = 4096, dtype: torch.dtype = torch.bfloat16) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def shapes(quick: bool) -> list[tuple[torch.dtype, int, int]]:
+def shapes(quick: bool) -> list[tuple[torch.dtype, int, int, bool]]:
+    """(dtype, tokens, hidden, x one element into its rows) of each case."""
     if quick:  # bf16 at 4097 tokens, a few decode shapes, fp32 at 4097 x 4096
-        found = [(torch.bfloat16, 4097, h) for h in HIDDEN]
-        found += [(torch.bfloat16, t, h) for t in QUICK_TOKENS for h in QUICK_HIDDEN]
-        return [*found, (torch.float32, 4097, 4096)]
-    found = [(torch.bfloat16, t, h) for h in HIDDEN for t in TOKENS]
-    return found + [(dt, t, h) for dt, pairs in EXTRA.items() for t, h in pairs]
+        found = [(torch.bfloat16, 4097, h, False) for h in HIDDEN]
+        found += [(torch.bfloat16, t, h, False) for t in QUICK_TOKENS for h in QUICK_HIDDEN]
+        return [*found, (torch.float32, 4097, 4096, False)]
+    found = [(torch.bfloat16, t, h, False) for h in HIDDEN for t in TOKENS]
+    return found + [(dt, t, h, False) for dt, pairs in EXTRA.items() for t, h in pairs]
+
+
+def parse_shape(text: str) -> tuple[torch.dtype, int, int, bool]:
+    """``TOKENSxHIDDEN`` in bf16; ``TOKENSxHIDDEN+1``: x one element into its rows."""
+    offset = text.endswith("+1")
+    tokens, hidden = map(int, text.removesuffix("+1").split("x"))
+    return torch.bfloat16, tokens, hidden, offset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                         "hidden sizes; fp32 at 4097 x 4096")
     parser.add_argument("--pdl", action="store_true", help="only time a graph of rms_norm -> silu_and_mul -> "
                         "rms_norm at 1-16 tokens with and without programmatic dependent launch")
-    parser.add_argument("--shapes", help="bf16 shapes only, as TOKENSxHIDDEN,... (e.g. 4097x4097,4097x2881)")
+    parser.add_argument("--shapes", help="bf16 shapes only, as TOKENSxHIDDEN,... (e.g. 4097x4097,4097x2881); "
+                        "TOKENSxHIDDEN+1 reads x one element into its rows (out and residual contiguous)")
     args = parser.parse_args(argv)
     if args.pdl:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cujit {cujit.__version__}", flush=True)
@@ -338,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     ops = args.ops.split(",")
     cases = shapes(args.quick)
     if args.shapes:
-        cases = [(torch.bfloat16, *map(int, shape.split("x"))) for shape in args.shapes.split(",")]
+        cases = [parse_shape(shape) for shape in args.shapes.split(",")]
     wanted: dict[str, set[str]] = defaultdict(set)
     for op in ops:
-        for dtype, tokens, hidden in cases:
+        for dtype, tokens, hidden, offset in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c)
-                                           for c in norm_candidates(hidden, dtype, tokens)}
+                                           for c in norm_candidates(hidden, dtype, tokens, offset)}
             else:
                 wanted["activation.cuh"] |= {activation_expression(op, dtype, c)
                                              for c in activation_candidates(dtype, hidden)}
@@ -353,10 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     kernels = Kernels(wanted)
     results = []
     for op in ops:
-        for dtype, tokens, hidden in cases:
+        for dtype, tokens, hidden, offset in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
-                r = rms_norm_case(kernels, op, dtype, tokens, hidden)
-                vector = hidden % (16 // dtype.itemsize) == 0
+                r = rms_norm_case(kernels, op, dtype, tokens, hidden, offset)
+                vector = hidden % (16 // dtype.itemsize) == 0 and not offset
                 rule: object = norm_config(hidden, dtype, vector, not vector, tokens)
             else:
                 r = activation_case(kernels, op, dtype, tokens, hidden)

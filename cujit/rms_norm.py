@@ -20,7 +20,7 @@ from ._runtime.ops import aligned
 from ._runtime.tensors import tensor_info
 
 __all__ = [
-    "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
+    "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_PHASED_DIRECT", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
     "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
     "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm",
 ]
@@ -32,6 +32,9 @@ PATH_SCALAR = _KERNEL["kPathScalar"]  #: element loads, any alignment
 PATH_TILED = _KERNEL["kPathTiled"]  #: rows longer than every one-tile configuration: two passes
 PATH_PHASED = _KERNEL["kPathPhased"]  #: rows not 16-byte aligned: vectors from each row's first 16-byte boundary
 PATH_VECTOR_LATE = _KERNEL["kPathVectorLate"]  #: the weight loaded after the reduction (chosen by no rule)
+#: as PATH_PHASED, the weight read from global memory at each row's split instead of a shared-memory copy (chosen
+#: by no rule yet: benchmarks/tune_norms.py times it)
+PATH_PHASED_DIRECT = _KERNEL["kPathPhasedDirect"]
 
 #: (threads per row, 16-byte vectors per thread) of the one-tile vector configurations, by increasing capacity.
 VECTOR_CONFIGS: tuple[tuple[int, int], ...] = (
@@ -57,7 +60,7 @@ _MIN_BLOCK = 128
 class NormConfig(NamedTuple):
     """The template parameters of one norm kernel instantiation."""
 
-    path: int  #: PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED or PATH_VECTOR_LATE
+    path: int  #: PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE or PATH_PHASED_DIRECT
     block: int  #: threads per block
     row_threads: int  #: threads per row (a power of two; a block holds block // row_threads row groups)
     vecs: int  #: 16-byte vectors' worth of the row per thread

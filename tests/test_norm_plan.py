@@ -20,6 +20,7 @@ from cujit._runtime.errors import CompileError, CujitError
 from cujit._runtime.kernel_constants import KERNELS, header_constants
 from cujit.rms_norm import (
     PATH_PHASED,
+    PATH_PHASED_DIRECT,
     PATH_SCALAR,
     PATH_TILED,
     PATH_VECTOR,
@@ -34,9 +35,10 @@ PLAN = header_constants("norm_plan.cuh")
 
 
 def test_path_ids_come_from_the_header() -> None:
-    assert {PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE} == {0, 1, 2, 3, 4}
-    assert (PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE) == (
-        PLAN["kPathVector"], PLAN["kPathScalar"], PLAN["kPathTiled"], PLAN["kPathPhased"], PLAN["kPathVectorLate"])
+    paths = (PATH_VECTOR, PATH_SCALAR, PATH_TILED, PATH_PHASED, PATH_VECTOR_LATE, PATH_PHASED_DIRECT)
+    assert set(paths) == {0, 1, 2, 3, 4, 5}
+    assert paths == (PLAN["kPathVector"], PLAN["kPathScalar"], PLAN["kPathTiled"], PLAN["kPathPhased"],
+                     PLAN["kPathVectorLate"], PLAN["kPathPhasedDirect"])
     assert PLAN["kMinResidentThreads"] == 1024 and PLAN["kMaxStagedBytes"] == 40960
 
 
@@ -88,3 +90,33 @@ def test_plan_configurations_fit_the_kernel_limits() -> None:
         assert row_threads >= 8  # a thread per head and tail element of a 16-bit row
     for row_threads, _ in (*VECTOR_CONFIGS, *PHASED_CONFIGS, *SCALAR_CONFIGS, TILED_CONFIG):
         assert row_threads & (row_threads - 1) == 0 and row_threads <= 1024
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_phased_path_with_a_direct_weight_compiles(arch: str) -> None:
+    """PATH_PHASED_DIRECT, which no rule picks yet (benchmarks/tune_norms.py times it, and the GPU tests launch
+    it): both forms, each dtype, one and several rows per group."""
+    wrappers = [(f"k{i}", f"{op}_kernel<{t}, {gemma}, {PATH_PHASED_DIRECT}, 256, 256, 2, {rows}>")
+                for i, (op, t, gemma, rows) in enumerate(
+                    (op, t, gemma, rows) for op in ("rms_norm", "fused_add_rms_norm")
+                    for t in ("fp32_t", "fp16_t", "bf16_t") for gemma in ("false", "true") for rows in (1, 4))]
+    module = cujit.load_jit("phased_direct", cuda_files=[KERNELS / "rms_norm.cuh"], cuda_wrappers=wrappers)
+    assert module.compile(arch).cubin[:4] == b"\x7fELF"
+
+
+def test_the_sweep_times_both_weight_sources_of_the_phased_path() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        torch = pytest.importorskip("torch")
+        import tune_norms
+    finally:
+        sys.path.pop(0)
+    for offset, hidden in ((False, 4097), (True, 4096)):
+        found = tune_norms.norm_candidates(hidden, torch.bfloat16, 4097, offset)
+        paths = {c.path for c in found}
+        assert {PATH_PHASED, PATH_PHASED_DIRECT, PATH_SCALAR} <= paths and PATH_VECTOR not in paths, (offset, paths)
+        assert any(c.path == PATH_PHASED_DIRECT and (c.row_threads, c.vecs) == (256, 2) for c in found)
+    assert tune_norms.parse_shape("4096x4096+1") == (torch.bfloat16, 4096, 4096, True)
+    assert tune_norms.parse_shape("4097x2881") == (torch.bfloat16, 4097, 2881, False)

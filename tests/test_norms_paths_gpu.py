@@ -19,6 +19,7 @@ from cujit.rms_norm import (
     LOOP_ROWS,
     LOOP_TOKENS,
     PATH_PHASED,
+    PATH_PHASED_DIRECT,
     PATH_SCALAR,
     PATH_TILED,
     PATH_VECTOR,
@@ -234,7 +235,8 @@ def _variants(dtype: torch.dtype, hidden: int) -> list[NormConfig]:
 
     found = [NormConfig(PATH_SCALAR, *smallest(32, 2)), NormConfig(PATH_TILED, 1024, 1024, 2),
              NormConfig(PATH_TILED, 256, 256, 1)]
-    found += [NormConfig(PATH_PHASED, *smallest(32, 2), rows) for rows in (1, 2, 3, 8)]
+    found += [NormConfig(path, *smallest(32, 2), rows) for rows in (1, 2, 3, 8)
+              for path in (PATH_PHASED, PATH_PHASED_DIRECT)]
     if hidden % lanes == 0:
         found.append(NormConfig(PATH_VECTOR_LATE, *smallest(1, 4)))
         found += [NormConfig(PATH_VECTOR, *smallest(1, 4), rows) for rows in (1, 2, 3, 8)]
@@ -267,3 +269,38 @@ def test_every_path_launched_directly(dtype: torch.dtype, hidden: int, tokens: i
         launch(getattr(module, f"fused_add_rms_norm_{i}"), xs, rs, weight, tokens, hidden, hidden, hidden, 1e-6)
         assert torch.equal(rs, total), c
         assert_matches(xs, expected_fused, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [1000, 4096, 4097])
+@pytest.mark.parametrize("tokens", [1, 1100])
+def test_both_phased_weight_sources_with_x_one_element_in(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """The phased path with the weight staged (PATH_PHASED) and read directly (PATH_PHASED_DIRECT), x one element
+    into its rows and out (residual) contiguous: x read with shifted vectors, and written element by element."""
+    lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+    row_threads = max(32, 1 << max(0, math.ceil(math.log2(max(1, hidden // lanes) / 2))))
+    configs = [NormConfig(path, max(row_threads, 128), row_threads, 2, rows)
+               for path in (PATH_PHASED, PATH_PHASED_DIRECT) for rows in (1, 4)]
+    names = ("rms_norm", "fused_add_rms_norm")
+    wrappers = [(f"{n}_{i}", f"{n}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, "
+                 f"{c.rows}>") for i, c in enumerate(configs) for n in names]
+    module = cujit.load_jit(f"norm_phased_offset_{str(dtype)[6:]}_{hidden}", cuda_files=[KERNELS / "rms_norm.cuh"],
+                            cuda_wrappers=wrappers)
+    base = torch.randn(tokens, hidden + 1, device="cuda").to(dtype)
+    x = base[:, 1:]
+    residual = torch.randn(tokens, hidden, device="cuda").to(dtype)
+    weight = _weight(hidden, dtype)
+    expected = reference(x, weight)
+    total = x + residual
+    expected_fused = reference(total, weight)
+    for i, c in enumerate(configs):
+        launch = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
+        out = torch.full((tokens, hidden), float("nan"), device="cuda", dtype=dtype)
+        launch(getattr(module, f"rms_norm_{i}"), out, x, weight, tokens, hidden, hidden + 1, hidden, 1e-6)
+        assert_matches(out, expected, dtype)
+        xs_base = base.clone()
+        xs, rs = xs_base[:, 1:], residual.clone()
+        launch(getattr(module, f"fused_add_rms_norm_{i}"), xs, rs, weight, tokens, hidden, hidden + 1, hidden, 1e-6)
+        assert torch.equal(rs, total), c
+        assert_matches(xs, expected_fused, dtype)
+        assert torch.equal(xs_base[:, 0], base[:, 0]), c  # the column before x untouched

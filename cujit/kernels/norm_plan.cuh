@@ -15,6 +15,7 @@ constexpr int kPathScalar = 1;
 constexpr int kPathTiled = 2;
 constexpr int kPathPhased = 3;
 constexpr int kPathVectorLate = 4;
+constexpr int kPathPhasedDirect = 5;
 
 /// Resident threads per SM that the vector and phased paths ask the compiler for (__launch_bounds__), which caps
 /// them at 65536 / kMinResidentThreads registers a thread.

@@ -37,6 +37,9 @@
 ///   one-tile configuration.
 /// - kPathVectorLate: as kPathVector for one row per group, but the weight is loaded after the reduction (only
 ///   prefetched before it): fewer registers held across the barrier, one more cache round trip per row.
+/// - kPathPhasedDirect: as kPathPhased, but the weight is read from global memory at each row's split (shifted
+///   vectors, mostly L1 hits) instead of a shared-memory copy: no copy, no barrier before the first row, no
+///   bank conflicts of the copy's word reads. Chosen by no rule yet; benchmarks/tune_norms.py times it.
 ///
 /// Aliasing: out may be x (in place), so those two pointers carry no __restrict__; nor do x and residual of the
 /// fused kernel, which must not overlap each other. Each thread loads every element it stores before storing it.
@@ -546,14 +549,6 @@ struct Edges {
     float f[kPerWord] = {value};
     return P::pack(f);
   }
-  /// The bits of element j of the staged weight (see Fragment::load_staged).
-  static CUJIT_DEVICE uint32_t staged_bits(const uint32_t* staged, int64_t j) {
-    if constexpr (kPerWord == 1) {
-      return staged[j];
-    } else {
-      return staged[j >> 1] >> (16 * (j & 1));
-    }
-  }
 
   CUJIT_DEVICE void load(const T* row, const Split<T>& split, uint32_t t) {
     if (t < split.head) head = P::load_one(row + t);
@@ -572,15 +567,15 @@ struct Edges {
     const float h = value(head), t = value(tail);
     return fmaf(h, h, t * t);
   }
-  /// this = round(this * inv_rms * w), with w read from the staged weight.
-  template <bool kGemma>
-  CUJIT_DEVICE void normalize(const uint32_t* staged, const Split<T>& split, uint32_t t, float inv_rms) {
+  /// this = round(this * inv_rms * w), with w read from `weight` (StagedWeight or DirectWeight).
+  template <bool kGemma, typename W>
+  CUJIT_DEVICE void normalize(const W& weight, const Split<T>& split, uint32_t t, float inv_rms) {
     if (t < split.head) {
-      const float w = value(staged_bits(staged, t));
+      const float w = value(weight.bits(t));
       head = bits(value(head) * inv_rms * (kGemma ? 1.0f + w : w));
     }
     if (t < split.tail) {
-      const float w = value(staged_bits(staged, static_cast<int64_t>(split.tail_start() + t)));
+      const float w = value(weight.bits(static_cast<int64_t>(split.tail_start() + t)));
       tail = bits(value(tail) * inv_rms * (kGemma ? 1.0f + w : w));
     }
   }
@@ -621,12 +616,12 @@ struct PhasedRow {
   }
   CUJIT_DEVICE float sum_squares() const { return body.sum_squares() + edges.sum_squares(); }
   CUJIT_DEVICE void forget() { body.forget(); }
-  template <bool kGemma>
-  CUJIT_DEVICE void normalize(const uint32_t* staged, const Split<T>& split, uint32_t t, float inv_rms) {
+  template <bool kGemma, typename W>
+  CUJIT_DEVICE void normalize(const W& weight, const Split<T>& split, uint32_t t, float inv_rms) {
     F w;
-    w.load_staged(staged, first(split, t), count(split, t));
+    weight.load(w, split, first(split, t), count(split, t));
     body.template normalize<kGemma>(w, inv_rms);
-    edges.template normalize<kGemma>(staged, split, t, inv_rms);
+    edges.template normalize<kGemma>(weight, split, t, inv_rms);
   }
 };
 
@@ -661,17 +656,57 @@ CUJIT_DEVICE void stage_weight(uint32_t* staged, const T* __restrict__ weight, i
 template <typename T, int kRowThreads, int kVecs>
 constexpr int kStagedWords = kRowThreads * kVecs * 4 + 4;
 
+/// Where a phased row's weight comes from (kPathPhased): the block's copy of it in shared memory, read at the
+/// row's alignment. Copied once per block (stage), visible after a barrier.
+template <typename T, int kBlock, int kVectors>
+struct StagedWeight {
+  static constexpr bool kBarrier = true;
+  uint32_t* words;
+
+  CUJIT_DEVICE void stage(const T* __restrict__ weight, int64_t hidden) const {
+    stage_weight<T, kBlock, kVectors>(words, weight, hidden);
+  }
+  /// Fragment `w`'s vectors at this thread's body elements [first, first + count) of a row split as `split`.
+  template <typename F>
+  CUJIT_DEVICE void load(F& w, const Split<T>&, int64_t first, int64_t count) const {
+    w.load_staged(words, first, count);
+  }
+  /// The bits of element j, in the low end of a word.
+  CUJIT_DEVICE uint32_t bits(int64_t j) const {
+    if constexpr (packed::Packed<T>::kPerWord == 1) {
+      return words[j];
+    } else {
+      return words[j >> 1] >> (16 * (j & 1));
+    }
+  }
+};
+
+/// Where a phased row's weight comes from (kPathPhasedDirect): global memory, read through a RowReader at the
+/// row's split (shifted vectors, mostly served by L1: every row of a block reads the same weight). No copy, no
+/// barrier, no shared memory.
+template <typename T>
+struct DirectWeight {
+  static constexpr bool kBarrier = false;
+  const T* weight;
+
+  CUJIT_DEVICE void stage(const T* __restrict__, int64_t) const {}
+  template <typename F>
+  CUJIT_DEVICE void load(F& w, const Split<T>& split, int64_t first, int64_t count) const {
+    w.load(cujit::RowReader<T>(weight, split), first, count);
+  }
+  CUJIT_DEVICE uint32_t bits(int64_t j) const { return packed::Packed<T>::load_one(weight + j); }
+};
+
 /// RMSNorm (or fused add + RMSNorm) of rows that are not 16-byte aligned (kPathPhased): each row split at the
 /// 16-byte boundaries of out (of residual for the fused form), vector stores in the body and element accesses at
 /// the head and tail; x read through a RowReader at any offset (and, for the fused form, written element by
-/// element in the body when it is out of phase with residual). The weight is read from a shared-memory copy at
-/// the row's alignment. Rows are looped over as in norm_rows.
-template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd>
-CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __restrict__ weight, int64_t rows,
-                              int64_t hidden, float eps) {
+/// element in the body when it is out of phase with residual). The weight comes from `source` (StagedWeight or
+/// DirectWeight). Rows are looped over as in norm_rows.
+template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd, typename W>
+CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const W& source, const T* __restrict__ weight,
+                              int64_t rows, int64_t hidden, float eps) {
   using R = PhasedRow<T, kRowThreads, kVecs>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
-  __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
   const L loop(rows);
   const uint32_t t = threadIdx.x % kRowThreads;
   // The split of row `at` at step k (of no elements past the last row).
@@ -685,10 +720,10 @@ CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __res
   {
     R in;
     io.load(held, in, loop.clamp(row, 0), 0, split, t);
-    stage_weight<T, kBlock, kRowThreads * kVecs>(staged, weight, hidden);
+    source.stage(weight, hidden);
     io.combine(held, in);
   }
-  __syncthreads();
+  if constexpr (W::kBarrier) __syncthreads();
 #pragma unroll 1
   for (int k = 0; k < loop.steps; ++k) {
     const int64_t at = loop.clamp(row, k);
@@ -702,7 +737,7 @@ CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const T* __res
     const float inv_rms =
         inverse_rms(row_sum_alternating<kBlock, kRowThreads>(held.sum_squares(), k & 1), hidden, eps);
     held.forget();
-    held.template normalize<kGemma>(staged, split, t, inv_rms);
+    held.template normalize<kGemma>(source, split, t, inv_rms);
     io.store(held, at, 0, split, t);
     io.combine(next, next_in);
     held = next;
@@ -750,10 +785,11 @@ CUJIT_HOST_DEVICE constexpr bool check_config() {
   static_assert(kBlock % kRowThreads == 0 && (kRowThreads & (kRowThreads - 1)) == 0, "rows must tile the block");
   static_assert(kRowThreads <= cujit::kWarpSize || kRowThreads % cujit::kWarpSize == 0, "whole warps per row");
   static_assert(kBlock % cujit::kWarpSize == 0 && kBlock <= 1024, "whole warps per block, at most 1024 threads");
-  static_assert(kPath >= kPathVector && kPath <= kPathVectorLate, "unknown path");
-  static_assert(kRows >= 1 && (kRows == 1 || kPath == kPathVector || kPath == kPathPhased),
+  constexpr bool kPhased = kPath == kPathPhased || kPath == kPathPhasedDirect;
+  static_assert(kPath >= kPathVector && kPath <= kPathPhasedDirect, "unknown path");
+  static_assert(kRows >= 1 && (kRows == 1 || kPath == kPathVector || kPhased),
                 "only the vector and phased paths loop over rows");
-  static_assert(kPath != kPathPhased || kRowThreads >= static_cast<int>(16 / sizeof(T)),
+  static_assert(!kPhased || kRowThreads >= static_cast<int>(16 / sizeof(T)),
                 "a phased row's head and tail need a thread per element");
   static_assert(kPath != kPathPhased || kStagedWords<T, kRowThreads, kVecs> * 4 <= kMaxStagedBytes,
                 "the staged weight must fit in static shared memory");
@@ -769,7 +805,12 @@ CUJIT_DEVICE void norm(const RowTensors<T, kFusedAdd>& io, const T* __restrict__
   if constexpr (kPath == kPathVector) {
     norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, weight, rows, hidden, eps);
   } else if constexpr (kPath == kPathPhased) {
-    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, weight, rows, hidden, eps);
+    __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
+    const StagedWeight<T, kBlock, kRowThreads * kVecs> source{staged};
+    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, source, weight, rows, hidden, eps);
+  } else if constexpr (kPath == kPathPhasedDirect) {
+    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, DirectWeight<T>{weight}, weight, rows, hidden,
+                                                              eps);
   } else if constexpr (kPath == kPathTiled) {
     if (vectorizable(hidden, io.x, io.x_stride, io.other(), io.other_stride(), weight)) {
       const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
