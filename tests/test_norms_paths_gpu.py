@@ -52,6 +52,21 @@ def _config(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor) -> NormC
     return layout_config(hidden, dtype, vector, tokens, weight)
 
 
+def _check_fused(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 gemma: bool = False) -> None:
+    """fused_add_rms_norm in place: residual becomes torch's own rounded sum, x its normalised rows."""
+    total = x + residual
+    expected_x = reference(total, weight, eps, gemma=gemma)
+    fused_add_rms_norm(x, residual, weight, eps, gemma=gemma)
+    assert torch.equal(residual, total)
+    assert_matches(x, expected_x, x.dtype)
+
+
+def _untouched_outside(wide: torch.Tensor, before: torch.Tensor, column: int, hidden: int) -> None:
+    """The columns of ``wide`` outside its view [column, column + hidden) are as ``before``."""
+    _untouched_outside(wide, before, column, hidden)
+
+
 # ------------------------------------------------------------------------------------------------ odd rows
 ODD = [(dt, t, h) for dt in DTYPES for t in (1, 7, 4097) for h in (1000, 4097, 5121)]
 
@@ -79,8 +94,7 @@ def test_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], col
     before = wide.clone()
     assert rms_norm(x, weight, out=x) is x
     assert_matches(x, expected, dtype)
-    assert torch.equal(wide[:, :column], before[:, :column])
-    assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+    _untouched_outside(wide, before, column, hidden)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -114,15 +128,10 @@ def test_fused_add_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int,
     x, residual = wide_x[:, column:column + hidden], wide_residual[:, column:column + hidden]
     weight = _weight(hidden, dtype)
     before_x, before_residual = wide_x.clone(), wide_residual.clone()
-    total = x + residual
-    expected_x = reference(total, weight, 1e-5, gemma=True)
     assert _config(x, residual, weight).path == PATH_PHASED
-    fused_add_rms_norm(x, residual, weight, 1e-5, gemma=True)
-    assert torch.equal(residual, total)
-    assert_matches(x, expected_x, dtype)
+    _check_fused(x, residual, weight, 1e-5, gemma=True)
     for wide, before in ((wide_x, before_x), (wide_residual, before_residual)):
-        assert torch.equal(wide[:, :column], before[:, :column])
-        assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+        _untouched_outside(wide, before, column, hidden)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -137,11 +146,7 @@ def test_short_odd_rows(dtype: torch.dtype, hidden: int, tokens: int) -> None:
         assert _config(x, x, weight).path == PATH_PHASED
     assert_matches(rms_norm(x, weight, 1e-5), reference(x, weight, 1e-5), dtype)
     residual = torch.randn_like(x)
-    total = x + residual
-    expected_x = reference(total, weight)
-    fused_add_rms_norm(x, residual, weight)
-    assert torch.equal(residual, total)
-    assert_matches(x, expected_x, dtype)
+    _check_fused(x, residual, weight)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -158,14 +163,9 @@ def test_fused_add_rms_norm_x_out_of_phase_with_residual(dtype: torch.dtype, hid
             residual = wide_residual[:, r_column:r_column + hidden]
             assert _config(x, residual, weight).path == PATH_PHASED
             before_x, before_residual = wide_x.clone(), wide_residual.clone()
-            total = x + residual
-            expected_x = reference(total, weight)
-            fused_add_rms_norm(x, residual, weight)
-            assert torch.equal(residual, total)
-            assert_matches(x, expected_x, dtype)
+            _check_fused(x, residual, weight)
             for wide, before, column in ((wide_x, before_x, x_column), (wide_residual, before_residual, r_column)):
-                assert torch.equal(wide[:, :column], before[:, :column])
-                assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
+                _untouched_outside(wide, before, column, hidden)
 
 
 def test_a_misaligned_weight_takes_the_scalar_path() -> None:
@@ -175,11 +175,7 @@ def test_a_misaligned_weight_takes_the_scalar_path() -> None:
     assert _config(y, y, misaligned_weight).path == PATH_SCALAR
     assert_matches(rms_norm(y, misaligned_weight), reference(y, misaligned_weight), dtype)
     residual = torch.randn_like(y)
-    total = y + residual
-    expected_y = reference(total, misaligned_weight)
-    fused_add_rms_norm(y, residual, misaligned_weight)
-    assert torch.equal(residual, total)
-    assert_matches(y, expected_y, dtype)
+    _check_fused(y, residual, misaligned_weight)
 
 
 # ------------------------------------------------------------------------------------------------ token counts
@@ -199,11 +195,7 @@ def test_aligned_rows_around_loop_tokens(dtype: torch.dtype, hidden: int, tokens
     out = rms_norm(x, weight, 1e-5, gemma=True)
     assert_matches(out, expected, dtype)
     residual = torch.randn_like(x)
-    total = x + residual
-    expected_x = reference(total, weight)
-    fused_add_rms_norm(x, residual, weight)
-    assert torch.equal(residual, total)
-    assert_matches(x, expected_x, dtype)
+    _check_fused(x, residual, weight)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
