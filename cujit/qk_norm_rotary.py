@@ -30,11 +30,20 @@ weights, heads of 2 to 32 vectors' worth), the exchanging form for every other c
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cujit
 
-from .qk_rms_norm import CONFIGS, MANY_HEADS_FROM, QkNormConfig, distinct, head_config, vector_layout
+from .qk_rms_norm import (
+    CONFIGS,
+    MANY_HEADS_FROM,
+    QkNormConfig,
+    distinct,
+    head_config,
+    qk_norm_config,
+    vector_layout,
+)
 
 __all__ = ["HALVES_HEADS", "HALVES_SPAN", "ROTARY_HEADS", "ROTARY_SPAN", "halves_form", "qk_norm_rotary",
            "rotary_config", "rotary_heads_per_group", "rotary_span"]
@@ -56,6 +65,19 @@ HALVES_HEADS = 2
 HALVES_SPAN = 4
 
 
+@functools.lru_cache(maxsize=1024)  # called on every op call, with the few head sizes of a model
+def _halves_config(D: int, itemsize: int) -> QkNormConfig | None:
+    """qk_rms_norm's configuration for heads of ``D`` values with half its lanes per head.
+
+    None where the halves form cannot reproduce its layout: not one vector a lane, or heads that do not fill the
+    lanes exactly.
+    """
+    base = qk_norm_config(D, itemsize)
+    if base is None or base.vecs != 1 or base.row_threads < 2 or D != base.row_threads * (16 // itemsize):
+        return None
+    return QkNormConfig(base.block, base.row_threads // 2, 1)
+
+
 def halves_form(is_neox: bool, vector: bool, R: Any, D: Any, dtype: cujit.DType) -> bool:
     """Whether a call takes the halves form.
 
@@ -63,16 +85,13 @@ def halves_form(is_neox: bool, vector: bool, R: Any, D: Any, dtype: cujit.DType)
     of qk_rms_norm's one-vector configuration (L values a 16-byte vector), so that each lane can hold a vector of
     each half and give the same bits.
     """
-    if not (is_neox and vector and type(D) is int and R == D):
-        return False
-    base = head_config(D, dtype)
-    return base.vecs == 1 and base.row_threads >= 2 and D == base.row_threads * (16 // dtype.itemsize)
+    return bool(is_neox and vector and type(D) is int and R == D and _halves_config(D, dtype.itemsize) is not None)
 
 
 def rotary_config(D: Any, dtype: cujit.DType, halves: bool) -> QkNormConfig:
     """The lanes of a call: qk_rms_norm's configuration, or for the halves form half its lanes per head."""
-    base = head_config(D, dtype)
-    return QkNormConfig(base.block, base.row_threads // 2, 1) if halves else base
+    found = _halves_config(D, dtype.itemsize) if halves else None
+    return found if found is not None else head_config(D, dtype)
 
 
 def rotary_heads_per_group(count: Any, halves: bool = False) -> int:
