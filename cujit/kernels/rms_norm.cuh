@@ -662,10 +662,9 @@ template <typename T, int kBlock, int kVectors>
 struct StagedWeight {
   static constexpr bool kBarrier = true;
   uint32_t* words;
+  const T* weight;
 
-  CUJIT_DEVICE void stage(const T* __restrict__ weight, int64_t hidden) const {
-    stage_weight<T, kBlock, kVectors>(words, weight, hidden);
-  }
+  CUJIT_DEVICE void stage(int64_t hidden) const { stage_weight<T, kBlock, kVectors>(words, weight, hidden); }
   /// Fragment `w`'s vectors at this thread's body elements [first, first + count) of a row split as `split`.
   template <typename F>
   CUJIT_DEVICE void load(F& w, const Split<T>&, int64_t first, int64_t count) const {
@@ -689,7 +688,7 @@ struct DirectWeight {
   static constexpr bool kBarrier = false;
   const T* weight;
 
-  CUJIT_DEVICE void stage(const T* __restrict__, int64_t) const {}
+  CUJIT_DEVICE void stage(int64_t) const {}
   template <typename F>
   CUJIT_DEVICE void load(F& w, const Split<T>& split, int64_t first, int64_t count) const {
     w.load(cujit::RowReader<T>(weight, split), first, count);
@@ -703,8 +702,8 @@ struct DirectWeight {
 /// element in the body when it is out of phase with residual). The weight comes from `source` (StagedWeight or
 /// DirectWeight). Rows are looped over as in norm_rows.
 template <typename T, int kBlock, int kRowThreads, int kVecs, int kRows, bool kGemma, bool kFusedAdd, typename W>
-CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const W& source, const T* __restrict__ weight,
-                              int64_t rows, int64_t hidden, float eps) {
+CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const W& source, int64_t rows, int64_t hidden,
+                              float eps) {
   using R = PhasedRow<T, kRowThreads, kVecs>;
   using L = RowLoop<kBlock, kRowThreads, kRows>;
   const L loop(rows);
@@ -720,7 +719,7 @@ CUJIT_DEVICE void norm_phased(const RowTensors<T, kFusedAdd>& io, const W& sourc
   {
     R in;
     io.load(held, in, loop.clamp(row, 0), 0, split, t);
-    source.stage(weight, hidden);
+    source.stage(hidden);
     io.combine(held, in);
   }
   if constexpr (W::kBarrier) __syncthreads();
@@ -806,11 +805,10 @@ CUJIT_DEVICE void norm(const RowTensors<T, kFusedAdd>& io, const T* __restrict__
     norm_rows<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, weight, rows, hidden, eps);
   } else if constexpr (kPath == kPathPhased) {
     __shared__ __align__(16) uint32_t staged[kStagedWords<T, kRowThreads, kVecs>];
-    const StagedWeight<T, kBlock, kRowThreads * kVecs> source{staged};
-    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, source, weight, rows, hidden, eps);
+    const StagedWeight<T, kBlock, kRowThreads * kVecs> source{staged, weight};
+    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, source, rows, hidden, eps);
   } else if constexpr (kPath == kPathPhasedDirect) {
-    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, DirectWeight<T>{weight}, weight, rows, hidden,
-                                                              eps);
+    norm_phased<T, kBlock, kRowThreads, kVecs, kRows, kGemma>(io, DirectWeight<T>{weight}, rows, hidden, eps);
   } else if constexpr (kPath == kPathTiled) {
     if (vectorizable(hidden, io.x, io.x_stride, io.other(), io.other_stride(), weight)) {
       const Position<true, T, kBlock, kRowThreads, kVecs> at(rows, hidden);
