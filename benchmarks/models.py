@@ -3,6 +3,7 @@
     python benchmarks/models.py --quick                    # Llama only, prefill + decode at 1 and 64 sequences
     python benchmarks/models.py --families llama,qwen3 --out results/models.md
     python benchmarks/models.py                            # every family, decode at 1, 8, 32 and 64 sequences
+    python benchmarks/models.py --quick --families qwen3,gemma3 --skip cujit-ops+compile,liger+compile
 
 Random weights, bf16, SDPA attention, one GPU. Per family, on one model instance, in this order (Liger last, since
 it also rebinds names in the family's modeling module for the rest of the process):
@@ -166,6 +167,8 @@ class Decoder:
 def measure(rows: list[Row], family: str, variant: str, forward: Callable[..., Any], model: torch.nn.Module,
             args: argparse.Namespace, *, patched: tuple[str, ...], profile_it: bool, graphs: bool = False,
             prefill: bool = True) -> None:
+    if variant in args.skip:
+        return
     vocab = model.config.vocab_size
     if prefill:
         phase = f"prefill {args.prefill}"
@@ -307,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=5, help="prefill calls timed")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-liger", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated variants left out, e.g. "
+                        "cujit-ops+compile,liger+compile")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here too")
     parser.add_argument("--verbose", action="store_true", help="print the traceback of a failing row")
     args = parser.parse_args(argv)
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
     default_batches = "1,64" if args.quick else "1,8,32,64"
+    args.skip = set(filter(None, args.skip.split(",")))
     args.batches = [int(b) for b in (args.batches or default_batches).split(",")]
     if not torch.cuda.is_available():
         print("models.py needs a CUDA GPU", file=sys.stderr)

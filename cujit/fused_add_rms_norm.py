@@ -4,7 +4,7 @@
 ``x = rms_norm(residual) * weight`` (``* (1 + weight)`` with ``gemma=True``), normalising the rounded sum; one pass
 over both tensors. Both are [tokens, hidden] float32, float16 or bfloat16 tensors whose rows may be strided; they
 must not overlap. The kernel is ``fused_add_rms_norm_kernel`` in ``cujit/kernels/rms_norm.cuh``, with the
-configurations of :func:`cujit.rms_norm.norm_config`.
+configurations of :func:`cujit.rms_norm.norm_config` (``fused=True``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import cujit
 
-from .rms_norm import data_address, layout_config, norm_precompile
+from .rms_norm import data_address, fused_layout_config, norm_precompile
 
 __all__ = ["fused_add_rms_norm"]
 
@@ -45,7 +45,7 @@ fused_add_rms_norm = cujit.op(
         # Whole vectors per row, and every row start and the weight 16-byte aligned.
         "vector": "H % lanes == 0 and aligned(x, 16) and aligned(residual, 16) and aligned(weight, 16) "
                   "and (T <= 1 or (x_stride % lanes == 0 and residual_stride % lanes == 0))",
-        "config": (layout_config, "H", "dtype", "vector", "T", "weight"),
+        "config": (fused_layout_config, "H", "dtype", "vector", "T", "weight"),
     },
     checks=[
         ("T <= 1 or abs(x_stride) >= H", "x: rows overlap (a row stride below hidden)"),
@@ -55,6 +55,6 @@ fused_add_rms_norm = cujit.op(
     grid="cdiv(T, config.rows_per_block) if H else 0",
     block="config.block",
     args=("x", "residual", "weight", "T", "H", "x_stride", "residual_stride", "eps"),
-    precompile=norm_precompile(),
+    precompile=norm_precompile(fused=True),
     pdl=True,
 )

@@ -21,8 +21,8 @@ from ._runtime.tensors import tensor_info
 
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_PHASED_DIRECT", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
-    "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
-    "NormConfig", "data_address", "layout_config", "norm_config", "norm_precompile", "rms_norm",
+    "FUSED_SCALAR_CONFIGS", "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
+    "NormConfig", "data_address", "fused_layout_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
 ]
 
 # rms_norm_detail::kPath*, read from the kernel's own header (cujit/kernels/norm_plan.cuh).
@@ -50,8 +50,11 @@ LOOP_TOKENS = 1024
 PHASED_CONFIGS: tuple[tuple[int, int], ...] = (
     (32, 1), (32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2),
 )
-#: The same for rows that are not 16-byte aligned or not a whole number of vectors.
-SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 2), (128, 2), (512, 2))
+#: Element loads, any alignment: (threads per row, 16-byte vectors' worth of values per thread), by increasing
+#: capacity. rms_norm holds 2 vectors' worth a thread, fused_add_rms_norm 1 (it also keeps the sum it writes to
+#: residual): at 16 bf16 values a thread the fused form took 2.9x as long as at 8 (4097 x 2881 on an H100).
+SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2))
+FUSED_SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 1), (64, 1), (128, 1), (256, 1), (512, 1), (1024, 1))
 #: Rows longer than every one-tile configuration holds: two passes, tile by tile.
 TILED_CONFIG: tuple[int, int] = (1024, 2)
 _MIN_BLOCK = 128
@@ -76,13 +79,15 @@ def _make(path: int, row_threads: int, vecs: int, rows: int = 1) -> NormConfig:
     return NormConfig(path, max(row_threads, _MIN_BLOCK), row_threads, vecs, rows)
 
 
-def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tokens: int = 1) -> NormConfig:
+def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tokens: int = 1, *,
+                fused: bool = False) -> NormConfig:
     """The kernel configuration for ``tokens`` rows of ``hidden`` values of ``dtype``.
 
     ``vector``: whether 16-byte vectors apply (hidden a multiple of 16 bytes' worth of values; every row start and
     the weight 16-byte aligned). ``phased``: otherwise, whether the weight is 16-byte aligned, so that rows can
     be split at the 16-byte boundaries of out (of residual for the fused form), x read at any offset from it
-    (:func:`layout_config`). The choice, by capacity (threads per row x vectors per thread x values per vector
+    (:func:`layout_config`). ``fused``: for fused_add_rms_norm (its element loads hold fewer values a thread).
+    The choice, by capacity (threads per row x vectors per thread x values per vector
     must cover the row, so that the row is read once and kept in registers):
 
     - Each thread holds at most 4 vectors (64 bytes of the row, 16 registers, plus 16 for the weight, loaded with
@@ -103,38 +108,47 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       from LOOP_TOKENS tokens on, which amortises the weight's copy to shared memory (4% faster at 4097 x 4097
       bf16 on an H200). Their capacity counts the body's whole vectors only (hidden // lanes of them at most):
       the head and tail, under a vector each, take one element a thread besides, so that a row of 4097 values
-      takes as many threads as one of 4096. Rows with a weight that is not 16-byte aligned load element by
-      element, one register per value: half the values per thread (2 vectors' worth) for the same registers.
+      takes as many threads as one of 4096. But where element loads hold the row in no more threads x values
+      than the phased path's tile (SCALAR_CONFIGS, FUSED_SCALAR_CONFIGS), they take it: the phased path's shifted
+      reads and staged weight cost more than its vectors save. On an H100 at 4097 tokens in bf16, element loads
+      took 27.2 against 30.8 us at 2881 values and 30.4 against 37.1 us with x one element into rows of 4096 (the
+      fused form: 43.4 against 50.5 and 58.6 against 103 us), while at 4097 values, where they need twice the
+      threads, the phased path took 34.8 against 45.4 us (the fused form 59.7 against 98 us).
+    - Rows with a weight that is not 16-byte aligned load element by element, one register per value: half the
+      values per thread (2 vectors' worth, 1 for the fused form) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
       of 1024 threads over tiles, the second pass reading the row again, mostly from L1/L2.
     """
-    return _rule(hidden, dtype, vector, phased, tokens >= LOOP_TOKENS)
+    return _rule(hidden, dtype, vector, phased, tokens >= LOOP_TOKENS, fused)
+
+
+def _first_holding(configs: tuple[tuple[int, int], ...], values: int) -> tuple[int, int] | None:
+    """The first (threads, vectors per thread) of ``configs`` whose tile holds ``values`` 16-byte vectors."""
+    return next(((rt, v) for rt, v in configs if rt * v >= values), None)
 
 
 @functools.lru_cache(maxsize=4096)  # called on every op call, with the few hidden sizes of a model
-def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool) -> NormConfig:
+def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool, fused: bool = False) -> NormConfig:
     lanes = 16 // as_dtype(dtype).itemsize
-    rows = LOOP_ROWS if many else 1
     if vector:
-        for row_threads, vecs in VECTOR_CONFIGS:
-            if row_threads * vecs * lanes >= hidden:
-                return _make(PATH_VECTOR, row_threads, vecs)
-    elif phased:
-        for row_threads, vecs in PHASED_CONFIGS:
-            if row_threads * vecs >= hidden // lanes:  # the body's vectors; the head and tail are held besides
-                return _make(PATH_PHASED, row_threads, vecs, rows)
-    else:
-        for row_threads, vecs in SCALAR_CONFIGS:
-            if row_threads * vecs * lanes >= hidden:
-                return _make(PATH_SCALAR, row_threads, vecs)
-    return _make(PATH_TILED, *TILED_CONFIG)
+        found = _first_holding(VECTOR_CONFIGS, -(-hidden // lanes))
+        return _make(PATH_VECTOR, *found) if found else _make(PATH_TILED, *TILED_CONFIG)
+    # element loads: one register a value, so a tile holds threads x vectors x lanes values
+    scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, -(-hidden // lanes))
+    split = _first_holding(PHASED_CONFIGS, hidden // lanes) if phased else None  # the head and tail held besides
+    if split and (scalar is None or scalar[0] * scalar[1] > split[0] * split[1]):
+        return _make(PATH_PHASED, *split, LOOP_ROWS if many else 1)
+    return _make(PATH_SCALAR, *scalar) if scalar else _make(PATH_TILED, *TILED_CONFIG)
 
 
-def norm_precompile() -> list[dict[str, Any]]:
-    """Every instantiation that :func:`norm_config` can choose, for each dtype and both weight forms."""
+def norm_precompile(fused: bool = False) -> list[dict[str, Any]]:
+    """Every instantiation :func:`norm_config` can choose, for each dtype and both weight forms.
+
+    ``fused``: for fused_add_rms_norm, whose element loads hold fewer values a thread.
+    """
     configs = [_make(PATH_VECTOR, *c) for c in VECTOR_CONFIGS]
     configs += [_make(PATH_PHASED, *c, rows) for c in PHASED_CONFIGS for rows in (1, LOOP_ROWS)]
-    configs += [_make(PATH_SCALAR, *c) for c in SCALAR_CONFIGS]
+    configs += [_make(PATH_SCALAR, *c) for c in (FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS)]
     configs.append(_make(PATH_TILED, *TILED_CONFIG))
     return [
         {"dtype": dtype, "gemma": gemma, "config": c}
@@ -156,12 +170,17 @@ def data_address(tensor: Any) -> int:
 
 
 def layout_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
-    """:func:`norm_config` for one call of ``T`` rows of hidden size ``H`` (rms_norm or fused_add_rms_norm).
+    """:func:`norm_config` for one rms_norm call of ``T`` rows of hidden size ``H``.
 
-    Rows that are not 16-byte aligned take the phased path whenever the weight is: it reads and writes x at any
-    offset from the tensor whose boundaries it follows (out, or residual).
+    Rows that are not 16-byte aligned may take the phased path whenever the weight is: it reads and writes x at
+    any offset from the tensor whose boundaries it follows (out, or residual).
     """
     return _rule(H, dtype, vector, not vector and aligned(weight, 16), T >= LOOP_TOKENS)
+
+
+def fused_layout_config(H: int, dtype: DType, vector: bool, T: int, weight: Any) -> NormConfig:
+    """:func:`layout_config` for fused_add_rms_norm (``norm_config(..., fused=True)``)."""
+    return _rule(H, dtype, vector, not vector and aligned(weight, 16), T >= LOOP_TOKENS, True)
 
 
 # ------------------------------------------------------------------------------------------------ the op

@@ -21,6 +21,7 @@ import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.gelu_and_mul import gelu_and_mul
 from cujit.rms_norm import (
+    FUSED_SCALAR_CONFIGS,
     PATH_PHASED,
     PATH_SCALAR,
     PATH_TILED,
@@ -59,11 +60,12 @@ def test_norm_rule_chooses_precompiled_configurations_that_hold_the_row(name: st
     for dtype in DTYPES:
         lanes = _lanes(dtype)
         for vector in (True, False):
-            configs = VECTOR_CONFIGS if vector else SCALAR_CONFIGS
+            fused = name == "fused_add_rms_norm"
+            configs = VECTOR_CONFIGS if vector else FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS
             for hidden in hidden_sizes:
                 if vector and hidden % lanes:
                     continue
-                c = norm_config(hidden, dtype, vector)
+                c = norm_config(hidden, dtype, vector, fused=fused)
                 for gemma in (False, True):
                     fields = _as_fields({"dtype": dtype, "gemma": gemma, "config": c})
                     assert fields in instances, (hidden, dtype, vector, c)
@@ -132,11 +134,12 @@ def test_rms_norm_takes_the_path_the_layout_allows(stub: StubBackend, ops: Simpl
         # (x, weight, out, expected path, block, rows per block)
         (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
         (torch.randn(5, 4104, dtype=f16)[:, :4096], torch.randn(4096, dtype=f16), None, PATH_VECTOR, 128, 1),
-        # x or out out of phase with the other: the phased path (x read with shifted vectors), 512 whole vectors
-        (torch.randn(5, 4097, dtype=f16)[:, 1:], torch.randn(4096, dtype=f16), None, PATH_PHASED, 256, 1),
-        (torch.randn(5, 4096, dtype=f16), torch.randn(4097, dtype=f16)[1:], None, PATH_SCALAR, 512, 1),
+        # x or out out of phase with the other: element loads hold 4096 values in the phased path's 256 x 2 tile
+        (torch.randn(5, 4097, dtype=f16)[:, 1:], torch.randn(4096, dtype=f16), None, PATH_SCALAR, 256, 1),
+        (torch.randn(5, 4096, dtype=f16), torch.randn(4097, dtype=f16)[1:], None, PATH_SCALAR, 256, 1),
         (torch.randn(5, 4096, dtype=f16), torch.randn(4096, dtype=f16), torch.empty(5, 4097, dtype=f16)[:, 1:],
-         PATH_PHASED, 256, 1),
+         PATH_SCALAR, 256, 1),
+        # 4097 values: only the phased path holds the row in 256 x 2 (512 whole vectors, the head and tail besides)
         (torch.randn(9, 4097, dtype=f16), torch.randn(4097, dtype=f16), None, PATH_PHASED, 256, 1),
         (torch.randn(3, 40000, dtype=f16), torch.randn(40000, dtype=f16), None, PATH_TILED, 1024, 1),
         (torch.randn(37, 64, dtype=torch.float32), torch.randn(64), None, PATH_VECTOR, 128, 8),
@@ -188,8 +191,8 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     cases = [
         (torch.randn(7, 8192, dtype=f16), torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
         (torch.randn(7, 8200, dtype=f16)[:, :8192], torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
-        # x out of phase with residual: read with shifted vectors, written element by element
-        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_PHASED, 512),
+        # x out of phase with residual: element loads hold 8192 values in the phased path's tile of 1024 vectors
+        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_SCALAR, 1024),
     ]
     for x, residual, path, block in cases:
         fx, fr = fake(stub, x), fake(stub, residual)

@@ -19,6 +19,7 @@ from cujit._runtime import kernel_constants
 from cujit._runtime.errors import CompileError, CujitError
 from cujit._runtime.kernel_constants import KERNELS, header_constants
 from cujit.rms_norm import (
+    FUSED_SCALAR_CONFIGS,
     PATH_PHASED,
     PATH_PHASED_DIRECT,
     PATH_SCALAR,
@@ -88,7 +89,8 @@ def test_plan_configurations_fit_the_kernel_limits() -> None:
         staged_words = row_threads * vecs * 4 + 4  # rms_norm.cuh's kStagedWords
         assert staged_words * 4 <= PLAN["kMaxStagedBytes"], (row_threads, vecs)
         assert row_threads >= 8  # a thread per head and tail element of a 16-bit row
-    for row_threads, _ in (*VECTOR_CONFIGS, *PHASED_CONFIGS, *SCALAR_CONFIGS, TILED_CONFIG):
+    for row_threads, _ in (*VECTOR_CONFIGS, *PHASED_CONFIGS, *SCALAR_CONFIGS, *FUSED_SCALAR_CONFIGS,
+                            TILED_CONFIG):
         assert row_threads & (row_threads - 1) == 0 and row_threads <= 1024
 
 

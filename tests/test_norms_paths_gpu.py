@@ -25,6 +25,7 @@ from cujit.rms_norm import (
     PATH_VECTOR,
     PATH_VECTOR_LATE,
     NormConfig,
+    fused_layout_config,
     layout_config,
     rms_norm,
 )
@@ -41,15 +42,15 @@ def _weight(hidden: int, dtype: torch.dtype) -> torch.Tensor:
     return (torch.rand(hidden, device="cuda") * 2 - 0.5).to(dtype)
 
 
-def _config(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor) -> NormConfig:
-    """The configuration the ops pick for x and out (or residual)."""
+def _config(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, fused: bool = False) -> NormConfig:
+    """The configuration rms_norm (``fused``: fused_add_rms_norm) picks for x and out (or residual)."""
     tokens, hidden = x.shape
     dtype = cujit.DType.of(x.dtype)
     lanes = 16 // x.element_size()
     vector = (hidden % lanes == 0 and x.data_ptr() % 16 == 0 and other.data_ptr() % 16 == 0
               and weight.data_ptr() % 16 == 0 and (tokens <= 1 or (x.stride(0) % lanes == 0
                                                                     and other.stride(0) % lanes == 0)))
-    return layout_config(hidden, dtype, vector, tokens, weight)
+    return (fused_layout_config if fused else layout_config)(hidden, dtype, vector, tokens, weight)
 
 
 def _check_fused(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
@@ -64,10 +65,15 @@ def _check_fused(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
 
 def _untouched_outside(wide: torch.Tensor, before: torch.Tensor, column: int, hidden: int) -> None:
     """The columns of ``wide`` outside its view [column, column + hidden) are as ``before``."""
-    _untouched_outside(wide, before, column, hidden)
+    assert torch.equal(wide[:, :column], before[:, :column])
+    assert torch.equal(wide[:, column + hidden:], before[:, column + hidden:])
 
 
 # ------------------------------------------------------------------------------------------------ odd rows
+#: The paths of rows that are not 16-byte aligned, with an aligned weight: the rule takes the phased one where it
+#: holds the row in a smaller tile than element loads (4097 values and the like), the scalar one otherwise. Both
+#: are also launched directly at these offsets below.
+ODD_PATHS = (PATH_PHASED, PATH_SCALAR)
 ODD = [(dt, t, h) for dt in DTYPES for t in (1, 7, 4097) for h in (1000, 4097, 5121)]
 
 
@@ -80,11 +86,12 @@ def test_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int, int], col
     x = wide[:, column:column + hidden]
     weight = _weight(hidden, dtype)
     expected = reference(x, weight)
-    # out laid out as x: the same alignment at every row, so the phased path applies.
+    # out laid out as x: the same alignment at every row, so the phased path applies where it takes the smaller tile.
     wide_out = torch.full((tokens, width), float("nan"), device="cuda", dtype=dtype)
     out = wide_out[:, column:column + hidden]
     config = _config(x, out, weight)
-    assert config.path == PATH_PHASED and config.rows == (LOOP_ROWS if tokens >= LOOP_TOKENS else 1), config
+    assert config.path in ODD_PATHS, config
+    assert config.rows == (LOOP_ROWS if tokens >= LOOP_TOKENS and config.path == PATH_PHASED else 1), config
     assert rms_norm(x, weight, out=out) is out
     assert_matches(out, expected, dtype)
     assert wide_out[:, :column].isnan().all() and wide_out[:, column + hidden:].isnan().all()
@@ -110,7 +117,7 @@ def test_rms_norm_reads_x_out_of_phase_with_out(dtype: torch.dtype, hidden: int)
             x = wide_x[:, x_column:x_column + hidden]
             wide_out = torch.full((tokens, hidden + 12), float("nan"), device="cuda", dtype=dtype)
             out = wide_out[:, out_column:out_column + hidden]
-            assert _config(x, out, weight).path == PATH_PHASED
+            assert _config(x, out, weight).path in ODD_PATHS
             before = wide_x.clone()
             assert rms_norm(x, weight, out=out) is out
             assert_matches(out, reference(x, weight), dtype)
@@ -128,7 +135,7 @@ def test_fused_add_rms_norm_odd_rows_at_any_offset(case: tuple[torch.dtype, int,
     x, residual = wide_x[:, column:column + hidden], wide_residual[:, column:column + hidden]
     weight = _weight(hidden, dtype)
     before_x, before_residual = wide_x.clone(), wide_residual.clone()
-    assert _config(x, residual, weight).path == PATH_PHASED
+    assert _config(x, residual, weight, fused=True).path in ODD_PATHS
     _check_fused(x, residual, weight, 1e-5, gemma=True)
     for wide, before in ((wide_x, before_x), (wide_residual, before_residual)):
         _untouched_outside(wide, before, column, hidden)
@@ -143,7 +150,7 @@ def test_short_odd_rows(dtype: torch.dtype, hidden: int, tokens: int) -> None:
     weight = _weight(hidden, dtype)
     lanes = 16 // x.element_size()
     if hidden % lanes:
-        assert _config(x, x, weight).path == PATH_PHASED
+        assert _config(x, x, weight).path in ODD_PATHS
     assert_matches(rms_norm(x, weight, 1e-5), reference(x, weight, 1e-5), dtype)
     residual = torch.randn_like(x)
     _check_fused(x, residual, weight)
@@ -161,7 +168,7 @@ def test_fused_add_rms_norm_x_out_of_phase_with_residual(dtype: torch.dtype, hid
             wide_residual = torch.randn(tokens, hidden + 12, device="cuda").to(dtype)
             x = wide_x[:, x_column:x_column + hidden]
             residual = wide_residual[:, r_column:r_column + hidden]
-            assert _config(x, residual, weight).path == PATH_PHASED
+            assert _config(x, residual, weight, fused=True).path in ODD_PATHS
             before_x, before_residual = wide_x.clone(), wide_residual.clone()
             _check_fused(x, residual, weight)
             for wide, before, column in ((wide_x, before_x, x_column), (wide_residual, before_residual, r_column)):
@@ -173,6 +180,7 @@ def test_a_misaligned_weight_takes_the_scalar_path() -> None:
     misaligned_weight = torch.randn(4098, device="cuda").to(dtype)[1:]
     y = torch.randn(4097, 4097, device="cuda").to(dtype)
     assert _config(y, y, misaligned_weight).path == PATH_SCALAR
+    assert _config(y, y, misaligned_weight, fused=True).path == PATH_SCALAR
     assert_matches(rms_norm(y, misaligned_weight), reference(y, misaligned_weight), dtype)
     residual = torch.randn_like(y)
     _check_fused(y, residual, misaligned_weight)
@@ -264,11 +272,13 @@ def test_every_path_launched_directly(dtype: torch.dtype, hidden: int, tokens: i
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden", [1000, 4096, 4097])
+@pytest.mark.parametrize("hidden", [5, 33, 1000, 4096, 4097, 5121])
 @pytest.mark.parametrize("tokens", [1, 1100])
-def test_both_phased_weight_sources_with_x_one_element_in(dtype: torch.dtype, hidden: int, tokens: int) -> None:
-    """The phased path with the weight staged (PATH_PHASED) and read directly (PATH_PHASED_DIRECT), x one element
-    into its rows and out (residual) contiguous: x read with shifted vectors, and written element by element."""
+def test_both_phased_weight_sources_at_any_offset(dtype: torch.dtype, hidden: int, tokens: int) -> None:
+    """The phased path with the weight staged (PATH_PHASED) and read directly (PATH_PHASED_DIRECT), launched
+    whatever the rule picks: x and out (residual) at several offsets into wider rows, in phase and not. Each row is
+    split at out's (residual's) 16-byte boundaries, x read with shifted vectors and, in the fused form, written
+    element by element where out of phase."""
     lanes = 16 // torch.empty(0, dtype=dtype).element_size()
     row_threads = max(32, 1 << max(0, math.ceil(math.log2(max(1, hidden // lanes) / 2))))
     configs = [NormConfig(path, max(row_threads, 128), row_threads, 2, rows)
@@ -278,21 +288,28 @@ def test_both_phased_weight_sources_with_x_one_element_in(dtype: torch.dtype, hi
                  f"{c.rows}>") for i, c in enumerate(configs) for n in names]
     module = cujit.load_jit(f"norm_phased_offset_{str(dtype)[6:]}_{hidden}", cuda_files=[KERNELS / "rms_norm.cuh"],
                             cuda_wrappers=wrappers)
-    base = torch.randn(tokens, hidden + 1, device="cuda").to(dtype)
-    x = base[:, 1:]
-    residual = torch.randn(tokens, hidden, device="cuda").to(dtype)
     weight = _weight(hidden, dtype)
-    expected = reference(x, weight)
-    total = x + residual
-    expected_fused = reference(total, weight)
-    for i, c in enumerate(configs):
-        launch = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
-        out = torch.full((tokens, hidden), float("nan"), device="cuda", dtype=dtype)
-        launch(getattr(module, f"rms_norm_{i}"), out, x, weight, tokens, hidden, hidden + 1, hidden, 1e-6)
-        assert_matches(out, expected, dtype)
-        xs_base = base.clone()
-        xs, rs = xs_base[:, 1:], residual.clone()
-        launch(getattr(module, f"fused_add_rms_norm_{i}"), xs, rs, weight, tokens, hidden, hidden + 1, hidden, 1e-6)
-        assert torch.equal(rs, total), c
-        assert_matches(xs, expected_fused, dtype)
-        assert torch.equal(xs_base[:, 0], base[:, 0]), c  # the column before x untouched
+    for x_column, out_column in ((1, 0), (3, 3), (0, 5), (7, 2)):
+        wide_x = torch.randn(tokens, hidden + 9, device="cuda").to(dtype)
+        x = wide_x[:, x_column:x_column + hidden]
+        wide_other = torch.randn(tokens, hidden + 11, device="cuda").to(dtype)
+        residual = wide_other[:, out_column:out_column + hidden]
+        expected = reference(x, weight)
+        total = x + residual
+        expected_fused = reference(total, weight)
+        strides = (wide_x.stride(0), wide_other.stride(0))
+        for i, c in enumerate(configs):
+            launch = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
+            wide_out = torch.full_like(wide_other, float("nan"))
+            out = wide_out[:, out_column:out_column + hidden]
+            launch(getattr(module, f"rms_norm_{i}"), out, x, weight, tokens, hidden, *strides, 1e-6)
+            assert_matches(out, expected, dtype)
+            assert wide_out[:, :out_column].isnan().all() and wide_out[:, out_column + hidden:].isnan().all()
+            xs_wide, rs_wide = wide_x.clone(), wide_other.clone()
+            xs = xs_wide[:, x_column:x_column + hidden]
+            rs = rs_wide[:, out_column:out_column + hidden]
+            launch(getattr(module, f"fused_add_rms_norm_{i}"), xs, rs, weight, tokens, hidden, *strides, 1e-6)
+            assert torch.equal(rs, total), (c, x_column, out_column)
+            assert_matches(xs, expected_fused, dtype)
+            _untouched_outside(xs_wide, wide_x, x_column, hidden)
+            _untouched_outside(rs_wide, wide_other, out_column, hidden)
