@@ -58,17 +58,19 @@ GRAPH_TOKENS = 16
 
 
 # ------------------------------------------------------------------------------------------------ candidates
-def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int, offset: bool = False) -> list[NormConfig]:
+def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int, offset: bool = False,
+                    fused: bool = False) -> list[NormConfig]:
     """Configurations around the rule's choice: 1, 2 and 4 vectors a thread, the fewest threads that hold the row
     and twice that many (at most 4x the row's size), 256-thread blocks for small rows, and for long rows the
     two-pass kernel. Aligned rows: the vector path with the weight loaded after the reduction (PATH_VECTOR_LATE)
     and with it loaded with the row (PATH_VECTOR), the latter also looping over 2, 4 or 8 rows per row group
     (from 128 tokens, at most 2 vectors a thread). Odd rows: the scalar path and the phased path (rows as
     above), with the weight staged in shared memory or read directly (PATH_PHASED_DIRECT). ``offset``: x starts
-    one element into its rows, so that no vector path applies."""
+    one element into its rows, so that no vector path applies. ``fused``: candidates of fused_add_rms_norm (the
+    rule's choice is its own)."""
     lanes = 16 // dtype.itemsize
     vector = hidden % lanes == 0 and not offset
-    found = {norm_config(hidden, dtype, vector, not vector, tokens)}
+    found = {norm_config(hidden, dtype, vector, not vector, tokens, fused=fused)}
     loops = (2, 4, 8) if tokens >= 128 else ()
     # Vectors a row group must hold: the whole row's, or for the phased path the body's only (the head and tail
     # are held besides, one element a thread).
@@ -196,7 +198,7 @@ def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hi
         expected = [s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps) * w32, s]
         moved = 4 * x.numel() * x.element_size()
     result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens), offset)
-    for c in norm_candidates(hidden, dtype, tokens, offset):
+    for c in norm_candidates(hidden, dtype, tokens, offset, op == "fused_add_rms_norm"):
         kernel = kernels[norm_expression(op, dtype, c)]
         launch_with = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
         if op == "rms_norm":
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, tokens, hidden, offset in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c)
-                                           for c in norm_candidates(hidden, dtype, tokens, offset)}
+                                           for c in norm_candidates(hidden, dtype, tokens, offset,
+                                                                    op == "fused_add_rms_norm")}
             else:
                 wanted["activation.cuh"] |= {activation_expression(op, dtype, c)
                                              for c in activation_candidates(dtype, hidden)}
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 r = rms_norm_case(kernels, op, dtype, tokens, hidden, offset)
                 vector = hidden % (16 // dtype.itemsize) == 0 and not offset
-                rule: object = norm_config(hidden, dtype, vector, not vector, tokens)
+                rule: object = norm_config(hidden, dtype, vector, not vector, tokens,
+                                           fused=op == "fused_add_rms_norm")
             else:
                 r = activation_case(kernels, op, dtype, tokens, hidden)
                 rule = activation_config(hidden, dtype, hidden % (16 // dtype.itemsize) == 0)
