@@ -33,7 +33,7 @@ PATH_TILED = _KERNEL["kPathTiled"]  #: rows longer than every one-tile configura
 PATH_PHASED = _KERNEL["kPathPhased"]  #: rows not 16-byte aligned: vectors from each row's first 16-byte boundary
 PATH_VECTOR_LATE = _KERNEL["kPathVectorLate"]  #: the weight loaded after the reduction (chosen by no rule)
 #: as PATH_PHASED, the weight read from global memory at each row's split instead of a shared-memory copy (chosen
-#: by no rule yet: benchmarks/tune_norms.py times it)
+#: by no rule: no faster than the staged weight on an H100; benchmarks/tune_norms.py times it)
 PATH_PHASED_DIRECT = _KERNEL["kPathPhasedDirect"]
 
 #: (threads per row, 16-byte vectors per thread) of the one-tile vector configurations, by increasing capacity.

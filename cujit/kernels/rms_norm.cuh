@@ -39,7 +39,9 @@
 ///   prefetched before it): fewer registers held across the barrier, one more cache round trip per row.
 /// - kPathPhasedDirect: as kPathPhased, but the weight is read from global memory at each row's split (shifted
 ///   vectors, mostly L1 hits) instead of a shared-memory copy: no copy, no barrier before the first row, no
-///   bank conflicts of the copy's word reads. Chosen by no rule yet; benchmarks/tune_norms.py times it.
+///   bank conflicts of the copy's word reads. Chosen by no rule: on an H100 it ranged from 1% faster to 6%
+///   slower than kPathPhased at odd bf16 widths and offsets (docs/performance.md); benchmarks/tune_norms.py
+///   times it.
 ///
 /// Aliasing: out may be x (in place), so those two pointers carry no __restrict__; nor do x and residual of the
 /// fused kernel, which must not overlap each other. Each thread loads every element it stores before storing it.
