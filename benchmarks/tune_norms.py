@@ -58,6 +58,11 @@ GRAPH_TOKENS = 16
 
 
 # ------------------------------------------------------------------------------------------------ candidates
+def _fused(op: str) -> bool:
+    """Whether ``op`` is the fused form, whose rule and element-load configurations are its own."""
+    return op == "fused_add_rms_norm"
+
+
 def norm_candidates(hidden: int, dtype: torch.dtype, tokens: int, offset: bool = False,
                     fused: bool = False) -> list[NormConfig]:
     """Configurations around the rule's choice: 1, 2 and 4 vectors a thread, the fewest threads that hold the row
@@ -198,7 +203,7 @@ def rms_norm_case(kernels: Kernels, op: str, dtype: torch.dtype, tokens: int, hi
         expected = [s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps) * w32, s]
         moved = 4 * x.numel() * x.element_size()
     result = Result(op, dtype, tokens, hidden, copy_us(moved, tokens), offset)
-    for c in norm_candidates(hidden, dtype, tokens, offset, op == "fused_add_rms_norm"):
+    for c in norm_candidates(hidden, dtype, tokens, offset, _fused(op)):
         kernel = kernels[norm_expression(op, dtype, c)]
         launch_with = cujit.LaunchKernel(math.ceil(tokens / c.rows_per_block), c.block)
         if op == "rms_norm":
@@ -367,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, tokens, hidden, offset in cases:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 wanted["rms_norm.cuh"] |= {norm_expression(op, dtype, c)
-                                           for c in norm_candidates(hidden, dtype, tokens, offset,
-                                                                    op == "fused_add_rms_norm")}
+                                           for c in norm_candidates(hidden, dtype, tokens, offset, _fused(op))}
             else:
                 wanted["activation.cuh"] |= {activation_expression(op, dtype, c)
                                              for c in activation_candidates(dtype, hidden)}
@@ -381,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             if op in ("rms_norm", "fused_add_rms_norm"):
                 r = rms_norm_case(kernels, op, dtype, tokens, hidden, offset)
                 vector = hidden % (16 // dtype.itemsize) == 0 and not offset
-                rule: object = norm_config(hidden, dtype, vector, not vector, tokens,
-                                           fused=op == "fused_add_rms_norm")
+                rule: object = norm_config(hidden, dtype, vector, not vector, tokens, fused=_fused(op))
             else:
                 r = activation_case(kernels, op, dtype, tokens, hidden)
                 rule = activation_config(hidden, dtype, hidden % (16 // dtype.itemsize) == 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,17 +244,20 @@ def _variants(dtype: torch.dtype, hidden: int) -> list[NormConfig]:
     return found
 
 
+def _both_forms(name: str, dtype: torch.dtype, configs: list[NormConfig]) -> Any:
+    """A module of both kernels at each of ``configs``: ``rms_norm_{i}`` and ``fused_add_rms_norm_{i}``."""
+    wrappers = [(f"{n}_{i}", f"{n}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, "
+                 f"{c.rows}>") for i, c in enumerate(configs) for n in ("rms_norm", "fused_add_rms_norm")]
+    return cujit.load_jit(name, cuda_files=[KERNELS / "rms_norm.cuh"], cuda_wrappers=wrappers)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 1000, 4096, 4097])
 @pytest.mark.parametrize("tokens", [1, 37, 1100])
 def test_every_path_launched_directly(dtype: torch.dtype, hidden: int, tokens: int) -> None:
     """Each path value and a few row counts per group, as the tuning script launches them."""
     configs = _variants(dtype, hidden)
-    names = ("rms_norm", "fused_add_rms_norm")
-    wrappers = [(f"{n}_{i}", f"{n}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, "
-                 f"{c.rows}>") for i, c in enumerate(configs) for n in names]
-    module = cujit.load_jit(f"norm_paths_{str(dtype)[6:]}_{hidden}", cuda_files=[KERNELS / "rms_norm.cuh"],
-                            cuda_wrappers=wrappers)
+    module = _both_forms(f"norm_paths_{str(dtype)[6:]}_{hidden}", dtype, configs)
     x = torch.randn(tokens, hidden, device="cuda").to(dtype)
     residual = torch.randn_like(x)
     weight = _weight(hidden, dtype)
@@ -283,11 +287,7 @@ def test_both_phased_weight_sources_at_any_offset(dtype: torch.dtype, hidden: in
     row_threads = max(32, 1 << max(0, math.ceil(math.log2(max(1, hidden // lanes) / 2))))
     configs = [NormConfig(path, max(row_threads, 128), row_threads, 2, rows)
                for path in (PATH_PHASED, PATH_PHASED_DIRECT) for rows in (1, 4)]
-    names = ("rms_norm", "fused_add_rms_norm")
-    wrappers = [(f"{n}_{i}", f"{n}_kernel<{CPP[dtype]}, false, {c.path}, {c.block}, {c.row_threads}, {c.vecs}, "
-                 f"{c.rows}>") for i, c in enumerate(configs) for n in names]
-    module = cujit.load_jit(f"norm_phased_offset_{str(dtype)[6:]}_{hidden}", cuda_files=[KERNELS / "rms_norm.cuh"],
-                            cuda_wrappers=wrappers)
+    module = _both_forms(f"norm_phased_offset_{str(dtype)[6:]}_{hidden}", dtype, configs)
     weight = _weight(hidden, dtype)
     for x_column, out_column in ((1, 0), (3, 3), (0, 5), (7, 2)):
         wide_x = torch.randn(tokens, hidden + 9, device="cuda").to(dtype)
