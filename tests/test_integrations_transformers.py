@@ -8,6 +8,8 @@ patched model's fp32 logits with the unpatched model's. The kernels themselves a
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -78,26 +80,39 @@ def test_patch_replaces_the_expected_modules_and_unpatch_restores_them(family: s
     assert len(expected["rms_norm"]) >= 5 and len(expected["mlp"]) == 2 and len(expected["attention"]) == 2
     assert (len(expected.get("qk_norm", [])) == 4) == (family in QK_NORM)
 
+    classes = {name: type(m) for name, m in modules.items()}
     handle = cujit_hf.patch(model)
     assert handle.active and not handle.skipped
     assert {k: sorted(v) for k, v in handle.replaced.items()} == expected
+    # every module keeps its identity; a patched one gets a class of cujit's in front of its own
+    after = dict(model.named_modules())
+    assert after.keys() == modules.keys() and all(after[k] is modules[k] for k in modules)
+    patched = {n for names in expected.values() for n in names}
+    for name, module in after.items():
+        if name not in patched:
+            assert type(module) is classes[name]
+            continue
+        assert type(module).__bases__[1] is classes[name] and isinstance(module, classes[name])
+        assert type(module).__module__ == "cujit.integrations.transformers"
     for name in expected["rms_norm"]:
-        new = model.get_submodule(name)
-        assert type(new) is cujit_hf.CujitRMSNorm and new.gemma == (family in GEMMA)
-        assert new.weight is modules[name].weight  # the same Parameter
+        assert type(after[name]).__bases__[0] is cujit_hf.CujitRMSNorm
+        assert after[name]._cujit_gemma == (family in GEMMA)
     for name in expected.get("qk_norm", []):
-        assert type(model.get_submodule(name)) is cujit_hf.CujitHeadRMSNorm
+        assert type(after[name]).__bases__[0] is cujit_hf.CujitHeadRMSNorm
     for name in expected["mlp"]:
-        new, old = model.get_submodule(name), modules[name]
-        assert type(new) is cujit_hf.CujitGatedMLP
-        assert new.gate_proj is old.gate_proj and new.up_proj is old.up_proj and new.down_proj is old.down_proj
-        assert new.activation == ("gelu_tanh" if family in GEMMA else "silu")
+        mlp = after[name]
+        assert isinstance(mlp, cujit_hf.CujitGatedMLP)
+        assert mlp._cujit_activation == ("gelu_tanh" if family in GEMMA else "silu")
         # gate and up are views of the stacked weight; nothing is held twice
-        assert old.gate_proj.weight.data_ptr() == new.gate_up_weight.data_ptr()
-        torch.testing.assert_close(new.gate_up_weight, torch.cat([values[f"{name}.gate_proj.weight"],
-                                                                   values[f"{name}.up_proj.weight"]]), rtol=0, atol=0)
-    for name in expected["rotary"] + expected["attention"]:
-        assert "forward" in vars(model.get_submodule(name))
+        assert mlp.gate_proj.weight.data_ptr() == mlp._cujit_gate_up_weight.data_ptr()
+        torch.testing.assert_close(mlp._cujit_gate_up_weight, torch.cat([values[f"{name}.gate_proj.weight"],
+                                                                         values[f"{name}.up_proj.weight"]]),
+                                   rtol=0, atol=0)
+    for name in expected["rotary"]:
+        assert isinstance(after[name], cujit_hf.CujitRotaryTable)
+    for name in expected["attention"]:
+        assert isinstance(after[name], cujit_hf.CujitAttention)
+    assert all("forward" not in vars(m) for m in model.modules())
     # same parameters, keys and values
     assert list(model.state_dict()) == keys
     assert all(params[k] is p for k, p in model.named_parameters())
@@ -106,7 +121,8 @@ def test_patch_replaces_the_expected_modules_and_unpatch_restores_them(family: s
     assert not handle.active and not hasattr(model, "_cujit_patch")
     after = dict(model.named_modules())
     assert after.keys() == modules.keys() and all(after[k] is modules[k] for k in modules)
-    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(type(m) is classes[name] for name, m in after.items())
+    assert not any(key.startswith("_cujit") for m in model.modules() for key in vars(m))
     assert all(params[k] is p for k, p in model.named_parameters())
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, values[k], rtol=0, atol=0)
@@ -125,16 +141,13 @@ def test_context_manager_and_the_modeling_module_is_untouched() -> None:
         assert handle.active
         assert modeling_llama.apply_rotary_pos_emb is rope and modeling_llama.LlamaRMSNorm is norm_cls
         assert modeling_llama.LlamaAttention.forward is forward
-        assert all(type(m) is not cujit_hf.CujitRMSNorm for m in other.modules())  # per instance
+        assert not any(isinstance(m, cujit_hf.CujitRMSNorm) for m in other.modules())  # per instance
         attn = model.model.layers[0].self_attn
-        deferring = attn.forward.__func__
-        assert deferring.__qualname__.startswith("_deferring_forward")  # see under_compile
-        patched = next(c.cell_contents for c in deferring.__closure__
-                       if getattr(c.cell_contents, "__code__", None) is forward.__code__
-                       and c.cell_contents is not forward)
-        # the same decorators, if any, around the patched copy; the class's own forward while compiling
-        assert any(c.cell_contents is forward for c in deferring.__closure__)
-        caller = patched
+        # while torch.compile traces, the class's own forward; else cujit's rebuilt copy of it
+        assert type(attn).forward.__globals__["model_forward"] is forward
+        rotating = type(attn)._cujit_rotating
+        assert rotating is not forward and rotating.__code__ is forward.__code__  # same decorators, if any
+        caller = rotating
         while "apply_rotary_pos_emb" not in caller.__code__.co_names:
             caller = caller.__wrapped__
         applied = caller.__globals__["apply_rotary_pos_emb"]
@@ -334,3 +347,46 @@ def test_under_torch_compile_the_patched_parts_run_the_models_code_or_cujits(und
 def test_under_compile_values_are_checked() -> None:
     with pytest.raises(cujit.CujitError, match="under_compile must be one of 'model', 'cujit', got 'torch'"):
         cujit_hf.patch(tiny("llama"), under_compile="torch")
+
+
+def _guard_count(compiled_forward: object) -> int:
+    """Leaf guards of the one compiled frame of ``compiled_forward``'s code (torch's guard-manager tree)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    entries = _debug_get_cache_entry_list(compiled_forward.__code__)  # type: ignore[attr-defined]
+    assert len(entries) == 1
+
+    def count(manager: Any) -> int:
+        children = list(manager.get_child_managers())
+        if hasattr(manager, "get_key_value_managers"):  # a dict's guards hang off its key and value managers
+            children += [m for pair in manager.get_key_value_managers().values() for m in pair if m is not None]
+        return len(manager.get_leaf_guards()) + sum(count(c) for c in children)
+
+    return count(entries[0].guard_manager.root)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+def test_the_compiled_patched_model_checks_the_unpatched_models_guards(family: str) -> None:
+    # Under under_compile="model" the compiled graph is the unpatched model's; what the patch must not add is host
+    # work a call: Dynamo's guards, checked on every call. Reaching the model's forward through the instance (a bound
+    # method of the original module, or super()) cost about 24 guards a layer; through globals, about 5.
+    from torch._dynamo import eval_frame
+
+    if not hasattr(eval_frame, "_debug_get_cache_entry_list"):
+        pytest.skip("this torch cannot list a frame's guards")
+    layers = 6
+    model = tiny(family, num_hidden_layers=layers)
+    ids = torch.randint(0, 128, (1, 3), generator=torch.Generator().manual_seed(5))
+    counts = []
+    with torch.no_grad():
+        for patched in (False, True):
+            torch._dynamo.reset()
+            handle = cujit_hf.patch(model) if patched else None
+            torch.compile(model, backend="eager", fullgraph=True)(ids)
+            counts.append(_guard_count(type(model).forward))
+            if handle is not None:
+                handle.unpatch()
+    torch._dynamo.reset()
+    unpatched, patched_count = counts
+    assert unpatched > 100
+    assert patched_count <= unpatched + 2 * layers + 40, counts

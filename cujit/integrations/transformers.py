@@ -14,27 +14,30 @@ For the Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 2 and Gemma 3 families (``mod
   (computed in fp32 by the model's code, so every rope type and scaling is kept) in ``cujit.rotary_embedding``'s
   layout with the row of each token, and the attention modules rotate q and k in place with that op.
 
-How each is patched, and why:
+How each is patched: **a class swap per instance**. Each patched module keeps its identity, its parameters and
+its ``state_dict``; only its ``__class__`` becomes a subclass of its own class made by cujit (``CujitRMSNorm``,
+``CujitHeadRMSNorm``, ``CujitGatedMLP``, ``CujitRotaryTable`` or ``CujitAttention`` in front of the model's class,
+so ``isinstance`` checks against the model's classes still hold), and what cujit's forward needs is kept in the
+module's ``_cujit_*`` attributes. Unpatching puts the class back and deletes those attributes. In detail:
 
-- Norms, QK-norms and MLPs: **module replacement** on their parent (``setattr``). The new module holds the original
-  one's parameters (the same ``Parameter`` objects, under the same ``state_dict`` keys); unpatching puts the
-  original module objects back. The MLP's gate and up weights become two views of one stacked tensor (their
-  ``Parameter`` objects keep their identity and values; loading a ``state_dict`` after patching still writes
-  through to the stacked copy); unpatching gives each its own storage again. No weight is held twice.
-- Rotary: a **forward swap per instance**. The model's rotary module gets an instance ``forward`` that wraps its
-  own; each attention module gets an instance ``forward`` that runs the class's very code (same bytecode and
-  closure) against a copy of its modeling module's globals in which ``apply_rotary_pos_emb`` is cujit's. The
-  modeling module itself is never edited, so other models of the same family in the process are unaffected, and
-  unpatching deletes the instance attributes. The cost: names that the modeling module rebinds after ``patch`` are
-  not seen by the patched attention modules (a library that monkeypatches the module later, for instance).
+- The MLP's gate and up weights become two views of one stacked tensor (their ``Parameter`` objects keep their
+  identity and values; loading a ``state_dict`` after patching still writes through to the stacked copy);
+  unpatching gives each its own storage again. No weight is held twice.
+- The attention modules run the class's very code (same bytecode and closure) against a copy of its modeling
+  module's globals in which ``apply_rotary_pos_emb`` is cujit's. The modeling module itself is never edited, so
+  other models of the same family in the process are unaffected. The cost: names that the modeling module rebinds
+  after ``patch`` are not seen by the patched attention modules (a library that monkeypatches the module later, for
+  instance).
 
 Under ``torch.compile`` (``under_compile="model"``, the default), each patched part runs the model's own code
 while Dynamo traces it, so the compiled model is the one ``torch.compile`` makes of the unpatched model: Inductor
 fuses the norms, activations and rotary into its own kernels, launched from its generated code, where cujit's ops
 would stay opaque ``torch.ops.cujit`` calls, each through the dispatcher into Python (at decode, host time is the
 step: Llama ~1B on an H100, 16.85 ms a step with cujit's ops in the compiled graph against 10.40 ms for
-``torch.compile`` alone). Eager calls, and CUDA graphs captured from them, use cujit's ops. ``under_compile="cujit"``
-keeps cujit's ops in the compiled graph instead.
+``torch.compile`` alone). The patched classes reach the model's forward through globals of their own, not through
+the instance, so the compiled call checks nearly the guards of the unpatched model's (a few more a layer, not a
+copy of each module's). Eager calls, and CUDA graphs captured from them, use cujit's ops.
+``under_compile="cujit"`` keeps cujit's ops in the compiled graph instead.
 
 Inference only: a patched module called while autograd records (``torch.is_grad_enabled()`` and an input or a
 weight that requires grad, as a model's parameters do by default) raises :class:`~cujit.CujitError` instead of
@@ -64,9 +67,11 @@ from ..silu_and_mul import silu_and_mul
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "UNDER_COMPILE",
+    "CujitAttention",
     "CujitGatedMLP",
     "CujitHeadRMSNorm",
     "CujitRMSNorm",
+    "CujitRotaryTable",
     "Patch",
     "head_rms_norm",
     "patch",
@@ -153,43 +158,35 @@ def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: boo
 
 
 class CujitRMSNorm(nn.Module):
-    """A model's RMSNorm on ``cujit.rms_norm``: the original module's weight and epsilon, the same ``state_dict``."""
+    """In front of a model's RMSNorm class: the norm on ``cujit.rms_norm``, with the module's own weight.
+
+    Never built: :func:`patch` makes a patched module's class ``CujitRMSNorm`` + its own class and keeps the
+    module's epsilon and form in ``_cujit_eps`` and ``_cujit_gemma``.
+    """
 
     weight: nn.Parameter
-
-    def __init__(self, original: Any, *, gemma: bool, defer: bool = True) -> None:
-        super().__init__()
-        self.weight = original.weight  # the same Parameter object, under the same state_dict key
-        eps = getattr(original, "variance_epsilon", None)
-        self.eps = float(eps if eps is not None else original.eps)
-        self.gemma = gemma
-        # The original module's own forward (a bound method, not a submodule: no second state_dict entry), run
-        # while torch.compile traces when `defer` (patch's under_compile="model").
-        self._model_forward = original.forward if defer else None
+    _cujit_eps: float
+    _cujit_gemma: bool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of ``x`` over its last dimension."""
-        if self._model_forward is not None and _compiling():
-            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("RMSNorm", x, self.weight)
         _check_operands("RMSNorm", x, self.weight)
-        return _rms_norm_rows(x, self.weight, self.eps, self.gemma)
+        return _rms_norm_rows(x, self.weight, self._cujit_eps, self._cujit_gemma)
 
     def extra_repr(self) -> str:
         """The weight's shape, epsilon and form."""
-        return f"{tuple(self.weight.shape)}, eps={self.eps}, gemma={self.gemma}"
+        return f"{tuple(self.weight.shape)}, eps={self._cujit_eps}, gemma={self._cujit_gemma}, on cujit.rms_norm"
 
 
 class CujitHeadRMSNorm(CujitRMSNorm):
-    """The per-head QK-norm of Qwen3 and Gemma 3 on :func:`head_rms_norm`."""
+    """In front of the per-head QK-norm of Qwen3 and Gemma 3: the norm on :func:`head_rms_norm`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The norm of every head of ``x`` ([..., head_dim])."""
-        if self._model_forward is not None and _compiling():
-            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("QK-norm", x, self.weight)
         _check_operands("QK-norm", x, self.weight)
-        return head_rms_norm(x, self.weight, self.eps, self.gemma)
+        return head_rms_norm(x, self.weight, self._cujit_eps, self._cujit_gemma)
 
 
 # ------------------------------------------------------------------------------------------------ gated MLP
@@ -210,53 +207,44 @@ def _activation_of(act_fn: nn.Module) -> str | None:
 
 
 class CujitGatedMLP(nn.Module):
-    """``down_proj(act(gate_proj(x)) * up_proj(x))`` as one GEMM, one cujit gated activation and ``down_proj``.
+    """In front of a model's gated MLP class: one GEMM, one cujit gated activation and the model's ``down_proj``.
 
-    Built by :func:`patch` from the model's MLP, whose ``gate_proj`` and ``up_proj`` weights (and biases) it has
-    made views of one stacked tensor; it holds the same three ``Linear`` modules (the same ``state_dict``).
+    That is ``down_proj(act(gate_proj(x)) * up_proj(x))``. Never built: :func:`patch` swaps it in, having made
+    the ``gate_proj`` and ``up_proj`` weights (and biases) views of one stacked tensor (``_cujit_gate_up_weight``,
+    ``_cujit_gate_up_bias``: plain attributes, not buffers, so that ``model.to()`` does not copy them beside the
+    ``Linear`` weights; forward checks that they are still viewed).
     """
 
     gate_proj: nn.Linear
     up_proj: nn.Linear
     down_proj: Any
-    gate_up_weight: torch.Tensor
-    gate_up_bias: torch.Tensor | None
-
-    def __init__(self, original: Any, activation: str, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                 defer: bool = True) -> None:
-        super().__init__()
-        self._model_forward = original.forward if defer else None  # as in CujitRMSNorm
-        self.gate_proj = original.gate_proj
-        self.up_proj = original.up_proj
-        self.down_proj = original.down_proj
-        self.activation = activation
-        # Plain attributes, not buffers: model.to() must not copy them beside the Linear weights (forward checks).
-        self.gate_up_weight = weight
-        self.gate_up_bias = bias
-        self._up_offset = int(original.gate_proj.weight.shape[0]) * weight.stride(0) * weight.element_size()
+    _cujit_activation: str  # "silu", "gelu" (erf) or "gelu_tanh"
+    _cujit_gate_up_weight: torch.Tensor
+    _cujit_gate_up_bias: torch.Tensor | None
+    _cujit_up_offset: int  # bytes from the stacked weight's start to up_proj's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The MLP of ``x`` ([..., hidden])."""
-        if self._model_forward is not None and _compiling():
-            return self._model_forward(x)  # type: ignore[no-any-return]
         _refuse_autograd("gated MLP", x, self.gate_proj.weight, self.up_proj.weight,
                          getattr(self.down_proj, "weight", None))
-        _check_operands("gated MLP", x, self.gate_up_weight)
-        base = self.gate_up_weight.data_ptr()
+        weight = self._cujit_gate_up_weight
+        _check_operands("gated MLP", x, weight)
+        base = weight.data_ptr()
         if not _compiling() and (self.gate_proj.weight.data_ptr() != base
-                                 or self.up_proj.weight.data_ptr() != base + self._up_offset):
+                                 or self.up_proj.weight.data_ptr() != base + self._cujit_up_offset):
             raise CujitError("gated MLP: the gate_proj/up_proj weights no longer view the stacked weight that patch() "
                              "built (the model was moved or cast after patching): unpatch and patch again")
-        gate_up = nn.functional.linear(x, self.gate_up_weight, self.gate_up_bias)
-        if self.activation == "silu":
+        gate_up = nn.functional.linear(x, weight, self._cujit_gate_up_bias)
+        if self._cujit_activation == "silu":
             hidden = silu_and_mul(gate_up)
         else:
-            hidden = gelu_and_mul(gate_up, "tanh" if self.activation == "gelu_tanh" else "none")
+            hidden = gelu_and_mul(gate_up, "tanh" if self._cujit_activation == "gelu_tanh" else "none")
         return self.down_proj(hidden)
 
     def extra_repr(self) -> str:
         """The activation and the stacked weight's shape."""
-        return f"activation={self.activation}, gate_up={tuple(self.gate_up_weight.shape)}"
+        return (f"activation={self._cujit_activation}, gate_up={tuple(self._cujit_gate_up_weight.shape)}, "
+                f"on cujit's gated activation")
 
 
 def _stack(first: nn.Parameter, second: nn.Parameter) -> tuple[torch.Tensor, Callable[[], None]]:
@@ -339,22 +327,47 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
             k_rows.view(batch, seq, kv_heads, dim).transpose(1, 2))
 
 
-def _table_forward(original: Callable[..., tuple[torch.Tensor, torch.Tensor]], defer: bool) -> Callable[..., Any]:
-    """A rotary module's instance forward: the module's own cos and sin, in fp32, as (table, positions).
+class CujitRotaryTable(nn.Module):
+    """In front of a model's rotary module class: its own cos and sin, in fp32, as (table, positions).
 
-    With ``defer``, the module's own (cos, sin) while torch.compile traces.
+    While torch.compile traces (``under_compile="model"``), the module's own (cos, sin).
     """
 
-    def forward(x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        if defer and _compiling():
-            return original(x, position_ids, *args, **kwargs)
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """(table, positions) for the tokens of ``position_ids``; ``x`` is read for its dtype and device only."""
         # The models compute cos and sin in fp32 and round them to x's dtype last; a float32 probe of no elements
-        # keeps them in fp32 (x is read for its dtype and device only).
+        # keeps them in fp32.
         probe = x.new_empty((0,), dtype=torch.float32)
-        cos, sin = original(probe, position_ids, *args, **kwargs)
+        cos, sin = super().forward(probe, position_ids, *args, **kwargs)
         return rotary_table(cos, sin, x.shape[0])
 
-    return forward
+
+class CujitAttention(nn.Module):
+    """In front of a model's attention class: its forward with q and k rotated by ``cujit.rotary_embedding``.
+
+    The class :func:`patch` swaps in holds ``_cujit_rotating``: the model class's forward (its decorators kept)
+    rebuilt around a copy of the function that calls ``apply_rotary_pos_emb``, run against globals in which that
+    name is cujit's. While torch.compile traces (``under_compile="model"``) the class's own forward runs, since
+    Dynamo's guards name the modeling module's globals, not the copy's; the rotary module then returns the model's
+    own cos and sin. Should it have run eagerly and passed a table, the rebuilt forward takes it.
+    """
+
+    _cujit_rotating: Callable[..., Any]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The attention, its q and k rotated by cujit."""
+        return self._cujit_rotating(*args, **kwargs)
+
+    @classmethod
+    def _cujit_class_state(cls, model_class: type) -> dict[str, Any]:
+        modeling = importlib.import_module(model_class.__module__)
+        forward: Any = model_class.forward  # type: ignore[attr-defined]
+        caller = _rotary_caller(forward, modeling)
+        if caller is None:  # patch() checked this before swapping
+            raise CujitError(f"{model_class.__name__}.forward does not call apply_rotary_pos_emb")
+        scope = dict(vars(modeling))
+        scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
+        return {"_cujit_rotating": _rewrap(forward, caller, _with_globals(caller, scope))}
 
 
 def _rotary_caller(forward: Any, modeling: types.ModuleType) -> Any:
@@ -383,23 +396,6 @@ def _carries_table(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether an attention call was given a rotary table (a rotary module that ran eagerly) for its cos and sin."""
     return any(isinstance(a, tuple) and len(a) == 2 and all(isinstance(t, torch.Tensor) for t in a)
                and _is_table(*a) for a in (*args, *kwargs.values()))
-
-
-def _deferring_forward(original: Callable[..., Any], patched: Callable[..., Any]) -> Callable[..., Any]:
-    """An attention module's forward: ``patched`` in eager calls, the class's own while torch.compile traces.
-
-    The patched copy runs against globals of its own, which torch.compile's guards cannot name (they name the
-    modeling module's globals): tracing the class's own forward keeps them sound. The rotary module returns the
-    model's own cos and sin while torch.compile traces (:func:`_table_forward`); should it have run eagerly and
-    passed a table, the patched copy takes it.
-    """
-
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if _compiling() and not _carries_table(args, kwargs):
-            return original(self, *args, **kwargs)
-        return patched(self, *args, **kwargs)
-
-    return forward
 
 
 def _cell(cell: Any) -> Any:
@@ -488,17 +484,57 @@ def _family_of(model: nn.Module) -> _Family:
                      f"supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> Callable[[], None]:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    old = getattr(parent, attr)
-    setattr(parent, attr, new)
-    return lambda: setattr(parent, attr, old)
+def _patched_class(part: type[nn.Module], model_class: type[nn.Module], defer: bool) -> type:
+    """``part`` in front of ``model_class``: the class a patched module of ``model_class`` takes.
+
+    With ``defer`` (``under_compile="model"``), the class's forward runs ``model_class.forward`` while torch.compile
+    traces and ``part.forward`` otherwise (see :func:`_deferring_forward`).
+    """
+    state = part._cujit_class_state(model_class) if hasattr(part, "_cujit_class_state") else {}
+    if defer:
+        state["forward"] = _deferring_forward(part, model_class)
+    return type(f"{part.__name__}[{model_class.__name__}]", (part, model_class), {"__module__": __name__, **state})
 
 
-def _set_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
-    module.forward = forward  # type: ignore[method-assign]
-    return lambda: vars(module).pop("forward", None)
+#: While torch.compile traces, which calls of a patched module run the model's own forward. An attention module
+#: given a rotary table (its rotary module ran eagerly) runs cujit's.
+_DEFER_WHEN = {"CujitAttention": "_compiling() and not _carries_table(args, kwargs)"}
+
+
+def _deferring_forward(part: type[nn.Module], model_class: type[nn.Module]) -> Callable[..., Any]:
+    """A forward that runs ``model_class.forward`` while torch.compile traces, else ``part.forward``.
+
+    Both are reached through the function's own globals, not through ``super()`` or the instance: Dynamo guards
+    what it reads on the way, and a path that starts at the instance is guarded once per module (six guards a
+    module for ``super()``), where a global is guarded once for all of them. So the compiled patched model checks
+    nearly the guards of the unpatched one.
+    """
+    scope: dict[str, Any] = {"__builtins__": __builtins__, "__name__": __name__, "_compiling": _compiling,
+             "_carries_table": _carries_table, "model_forward": model_class.forward, "cujit_forward": part.forward}
+    text = (f"def forward(self, *args, **kwargs):\n"
+            f"    if {_DEFER_WHEN.get(part.__name__, '_compiling()')}:\n"
+            f"        return model_forward(self, *args, **kwargs)\n"
+            f"    return cujit_forward(self, *args, **kwargs)\n")
+    exec(compile(text, f"<cujit deferring forward of {model_class.__name__}>", "exec"), scope)
+    forward: Callable[..., Any] = scope["forward"]
+    forward.__doc__ = part.forward.__doc__
+    forward.__qualname__ = f"{part.__name__}[{model_class.__name__}].forward"
+    return forward
+
+
+def _swap(module: nn.Module, cls: type, **state: Any) -> Callable[[], None]:
+    """Give ``module`` the class ``cls`` (a subclass of its own) and the attributes ``state``; and the undo."""
+    original = type(module)
+    module.__class__ = cls
+    for key, value in state.items():
+        setattr(module, key, value)
+
+    def undo() -> None:
+        for key in state:
+            vars(module).pop(key, None)
+        module.__class__ = original
+
+    return undo
 
 
 def _modules_of(model: nn.Module, cls: type) -> Iterator[tuple[str, Any]]:
@@ -553,16 +589,20 @@ def patch(model: nn.Module, *, norms: bool = True, mlp: bool = True, rotary: boo
 
 def _patch_norms(model: nn.Module, handle: Patch, norm_cls: type, family: _Family, *, norms: bool,
                  qk_norm: bool, defer: bool) -> None:
+    classes = {part: _patched_class(part, norm_cls, defer) for part in (CujitRMSNorm, CujitHeadRMSNorm)}
     for name, module in list(_modules_of(model, norm_cls)):
         head = family.qk_norm and name.rpartition(".")[2] in ("q_norm", "k_norm")
         if not (qk_norm if head else norms):
             continue
-        new = (CujitHeadRMSNorm if head else CujitRMSNorm)(module, gemma=family.gemma_norm, defer=defer)
-        handle._undo.append(_replace(model, name, new))
+        eps = getattr(module, "variance_epsilon", None)
+        eps = float(eps if eps is not None else module.eps)
+        handle._undo.append(_swap(module, classes[CujitHeadRMSNorm if head else CujitRMSNorm], _cujit_eps=eps,
+                                  _cujit_gemma=family.gemma_norm))
         handle._record("qk_norm" if head else "rms_norm", name)
 
 
 def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type, defer: bool) -> None:
+    cls = _patched_class(CujitGatedMLP, mlp_cls, defer)
     for name, module in list(_modules_of(model, mlp_cls)):
         activation = _activation_of(module.act_fn)
         reason = _mlp_refusal(module) if activation is not None else (
@@ -576,7 +616,9 @@ def _patch_mlps(model: nn.Module, handle: Patch, mlp_cls: type, defer: bool) -> 
         if module.gate_proj.bias is not None:
             bias, undo_bias = _stack(module.gate_proj.bias, module.up_proj.bias)
             handle._undo.append(undo_bias)
-        handle._undo.append(_replace(model, name, CujitGatedMLP(module, activation, weight, bias, defer=defer)))
+        up_offset = int(module.gate_proj.weight.shape[0]) * weight.stride(0) * weight.element_size()
+        handle._undo.append(_swap(module, cls, _cujit_activation=activation, _cujit_gate_up_weight=weight,
+                                  _cujit_gate_up_bias=bias, _cujit_up_offset=up_offset))
         handle._record("mlp", name)
 
 
@@ -584,30 +626,24 @@ def _patch_rotary(model: nn.Module, handle: Patch, modeling: types.ModuleType, a
                   rotary_cls: type, defer: bool) -> None:
     rotaries = list(_modules_of(model, rotary_cls))
     attentions = list(_modules_of(model, attention_cls))
-    forward: Any = attention_cls.forward  # type: ignore[attr-defined]
     # The rotary module's table reaches every attention module of the model, so all of them must be patched.
     reason = None
     if not rotaries or not attentions:
         reason = "no rotary module or no attention module of the family's classes"
     elif any(isinstance(m, attention_cls) and type(m) is not attention_cls for m in model.modules()):
         reason = f"a subclass of {attention_cls.__name__} (unknown forward)"
-    elif "forward" in vars(rotaries[0][1]) or any("forward" in vars(m) for _, m in rotaries + attentions):
-        reason = "a rotary or attention module already has its own forward (patched by something else)"
-    else:
-        caller = _rotary_caller(forward, modeling)
-        if caller is None:
-            reason = f"{attention_cls.__name__}.forward does not call the modeling module's apply_rotary_pos_emb"
+    elif any("forward" in vars(m) for _, m in rotaries + attentions):
+        reason = "a rotary or attention module has a forward of its own (patched by something else)"
+    elif _rotary_caller(attention_cls.forward, modeling) is None:  # type: ignore[attr-defined]
+        reason = f"{attention_cls.__name__}.forward does not call the modeling module's apply_rotary_pos_emb"
     if reason is not None:
         handle.skipped.append(f"rotary embedding: {reason}")
         return
-    scope = dict(vars(modeling))
-    scope["apply_rotary_pos_emb"] = apply_rotary_pos_emb
-    patched_forward = _rewrap(forward, caller, _with_globals(caller, scope))
-    if defer:
-        patched_forward = _deferring_forward(forward, patched_forward)
+    table_cls = _patched_class(CujitRotaryTable, rotary_cls, defer)
     for name, module in rotaries:
-        handle._undo.append(_set_forward(module, _table_forward(module.forward, defer)))
+        handle._undo.append(_swap(module, table_cls))
         handle._record("rotary", name)
+    attention = _patched_class(CujitAttention, attention_cls, defer)
     for name, module in attentions:
-        handle._undo.append(_set_forward(module, types.MethodType(patched_forward, module)))
+        handle._undo.append(_swap(module, attention))
         handle._record("attention", name)
