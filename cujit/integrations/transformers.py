@@ -504,19 +504,22 @@ _DEFER_WHEN = {"CujitAttention": "_compiling() and not _carries_table(args, kwar
 def _deferring_forward(part: type[nn.Module], model_class: type[nn.Module]) -> Callable[..., Any]:
     """A forward that runs ``model_class.forward`` while torch.compile traces, else ``part.forward``.
 
-    Both are reached through the function's own globals, not through ``super()`` or the instance: Dynamo guards
-    what it reads on the way, and a path that starts at the instance is guarded once per module (six guards a
-    module for ``super()``), where a global is guarded once for all of them. So the compiled patched model checks
-    nearly the guards of the unpatched one.
+    Both are reached through this module's globals, not through ``super()`` or the instance: Dynamo guards what it
+    reads on the way, and a path that starts at the instance is guarded once per module (six guards a module for
+    ``super()``), where a global is guarded once for all of them. So the compiled patched model checks nearly the
+    guards of the unpatched one. The globals are this module's own (the model's forward bound to a name made for
+    it): Dynamo finds a function's globals again by its module's name.
     """
-    scope: dict[str, Any] = {"__builtins__": __builtins__, "__name__": __name__, "_compiling": _compiling,
-             "_carries_table": _carries_table, "model_forward": model_class.forward, "cujit_forward": part.forward}
+    model_forward = model_class.forward
+    name = f"_cujit_model_forward_{id(model_forward):x}"
+    globals().setdefault(name, model_forward)  # kept for the process: the id stays this function's
     text = (f"def forward(self, *args, **kwargs):\n"
             f"    if {_DEFER_WHEN.get(part.__name__, '_compiling()')}:\n"
-            f"        return model_forward(self, *args, **kwargs)\n"
-            f"    return cujit_forward(self, *args, **kwargs)\n")
-    exec(compile(text, f"<cujit deferring forward of {model_class.__name__}>", "exec"), scope)
-    forward: Callable[..., Any] = scope["forward"]
+            f"        return {name}(self, *args, **kwargs)\n"
+            f"    return {part.__name__}.forward(self, *args, **kwargs)\n")
+    made: dict[str, Any] = {}
+    exec(compile(text, f"<cujit deferring forward of {model_class.__name__}>", "exec"), globals(), made)
+    forward: Callable[..., Any] = made["forward"]
     forward.__doc__ = part.forward.__doc__
     forward.__qualname__ = f"{part.__name__}[{model_class.__name__}].forward"
     return forward
