@@ -109,8 +109,11 @@ def cuda_time(fn: Callable[[], Any], iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
-def kernel_shares(fn: Callable[[], Any], patched: tuple[str, ...]) -> tuple[float, float]:
-    """(share of GPU kernel time in kernels named by ``patched``, share outside GEMMs and attention) of one call."""
+def kernel_shares(fn: Callable[[], Any], patched: tuple[str, ...], top: int = 0) -> tuple[float, float]:
+    """(share of GPU kernel time in kernels named by ``patched``, share outside GEMMs and attention) of one call.
+
+    With ``top``, also prints the GPU time of the call and of its ``top`` costliest kernels (by name).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -119,15 +122,21 @@ def kernel_shares(fn: Callable[[], Any], patched: tuple[str, ...]) -> tuple[floa
         fn()
         torch.cuda.synchronize()
     total = hit = other = 0.0
+    by_name: dict[str, float] = {}
     for evt in prof.events():
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
         name, us = evt.name.lower(), evt.time_range.elapsed_us()
         total += us
+        by_name[evt.name] = by_name.get(evt.name, 0.0) + us
         if patched and any(k.lower() in name for k in patched):
             hit += us
         if not any(k in name for k in GEMM_KERNELS + ATTENTION_KERNELS):
             other += us
+    if top:
+        print(f"  GPU kernel time {total / 1e3:.3f} ms; the {top} costliest kernels:")
+        for name, us in sorted(by_name.items(), key=lambda item: -item[1])[:top]:
+            print(f"    {us / 1e3:8.3f} ms  {name[:110]}")
     return (hit / total if total else 0.0), (other / total if total else 0.0)
 
 
@@ -181,7 +190,7 @@ def measure(rows: list[Row], family: str, variant: str, forward: Callable[..., A
             ms = cuda_time(run, args.iters)
             row = Row(family, phase, variant, args.prefill / ms * 1e3, ms)
             if profile_it:
-                row.patched_share, row.elementwise_share = kernel_shares(run, patched)
+                row.patched_share, row.elementwise_share = kernel_shares(run, patched, args.top)
             rows.append(row)
         except Exception as e:  # one failing contender must not end the run: the row says why
             rows.append(Row(family, phase, variant, note=_failure(e)))
@@ -195,7 +204,7 @@ def measure(rows: list[Row], family: str, variant: str, forward: Callable[..., A
             ms = cuda_time(decoder.step, args.steps)
             row = Row(family, phase, variant, batch / ms * 1e3, ms)
             if profile_it and batch == max(args.batches):
-                row.patched_share, row.elementwise_share = kernel_shares(decoder.step, patched)
+                row.patched_share, row.elementwise_share = kernel_shares(decoder.step, patched, args.top)
             rows.append(row)
             del decoder
         except Exception as e:
@@ -309,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=32, help="decode steps timed")
     parser.add_argument("--iters", type=int, default=5, help="prefill calls timed")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--top", type=int, default=0, help="print the costliest N kernels of each profiled call")
     parser.add_argument("--no-liger", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated variants left out, e.g. "
                         "cujit-ops+compile,liger+compile")
