@@ -5,8 +5,9 @@
     python benchmarks/models.py                            # every family, decode at 1, 8, 32 and 64 sequences
     python benchmarks/models.py --quick --families qwen3,gemma3 --skip cujit-ops+compile,liger+compile
 
-Random weights, bf16, SDPA attention, one GPU. Per family, on one model instance, in this order (Liger last, since
-it also rebinds names in the family's modeling module for the rest of the process):
+Random weights, bf16, SDPA attention (eager attention for Gemma 2, which has no SDPA path), one GPU. Per family, on
+one model instance, in this order (Liger last, since it also rebinds names in the family's modeling module for the
+rest of the process):
 
 - ``eager``: the model as transformers builds it; ``compile``: ``torch.compile`` of it (default mode);
 - ``cujit``: after ``cujit.integrations.transformers.patch(model)``; ``cujit+compile``: compiled while patched
@@ -66,6 +67,9 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                                         vocab_size=262144, sliding_window=512)),
 }
 
+#: Families whose transformers code has no SDPA path (Gemma 2's attention logit softcapping): eager attention.
+ATTENTION = {"gemma2": "eager"}
+
 CUJIT_KERNELS = ("rms_norm_kernel", "silu_and_mul_kernel", "gelu_and_mul_kernel", "rotary_embedding_kernel")
 LIGER_KERNELS = ("_rms_norm_forward", "_swiglu_forward", "_geglu_tanh_forward", "_triton_rope")
 GEMM_KERNELS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "sm90_", "sm100_")
@@ -92,7 +96,7 @@ def build(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
-                                                              attn_implementation="sdpa")
+                                                              attn_implementation=ATTENTION.get(family, "sdpa"))
     return model.eval()
 
 
@@ -339,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     header = (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-              f"bf16, SDPA; prefill {args.prefill} tokens, decode {args.steps} steps after {args.context} tokens")
+              f"bf16, SDPA (Gemma 2: eager attention); prefill {args.prefill} tokens, decode {args.steps} steps "
+              f"after {args.context} tokens")
     print(header, flush=True)
     started = time.perf_counter()
     rows: list[Row] = []
