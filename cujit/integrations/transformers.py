@@ -454,7 +454,7 @@ class Patch:
         return getattr(self.model, _PATCH_ATTR, None) is self
 
     def unpatch(self) -> None:
-        """Put back every original module and forward, in reverse order; a second call does nothing."""
+        """Put back every module's own class and the MLP weights' own storage; a second call does nothing."""
         while self._undo:
             self._undo.pop()()
         if self.active:
