@@ -8,8 +8,8 @@
 # beside a CUDA 13 torch: cupy-cuda12x, NVRTC 12 with the CUDA 12 runtime headers and nvcc's crt/ headers, the
 # CUDA 13 crt/ headers of torch's release (CRT_VERSION, default 13.0.88, torch 2.11's), and cuda-pathfinder. Packs
 # them with .ci/gpu/stack_bundle.py (their files in one tar, zstd with a long window: 270 MB of wheels in three
-# parts of 55 MB, OUT_DIR/stack.tzst.NN, and OUT_DIR/manifest.txt) and adds the zstandard wheel, which unpacks them
-# where no zstd command is installed. Send every file of OUT_DIR to one folder on the GPU machine, outside the
+# parts of 55 MB, OUT_DIR/stack.tzst.NN, and OUT_DIR/manifest.txt; .ci/gpu/fetch_wheels.sh) and adds the zstandard
+# wheel, which unpacks them where no zstd command is installed. Send every file of OUT_DIR to one folder on the GPU machine, outside the
 # checkout (the manifest and the zstandard wheel with the first part), then run .ci/gpu/install_cuda12_stack.sh
 # there.
 set -euo pipefail
@@ -20,30 +20,4 @@ crt=${CRT_VERSION:-13.0.88}
 wheels=(cupy-cuda12x==14.2.0 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
         nvidia-cuda-nvcc-cu12==12.9.86 "nvidia-cuda-crt==$crt" cuda-pathfinder==1.9.1)
 
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# The package index itself, not this machine's local wheel folders or constraints.
-env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-    python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$work" \
-    --python-version "$py" --implementation cp --abi "cp${py/./}" --abi abi3 --abi none \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform any \
-    "${wheels[@]}"
-
-files=()
-for spec in "${wheels[@]}"; do
-    name=${spec%%==*}
-    file=$(cd "$work" && ls | grep -i "^${name//-/_}-${spec##*==}-" | head -n 1)
-    [ -n "$file" ] || { echo "error: no wheel downloaded for $spec" >&2; exit 1; }
-    files+=("$work/$file")
-done
-rm -f "$out"/zstandard-*.whl "$out"/cuda12-stack.part.*
-python3 "$(dirname "$0")/stack_bundle.py" pack "$out" "${files[@]}"
-env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-    python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$out" \
-    --python-version "$py" --implementation cp --abi "cp${py/./}" \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 zstandard
-ls -l "$out"
-cat "$out/manifest.txt"
+exec bash "$(dirname "$0")/fetch_wheels.sh" "$out" "$py" "${wheels[@]}"
