@@ -21,7 +21,8 @@ from ._runtime.tensors import tensor_info
 
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_PHASED_DIRECT", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
-    "FUSED_SCALAR_CONFIGS", "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
+    "FUSED_ELEMENT_THREADS", "FUSED_SCALAR_CONFIGS", "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS",
+    "TILED_CONFIG", "VECTOR_CONFIGS",
     "NormConfig", "data_address", "fused_layout_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
 ]
 
@@ -55,6 +56,9 @@ PHASED_CONFIGS: tuple[tuple[int, int], ...] = (
 #: residual): at 16 bf16 values a thread the fused form took 2.9x as long as at 8 (4097 x 2881 on an H100).
 SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2))
 FUSED_SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 1), (64, 1), (128, 1), (256, 1), (512, 1), (1024, 1))
+#: fused_add_rms_norm's element loads with more threads a row than this lose to the phased path, where it holds
+#: the row (see norm_config).
+FUSED_ELEMENT_THREADS = 512
 #: Rows longer than every one-tile configuration holds: two passes, tile by tile.
 TILED_CONFIG: tuple[int, int] = (1024, 2)
 _MIN_BLOCK = 128
@@ -113,7 +117,10 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       reads and staged weight cost more than its vectors save. On an H100 at 4097 tokens in bf16, element loads
       took 27.2 against 30.8 us at 2881 values and 30.4 against 37.1 us with x one element into rows of 4096 (the
       fused form: 43.4 against 50.5 and 58.6 against 103 us), while at 4097 values, where they need twice the
-      threads, the phased path took 34.8 against 45.4 us (the fused form 59.7 against 98 us).
+      threads, the phased path took 34.8 against 45.4 us (the fused form 59.7 against 98 us). The fused form's
+      element loads take at most FUSED_ELEMENT_THREADS threads where the phased path holds the row: at 5121
+      values both fill a tile of 1024 vectors' worth, and the phased 512 x 2 took 92.9 against 105.3 us for
+      element loads of 1024 x 1.
     - Rows with a weight that is not 16-byte aligned load element by element, one register per value: half the
       values per thread (2 vectors' worth, 1 for the fused form) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
@@ -136,7 +143,8 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool, fused
     # element loads: one register a value, so a tile holds threads x vectors x lanes values
     scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, -(-hidden // lanes))
     split = _first_holding(PHASED_CONFIGS, hidden // lanes) if phased else None  # the head and tail held besides
-    if split and (scalar is None or scalar[0] * scalar[1] > split[0] * split[1]):
+    if split and (scalar is None or scalar[0] * scalar[1] > split[0] * split[1]
+                  or (fused and scalar[0] > FUSED_ELEMENT_THREADS)):
         return _make(PATH_PHASED, *split, LOOP_ROWS if many else 1)
     return _make(PATH_SCALAR, *scalar) if scalar else _make(PATH_TILED, *TILED_CONFIG)
 

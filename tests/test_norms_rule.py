@@ -17,6 +17,7 @@ import pytest
 import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.rms_norm import (
+    FUSED_ELEMENT_THREADS,
     FUSED_SCALAR_CONFIGS,
     LOOP_ROWS,
     LOOP_TOKENS,
@@ -64,13 +65,16 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int, fu
                 tile = c.row_threads * c.vecs  # in 16-byte vectors
                 scalar = [rt * v for rt, v in scalar_configs if rt * v * lanes >= hidden]
                 split = [rt * v for rt, v in PHASED_CONFIGS if rt * v >= hidden // lanes] if phased else []
+                scalar_threads = [rt for rt, v in scalar_configs if rt * v * lanes >= hidden]
+                wide = bool(scalar_threads) and scalar_threads[0] > FUSED_ELEMENT_THREADS
                 if vector:
                     held = [rt * v for rt, v in VECTOR_CONFIGS if rt * v * lanes >= hidden]
                     assert c.path == (PATH_VECTOR if held else PATH_TILED), (hidden, c)
                     assert not held or tile == held[0], (hidden, dtype, c)  # the smallest that holds the row
-                elif split and (not scalar or scalar[0] > split[0]):
-                    # the phased path only where element loads would need a larger tile; the body's whole
-                    # vectors must fit, the head and tail are held besides
+                elif split and (not scalar or scalar[0] > split[0] or (fused and wide)):
+                    # the phased path only where element loads would need a larger tile (or, fused, more than
+                    # FUSED_ELEMENT_THREADS threads); the body's whole vectors must fit, the head and tail are held
+                    # besides
                     assert c.path == PATH_PHASED and tile == split[0], (hidden, dtype, c)
                 else:
                     assert c.path == (PATH_SCALAR if scalar else PATH_TILED), (hidden, dtype, c)
@@ -132,6 +136,8 @@ def test_launches_cover_the_rows(stub: StubBackend, ops: SimpleNamespace, dtype:
              (2000, 64, PATH_VECTOR, PATH_VECTOR), (1100, 5, PATH_PHASED, PATH_SCALAR),
              (3000, 2881, PATH_SCALAR, PATH_SCALAR)]
     lanes = 16 // torch.empty(0, dtype=dtype).element_size()
+    if lanes == 4:  # fp32: fused element loads would take 1024 threads for 2881 values (FUSED_ELEMENT_THREADS)
+        cases[-1] = (3000, 2881, PATH_SCALAR, PATH_PHASED)
     for tokens, hidden, *paths in cases:
         x = FakeCudaTensor(torch.randn(tokens, hidden, dtype=dtype), 0, stub)
         residual = FakeCudaTensor(torch.randn(tokens, hidden, dtype=dtype), 0, stub)
