@@ -353,6 +353,9 @@ class CujitAttention(nn.Module):
     """
 
     _cujit_rotating: Callable[..., Any]
+    #: Which calls run the model's own forward (see _deferring_forward): while torch.compile traces, unless the
+    #: rotary module ran eagerly and passed a table.
+    _cujit_defer_when = "_compiling() and not _carries_table(args, kwargs)"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The attention, its q and k rotated by cujit."""
@@ -496,13 +499,11 @@ def _patched_class(part: type[nn.Module], model_class: type[nn.Module], defer: b
     return type(f"{part.__name__}[{model_class.__name__}]", (part, model_class), {"__module__": __name__, **state})
 
 
-#: While torch.compile traces, which calls of a patched module run the model's own forward. An attention module
-#: given a rotary table (its rotary module ran eagerly) runs cujit's.
-_DEFER_WHEN = {"CujitAttention": "_compiling() and not _carries_table(args, kwargs)"}
-
-
 def _deferring_forward(part: type[nn.Module], model_class: type[nn.Module]) -> Callable[..., Any]:
     """A forward that runs ``model_class.forward`` while torch.compile traces, else ``part.forward``.
+
+    A part may narrow "while torch.compile traces" with a condition of its own, ``_cujit_defer_when`` (an
+    expression over ``args`` and ``kwargs``).
 
     Both are reached through this module's globals, not through ``super()`` or the instance: Dynamo guards what it
     reads on the way, and a path that starts at the instance is guarded once per module (six guards a module for
@@ -514,7 +515,7 @@ def _deferring_forward(part: type[nn.Module], model_class: type[nn.Module]) -> C
     name = f"_cujit_model_forward_{id(model_forward):x}"
     globals().setdefault(name, model_forward)  # kept for the process: the id stays this function's
     text = (f"def forward(self, *args, **kwargs):\n"
-            f"    if {_DEFER_WHEN.get(part.__name__, '_compiling()')}:\n"
+            f"    if {getattr(part, '_cujit_defer_when', '_compiling()')}:\n"
             f"        return {name}(self, *args, **kwargs)\n"
             f"    return {part.__name__}.forward(self, *args, **kwargs)\n")
     made: dict[str, Any] = {}
