@@ -137,6 +137,25 @@ def test_unaligned_views_take_the_element_path(offset: int, is_neox: bool) -> No
     assert torch.equal(base[:, :offset], before[:, :offset])
 
 
+
+@pytest.mark.parametrize("tokens", [5, 1100])  # blocks of a row of heads, and blocks of a whole token
+@pytest.mark.parametrize(("q_heads", "kv_heads", "head_size", "rotary_dim", "offset"),
+                         [(32, 8, 128, 128, 1), (17, 4, 241, 240, 0), (3, 1, 241, 240, 0)])
+@pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
+def test_element_path_over_many_heads(tokens: int, q_heads: int, kv_heads: int, head_size: int, rotary_dim: int,
+                                      offset: int, is_neox: bool) -> None:
+    # The element-wise path takes several heads a step: whole steps, a last partial one, and fewer heads than one.
+    positions = torch.randint(0, MAX_POSITION, (tokens,), device="cuda")
+    width = (q_heads + kv_heads) * head_size
+    base = torch.randn(tokens, width + offset, dtype=torch.bfloat16, device="cuda")
+    before = base.clone()
+    q = base[:, offset : offset + q_heads * head_size]
+    k = base[:, offset + q_heads * head_size : offset + width]
+    check(positions, q, k, cos_sin_cache(rotary_dim), head_size, is_neox)
+    assert torch.equal(base[:, :offset], before[:, :offset])
+    unrotated = [h * head_size + d for h in range(q_heads + kv_heads) for d in range(rotary_dim, head_size)]
+    assert torch.equal(base[:, offset:][:, unrotated], before[:, offset:][:, unrotated])
+
 @pytest.mark.parametrize(("head_size", "rotary_dim"), [(66, 66), (72, 72), (100, 20), (6, 2)])
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 def test_odd_sizes(head_size: int, rotary_dim: int, is_neox: bool) -> None:

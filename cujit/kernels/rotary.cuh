@@ -41,6 +41,11 @@ namespace rotary_detail {
 template <bool kNeox>
 constexpr int kBatch = kNeox ? 1 : 2;
 
+/// Heads handled per thread per step on the element-wise path. Its chunks are one value (neox: one in each half)
+/// or one gpt-j pair, 4 bytes of bf16 a head; one head a step would leave each thread a single round trip of 4
+/// bytes in flight, far from what keeps DRAM busy. Eight heads a step put 32 bytes in flight for 16 registers.
+constexpr int kElementBatch = 8;
+
 /// The first value of the rotated pair (a, b): a c - b s, one fused multiply-add over the rounded b s.
 CUJIT_DEVICE float rotated_first(float a, float b, float c, float s) { return __fmaf_rn(a, c, -(b * s)); }
 
@@ -135,13 +140,14 @@ CUJIT_DEVICE uint32_t first_head(uint32_t begin) {
 /// Rotate one chunk of heads h_first, h_first + blockDim.y, ... < end of one token from `src_row` into `dst_row`
 /// (the same row for in place; heads head_size values apart in both), each head's chunk at `first` (and `second`
 /// for neox). The rotated values are rounded to T, then stored as vec_io::store_as does (to T, or to fp8 through
-/// `scale`), unless `write` is false. The vector path batches kBatch heads per step, all loads issued first.
+/// `scale`), unless `write` is false. The vector path batches kBatch heads per step, the element-wise path
+/// kElementBatch, all loads of a step issued first.
 template <bool kVector, typename T, typename OutT, typename C, bool kNeox, int kVec>
 CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first, uint32_t end, uint32_t head_size,
                                uint32_t first, uint32_t second, Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
                                float scale, bool write) {
   using Ch = Chunk<T, kNeox, kVec>;
-  constexpr int kSteps = kVector ? kBatch<kNeox> : 1;
+  constexpr int kSteps = kVector ? kBatch<kNeox> : kElementBatch;
 #pragma unroll 1
   for (uint32_t h0 = h_first; h0 < end; h0 += kSteps * blockDim.y) {
     Ch heads[kSteps];
