@@ -70,6 +70,24 @@ def test_anything_else_imports_the_real_cupy_and_keeps_it() -> None:
     assert isinstance(found["version"], str) and found["version"]
 
 
+def test_a_thread_importing_part_of_cupy_waits_for_the_stand_in_to_leave() -> None:
+    # Importing cupy.cuda under the stand-in would run that submodule twice; the block holds the import lock.
+    found, _ = run("""
+        import json, sys, threading, time
+        from cujit._runtime.driver import cupy_left_unimported
+        done = []
+        worker = threading.Thread(target=lambda: done.append(__import__('cupy.cuda').cuda.__name__))
+        with cupy_left_unimported():
+            worker.start()
+            time.sleep(0.3)
+            during = [type(sys.modules.get('cupy')).__name__, *done]
+        worker.join(timeout=120)
+        import cupy
+        print(json.dumps({'during': during, 'after': done, 'real': hasattr(cupy, 'ndarray')}))
+    """)
+    assert found == {"during": ["_CupyStandIn"], "after": ["cupy.cuda"], "real": True}
+
+
 def test_a_process_that_imported_cupy_keeps_its_cupy() -> None:
     found, _ = run("""
         import json, sys

@@ -11,6 +11,7 @@ at import: the driver is touched on the first launch.
 
 from __future__ import annotations
 
+import _imp
 import contextlib
 import ctypes
 import functools
@@ -287,26 +288,33 @@ def cupy_left_unimported() -> Iterator[None]:
 
     CuPy 14's bindings (``cupy_backends``) load libcuda and libcudart on the first call of any of their functions,
     and report each load with ``import cupy; cupy._environment._log(...)``, a debug message. That import runs
-    ``cupy/__init__.py``: all of CuPy, numpy among it, about 70 ms on an H200 host and 0.3-0.5 s on a small CPU
-    host, inside the first launch of a process that has cached modules and would otherwise need no CuPy at all.
+    ``cupy/__init__.py``: all of CuPy, numpy among it, most of the 85 ms first call of a cached op measured on an
+    H200 host and 0.3-0.5 s on a small CPU host, in a process that would otherwise need no CuPy at all.
+
     While the block runs, where CuPy is not imported yet, ``sys.modules["cupy"]`` is a stand-in whose
     ``_environment._log`` does what CuPy's does; any other attribute imports the real CuPy and answers from it,
-    so a thread that imports CuPy meanwhile gets all of it. The stand-in leaves ``sys.modules`` at the end.
+    so a thread that uses CuPy meanwhile gets all of it. The block holds the interpreter's import lock, so that no
+    other thread starts importing a module (a submodule of CuPy under the stand-in, say) until the stand-in has
+    left ``sys.modules`` again; this thread's own imports go on.
     """
-    with _STAND_IN_LOCK:
-        if "cupy" in sys.modules:
-            stand_in = None
-        else:
-            stand_in = _CupyStandIn("cupy", "a stand-in for CuPy while its bindings load their libraries")
-            stand_in._environment = _EnvironmentStandIn("cupy._environment")  # type: ignore[attr-defined]
-            sys.modules["cupy"] = stand_in
+    _imp.acquire_lock()
     try:
-        yield
+        with _STAND_IN_LOCK:
+            if "cupy" in sys.modules:
+                stand_in = None
+            else:
+                stand_in = _CupyStandIn("cupy", "a stand-in for CuPy while its bindings load their libraries")
+                stand_in._environment = _EnvironmentStandIn("cupy._environment")  # type: ignore[attr-defined]
+                sys.modules["cupy"] = stand_in
+        try:
+            yield
+        finally:
+            if stand_in is not None:
+                with _STAND_IN_LOCK:
+                    if sys.modules.get("cupy") is stand_in:
+                        del sys.modules["cupy"]
     finally:
-        if stand_in is not None:
-            with _STAND_IN_LOCK:
-                if sys.modules.get("cupy") is stand_in:
-                    del sys.modules["cupy"]
+        _imp.release_lock()
 
 
 class _LaunchAttribute(ctypes.Structure):
