@@ -1,4 +1,4 @@
-"""The first calls into CuPy's driver and runtime bindings import no CuPy (driver.cupy_left_unimported).
+"""The first calls into CuPy's driver and runtime bindings import no CuPy (frameworks.cupy_left_unimported).
 
 CuPy 14's soft links report each library they load through ``import cupy``; cujit makes those first calls with a
 stand-in ``cupy`` in place. Each case runs in a new interpreter, whose ``sys.modules`` holds no CuPy yet.
@@ -32,7 +32,7 @@ def run(code: str, **env: str) -> tuple[dict[str, object], str]:
 
 LOG_ONLY = """
     import json, sys
-    from cujit._runtime.driver import cupy_left_unimported
+    from cujit._runtime.frameworks import cupy_left_unimported
     with cupy_left_unimported():
         import cupy  # what CuPy's soft link does to report a library it loaded
         cupy._environment._log('libcuda.so.1 loaded')
@@ -57,7 +57,7 @@ def test_anything_else_imports_the_real_cupy_and_keeps_it() -> None:
     # A thread that imports CuPy while the stand-in is in place gets all of CuPy, and keeps it afterwards.
     found, _ = run("""
         import json, sys
-        from cujit._runtime.driver import cupy_left_unimported
+        from cujit._runtime.frameworks import cupy_left_unimported
         with cupy_left_unimported():
             import cupy
             version = cupy.__version__
@@ -74,7 +74,7 @@ def test_a_thread_importing_part_of_cupy_waits_for_the_stand_in_to_leave() -> No
     # Importing cupy.cuda under the stand-in would run that submodule twice; the block holds the import lock.
     found, _ = run("""
         import json, sys, threading, time
-        from cujit._runtime.driver import cupy_left_unimported
+        from cujit._runtime.frameworks import cupy_left_unimported
         done = []
         worker = threading.Thread(target=lambda: done.append(__import__('cupy.cuda').cuda.__name__))
         with cupy_left_unimported():
@@ -92,7 +92,7 @@ def test_a_process_that_imported_cupy_keeps_its_cupy() -> None:
     found, _ = run("""
         import json, sys
         import cupy
-        from cujit._runtime.driver import cupy_left_unimported
+        from cujit._runtime.frameworks import cupy_left_unimported
         with cupy_left_unimported():
             same = sys.modules['cupy'] is cupy
         print(json.dumps({'same': same, 'after': sys.modules['cupy'] is cupy}))

@@ -4,29 +4,23 @@ Everything goes through one :class:`Backend` object. The real one talks to CuPy'
 (``cupy.cuda.driver`` / ``runtime``), which cost far less per call than ctypes; the few calls CuPy does not bind
 (capture mode, parameter info, ``cuLaunchKernelEx``) go through ctypes on ``libcuda``, once per (kernel, device)
 or only for launches that need them. The first call into each CuPy binding is made with a stand-in ``cupy``
-module in place (:func:`cupy_left_unimported`), so that loading the driver does not import all of CuPy. Tests
+module in place (``frameworks.cupy_left_unimported``), so that loading the driver does not import all of CuPy. Tests
 install a stand-in backend with :func:`use` to run the launch paths on a machine without a GPU. Nothing here runs
 at import: the driver is touched on the first launch.
 """
 
 from __future__ import annotations
 
-import _imp
 import contextlib
 import ctypes
 import functools
-import importlib
-import os
-import sys
-import threading
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import frameworks
 from .errors import LaunchError
 
-__all__ = ["Backend", "CudaBackend", "backend", "cupy_left_unimported", "use"]
+__all__ = ["Backend", "CudaBackend", "backend", "use"]
 
 # cudaDeviceAttr values that CuPy does not name.
 _ATTR_CC_MAJOR = 75
@@ -129,7 +123,7 @@ class CudaBackend(Backend):
 
         self._driver = driver
         self._runtime = runtime
-        with cupy_left_unimported():
+        with frameworks.cupy_left_unimported():
             # The first call into each binding loads its library (see cupy_left_unimported); any that fails here
             # (no driver, no runtime) fails again, with its reason, where it is needed.
             for first_call in (driver.ctxGetCurrent, runtime.runtimeGetVersion):
@@ -248,73 +242,6 @@ class CudaBackend(Backend):
             yield
         finally:
             lib.cuThreadExchangeStreamCaptureMode(ctypes.byref(mode))
-
-
-class _CupyStandIn(types.ModuleType):
-    """``cupy`` while :func:`cupy_left_unimported` runs: ``_environment._log`` only; anything else imports CuPy."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_import_cupy(), name)
-
-
-class _EnvironmentStandIn(types.ModuleType):
-    """``cupy._environment`` while :func:`cupy_left_unimported` runs: CuPy's ``_log``, the rest from CuPy."""
-
-    @staticmethod
-    def _log(msg: str) -> None:
-        # What cupy._environment._log does: a line on stderr under CUPY_DEBUG_LIBRARY_LOAD=1.
-        if os.environ.get("CUPY_DEBUG_LIBRARY_LOAD", "0") == "1":
-            sys.stderr.write(f"[CUPY_DEBUG_LIBRARY_LOAD] {msg}\n")
-            sys.stderr.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_import_cupy()._environment, name)
-
-
-_STAND_IN_LOCK = threading.Lock()
-
-
-def _import_cupy() -> Any:
-    """The real CuPy, imported now if needed (the stand-in, where it is in place, leaves ``sys.modules`` first)."""
-    with _STAND_IN_LOCK:
-        if isinstance(sys.modules.get("cupy"), _CupyStandIn):
-            del sys.modules["cupy"]
-    return importlib.import_module("cupy")
-
-
-@contextlib.contextmanager
-def cupy_left_unimported() -> Iterator[None]:
-    """Run the block with CuPy's soft links able to load their libraries without importing all of CuPy.
-
-    CuPy 14's bindings (``cupy_backends``) load libcuda and libcudart on the first call of any of their functions,
-    and report each load with ``import cupy; cupy._environment._log(...)``, a debug message. That import runs
-    ``cupy/__init__.py``: all of CuPy, numpy among it, most of the 85 ms first call of a cached op measured on an
-    H200 host and 0.3-0.5 s on a small CPU host, in a process that would otherwise need no CuPy at all.
-
-    While the block runs, where CuPy is not imported yet, ``sys.modules["cupy"]`` is a stand-in whose
-    ``_environment._log`` does what CuPy's does; any other attribute imports the real CuPy and answers from it,
-    so a thread that uses CuPy meanwhile gets all of it. The block holds the interpreter's import lock, so that no
-    other thread starts importing a module (a submodule of CuPy under the stand-in, say) until the stand-in has
-    left ``sys.modules`` again; this thread's own imports go on.
-    """
-    _imp.acquire_lock()
-    try:
-        with _STAND_IN_LOCK:
-            if "cupy" in sys.modules:
-                stand_in = None
-            else:
-                stand_in = _CupyStandIn("cupy", "a stand-in for CuPy while its bindings load their libraries")
-                stand_in._environment = _EnvironmentStandIn("cupy._environment")  # type: ignore[attr-defined]
-                sys.modules["cupy"] = stand_in
-        try:
-            yield
-        finally:
-            if stand_in is not None:
-                with _STAND_IN_LOCK:
-                    if sys.modules.get("cupy") is stand_in:
-                        del sys.modules["cupy"]
-    finally:
-        _imp.release_lock()
 
 
 class _LaunchAttribute(ctypes.Structure):

@@ -3,19 +3,26 @@
 A tensor of a library that is not imported cannot exist, so the hot paths compare a tensor's class with
 ``torch.Tensor`` / ``cupy.ndarray`` only once those modules are in ``sys.modules``. Generated code keeps those
 classes in its globals; :func:`bind` fills them in, and the generic path calls it whenever it runs, so a library
-imported after the first launch takes the fast path from its next call on.
+imported after the first launch takes the fast path from its next call on. CuPy's bindings (``cupy_backends``),
+which cujit does use, would import all of CuPy on their first calls; :func:`cupy_left_unimported` keeps them from it.
 """
 
 from __future__ import annotations
 
+import _imp
+import contextlib
 import functools
+import importlib
+import os
 import sys
-from collections.abc import Callable
+import threading
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
-    "ABSENT", "bind", "cupy", "cupy_array_type", "cupy_empty", "cupy_stream", "torch", "torch_stream_getter",
-    "torch_tensor_type",
+    "ABSENT", "bind", "cupy", "cupy_array_type", "cupy_empty", "cupy_left_unimported", "cupy_stream", "torch",
+    "torch_stream_getter", "torch_tensor_type",
 ]
 
 
@@ -100,3 +107,70 @@ def cupy_empty(shape: Any, dtype: Any, device: int, strides: tuple[int, ...] | N
         extent = 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True)) if all(shape) else 0
         memory = module.cuda.alloc(max(extent, 0) * itemsize)
         return module.ndarray(shape, dtype, memory, strides=tuple(s * itemsize for s in strides))
+
+
+class _CupyStandIn(types.ModuleType):
+    """``cupy`` while :func:`cupy_left_unimported` runs: ``_environment._log`` only; anything else imports CuPy."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_import_cupy(), name)
+
+
+class _EnvironmentStandIn(types.ModuleType):
+    """``cupy._environment`` while :func:`cupy_left_unimported` runs: CuPy's ``_log``, the rest from CuPy."""
+
+    @staticmethod
+    def _log(msg: str) -> None:
+        # What cupy._environment._log does: a line on stderr under CUPY_DEBUG_LIBRARY_LOAD=1.
+        if os.environ.get("CUPY_DEBUG_LIBRARY_LOAD", "0") == "1":
+            sys.stderr.write(f"[CUPY_DEBUG_LIBRARY_LOAD] {msg}\n")
+            sys.stderr.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_import_cupy()._environment, name)
+
+
+_STAND_IN_LOCK = threading.Lock()
+
+
+def _import_cupy() -> Any:
+    """The real CuPy, imported now if needed (the stand-in, where it is in place, leaves ``sys.modules`` first)."""
+    with _STAND_IN_LOCK:
+        if isinstance(sys.modules.get("cupy"), _CupyStandIn):
+            del sys.modules["cupy"]
+    return importlib.import_module("cupy")
+
+
+@contextlib.contextmanager
+def cupy_left_unimported() -> Iterator[None]:
+    """Run the block with CuPy's soft links able to load their libraries without importing all of CuPy.
+
+    CuPy 14's bindings (``cupy_backends``) load libcuda and libcudart on the first call of any of their functions,
+    and report each load with ``import cupy; cupy._environment._log(...)``, a debug message. That import runs
+    ``cupy/__init__.py``: all of CuPy, numpy among it, most of the 85 ms first call of a cached op measured on an
+    H200 host and 0.3-0.5 s on a small CPU host, in a process that would otherwise need no CuPy at all.
+
+    While the block runs, where CuPy is not imported yet, ``sys.modules["cupy"]`` is a stand-in whose
+    ``_environment._log`` does what CuPy's does; any other attribute imports the real CuPy and answers from it,
+    so a thread that uses CuPy meanwhile gets all of it. The block holds the interpreter's import lock, so that no
+    other thread starts importing a module (a submodule of CuPy under the stand-in, say) until the stand-in has
+    left ``sys.modules`` again; this thread's own imports go on.
+    """
+    _imp.acquire_lock()
+    try:
+        with _STAND_IN_LOCK:
+            if "cupy" in sys.modules:
+                stand_in = None
+            else:
+                stand_in = _CupyStandIn("cupy", "a stand-in for CuPy while its bindings load their libraries")
+                stand_in._environment = _EnvironmentStandIn("cupy._environment")  # type: ignore[attr-defined]
+                sys.modules["cupy"] = stand_in
+        try:
+            yield
+        finally:
+            if stand_in is not None:
+                with _STAND_IN_LOCK:
+                    if sys.modules.get("cupy") is stand_in:
+                        del sys.modules["cupy"]
+    finally:
+        _imp.release_lock()

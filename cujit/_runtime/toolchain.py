@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import release
+from . import frameworks, release
 from .errors import CujitError
 
 __all__ = [
@@ -73,6 +73,13 @@ def nvrtc() -> Any:
         raise CujitError(
             "cujit needs CuPy for NVRTC: pip install cupy-cuda12x (or cupy-cuda13x for CUDA 13)"
         ) from exc
+    with frameworks.cupy_left_unimported():
+        # The binding's first call loads libnvrtc and would import all of CuPy to log it. A failure here is raised
+        # again, with its reason, by the call that needs NVRTC.
+        try:
+            binding.getVersion()
+        except Exception:  # the binding raises its own types
+            pass
     return binding
 
 
