@@ -154,8 +154,12 @@ def cupy_left_unimported() -> Iterator[None]:
     ``_environment._log`` does what CuPy's does; any other attribute imports the real CuPy and answers from it,
     so a thread that uses CuPy meanwhile gets all of it. The block holds the interpreter's import lock, so that no
     other thread starts importing a module (a submodule of CuPy under the stand-in, say) until the stand-in has
-    left ``sys.modules`` again; this thread's own imports go on.
+    left ``sys.modules`` again; this thread's own imports go on. What the first calls import themselves
+    (``cuda.pathfinder``, for CuPy's CUDA 13 build) is imported before the lock is taken, so that this thread never
+    waits inside the block for a module that another thread, blocked by the lock, is importing.
     """
+    with contextlib.suppress(ImportError):
+        importlib.import_module("cuda.pathfinder")  # torch 2.11 and later import it already
     _imp.acquire_lock()
     try:
         with _STAND_IN_LOCK:
