@@ -358,3 +358,19 @@ def test_the_command_line_works_from_the_folder_above_a_clone(tmp_path: Path) ->
                          check=False)
     assert out.returncode == 0, out.stderr
     assert "folder" in json.loads(out.stdout)
+
+
+def test_the_process_map_names_each_nvrtc_once_with_spaces_kept() -> None:
+    maps = "\n".join([
+        "7f0000000000-7f0000001000 r--p 00000000 08:01 12 /opt/my libs/nvidia/cu13/lib/libnvrtc.so.13",
+        "7f0000001000-7f0000002000 r-xp 00001000 08:01 12 /opt/my libs/nvidia/cu13/lib/libnvrtc.so.13",
+        "7f0000002000-7f0000003000 r--p 00000000 08:01 13 /opt/my libs/nvidia/cu13/lib/libnvrtc-builtins.so.13.0",
+        "7f0000003000-7f0000004000 r--p 00000000 08:01 14 /usr/lib/libnvrtc.so.12.9.86 (deleted)",
+        "7f0000004000-7f0000005000 r--p 00000000 08:01 15 /home/libnvrtc.so.dir/libcudart.so.12",
+        "7f0000005000-7f0000006000 rw-p 00000000 00:00 0 ",
+        "7f0000006000-7f0000007000 r--p 00000000 08:01 16 /usr/lib/libnvrtc.so.12.9.86 (deleted)",
+    ])
+    assert release.nvrtc_paths_in_maps(maps) == ["/opt/my libs/nvidia/cu13/lib/libnvrtc.so.13",
+                                                 "/usr/lib/libnvrtc.so.12.9.86 (deleted)"]
+    assert release.nvrtc_paths_in_maps("") == []
+    assert release.nvrtc_paths_in_maps("7f00-7f01 r--p 0 08:01 1 /lib/libnvrtc.so.13") == ["/lib/libnvrtc.so.13"]
