@@ -581,6 +581,43 @@ def build_rotary_embedding(row: Row, tokens: int, dtype: torch.dtype) -> Built:
                  {"q": want_q, "k": want_k}, {"q": tol(dtype), "k": tol(dtype)})
 
 
+def build_store_kv_cache(row: Row, tokens: int, dtype: torch.dtype) -> Built:
+    """store_kv_cache(k, v, k_cache, v_cache, slots): rows of W = H x D values into a cache in k's dtype.
+
+    Heads of 128 where 128 divides the width, else one head of W (the kernel sees rows of H * D values either way);
+    with ``offset``, k and v both start one element into rows one wider. Every token gets its own slot of a cache
+    twice the tokens' size, in a random order.
+    """
+    op = cujit_op("store_kv_cache")
+    heads, hs = (row.width // 128, 128) if row.width % 128 == 0 else (1, row.width)
+    k = rows_of(tokens, row.width, row.offset, dtype).unflatten(1, (heads, hs))
+    v = rows_of(tokens, row.width, row.offset, dtype).unflatten(1, (heads, hs))
+    slots = torch.randperm(2 * tokens, device="cuda")[:tokens]
+    want_k = torch.zeros(2 * tokens, heads, hs, dtype=dtype, device="cuda")
+    want_v = torch.zeros_like(want_k)
+    want_k[slots], want_v[slots] = k, v
+
+    def stored(call: Callable[[torch.Tensor, torch.Tensor], Any]) -> Entry:
+        kc, vc = torch.zeros_like(want_k), torch.zeros_like(want_v)
+        return Entry(lambda: call(kc, vc), lambda: {"k_cache": kc, "v_cache": vc})
+
+    def reference(k: torch.Tensor, v: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor) -> None:
+        kc[slots] = k
+        vc[slots] = v
+
+    f = compiled(reference)
+
+    def check(got: dict[str, torch.Tensor]) -> None:
+        same("k_cache", got["k_cache"], want_k)
+        same("v_cache", got["v_cache"], want_v)
+
+    return Built(4 * tokens * row.width * dtype.itemsize + 8 * tokens,
+                 {"cujit": stored(lambda kc, vc: op(k, v, kc, vc, slots)),
+                  "compile": stored(lambda kc, vc: f(k, v, kc, vc, slots)),
+                  "liger": "n/a: Liger has no KV-cache store"},
+                 check, {"k_cache": want_k, "v_cache": want_v}, {"k_cache": 0.0, "v_cache": 0.0})
+
+
 CONTIGUOUS_OFFSET = ("offset rows: x contiguous, starting one element into its buffer (the op takes contiguous x "
                      "only); Liger's gate and up likewise")
 OPS: dict[str, Op] = {op.name: op for op in (
@@ -610,6 +647,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
        notes=("W = q's row = Hq x D, k has Hq // 4 heads, rotary dim R = D rounded down to even: "
               + ", ".join(f"{w} = {h} x {d}" for w, (h, d) in ROTARY_HEADS.items()),
               "offset rows: q and k both one element in")),
+    Op("store_kv_cache", "store_kv_cache(k, v, k_cache, v_cache, slot_mapping), a cache in k's dtype",
+       "4*T*W*e + 8*T", build_store_kv_cache,
+       notes=("W = H x D: heads of 128 where 128 divides W, else one head of W", "offset rows: k and v both one "
+              "element in")),
 )}
 
 

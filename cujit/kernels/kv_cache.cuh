@@ -15,8 +15,8 @@
 /// multiplication by the reciprocal), rounded to nearest even; scale is read from device memory (no host sync).
 ///
 /// Work split: a group of kGroup threads per token (blockDim.x / kGroup tokens per block). Each thread moves
-/// chunks of kVec values (16 bytes of the source when alignment allows), kBatch chunks of k and of v per step, with
-/// every load of a step issued before its stores. The loads do not wait for the slot (only the stores use it), so
+/// chunks of kVec values (16 bytes of the source when alignment allows), kBatch chunks of k and of v per step
+/// (kElementBatch single values on the element-wise path), with every load of a step issued before its stores. The loads do not wait for the slot (only the stores use it), so
 /// the slot's load latency overlaps the first data loads.
 #ifndef CUJIT_KERNELS_KV_CACHE_CUH_
 #define CUJIT_KERNELS_KV_CACHE_CUH_
@@ -30,8 +30,12 @@
 
 namespace kv_cache_detail {
 
-/// Chunks of k (and of v) a thread loads per step.
+/// Chunks of k (and of v) a thread loads per step on the vector path.
 constexpr int kBatch = 2;
+
+/// Values of k (and of v) a thread loads per step on the element-wise path. One a step would leave each thread a
+/// single round trip of 4 bytes (bf16) in flight, far from what keeps DRAM busy; eight put 32 bytes in flight.
+constexpr int kElementBatch = 8;
 
 /// Print (lane 0 of the token's group) and trap when a token's slot is at or past the cache's end.
 CUJIT_DEVICE void slot_error(int64_t slot, uint64_t token, uint64_t num_slots, uint32_t lane) {
@@ -42,12 +46,12 @@ CUJIT_DEVICE void slot_error(int64_t slot, uint64_t token, uint64_t num_slots, u
   }
 }
 
-/// One token's rows: kBatch chunks of k and of v per step on the vector path, one at a time on the other (whose
-/// chunks are single values, so batching them would only cost registers).
+/// One token's rows: kBatch chunks of k and of v per step on the vector path, kElementBatch single values on the
+/// element-wise path, every load of a step issued before its stores.
 template <bool kVector, typename T, typename CacheT, int kVec, int kGroup>
 CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, CacheT* vc_row, uint32_t chunks,
                              uint32_t lane, float ks, float vs, bool write) {
-  constexpr int kSteps = kVector ? kBatch : 1;
+  constexpr int kSteps = kVector ? kBatch : kElementBatch;
 #pragma unroll 1
   for (uint32_t c0 = lane; c0 < chunks; c0 += kSteps * kGroup) {
     T kx[kSteps][kVec];
