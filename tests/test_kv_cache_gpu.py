@@ -122,6 +122,22 @@ def test_strided_and_unaligned_sources(offset: int) -> None:
     run_and_check(k, v, new_cache(shape, torch.float16), new_cache(shape, torch.float16), slots)
 
 
+@pytest.mark.parametrize(("kv_heads", "head_size"), [(1, 4097), (3, 97), (1, 5), (8, 128)])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, FP8], ids=["bf16", "fp8"])
+def test_element_path_over_rows_of_any_length(kv_heads: int, head_size: int, cache_dtype: torch.dtype) -> None:
+    # Rows one element in take the element-wise path, several values a step: whole steps, a last partial one,
+    # and rows shorter than one step of the token's group.
+    tokens = 37
+    flat = torch.randn(tokens * 2 * kv_heads * head_size + 1, dtype=torch.bfloat16, device="cuda")
+    kv = flat[1:].view(tokens, 2, kv_heads, head_size)
+    k, v = kv[:, 0], kv[:, 1]
+    slots = slots_for(tokens, 64, skip_every=5)
+    shape = (64, kv_heads, head_size)
+    scales = (torch.tensor([0.5], device="cuda"), torch.tensor([2.0], device="cuda")) if cache_dtype == FP8 else (
+        None, None)
+    run_and_check(k, v, new_cache(shape, cache_dtype), new_cache(shape, cache_dtype), slots, *scales)
+
+
 def test_repeated_slots_hold_one_of_the_writers() -> None:
     tokens, kv_heads, head_size = 64, 2, 128
     k = torch.randn(tokens, kv_heads, head_size, dtype=torch.bfloat16, device="cuda")
