@@ -158,7 +158,7 @@ def cupy_left_unimported() -> Iterator[None]:
     (``cuda.pathfinder``, for CuPy's CUDA 13 build) is imported before the lock is taken, so that this thread never
     waits inside the block for a module that another thread, blocked by the lock, is importing.
     """
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(Exception):  # absent or broken: CuPy's own call then says so, where it is needed
         importlib.import_module("cuda.pathfinder")  # torch 2.11 and later import it already
     _imp.acquire_lock()
     try:
