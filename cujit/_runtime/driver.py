@@ -123,14 +123,7 @@ class CudaBackend(Backend):
 
         self._driver = driver
         self._runtime = runtime
-        with frameworks.cupy_left_unimported():
-            # The first call into each binding loads its library (see cupy_left_unimported); any that fails here
-            # (no driver, no runtime) fails again, with its reason, where it is needed.
-            for first_call in (driver.ctxGetCurrent, runtime.runtimeGetVersion):
-                try:
-                    first_call()
-                except Exception:  # each binding raises its own types
-                    continue
+        frameworks.first_calls_without_cupy(driver.ctxGetCurrent, runtime.runtimeGetVersion)
         self.launch_errors = (driver.CUDADriverError, OverflowError, TypeError)
         self.launch_kernel = driver.launchKernel  # type: ignore[method-assign]
         self.ctx_get = driver.ctxGetCurrent  # type: ignore[method-assign]

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = [
-    "ABSENT", "bind", "cupy", "cupy_array_type", "cupy_empty", "cupy_left_unimported", "cupy_stream", "torch",
-    "torch_stream_getter", "torch_tensor_type",
+    "ABSENT", "bind", "cupy", "cupy_array_type", "cupy_empty", "cupy_left_unimported", "cupy_stream",
+    "first_calls_without_cupy", "torch", "torch_stream_getter", "torch_tensor_type",
 ]
 
 
@@ -178,3 +178,16 @@ def cupy_left_unimported() -> Iterator[None]:
                         del sys.modules["cupy"]
     finally:
         _imp.release_lock()
+
+
+def first_calls_without_cupy(*calls: Callable[[], Any]) -> None:
+    """Make the first call into each CuPy binding under :func:`cupy_left_unimported`, so that it loads its library.
+
+    A call that fails here (no driver, no library) is left to fail again, with its reason, where it is needed.
+    """
+    with cupy_left_unimported():
+        for call in calls:
+            try:
+                call()
+            except Exception:  # each binding raises its own types
+                continue

@@ -73,13 +73,7 @@ def nvrtc() -> Any:
         raise CujitError(
             "cujit needs CuPy for NVRTC: pip install cupy-cuda12x (or cupy-cuda13x for CUDA 13)"
         ) from exc
-    with frameworks.cupy_left_unimported():
-        # The binding's first call loads libnvrtc and would import all of CuPy to log it. A failure here is raised
-        # again, with its reason, by the call that needs NVRTC.
-        try:
-            binding.getVersion()
-        except Exception:  # the binding raises its own types
-            pass
+    frameworks.first_calls_without_cupy(binding.getVersion)  # loads libnvrtc, which CuPy would log by importing itself
     return binding
 
 

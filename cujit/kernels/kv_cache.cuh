@@ -16,8 +16,9 @@
 ///
 /// Work split: a group of kGroup threads per token (blockDim.x / kGroup tokens per block). Each thread moves
 /// chunks of kVec values (16 bytes of the source when alignment allows), kBatch chunks of k and of v per step
-/// (kElementBatch single values on the element-wise path), with every load of a step issued before its stores. The loads do not wait for the slot (only the stores use it), so
-/// the slot's load latency overlaps the first data loads.
+/// (kElementBatch single values on the element-wise path), with every load of a step issued before its stores.
+/// The loads do not wait for the slot (only the stores use it), so the slot's load latency overlaps the first data
+/// loads.
 #ifndef CUJIT_KERNELS_KV_CACHE_CUH_
 #define CUJIT_KERNELS_KV_CACHE_CUH_
 
