@@ -21,8 +21,8 @@ from ._runtime.tensors import tensor_info
 
 __all__ = [
     "LOOP_ROWS", "LOOP_TOKENS", "PATH_PHASED", "PATH_PHASED_DIRECT", "PATH_SCALAR", "PATH_TILED", "PATH_VECTOR",
-    "FUSED_ELEMENT_THREADS", "FUSED_SCALAR_CONFIGS", "PATH_VECTOR_LATE", "PHASED_CONFIGS", "SCALAR_CONFIGS",
-    "TILED_CONFIG", "VECTOR_CONFIGS",
+    "FUSED_ELEMENT_THREADS", "FUSED_FILL", "FUSED_SCALAR_CONFIGS", "PATH_VECTOR_LATE", "PHASED_CONFIGS",
+    "SCALAR_CONFIGS", "TILED_CONFIG", "VECTOR_CONFIGS",
     "NormConfig", "data_address", "fused_layout_config", "layout_config", "norm_config", "norm_precompile", "rms_norm",
 ]
 
@@ -57,8 +57,9 @@ PHASED_CONFIGS: tuple[tuple[int, int], ...] = (
 SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 2))
 FUSED_SCALAR_CONFIGS: tuple[tuple[int, int], ...] = ((32, 1), (64, 1), (128, 1), (256, 1), (512, 1), (1024, 1))
 #: fused_add_rms_norm's element loads with more threads a row than this lose to the phased path, where it holds
-#: the row (see norm_config).
+#: the row, unless the row fills at least FUSED_FILL (a fraction) of their tile (see norm_config).
 FUSED_ELEMENT_THREADS = 512
+FUSED_FILL: tuple[int, int] = (7, 8)
 #: Rows longer than every one-tile configuration holds: two passes, tile by tile.
 TILED_CONFIG: tuple[int, int] = (1024, 2)
 _MIN_BLOCK = 128
@@ -118,9 +119,11 @@ def norm_config(hidden: int, dtype: Any, vector: bool, phased: bool = False, tok
       took 27.2 against 30.8 us at 2881 values and 30.4 against 37.1 us with x one element into rows of 4096 (the
       fused form: 43.4 against 50.5 and 58.6 against 103 us), while at 4097 values, where they need twice the
       threads, the phased path took 34.8 against 45.4 us (the fused form 59.7 against 98 us). The fused form's
-      element loads take at most FUSED_ELEMENT_THREADS threads where the phased path holds the row: at 5121
-      values both fill a tile of 1024 vectors' worth, and the phased 512 x 2 took 92.9 against 105.3 us for
-      element loads of 1024 x 1.
+      element loads take at most FUSED_ELEMENT_THREADS threads where the phased path holds the row, unless the
+      row fills at least FUSED_FILL of the element tile: at 5121 values (641 of the 1024 vectors' worth of
+      either tile) the phased 512 x 2 took 92.2 against 104.9 us for element loads of 1024 x 1, at 8192 values
+      with x one element in (the whole tile) 213.9 against 142.9 us (H100, 4096-4097 tokens). The cut at 7/8
+      lies between those two measured fills.
     - Rows with a weight that is not 16-byte aligned load element by element, one register per value: half the
       values per thread (2 vectors' worth, 1 for the fused form) for the same registers.
     - Rows longer than every configuration (bf16 beyond 32768, fp32 beyond 16384 when aligned) take two passes
@@ -141,10 +144,12 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool, fused
         found = _first_holding(VECTOR_CONFIGS, -(-hidden // lanes))
         return _make(PATH_VECTOR, *found) if found else _make(PATH_TILED, *TILED_CONFIG)
     # element loads: one register a value, so a tile holds threads x vectors x lanes values
-    scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, -(-hidden // lanes))
+    values = -(-hidden // lanes)  # in vectors' worth
+    scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, values)
     split = _first_holding(PHASED_CONFIGS, hidden // lanes) if phased else None  # the head and tail held besides
     if split and (scalar is None or scalar[0] * scalar[1] > split[0] * split[1]
-                  or (fused and scalar[0] > FUSED_ELEMENT_THREADS)):
+                  or (fused and scalar[0] > FUSED_ELEMENT_THREADS
+                      and values * FUSED_FILL[1] < FUSED_FILL[0] * scalar[0] * scalar[1])):
         return _make(PATH_PHASED, *split, LOOP_ROWS if many else 1)
     return _make(PATH_SCALAR, *scalar) if scalar else _make(PATH_TILED, *TILED_CONFIG)
 

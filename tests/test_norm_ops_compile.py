@@ -191,9 +191,9 @@ def test_fused_add_rms_norm_paths_arguments_and_refusals(stub: StubBackend, ops:
     cases = [
         (torch.randn(7, 8192, dtype=f16), torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
         (torch.randn(7, 8200, dtype=f16)[:, :8192], torch.randn(7, 8192, dtype=f16), PATH_VECTOR, 256),
-        # x out of phase with residual: element loads would hold 8192 values in the phased path's tile of 1024
-        # vectors, but with 1024 threads a row (over FUSED_ELEMENT_THREADS): the phased path's 512 x 2
-        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_PHASED, 512),
+        # x out of phase with residual: element loads hold 8192 values with 1024 threads a row (over
+        # FUSED_ELEMENT_THREADS), but the row fills their whole tile (over FUSED_FILL): element loads
+        (torch.randn(7, 8193, dtype=f16)[:, 1:], torch.randn(7, 8192, dtype=f16), PATH_SCALAR, 1024),
     ]
     for x, residual, path, block in cases:
         fx, fr = fake(stub, x), fake(stub, residual)

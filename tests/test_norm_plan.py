@@ -122,3 +122,21 @@ def test_the_sweep_times_both_weight_sources_of_the_phased_path() -> None:
         assert any(c.path == PATH_PHASED_DIRECT and (c.row_threads, c.vecs) == (256, 2) for c in found)
     assert tune_norms.parse_shape("4096x4096+1") == (torch.bfloat16, 4096, 4096, True)
     assert tune_norms.parse_shape("4097x2881") == (torch.bfloat16, 4097, 2881, False)
+
+
+def test_fused_element_loads_over_512_threads_only_where_the_row_fills_their_tile() -> None:
+    # bf16 rows out of phase with the weight: 8192 values fill the 1024 x 1 element tile, 7168 fill 7/8 of it;
+    # 5121 (641 of 1024 vectors' worth) and 4097 take the phased path. rms_norm's own element tiles hold twice the
+    # values a thread and are not bound by the rule.
+    from cujit import rms_norm
+
+    def fused(hidden: int) -> tuple[int, int]:
+        c = rms_norm.norm_config(hidden, "bfloat16", False, True, 4096, fused=True)
+        return c.path, c.row_threads
+
+    assert fused(8192) == (rms_norm.PATH_SCALAR, 1024)
+    assert fused(7168) == (rms_norm.PATH_SCALAR, 1024)
+    assert fused(7160)[0] == rms_norm.PATH_PHASED
+    assert fused(5121) == (rms_norm.PATH_PHASED, 512)
+    assert fused(4097)[0] == rms_norm.PATH_PHASED
+    assert fused(4096) == (rms_norm.PATH_SCALAR, 512)
