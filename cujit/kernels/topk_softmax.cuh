@@ -15,10 +15,10 @@
 /// drops it. Lane r of the row writes the result of round r (k is at most 8, and kRowLanes at least 8).
 ///
 /// A pair travels as one 64-bit key whose unsigned order is the rank order (rank_key), so a step of a round is a
-/// 64-bit max: a row is one warp's serial chain of k rounds, and at many tokens every warp's instructions share the
+/// 64-bit max. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
 /// SM's issue slots, so the instructions per round set the time at 1 token and at 4097 alike. Comparing (value,
-/// expert, NaN) pairs field by field took about twice the instructions (H100, 256 experts, k = 8: 6.8 us a call
-/// at 1 token, 15.8 us at 4097).
+/// expert, NaN) pairs field by field, a row of 256 experts with k = 8 took 16,935 cycles at 6.8 cycles per issued
+/// instruction, about 2,500 instructions (H100, Nsight Compute; 6.8 us a call at 1 token, 15.8 us at 4097).
 #ifndef CUJIT_KERNELS_TOPK_SOFTMAX_CUH_
 #define CUJIT_KERNELS_TOPK_SOFTMAX_CUH_
 
