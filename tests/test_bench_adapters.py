@@ -94,6 +94,16 @@ def test_a_broken_package_is_named_with_its_error(tmp_path: Path, monkeypatch: p
     (tmp_path / "nvidia_cutlass_dsl" / "dsl_packages").mkdir(parents=True)
     with pytest.raises(Unavailable, match=r"add .*nvidia_cutlass_dsl/dsl_packages to PYTHONPATH\)$"):
         quack.rms_norm(1e-6)
+    # That folder on the path, without the wheel that holds the DSL's Python package (nvidia-cutlass-dsl-libs-core):
+    # cutlass is there, cutlass.cutlass_dsl is not.
+    (tmp_path / "nvidia_cutlass_dsl" / "dsl_packages" / "cutlass" / "_mlir").mkdir(parents=True)
+    (tmp_path / "quack" / "rmsnorm.py").write_text("from cutlass.cutlass_dsl import dsl_user_op\n")
+    monkeypatch.delitem(sys.modules, "cutlass")
+    monkeypatch.delitem(sys.modules, "quack.rmsnorm", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "nvidia_cutlass_dsl" / "dsl_packages"))
+    with pytest.raises(Unavailable, match=r"No module named 'cutlass.cutlass_dsl' \(.*install "
+                                          r"nvidia-cutlass-dsl-libs-core"):
+        quack.rms_norm(1e-6)
 
 
 def test_a_moved_function_is_named() -> None:

@@ -14,11 +14,12 @@
 #   python3 -m pip install --no-index --no-deps --target SITE WHEEL_DIR/*.whl
 #
 # QuACK, a benchmark contender (`cujit.tools.bench.quack`), for the GPU image (Python 3.12, CUDA 13; einops and
-# torch are there): 100 MB of wheels in two parts, 69 MB in all.
+# torch are there): 100 MB of wheels in two parts, 69 MB in all, and libs-core (1.6 MB), which libs-base 4.8.1
+# needs for the DSL's Python package (`cutlass.cutlass_dsl`): send it with either part, or fetch it in a third.
 #
 #   bash .ci/gpu/fetch_wheels.sh OUT_DIR 3.12 quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 \
-#       nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 \
-#       torch-c-dlpack-ext==0.1.5
+#       nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 \
+#       nvidia-cutlass-dsl-libs-core==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
 set -euo pipefail
 out=${1:?usage: fetch_wheels.sh OUT_DIR PYTHON_VERSION NAME==VERSION ...}
 py=${2:?usage: fetch_wheels.sh OUT_DIR PYTHON_VERSION NAME==VERSION ...}

@@ -43,8 +43,8 @@ class Package:
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            missing = (exc.name or "").split(".")[0]
-            if missing == self.root:
+            missing = exc.name or ""
+            if missing.split(".")[0] == self.root:
                 raise Unavailable(f"{self.dist} is not installed") from exc
             raise Unavailable(f"importing {name} failed: {missing_hint(missing) or _first_line(exc)}") from exc
         except Exception as exc:  # a third-party import can fail in many ways; the report names the failure
@@ -67,16 +67,26 @@ class Package:
 
 
 def missing_hint(name: str) -> str | None:
-    """A fix for a missing module that an installed package provides only through a ``.pth`` file.
+    """A fix for a missing module (``name`` dotted, as ``ModuleNotFoundError.name`` has it) of the CUTLASS DSL.
 
     nvidia-cutlass-dsl puts ``cutlass`` on ``sys.path`` through a ``.pth`` file, which Python reads only in a
     site directory: installed with ``pip install --target DIR`` and found through ``PYTHONPATH``, ``cutlass``
-    is missing although the package is there.
+    is missing although the package is there. Where ``cutlass`` is found but not its Python DSL
+    (``cutlass.cutlass_dsl``), the wheel that holds it, nvidia-cutlass-dsl-libs-core (a dependency of libs-base
+    from 4.8), is missing.
     """
-    if name != "cutlass":
-        return None
     import importlib.util
 
+    if name.split(".")[0] != "cutlass":
+        return None
+    if name != "cutlass":
+        try:
+            found = importlib.util.find_spec("cutlass") is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return (f"No module named {name!r} (the CUTLASS DSL's Python package: install "
+                    "nvidia-cutlass-dsl-libs-core of the same version as nvidia-cutlass-dsl)")
     spec = importlib.util.find_spec("nvidia_cutlass_dsl")
     if spec is None or not spec.submodule_search_locations:
         return "No module named 'cutlass' (nvidia-cutlass-dsl is not installed)"

@@ -14,9 +14,9 @@ and the bytes QuACK really moves, is in its docstring.
 On a machine without network (Python 3.12, torch 2.11 + CUDA 13, Triton, numpy), QuACK imports from these wheels
 installed with ``pip install --no-deps --target DIR`` and ``PYTHONPATH=DIR:DIR/nvidia_cutlass_dsl/dsl_packages``
 (``--target`` does not read the DSL's ``.pth`` file): quack-kernels 0.6.5, nvidia-cutlass-dsl 4.8.1 with its
-libs-base and libs-cu13 4.8.1 (about 92 MB, the bulk), apache-tvm-ffi 0.1.15.post2; ``.ci/gpu/fetch_wheels.sh``
-packs them into two parts small enough to send. torch-c-dlpack-ext and einops are not needed by the functions used
-here.
+libs-base, libs-cu13 and libs-core 4.8.1 (about 94 MB, the bulk; without libs-core ``cutlass.cutlass_dsl`` is
+missing), apache-tvm-ffi 0.1.15.post2; ``.ci/gpu/fetch_wheels.sh`` packs them into parts small enough to send.
+torch-c-dlpack-ext and einops are not needed by the functions used here.
 """
 
 from __future__ import annotations
