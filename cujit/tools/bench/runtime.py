@@ -153,17 +153,37 @@ class _Watch:
 sys.meta_path.insert(0, _Watch())
 import torch
 x = torch.arange(4096, dtype=torch.int32, device="cuda"); torch.cuda.synchronize()
+profile = "--profile" in sys.argv
+if profile:
+    import cProfile, pstats
+    profiler = cProfile.Profile()
+before = set(sys.modules)
 t0 = time.perf_counter()
 from cujit.add_constant import add_constant
 t1 = time.perf_counter()
+if profile:
+    profiler.enable()
 y = add_constant(x, 3)
 torch.cuda.synchronize()
+if profile:
+    profiler.disable()
 t2 = time.perf_counter()
 assert torch.equal(y, x + 3)
 import cujit
-print(json.dumps({"import_ms": (t1 - t0) * 1e3, "call_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3,
-                  "cupy_imported": "cupy" in sys.modules, "cupy_by": cupy_by,
-                  "stats": dict(cujit.cache_stats())}))
+out = {"import_ms": (t1 - t0) * 1e3, "call_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3,
+       "cupy_imported": "cupy" in sys.modules, "cupy_by": cupy_by, "stats": dict(cujit.cache_stats())}
+if profile:
+    # The first call's costliest functions by cumulative time (the profiler's overhead included), and the modules
+    # that the import and the first call brought in, by top-level package.
+    stats = pstats.Stats(profiler).stats
+    top = sorted(((v[3], f"{k[0].rsplit('/', 2)[-1]}:{k[1]}({k[2]})") for k, v in stats.items()
+                  if not k[0].startswith("<frozen") and "builtins.exec" not in k[2]), reverse=True)
+    out["profile"] = [(round(t * 1e3, 2), where) for t, where in top[:25]]
+    packages = {}
+    for name in set(sys.modules) - before:
+        packages[name.split(".")[0]] = packages.get(name.split(".")[0], 0) + 1
+    out["imported"] = sorted(packages.items(), key=lambda item: -item[1])
+print(json.dumps(out))
 """
 
 
@@ -217,6 +237,14 @@ def startup_section(rows: list[dict[str, Any]]) -> None:
         print(f"  of the best of 5: import {best['import_ms']:.1f} ms, first call {best['call_ms']:.1f} ms; "
               f"CuPy imported: {best['cupy_imported']}"
               + (f" (by {' <- '.join(reversed(best['cupy_by']))})" if best["cupy_by"] else ""), flush=True)
+        # Where the first call's time goes: one more start, under a profiler (slower; not counted above).
+        profiled = _child(_FIRST_CALL_CHILD, bytecode_env, "--profile")
+        print(f"  under a profiler, the first call's costliest functions (cumulative ms; first call "
+              f"{profiled['call_ms']:.1f} ms):", flush=True)
+        for ms, where in profiled["profile"][:15]:
+            print(f"    {ms:8.2f}  {where}", flush=True)
+        print("  modules imported by the import and the first call, by package: "
+              + ", ".join(f"{name} {count}" for name, count in profiled["imported"][:12]), flush=True)
         if "PYTHONDONTWRITEBYTECODE" in env:
             uncached = [_child(_FIRST_CALL_CHILD, env) for _ in range(3)]
             rows.append(_row("the same with PYTHONDONTWRITEBYTECODE as set here (modules compiled from source; "
