@@ -18,6 +18,7 @@ import cujit
 from cujit.fused_add_rms_norm import fused_add_rms_norm
 from cujit.rms_norm import (
     FUSED_ELEMENT_THREADS,
+    FUSED_FILL,
     FUSED_SCALAR_CONFIGS,
     LOOP_ROWS,
     LOOP_TOKENS,
@@ -66,15 +67,18 @@ def test_rule_picks_precompiled_configurations_that_hold_the_row(tokens: int, fu
                 scalar = [rt * v for rt, v in scalar_configs if rt * v * lanes >= hidden]
                 split = [rt * v for rt, v in PHASED_CONFIGS if rt * v >= hidden // lanes] if phased else []
                 scalar_threads = [rt for rt, v in scalar_configs if rt * v * lanes >= hidden]
-                wide = bool(scalar_threads) and scalar_threads[0] > FUSED_ELEMENT_THREADS
+                # fused: element loads of more than FUSED_ELEMENT_THREADS threads only for a row that fills at least
+                # FUSED_FILL of their tile
+                fills = bool(scalar) and -(-hidden // lanes) * FUSED_FILL[1] >= FUSED_FILL[0] * scalar[0]
+                wide = bool(scalar_threads) and scalar_threads[0] > FUSED_ELEMENT_THREADS and not fills
                 if vector:
                     held = [rt * v for rt, v in VECTOR_CONFIGS if rt * v * lanes >= hidden]
                     assert c.path == (PATH_VECTOR if held else PATH_TILED), (hidden, c)
                     assert not held or tile == held[0], (hidden, dtype, c)  # the smallest that holds the row
                 elif split and (not scalar or scalar[0] > split[0] or (fused and wide)):
                     # the phased path only where element loads would need a larger tile (or, fused, more than
-                    # FUSED_ELEMENT_THREADS threads); the body's whole vectors must fit, the head and tail are held
-                    # besides
+                    # FUSED_ELEMENT_THREADS threads for a row under FUSED_FILL of their tile); the body's whole
+                    # vectors must fit, the head and tail are held besides
                     assert c.path == PATH_PHASED and tile == split[0], (hidden, dtype, c)
                 else:
                     assert c.path == (PATH_SCALAR if scalar else PATH_TILED), (hidden, dtype, c)
