@@ -144,12 +144,12 @@ def _rule(hidden: int, dtype: Any, vector: bool, phased: bool, many: bool, fused
         found = _first_holding(VECTOR_CONFIGS, -(-hidden // lanes))
         return _make(PATH_VECTOR, *found) if found else _make(PATH_TILED, *TILED_CONFIG)
     # element loads: one register a value, so a tile holds threads x vectors x lanes values
-    values = -(-hidden // lanes)  # in vectors' worth
-    scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, values)
+    vectors = -(-hidden // lanes)  # the row in 16-byte vectors' worth
+    scalar = _first_holding(FUSED_SCALAR_CONFIGS if fused else SCALAR_CONFIGS, vectors)
     split = _first_holding(PHASED_CONFIGS, hidden // lanes) if phased else None  # the head and tail held besides
     if split and (scalar is None or scalar[0] * scalar[1] > split[0] * split[1]
                   or (fused and scalar[0] > FUSED_ELEMENT_THREADS
-                      and values * FUSED_FILL[1] < FUSED_FILL[0] * scalar[0] * scalar[1])):
+                      and vectors * FUSED_FILL[1] < FUSED_FILL[0] * scalar[0] * scalar[1])):
         return _make(PATH_PHASED, *split, LOOP_ROWS if many else 1)
     return _make(PATH_SCALAR, *scalar) if scalar else _make(PATH_TILED, *TILED_CONFIG)
 

@@ -179,10 +179,8 @@ if profile:
     top = sorted(((v[3], f"{k[0].rsplit('/', 2)[-1]}:{k[1]}({k[2]})") for k, v in stats.items()
                   if not k[0].startswith("<frozen") and "builtins.exec" not in k[2]), reverse=True)
     out["profile"] = [(round(t * 1e3, 2), where) for t, where in top[:25]]
-    packages = {}
-    for name in set(sys.modules) - before:
-        packages[name.split(".")[0]] = packages.get(name.split(".")[0], 0) + 1
-    out["imported"] = sorted(packages.items(), key=lambda item: -item[1])
+    import collections
+    out["imported"] = collections.Counter(name.split(".")[0] for name in set(sys.modules) - before).most_common()
 print(json.dumps(out))
 """
 
