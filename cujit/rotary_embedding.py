@@ -66,12 +66,55 @@ def rows_for(heads: int, block_x: int) -> int:
     return min(candidates, key=lambda rows: (-(-heads // rows) * rows, -rows))
 
 
-def _plan(T: int, QW: int, KW: int, R: int, D: int, dtype: cujit.DType, is_neox: bool) -> tuple[int, ...]:
+#: The staged form's shared memory a block may take for its heads' runs (rotary.cuh, kStaged): a few tokens' worth
+#: of heads for blocks of 256 threads, so that eight such blocks (a full SM) fit in 228 KB with room to spare.
+STAGED_BYTES = 24 * 1024
+#: Shared memory the staged form adds to its runs: up to 15 bytes before q's run, before k's and between them, so
+#: that each run keeps its global address's offset within 16 bytes.
+STAGED_SLACK = 48
+STAGED_THREADS = 256
+
+
+def staged_form(vec: int, itemsize: int, head_size: int, vector_ok: bool) -> bool:
+    """Whether a call takes the staged form (rotary.cuh, kStaged).
+
+    It does where the chunks would be narrower than 8 bytes, or the pointers, strides or head size do not allow
+    them (``vector_ok`` false), and a head fits the staged form's shared memory.
+    """
+    return (vec * itemsize < 8 or not vector_ok or head_size % vec != 0) and head_size * itemsize <= STAGED_BYTES
+
+
+@functools.lru_cache(maxsize=4096)
+def staged_plan(tokens: int, heads: int, head_size: int, itemsize: int) -> tuple[int, int]:
+    """(heads_per_block, shared-memory bytes) of the staged form.
+
+    As few groups of heads as fit STAGED_BYTES; below WHOLE_TOKEN_BLOCKS tokens, more groups (down to one head a
+    block) so that the grid has about WHOLE_TOKEN_BLOCKS blocks.
+    """
+    groups = -(-heads * head_size * itemsize // STAGED_BYTES)
+    if tokens < WHOLE_TOKEN_BLOCKS:
+        groups = max(groups, -(-WHOLE_TOKEN_BLOCKS // max(tokens, 1)))
+    per_block = -(-heads // min(max(groups, 1), heads))
+    return per_block, per_block * head_size * itemsize + STAGED_SLACK
+
+
+def _plan(T: int, QW: int, QS: int, KW: int, KS: int, R: int, D: int, dtype: cujit.DType, is_neox: bool,
+          aligned_16: bool, aligned_8: bool) -> tuple[int, ...]:
+    """(vec, block_x, block_y, heads_per_block, q_heads, k_heads, shared bytes, staged).
+
+    ``aligned_16`` / ``aligned_8``: whether q and k both start at a multiple of 16 / 8 bytes.
+    """
     if D <= 0 or R <= 0:  # refused by the checks below; any plan will do until then
-        return 1, 1, 1, 1, 0, 0
+        return 1, 1, 1, 1, 0, 0, 0, False
     q_heads, k_heads = QW // D, KW // D
     vec, bx, by, per_block = launch_plan(T, q_heads + k_heads, R, D, dtype.itemsize, is_neox)
-    return vec, bx, by, per_block, q_heads, k_heads
+    nbytes = vec * dtype.itemsize
+    vector_ok = (aligned_16 if nbytes == 16 else aligned_8 if nbytes == 8 else True) and (
+        T <= 1 or (QS % vec == 0 and KS % vec == 0))
+    if staged_form(vec, dtype.itemsize, D, vector_ok):
+        per_block, smem = staged_plan(T, q_heads + k_heads, D, dtype.itemsize)
+        return 1, STAGED_THREADS, 1, per_block, q_heads, k_heads, smem, True
+    return vec, bx, by, per_block, q_heads, k_heads, 0, False
 
 
 T, QW, QS, KW, KS, P, R = (cujit.SymbolicSize(n) for n in ("T", "QW", "QS", "KW", "KS", "P", "R"))
@@ -83,7 +126,7 @@ _rotary_embedding = cujit.op(
     "cujit::rotary_embedding(Tensor positions, Tensor(a!) q, Tensor(b!) k, Tensor cos_sin_cache, *, "
     "bool is_neox=True, int? rotary_dim=None, int? head_size=None) -> ()",
     source="kernels/rotary.cuh",
-    kernel="rotary_embedding_kernel<{dtype}, {cs_dtype}, {pos_dtype}, {is_neox}, {vec}>",
+    kernel="rotary_embedding_kernel<{dtype}, {cs_dtype}, {pos_dtype}, {is_neox}, {vec}, {staged}>",
     tensors={
         "positions": cujit.TensorMatcher([T]).with_dtype("int32", "int64", symbol=pos_dtype),
         "q": cujit.TensorMatcher([T, QW]).with_strides([QS, 1]).with_dtype(*FLOATS, symbol=dtype),
@@ -92,8 +135,11 @@ _rotary_embedding = cujit.op(
     },
     values={
         "D": "R if head_size is None else head_size",  # refused by the first check when None
+        "aligned_16": "aligned(q, 16) and aligned(k, 16)",
+        "aligned_8": "aligned(q, 8) and aligned(k, 8)",
         "plan": _plan,
         "vec": "plan[0]",
+        "staged": "plan[7]",
         "q_heads": "plan[4]",
         "k_heads": "plan[5]",
         "heads_per_block": "plan[3]",
@@ -111,12 +157,16 @@ _rotary_embedding = cujit.op(
     ],
     grid=("T", "cdiv(q_heads + k_heads, heads_per_block)"),
     block=("plan[1]", "plan[2]"),
+    shared_mem="plan[6]",
     args=("positions", "q", "k", "cos_sin_cache", "QS", "KS", "q_heads", "k_heads", "D", "R", "P",
           "heads_per_block"),
     precompile=[
-        {"dtype": d, "cs_dtype": c, "pos_dtype": "int64", "is_neox": neox, "vec": 8}
+        {"dtype": d, "cs_dtype": c, "pos_dtype": "int64", "is_neox": neox, "vec": 8, "staged": False}
         for d, c, neox in (("bfloat16", "float32", True), ("bfloat16", "float32", False),
                            ("bfloat16", "bfloat16", True), ("float16", "float32", True), ("float16", "float16", True))
+    ] + [
+        {"dtype": d, "cs_dtype": "float32", "pos_dtype": "int64", "is_neox": neox, "vec": 1, "staged": True}
+        for d in FLOATS for neox in (True, False)
     ],
 )
 

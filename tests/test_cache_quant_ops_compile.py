@@ -21,8 +21,8 @@ from cujit.fp8_quant import (
     per_token_quant_fp8,
     split_chunks,
 )
+from cujit.rotary_embedding import STAGED_BYTES, rotary_embedding, rows_for, staged_form, staged_plan
 from cujit.rotary_embedding import launch_plan as rotary_plan
-from cujit.rotary_embedding import rotary_embedding, rows_for
 from cujit.rotary_embedding_with_kv_cache import launch_plan as fused_plan
 from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
 from cujit.store_kv_cache import launch_plan as kv_plan
@@ -65,6 +65,19 @@ def test_rotary_plan() -> None:
     assert rotary_plan(5, 3, 1026, 1026, 4, True) == (1, 256, 1, 1)  # the kernel loops over the wider span
     assert rotary_plan(5, 3, 66, 66, 4, False) == (2, 33, 3, 3)
     assert [rows_for(heads, 8) for heads in (40, 50, 80, 96)] == [8, 8, 16, 32]  # fewest idle rows, then widest
+
+
+def test_rotary_staged_form() -> None:
+    # Chunks under 8 bytes, or pointers that do not allow them, take the staged form while a head fits 24 KB.
+    assert staged_form(1, 2, 241, True) and staged_form(2, 2, 66, True) and staged_form(8, 2, 128, False)
+    assert not staged_form(8, 2, 128, True) and not staged_form(4, 2, 72, True)  # 16- and 8-byte chunks
+    assert not staged_form(1, 4, STAGED_BYTES // 4 + 1, False)  # a head past the shared memory: element-wise
+    # (heads per block, shared bytes): whole tokens from 1024 tokens on, as many heads as fit 24 KB ...
+    assert staged_plan(4097, 21, 241, 2) == (21, 21 * 241 * 2 + 48)
+    assert staged_plan(4097, 80, 128, 4) == (40, 40 * 128 * 4 + 48)  # 40 KB of heads: two groups
+    # ... and below it about 1024 blocks: 205 groups asked for at 5 tokens, one head a block.
+    assert staged_plan(5, 40, 128, 2) == (1, 128 * 2 + 48)
+    assert staged_plan(100, 40, 128, 2) == (4, 4 * 128 * 2 + 48)  # 11 groups asked for: 10 of 4 heads
 
 
 def test_kv_plan() -> None:
@@ -175,7 +188,7 @@ with stub_backend() as stub:
     from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
     from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
     from cujit.per_token_quant_fp8 import per_token_quant_fp8
-    from cujit.rotary_embedding import rotary_embedding, rows_for
+    from cujit.rotary_embedding import STAGED_BYTES, rotary_embedding, rows_for, staged_form, staged_plan
     from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
     from cujit.store_kv_cache import store_kv_cache
 
@@ -217,7 +230,7 @@ with stub_backend() as stub:
 
     # rotary_embedding: fp16 rows of a fused qkv view, fp32 cache, 5 tokens, 8 + 2 heads of 64.
     kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float32", pos_dtype="int64", is_neox=True,
-                                             vec=8))
+                                             vec=8, staged=False))
     qkv = torch.randn(5, 12 * 64, dtype=f16)
     pos, q, k, cache = fake(torch.zeros(5, dtype=i64)), fake(qkv[:, :512]), fake(qkv[:, 512:640]), fake(
         torch.randn(100, 64))
@@ -226,10 +239,19 @@ with stub_backend() as stub:
     assert values == [pos.data_ptr(), q.data_ptr(), k.data_ptr(), cache.data_ptr(), 768, 768, 8, 2, 64, 64, 100,
                       10], values
     kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float16", pos_dtype="int64", is_neox=False,
-                                             vec=8))
+                                             vec=8, staged=False))
     [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q, k,
                                           fake(torch.randn(100, 32, dtype=f16)), is_neox=False, head_size=64)
     assert grid == (5, 1, 1) and block == (4, 10, 1) and values[4:] == [768, 768, 8, 2, 64, 32, 100, 10], values
+    # Views one element into their rows take the staged form: at 5 tokens a block of 256 per head.
+    kernels = prepare(rotary_embedding, dict(dtype="float16", cs_dtype="float32", pos_dtype="int64", is_neox=True,
+                                             vec=1, staged=True))
+    qkv1 = torch.randn(5, 12 * 64 + 1, dtype=f16)
+    q1, k1 = fake(qkv1[:, 1:513]), fake(qkv1[:, 513:641])
+    [(grid, block, values)], _ = launches(rotary_embedding.op.function, kernels, pos, q1, k1, cache, head_size=64)
+    assert grid == (5, 10, 1) and block == (256, 1, 1), (grid, block)
+    assert values == [pos.data_ptr(), q1.data_ptr(), k1.data_ptr(), cache.data_ptr(), 769, 769, 8, 2, 64, 64, 100,
+                      1], values
     # 2-D q and k without head_size: the fast path refuses, the generic path says why; nothing is launched.
     before = len(stub.launches)
     try:

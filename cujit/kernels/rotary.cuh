@@ -17,6 +17,14 @@
 /// q and k are issued: the position only feeds the cos/sin address, which is loaded after them. Pointers and
 /// strides that do not allow the vector width take an element-wise path.
 ///
+/// Staged form (kStaged, chosen by the host where that vector width is under 8 bytes or the pointers and strides do
+/// not allow it: odd head sizes, rows that start mid-vector): a block of 256 threads copies its heads of q and of k,
+/// each a contiguous run of the row, into shared memory with cujit/rows.cuh (16-byte vectors in the aligned
+/// middle, element accesses only at the two ends), rotates the pairs there, and copies the runs back the same way.
+/// Its accesses to q and k are then as wide as a copy's, whatever the head size or the offset. It writes back every
+/// value of its heads, the ones past rotary_dim unchanged: at rotary_dim < head_size it moves more bytes than the
+/// rotation needs.
+///
 /// Positions outside [0, max_position): the token's cos/sin row is never read (row 0 stands in) and the block
 /// traps at its end, after one thread prints the position. The launch fails as torch's indexing asserts make it
 /// fail (cujit.device_check() or the next synchronising call raises) and the CUDA context is unusable afterwards,
@@ -28,6 +36,7 @@
 
 #include <cujit/base.cuh>
 #include <cujit/check.cuh>
+#include <cujit/rows.cuh>
 #include <cujit/types.cuh>
 #include <cujit/vec.cuh>
 
@@ -196,18 +205,89 @@ CUJIT_DEVICE void rotate_token(T* q_row, T* k_row, const C* angle_row, uint32_t 
   }
 }
 
+/// The staged form's shared memory: q's run, then k's, each placed at its global run's offset within 16 bytes so
+/// that the copies move aligned 16-byte vectors on both sides.
+template <typename T>
+struct StagedRuns {
+  T* q;
+  T* k;
+
+  CUJIT_DEVICE StagedRuns(void* shared, const T* q_run, uint32_t q_count, const T* k_run) {
+    constexpr uint32_t kLanes = 16 / sizeof(T);
+    T* const base = static_cast<T*>(shared);
+    q = base + phase(q_run);
+    // k's run starts at the next 16-byte boundary after q's run, plus its own phase.
+    const uint32_t k_base = (phase(q_run) + q_count + kLanes - 1) / kLanes * kLanes;
+    k = base + k_base + phase(k_run);
+  }
+
+  /// Values of T between p and the 16-byte boundary below it.
+  static CUJIT_DEVICE uint32_t phase(const T* p) {
+    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p) % 16) / sizeof(T);
+  }
+};
+
+/// Rotate the pairs of `heads` heads of head_size values staged at `run`, in place in shared memory, with the
+/// angles of one token. The threads of the block take the pairs in turn, head after head.
+template <typename T, typename C, bool kNeox>
+CUJIT_DEVICE void rotate_staged(T* run, uint32_t heads, uint32_t head_size, uint32_t half, const C* angle_row) {
+  const uint32_t pairs = heads * half;
+  uint32_t h = threadIdx.x / half;  // blockDim.x may exceed half: start in the thread's head
+  uint32_t i = threadIdx.x - h * half;
+  for (uint32_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    T* const head = run + h * head_size;
+    const uint32_t a_at = kNeox ? i : 2 * i;
+    const uint32_t b_at = kNeox ? i + half : 2 * i + 1;
+    float a_out, b_out;
+    rotate_pair(cujit::to_float(head[a_at]), cujit::to_float(head[b_at]), cujit::to_float(angle_row[i]),
+                cujit::to_float(angle_row[half + i]), a_out, b_out);
+    head[a_at] = cujit::from_float<T>(a_out);
+    head[b_at] = cujit::from_float<T>(b_out);
+    // The next pair of this thread: blockDim.x further, across as many heads as that spans.
+    i += blockDim.x;
+    while (i >= half) {
+      i -= half;
+      ++h;
+    }
+  }
+}
+
+/// The staged form of one block: heads [begin, end) of q's then k's of one token (see the top of the file).
+template <typename T, typename C, bool kNeox>
+CUJIT_DEVICE void rotate_token_staged(T* q_row, T* k_row, const C* angle_row, uint32_t q_heads, uint32_t begin,
+                                      uint32_t end, uint32_t head_size, uint32_t half) {
+  extern __shared__ uint4 rotary_shared[];
+  const uint32_t q_begin = min(begin, q_heads), q_end = min(end, q_heads);
+  const uint32_t k_begin = max(begin, q_heads) - q_heads, k_end = max(end, q_heads) - q_heads;
+  T* const q_run = q_row + static_cast<uint64_t>(q_begin) * head_size;
+  T* const k_run = k_row + static_cast<uint64_t>(k_begin) * head_size;
+  const uint32_t q_count = (q_end - q_begin) * head_size, k_count = (k_end - k_begin) * head_size;
+  const StagedRuns<T> staged(rotary_shared, q_run, q_count, k_run);
+  const cujit::Threads threads = cujit::Threads::block();
+  const auto same = [](T v) { return v; };
+  // Four vectors a thread in flight: a run of a few KB is then one round trip for a block of 256.
+  cujit::row_map<4>(staged.q, q_count, threads, same, static_cast<const T*>(q_run));
+  cujit::row_map<4>(staged.k, k_count, threads, same, static_cast<const T*>(k_run));
+  __syncthreads();
+  rotate_staged<T, C, kNeox>(staged.q, q_end - q_begin, head_size, half, angle_row);
+  rotate_staged<T, C, kNeox>(staged.k, k_end - k_begin, head_size, half, angle_row);
+  __syncthreads();
+  cujit::row_map<4>(q_run, q_count, threads, same, static_cast<const T*>(staged.q));
+  cujit::row_map<4>(k_run, k_count, threads, same, static_cast<const T*>(staged.k));
+}
+
 }  // namespace rotary_detail
 
 /// Rotate q and k in place. Block (x, y), at most 256 threads: x over the chunks of a head (rotary_dim / 2 / kVec
 /// of them in neox style, rotary_dim / kVec in gpt-j style), y over heads. grid.x: tokens; grid.y: groups of
-/// heads_per_block heads, counted over q's heads then k's.
-template <typename T, typename C, typename P, bool kNeox, int kVec>
+/// heads_per_block heads, counted over q's heads then k's. kStaged: the staged form, blocks of 256 threads (x) with
+/// dynamic shared memory for the block's runs (rotary_embedding.py: staged_bytes); kVec is then unused.
+template <typename T, typename C, typename P, bool kNeox, int kVec, bool kStaged>
 __global__ void __launch_bounds__(256) rotary_embedding_kernel(
     const P* __restrict__ positions, T* q, T* k, const C* __restrict__ cos_sin, int64_t q_stride, int64_t k_stride,
     uint32_t q_heads, uint32_t k_heads, uint32_t head_size, uint32_t rotary_dim, uint64_t max_position,
     uint32_t heads_per_block) {
   using namespace rotary_detail;
-  constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
   const uint64_t token = blockIdx.x;
   const int64_t pos = static_cast<int64_t>(positions[token]);
   const bool pos_ok = static_cast<uint64_t>(pos) < max_position;
@@ -218,15 +298,21 @@ __global__ void __launch_bounds__(256) rotary_embedding_kernel(
   T* const q_row = q + token * q_stride;
   T* const k_row = k + token * k_stride;
   const C* const angle_row = cos_sin + (pos_ok ? static_cast<uint64_t>(pos) : 0) * rotary_dim;
-  const bool vector = cujit::is_aligned(q, vec_io::access_bytes<T, kVec>()) &&
-                      cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) && q_stride % kVec == 0 &&
-                      k_stride % kVec == 0 && head_size % kVec == 0 && half % kPairs == 0;
-  if (vector) {
-    const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, kPairs>());
-    rotate_token<true, T, C, kNeox, kVec>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half, vector_cs);
+  if constexpr (kStaged) {
+    rotate_token_staged<T, C, kNeox>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half);
   } else {
-    rotate_token<false, T, C, kNeox, kNeox ? 1 : 2>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half,
-                                                   false);
+    constexpr int kPairs = Chunk<T, kNeox, kVec>::kPairs;
+    const bool vector = cujit::is_aligned(q, vec_io::access_bytes<T, kVec>()) &&
+                        cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) && q_stride % kVec == 0 &&
+                        k_stride % kVec == 0 && head_size % kVec == 0 && half % kPairs == 0;
+    if (vector) {
+      const bool vector_cs = cujit::is_aligned(cos_sin, vec_io::access_bytes<C, kPairs>());
+      rotate_token<true, T, C, kNeox, kVec>(q_row, k_row, angle_row, q_heads, begin, end, head_size, half,
+                                            vector_cs);
+    } else {
+      rotate_token<false, T, C, kNeox, kNeox ? 1 : 2>(q_row, k_row, angle_row, q_heads, begin, end, head_size,
+                                                     half, false);
+    }
   }
   if (!pos_ok) position_error(pos, token, max_position);
 }
