@@ -1,0 +1,115 @@
+/// @file cuda_host.h
+/// @brief Runs a kernel's device code on the host, for tests on machines without a GPU.
+///
+/// Each CUDA thread of a block is a std::thread; blocks run one after another; __syncthreads is a barrier of the
+/// block; a warp shuffle goes through 32 slots and a barrier of the warp, so every lane of a warp must reach the
+/// same shuffles (as the kernels tested here do). Dynamic shared memory is an array the test defines, shared by
+/// the blocks in turn. Only the built-ins the tested kernels use are here; compile with g++ -std=c++20 -pthread
+/// and the CUDA and libcu++ include folders NVRTC uses (tests/test_emulated_kernels.py).
+///
+/// What it checks: the kernel's indexing, its shared-memory layout, its barriers' placement (a missing barrier
+/// can still pass: threads run concurrently but not in lock step) and its arithmetic, in the same fp32
+/// operations as on the GPU. What it cannot: timing, memory-model effects and anything the GPU's hardware does
+/// differently (its fast-math intrinsics are exact here).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <vector_types.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#define __CUDACC__ 1
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+inline std::barrier<>* emu_block_barrier = nullptr;
+/// This thread's warp: its barrier and the 32 slots its lanes exchange values through.
+struct EmuWarp {
+  std::barrier<> bar{32};
+  uint64_t slot[32];
+};
+inline thread_local EmuWarp* emu_warp = nullptr;
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= 8, "emulated shuffles carry up to 8 bytes");
+  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  emu_warp->slot[lane] = bits;
+  emu_warp->bar.arrive_and_wait();
+  unsigned src = lane ^ static_cast<unsigned>(lane_mask);
+  if (src / width != lane / width) src = lane;
+  T out;
+  std::memcpy(&out, &emu_warp->slot[src], sizeof(T));
+  emu_warp->bar.arrive_and_wait();
+  return out;
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  emu_warp->slot[lane] = bits;
+  emu_warp->bar.arrive_and_wait();
+  unsigned src = lane + delta;
+  if (src / width != lane / width || src >= 32) src = lane;
+  T out;
+  std::memcpy(&out, &emu_warp->slot[src], sizeof(T));
+  emu_warp->bar.arrive_and_wait();
+  return out;
+}
+inline float __int_as_float(int32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+[[noreturn]] inline void __trap() { std::fprintf(stderr, "trap\n"); std::abort(); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
+  return static_cast<uint32_t>(((static_cast<uint64_t>(hi) << 32) | lo) >> (shift & 31));
+}
+inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+inline float __uint_as_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
+inline uint32_t max(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+/// Run `kernel()` over grid x block, one block at a time.
+inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+  gridDim = grid;
+  blockDim = block;
+  const unsigned threads = block.x * block.y * block.z;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::barrier<> bar(threads);
+        emu_block_barrier = &bar;
+        std::vector<std::thread> pool;
+        pool.reserve(threads);
+        std::vector<EmuWarp> warps((threads + 31) / 32);
+        for (unsigned t = 0; t < threads; ++t) {
+          pool.emplace_back([&, t] {
+            blockIdx = uint3{bx, by, bz};
+            threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            emu_warp = &warps[t / 32];
+            kernel();
+          });
+        }
+        for (auto& th : pool) th.join();
+      }
+}
