@@ -19,12 +19,18 @@
 /// (kElementBatch single values on the element-wise path), with every load of a step issued before its stores.
 /// The loads do not wait for the slot (only the stores use it), so the slot's load latency overlaps the first data
 /// loads.
+///
+/// Rows that are not whole aligned 16-byte vectors (odd widths, views that start mid-vector, slots whose rows start
+/// mid-vector) into a cache of k's dtype go through cujit/rows.cuh instead: 16-byte stores at the cache row's
+/// boundaries, k and v read with aligned or shifted 16-byte vectors, element accesses only at the two ends. An fp8
+/// cache's odd rows keep the element-wise path (rows.cuh maps a dtype to itself).
 #ifndef CUJIT_KERNELS_KV_CACHE_CUH_
 #define CUJIT_KERNELS_KV_CACHE_CUH_
 
 #include <cujit/base.cuh>
 #include <cujit/check.cuh>
 #include <cujit/fp8.cuh>
+#include <cujit/rows.cuh>
 #include <cujit/types.cuh>
 
 #include "vec_io.cuh"
@@ -37,6 +43,12 @@ constexpr int kBatch = 2;
 /// Values of k (and of v) a thread loads per step on the element-wise path. One a step would leave each thread a
 /// single round trip of 4 bytes (bf16) in flight, far from what keeps DRAM busy; eight put 32 bytes in flight.
 constexpr int kElementBatch = 8;
+
+/// Whether A and B are one type (without <type_traits>).
+template <typename A, typename B>
+constexpr bool kSame = false;
+template <typename A>
+constexpr bool kSame<A, A> = true;
 
 /// Print (lane 0 of the token's group) and trap when a token's slot is at or past the cache's end.
 CUJIT_DEVICE void slot_error(int64_t slot, uint64_t token, uint64_t num_slots, uint32_t lane) {
@@ -103,9 +115,19 @@ __global__ void __launch_bounds__(256) store_kv_cache_kernel(
   // Issued now, waited for at the first fp8 store.
   const float ks = vec_io::is_fp8<CacheT> ? *k_scale : 1.0f;
   const float vs = vec_io::is_fp8<CacheT> ? *v_scale : 1.0f;
-  if (vector) {
+  // A cache of k's dtype takes rows.cuh unless its chunks are whole 16-byte vectors at aligned addresses.
+  constexpr bool kRows = kSame<T, CacheT> && kVec * sizeof(T) < 16;
+  if (vector && !kRows) {
     store_rows<true, T, CacheT, kVec, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row / kVec, lane, ks, vs,
                                               write);
+  } else if constexpr (kSame<T, CacheT>) {
+    if (write) {  // rows.cuh
+      // Two vectors of a row a thread in flight: 4097 values of bf16 are 512 vectors, two rounds of 256 threads.
+      const cujit::Threads threads{lane, kGroup};
+      const auto same = [](T x) { return x; };
+      cujit::row_map<2>(k_cache + dst, row, threads, same, k_row);
+      cujit::row_map<2>(v_cache + dst, row, threads, same, v_row);
+    }
   } else {
     store_rows<false, T, CacheT, 1, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row, lane, ks, vs, write);
   }
