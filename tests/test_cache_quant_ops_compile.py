@@ -188,7 +188,7 @@ with stub_backend() as stub:
     from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
     from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
     from cujit.per_token_quant_fp8 import per_token_quant_fp8
-    from cujit.rotary_embedding import STAGED_BYTES, rotary_embedding, rows_for, staged_form, staged_plan
+    from cujit.rotary_embedding import rotary_embedding, rows_for
     from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
     from cujit.store_kv_cache import store_kv_cache
 
