@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -36,7 +37,9 @@ inline thread_local uint3 threadIdx;
 inline thread_local uint3 blockIdx;
 inline dim3 blockDim;
 inline dim3 gridDim;
-inline std::barrier<>* emu_block_barrier = nullptr;
+/// The block's barrier for __syncthreads; a thread that leaves the kernel drops out of it (as an exited thread no
+/// longer holds back a barrier on the GPU).
+inline thread_local std::barrier<>* emu_block_barrier = nullptr;
 /// This thread's warp: its barrier and the 32 slots its lanes exchange values through.
 struct EmuWarp {
   std::barrier<> bar{32};
@@ -44,38 +47,38 @@ struct EmuWarp {
 };
 inline thread_local EmuWarp* emu_warp = nullptr;
 
-template <typename T>
-T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+inline unsigned emu_lane() { return (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32; }
+
+/// Every lane of the warp publishes `v`, then reads the value of lane `source(lane)`.
+template <typename T, typename Source>
+T emu_exchange(T v, Source source) {
   static_assert(sizeof(T) <= 8, "emulated shuffles carry up to 8 bytes");
-  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+  const unsigned lane = emu_lane();
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   emu_warp->slot[lane] = bits;
   emu_warp->bar.arrive_and_wait();
-  unsigned src = lane ^ static_cast<unsigned>(lane_mask);
-  if (src / width != lane / width) src = lane;
   T out;
-  std::memcpy(&out, &emu_warp->slot[src], sizeof(T));
+  std::memcpy(&out, &emu_warp->slot[source(lane)], sizeof(T));
   emu_warp->bar.arrive_and_wait();
   return out;
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  return emu_exchange(v, [&](unsigned lane) {
+    const unsigned src = lane ^ static_cast<unsigned>(lane_mask);
+    return src / width == lane / width ? src : lane;
+  });
 }
 
 template <typename T>
 T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
-  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  emu_warp->slot[lane] = bits;
-  emu_warp->bar.arrive_and_wait();
-  unsigned src = lane + delta;
-  if (src / width != lane / width || src >= 32) src = lane;
-  T out;
-  std::memcpy(&out, &emu_warp->slot[src], sizeof(T));
-  emu_warp->bar.arrive_and_wait();
-  return out;
+  return emu_exchange(v, [&](unsigned lane) {
+    const unsigned src = lane + delta;
+    return src / width == lane / width ? src : lane;
+  });
 }
-inline float __int_as_float(int32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
-
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 [[noreturn]] inline void __trap() { std::fprintf(stderr, "trap\n"); std::abort(); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
@@ -83,33 +86,43 @@ inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t shift) {
   return static_cast<uint32_t>(((static_cast<uint64_t>(hi) << 32) | lo) >> (shift & 31));
 }
 inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+inline float __int_as_float(int32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 inline float __uint_as_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
 inline uint32_t max(uint32_t a, uint32_t b) { return a > b ? a : b; }
 
-/// Run `kernel()` over grid x block, one block at a time.
+/// Run `kernel()` over grid x block. One std::thread per thread of a block, made once per launch; they take the
+/// blocks one after another, each block with fresh barriers, and meet at the end of each block.
 inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
   gridDim = grid;
   blockDim = block;
   const unsigned threads = block.x * block.y * block.z;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(threads);
-        emu_block_barrier = &bar;
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        std::vector<EmuWarp> warps((threads + 31) / 32);
-        for (unsigned t = 0; t < threads; ++t) {
-          pool.emplace_back([&, t] {
-            blockIdx = uint3{bx, by, bz};
-            threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-            emu_warp = &warps[t / 32];
-            kernel();
-          });
-        }
-        for (auto& th : pool) th.join();
+  const unsigned blocks = grid.x * grid.y * grid.z;
+  const unsigned warps = (threads + 31) / 32;
+  std::vector<std::unique_ptr<std::barrier<>>> syncs;
+  std::vector<std::unique_ptr<EmuWarp[]>> warp_sets;
+  for (unsigned b = 0; b < blocks; ++b) {
+    syncs.push_back(std::make_unique<std::barrier<>>(threads));
+    warp_sets.push_back(std::make_unique<EmuWarp[]>(warps));
+  }
+  std::barrier<> done(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+      for (unsigned b = 0; b < blocks; ++b) {
+        blockIdx = uint3{b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+        emu_block_barrier = syncs[b].get();
+        emu_warp = &warp_sets[b][t / 32];
+        kernel();
+        syncs[b]->arrive_and_drop();
+        emu_warp->bar.arrive_and_drop();
+        done.arrive_and_wait();
       }
+    });
+  }
+  for (auto& th : pool) th.join();
 }

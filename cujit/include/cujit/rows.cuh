@@ -143,8 +143,9 @@ class Reader {
     const uint64_t byte = first * sizeof(T);
     if (byte >= shift_ && byte - shift_ + 32 <= n_ * sizeof(T)) {
       // Both covering vectors lie inside the row.
-      const Words* lo = reinterpret_cast<const Words*>(reinterpret_cast<const char*>(p_ + first) - shift_);
-      *reinterpret_cast<Words*>(&v) = funnel(lo[0], lo[1], shift_);
+      // Both covering vectors whole (two 16-byte loads), then the wanted bytes funnel-shifted out of them.
+      const uint32_t* lo = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(p_ + first) - shift_);
+      v = vec_detail::bit_copy<V>(funnel(Words::load(lo), Words::load(lo + 4), shift_));
     } else {
 #pragma unroll
       for (uint64_t k = 0; k < kLanes; ++k) v[k] = p_[first + k];
