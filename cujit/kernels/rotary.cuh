@@ -256,13 +256,12 @@ CUJIT_DEVICE void rotate_staged(T* run, uint32_t heads, uint32_t head_size, uint
 template <typename T, typename C, bool kNeox>
 CUJIT_DEVICE void rotate_token_staged(T* q_row, T* k_row, const C* angle_row, uint32_t q_heads, uint32_t begin,
                                       uint32_t end, uint32_t head_size, uint32_t half) {
-  extern __shared__ uint4 rotary_shared[];
   const uint32_t q_begin = min(begin, q_heads), q_end = min(end, q_heads);
   const uint32_t k_begin = max(begin, q_heads) - q_heads, k_end = max(end, q_heads) - q_heads;
   T* const q_run = q_row + static_cast<uint64_t>(q_begin) * head_size;
   T* const k_run = k_row + static_cast<uint64_t>(k_begin) * head_size;
   const uint32_t q_count = (q_end - q_begin) * head_size, k_count = (k_end - k_begin) * head_size;
-  const StagedRuns<T> staged(rotary_shared, q_run, q_count, k_run);
+  const StagedRuns<T> staged(cujit::dynamic_shared<void>(), q_run, q_count, k_run);
   const cujit::Threads threads = cujit::Threads::block();
   const auto same = [](T v) { return v; };
   // Four vectors a thread in flight: a run of a few KB is then one round trip for a block of 256.

@@ -29,6 +29,10 @@
 #include <vector>
 
 #define __CUDACC__ 1
+#define CUJIT_HOST_EMULATION 1
+// A __shared__ array declared in a device function is one per block: static here, since blocks run one at a time.
+#undef __shared__
+#define __shared__ static
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
@@ -73,6 +77,13 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
 }
 
 template <typename T>
+T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+  return emu_exchange(v, [&](unsigned lane) {
+    return lane % width >= delta ? lane - delta : lane;
+  });
+}
+
+template <typename T>
 T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
   return emu_exchange(v, [&](unsigned lane) {
     const unsigned src = lane + delta;
@@ -89,9 +100,36 @@ inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); r
 inline float __int_as_float(int32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 inline float __uint_as_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+// The fast-math intrinsics, exact here (the GPU's are approximations within a few ulp).
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __expf(float a) { return std::exp(a); }
+inline uint32_t __umulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp->bar.arrive_and_wait(); }
 inline float __fadd_rn(float a, float b) { return a + b; }
+// Cache-hinted loads and stores: plain accesses here.
+template <typename T>
+T __ldg(const T* p) { return *p; }
+template <typename T>
+T __ldcs(const T* p) { return *p; }
+template <typename T>
+T __ldcg(const T* p) { return *p; }
+template <typename T>
+T __ldlu(const T* p) { return *p; }
+template <typename T>
+void __stcs(T* p, T v) { *p = v; }
+template <typename T>
+void __stcg(T* p, T v) { *p = v; }
 inline uint32_t min(uint32_t a, uint32_t b) { return a < b ? a : b; }
 inline uint32_t max(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+/// The dynamic shared memory of the block running (blocks run one at a time): 64 KB.
+alignas(16) inline unsigned char emu_dynamic_shared[64 * 1024];
+namespace cujit {
+template <typename T>
+T* dynamic_shared() { return reinterpret_cast<T*>(emu_dynamic_shared); }
+}  // namespace cujit
 
 /// Run `kernel()` over grid x block. One std::thread per thread of a block, made once per launch; they take the
 /// blocks one after another, each block with fresh barriers, and meet at the end of each block.

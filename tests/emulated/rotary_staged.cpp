@@ -5,8 +5,6 @@
 #include <cstring>
 #include <random>
 
-namespace rotary_detail { alignas(16) uint4 rotary_shared[64 * 1024 / 16]; }
-
 template <typename T>
 T from_f(float x) { return cujit::Convert<T>::from_float(x); }
 template <typename T>

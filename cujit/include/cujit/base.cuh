@@ -80,6 +80,17 @@ CUJIT_DEVICE StridedRange grid_stride(uint64_t n) {
 }
 #endif
 
+#if defined(__CUDACC__) && !defined(CUJIT_HOST_EMULATION)
+/// The block's dynamic shared memory (the bytes the launch asks for), 16-byte aligned, as T*. One declaration
+/// for every kernel of a translation unit: two `extern __shared__` arrays of different types in one unit do not
+/// compile. (tests/emulated/cuda_host.h gives its own.)
+template <typename T>
+CUJIT_DEVICE T* dynamic_shared() {
+  extern __shared__ uint4 cujit_dynamic_shared[];
+  return reinterpret_cast<T*>(cujit_dynamic_shared);
+}
+#endif
+
 }  // namespace cujit
 
 #endif  // CUJIT_BASE_CUH_
