@@ -168,6 +168,10 @@ class FakeCudaTensor:
     def shape(self) -> torch.Size:
         return self.t.shape
 
+    @property
+    def ndim(self) -> int:
+        return self.t.ndim
+
     def stride(self) -> tuple[int, ...]:
         return self.t.stride()
 

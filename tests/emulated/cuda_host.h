@@ -25,6 +25,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -105,6 +107,7 @@ inline float __frcp_rn(float a) { return 1.0f / a; }
 // The fast-math intrinsics, exact here (the GPU's are approximations within a few ulp).
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __expf(float a) { return std::exp(a); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 inline uint32_t __umulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp->bar.arrive_and_wait(); }
 inline float __fadd_rn(float a, float b) { return a + b; }
@@ -163,4 +166,14 @@ inline void emu_launch(dim3 grid, dim3 block, const std::function<void()>& kerne
     });
   }
   for (auto& th : pool) th.join();
+}
+
+/// Call kernel `k` with the arguments that `params` points to, one per parameter (cuLaunchKernel's layout).
+template <typename... Args, size_t... I>
+void emu_call_with(void (*k)(Args...), void** params, std::index_sequence<I...>) {
+  k(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(params[I])...);
+}
+template <typename... Args>
+void emu_call(void (*k)(Args...), void** params) {
+  emu_call_with(k, params, std::index_sequence_for<Args...>{});
 }

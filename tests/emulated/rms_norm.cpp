@@ -5,8 +5,6 @@
 // the rule for each shape's configuration and writes them to rms_norm_cases.inc.
 #include "cuda_host.h"
 
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-
 #include "rms_norm.cuh"
 
 #include <cstring>

@@ -1,0 +1,125 @@
+"""Ops end to end on the host: their real Python path (checks, plan, allocation, packing) against the stand-in
+driver of tests/host_backend.py, whose launches run the kernels on the CPU (tests/emulated/cuda_host.h). No GPU.
+
+The ops must be declared while that driver is the backend, so the checks run in a fresh process. Each compares the
+op's outputs with the torch reference of cujit/tools/bench/references.py on CPU tensors: FP8 bytes and scales bit
+for bit, floats within the GPU tests' tolerances.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.host_backend import available
+
+SCRIPT = r'''
+import sys
+from pathlib import Path
+
+import torch
+
+from cujit._runtime import driver
+from cujit.tools.bench import references as refs
+from tests.host_backend import HostBackend, bind_host
+from tests.stub_cuda import FakeCudaTensor
+
+torch.manual_seed(0)
+bf16, f32, i64 = torch.bfloat16, torch.float32, torch.int64
+host = HostBackend(sources=["fp8_quant.cuh", "rotary.cuh", "qk_norm.cuh", "topk_softmax.cuh"],
+                   build_dir=Path(sys.argv[1]))
+checked = []
+
+with driver.use(host):
+    from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
+    from cujit.per_token_quant_fp8 import per_token_quant_fp8
+    from cujit.per_tensor_quant_fp8 import per_tensor_quant_fp8
+    from cujit.rotary_embedding import rotary_embedding
+    from cujit.qk_rms_norm import qk_rms_norm
+    from cujit.topk_softmax import topk_softmax
+
+    for fn in (per_token_group_quant_fp8, per_token_quant_fp8, per_tensor_quant_fp8, rotary_embedding, qk_rms_norm,
+               topk_softmax):
+        bind_host(fn, host)
+
+    def fake(t):
+        return FakeCudaTensor(t, 0, host)
+
+    def same_fp8(got, want, what):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), what
+        checked.append(what)
+
+    def close(got, want, rtol, atol, what):
+        torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol, msg=what)
+        checked.append(what)
+
+    # FP8 per group of 128: aligned rows, and rows one element into their buffer (the row path).
+    for hidden, offset in ((1024, 0), (1024, 1), (4096, 0)):
+        base = torch.randn(5, hidden + offset, dtype=bf16) * 3
+        x = base[:, offset:]
+        q, s = per_token_group_quant_fp8(fake(x), 128)
+        want_q, want_s = refs.per_token_group_quant_fp8(x, 128)
+        same_fp8(q.t, want_q, f"per_token_group_quant_fp8 {hidden} +{offset} q")
+        assert torch.equal(s.t, want_s), "per_token_group_quant_fp8 scales"
+    # FP8 per token, odd and aligned rows.
+    for hidden in (4096, 4097, 2881):
+        x = torch.randn(6, hidden, dtype=bf16)
+        q, s = per_token_quant_fp8(fake(x))
+        want_q, want_s = refs.per_token_quant_fp8(x)
+        same_fp8(q.t, want_q, f"per_token_quant_fp8 {hidden} q")
+        assert torch.equal(s.t.reshape(-1), want_s.reshape(-1)), f"per_token_quant_fp8 {hidden} scales"
+    # FP8 per tensor, dynamic: partial maxima then the quantization (two kernels), one and many tokens.
+    for tokens in (1, 40):
+        x = torch.randn(tokens, 4096, dtype=bf16)
+        q, s = per_tensor_quant_fp8(fake(x))
+        want_q, want_s = refs.per_tensor_quant_fp8(x)
+        same_fp8(q.t, want_q, f"per_tensor_quant_fp8 {tokens} q")
+        assert torch.equal(s.t.reshape(-1), want_s.reshape(-1)), "per_tensor_quant_fp8 scale"
+    # Rotary, the vector path (aligned heads of 128) and the staged form (heads of 241, and views one element in).
+    for heads, head_size, offset, tokens in ((8, 128, 0, 3), (4, 241, 0, 2), (8, 128, 1, 1300)):
+        rotary = head_size - head_size % 2
+        qb = torch.randn(tokens, heads * head_size + offset, dtype=bf16)
+        kb = torch.randn(tokens, 2 * head_size + offset, dtype=bf16)
+        cache = torch.randn(64, rotary, dtype=f32)
+        positions = torch.randint(0, 64, (tokens,), dtype=i64)
+        q, k = qb[:, offset:], kb[:, offset:]
+        want_q, want_k = q.clone(), k.clone()
+        rotary_embedding(fake(positions), fake(q), fake(k), fake(cache), head_size=head_size)
+        refs.rotary_embedding(positions, want_q, want_k, cache, head_size, True)
+        close(q, want_q, 1e-2, 1e-2, f"rotary {heads} x {head_size} +{offset} q")
+        close(k, want_k, 1e-2, 1e-2, f"rotary {heads} x {head_size} +{offset} k")
+    # Per-head RMSNorm of q and k in place, 2-D views of one qkv tensor (3-D views take the generic path).
+    qkv = torch.randn(4, (16 + 2 * 4) * 128, dtype=bf16)
+    q, k = qkv[:, : 16 * 128], qkv[:, 16 * 128: 20 * 128]  # rows of 16 and 4 heads of 128
+    qw, kw = torch.randn(128, dtype=bf16), torch.randn(128, dtype=bf16)
+    want_q, want_k = refs.rms_norm(q.reshape(-1, 128), qw, 1e-6), refs.rms_norm(k.reshape(-1, 128), kw, 1e-6)
+    qk_rms_norm(fake(q), fake(k), fake(qw), fake(kw), 1e-6)
+    close(q.reshape(-1, 128), want_q, 1e-2, 1e-2, "qk_rms_norm q")
+    close(k.reshape(-1, 128), want_k, 1e-2, 1e-2, "qk_rms_norm k")
+    # The MoE router: 256 experts, top 8, renormalized.
+    logits = torch.randn(9, 256, dtype=bf16)
+    w, ids = topk_softmax(fake(logits), 8, True)
+    p = torch.softmax(logits.float(), -1)
+    want_w, want_ids = p.topk(8, -1)
+    close(w.t, want_w / want_w.sum(-1, keepdim=True), 1e-5, 1e-6, "topk_softmax weights")
+    assert torch.equal(ids.t.long(), want_ids), "topk_softmax ids"
+
+print("CHECKED", len(checked), "launches", len(host.launches))
+print("ALL OK")
+'''
+
+
+def test_ops_on_the_host(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    why = available()
+    if why:
+        pytest.skip(why)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "CUJIT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, cwd=root,
+                         env=env, timeout=1200, check=False)
+    assert out.returncode == 0 and "ALL OK" in out.stdout, out.stdout[-3000:] + out.stderr[-4000:]
