@@ -97,7 +97,7 @@ def _with_fakes(tensor_info: Any) -> Any:
 @dataclass
 class HostBackend(StubBackend):
     sources: list[str] = field(default_factory=list)  #: files of cujit/kernels/ the kernels come from
-    build_dir: Path = field(default_factory=lambda: Path("."))
+    build_dir: Path = field(default_factory=lambda: Path())
     entries: dict[int, ctypes._CFuncPtr] = field(default_factory=dict)  # type: ignore[name-defined]
     libraries: list[ctypes.CDLL] = field(default_factory=list)
 
