@@ -30,7 +30,8 @@ from tests.stub_cuda import FakeCudaTensor
 
 torch.manual_seed(0)
 bf16, f32, i64 = torch.bfloat16, torch.float32, torch.int64
-host = HostBackend(sources=["fp8_quant.cuh", "rotary.cuh", "qk_norm.cuh", "topk_softmax.cuh"],
+host = HostBackend(sources=["fp8_quant.cuh", "fused_quant.cuh", "rotary_kv_cache.cuh", "qk_norm.cuh",
+                            "qk_norm_rotary.cuh", "topk_softmax.cuh"],
                    build_dir=Path(sys.argv[1]))
 checked = []
 
@@ -41,9 +42,14 @@ with driver.use(host):
     from cujit.rotary_embedding import rotary_embedding
     from cujit.qk_rms_norm import qk_rms_norm
     from cujit.topk_softmax import topk_softmax
+    from cujit.fused_add_rms_norm_quant_fp8 import fused_add_rms_norm_quant_fp8
+    from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
+    from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
+    from cujit.qk_norm_rotary import qk_norm_rotary
 
     for fn in (per_token_group_quant_fp8, per_token_quant_fp8, per_tensor_quant_fp8, rotary_embedding, qk_rms_norm,
-               topk_softmax):
+               topk_softmax, fused_add_rms_norm_quant_fp8, silu_and_mul_quant_fp8, rotary_embedding_with_kv_cache,
+               qk_norm_rotary):
         bind_host(fn, host)
 
     def fake(t):
@@ -107,6 +113,56 @@ with driver.use(host):
     want_w, want_ids = p.topk(8, -1)
     close(w.t, want_w / want_w.sum(-1, keepdim=True), 1e-5, 1e-6, "topk_softmax weights")
     assert torch.equal(ids.t.long(), want_ids), "topk_softmax ids"
+
+    # Residual add + RMSNorm + FP8, per token and per group of 128, aligned and odd rows: the residual bit for bit
+    # against the unfused add, q against quantizing the unfused norm's output (one unit of y's last place may
+    # differ: the sum of squares is added in another order), so at most a few values one FP8 step apart.
+    for hidden, group in ((4096, 0), (4096, 128), (4097, 0)):
+        x = torch.randn(3, hidden, dtype=bf16)
+        residual = torch.randn(3, hidden, dtype=bf16)
+        weight = torch.randn(hidden, dtype=bf16)
+        want_r, want_y = residual.clone(), x.clone()
+        refs.fused_add_rms_norm(want_y, want_r, weight, 1e-6)
+        q, s = fused_add_rms_norm_quant_fp8(fake(x), fake(residual), fake(weight), 1e-6, group_size=group)
+        assert torch.equal(residual, want_r), f"fused quant {hidden}/{group} residual"
+        want_q, _ = refs.per_token_quant_fp8(want_y) if group == 0 else refs.per_token_group_quant_fp8(want_y, group)
+        steps = (q.t.float() - want_q.float()).abs() > 1e-6 * want_q.float().abs() + 1e-30
+        assert steps.float().mean() < 0.01, f"fused quant {hidden}/{group}: {int(steps.sum())} values differ"
+        checked.append(f"fused_add_rms_norm_quant_fp8 {hidden}/{group}")
+    # SiLU-and-mul + FP8 per group of 128: against quantizing silu_and_mul's output.
+    x = torch.randn(5, 2 * 1024, dtype=bf16)
+    q, s = silu_and_mul_quant_fp8(fake(x), 128)
+    want_q, want_s = refs.per_token_group_quant_fp8(refs.silu_and_mul(x), 128)
+    steps = (q.t.float() - want_q.float()).abs() > 1e-6 * want_q.float().abs() + 1e-30
+    assert steps.float().mean() < 0.01, f"silu_and_mul_quant_fp8: {int(steps.sum())} values differ"
+    checked.append("silu_and_mul_quant_fp8")
+    # Rotary fused with the KV store: 8 + 2 + 2 heads of 64 of one qkv tensor, a cache in k's dtype, one padding slot.
+    qkv = torch.randn(5, 12 * 64, dtype=bf16)
+    q, k, v = qkv[:, :512].view(5, 8, 64), qkv[:, 512:640].view(5, 2, 64), qkv[:, 640:].view(5, 2, 64)
+    cache = torch.randn(32, 64, dtype=f32)
+    positions = torch.randint(0, 32, (5,), dtype=i64)
+    kc, vc = torch.zeros(16, 2, 64, dtype=bf16), torch.zeros(16, 2, 64, dtype=bf16)
+    slots = torch.tensor([3, 0, -1, 9, 15], dtype=i64)
+    want_q, want_k, want_kc, want_vc = q.clone(), k.clone(), kc.clone(), vc.clone()
+    keep = slots >= 0
+    refs.rotary_embedding(positions, want_q.view(5, -1), want_k.view(5, -1), cache, 64, True)
+    refs.store_kv_cache(want_k[keep], v[keep], want_kc, want_vc, slots[keep])
+    rotary_embedding_with_kv_cache(fake(positions), fake(q), fake(k), fake(v), fake(cache), fake(kc), fake(vc),
+                                   fake(slots))
+    close(q, want_q, 1e-2, 1e-2, "rotary + kv q")
+    assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc), "rotary + kv caches"
+    # Per-head RMSNorm fused with rotary, in place on 2-D views of one qkv tensor.
+    qkv = torch.randn(4, (16 + 2 * 4) * 128, dtype=bf16)
+    q, k = qkv[:, : 16 * 128], qkv[:, 16 * 128: 20 * 128]
+    qw, kw = torch.randn(128, dtype=bf16), torch.randn(128, dtype=bf16)
+    cache = torch.randn(32, 128, dtype=f32)
+    positions = torch.randint(0, 32, (4,), dtype=i64)
+    want_q = refs.rms_norm(q.reshape(-1, 128), qw, 1e-6).view(4, -1)
+    want_k = refs.rms_norm(k.reshape(-1, 128), kw, 1e-6).view(4, -1)
+    refs.rotary_embedding(positions, want_q, want_k, cache, 128, True)
+    qk_norm_rotary(fake(positions), fake(q), fake(k), fake(qw), fake(kw), fake(cache), head_size=128)
+    close(q, want_q, 2e-2, 2e-2, "qk_norm_rotary q")
+    close(k, want_k, 2e-2, 2e-2, "qk_norm_rotary k")
 
 print("CHECKED", len(checked), "launches", len(host.launches))
 print("ALL OK")

@@ -174,7 +174,9 @@ struct Fragment {
     if constexpr (kVector) {
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) {
+#if defined(__CUDA_ARCH__)  // PTX: device code only (a host compiler running this code skips the hint)
         if (slot(i, 0) < count) asm volatile("prefetch.global.L1 [%0];" ::"l"(base + slot(i, 0)));
+#endif
       }
     }
   }
