@@ -280,7 +280,7 @@ CUJIT_DEVICE void rotate_token_staged(T* q_row, T* k_row, const C* angle_row, ui
 /// Rotate q and k in place. Block (x, y), at most 256 threads: x over the chunks of a head (rotary_dim / 2 / kVec
 /// of them in neox style, rotary_dim / kVec in gpt-j style), y over heads. grid.x: tokens; grid.y: groups of
 /// heads_per_block heads, counted over q's heads then k's. kStaged: the staged form, blocks of 256 threads (x) with
-/// dynamic shared memory for the block's runs (rotary_embedding.py: staged_bytes); kVec is then unused.
+/// dynamic shared memory for the block's runs (rotary_embedding.py: staged_plan); kVec is then unused.
 template <typename T, typename C, typename P, bool kNeox, int kVec, bool kStaged>
 __global__ void __launch_bounds__(256) rotary_embedding_kernel(
     const P* __restrict__ positions, T* q, T* k, const C* __restrict__ cos_sin, int64_t q_stride, int64_t k_stride,
