@@ -26,7 +26,7 @@ from typing import Any
 
 import cujit
 
-__all__ = ["launch_plan", "rotary_embedding", "rows_for"]
+__all__ = ["STAGED_BYTES", "launch_plan", "rotary_embedding", "rows_for", "staged_form", "staged_plan"]
 
 #: From this many tokens on, one block rotates all heads of a token (cos/sin read once per token, the position's
 #: load latency paid once per token); below it, blocks take one row of heads each so that there are enough of them
