@@ -71,6 +71,12 @@ with driver.use(host):
         want_q, want_s = refs.per_token_group_quant_fp8(x, 128)
         same_fp8(q.t, want_q, f"per_token_group_quant_fp8 {hidden} +{offset} q")
         assert torch.equal(s.t, want_s), "per_token_group_quant_fp8 scales"
+    # Column-major scales, fp16 input, groups of 64.
+    x = torch.randn(7, 512, dtype=torch.float16) * 5
+    q, s = per_token_group_quant_fp8(fake(x), 64, column_major_scales=True)
+    want_q, want_s = refs.per_token_group_quant_fp8(x, 64)
+    same_fp8(q.t, want_q, "per_token_group_quant_fp8 fp16 / 64, column-major")
+    assert s.t.stride() == (1, 7) and torch.equal(s.t, want_s), "per_token_group_quant_fp8 column-major scales"
     # FP8 per token, odd and aligned rows.
     for hidden in (4096, 4097, 2881):
         x = torch.randn(6, hidden, dtype=bf16)
@@ -112,7 +118,14 @@ with driver.use(host):
     p = torch.softmax(logits.float(), -1)
     want_w, want_ids = p.topk(8, -1)
     close(w.t, want_w / want_w.sum(-1, keepdim=True), 1e-5, 1e-6, "topk_softmax weights")
-    assert torch.equal(ids.t.long(), want_ids), "topk_softmax ids"
+    # bf16 logits tie often, and torch.topk orders ties as it likes: the ids must be distinct and pick the same
+    # probabilities, and among equal ones the lower expert comes first (cujit's rule).
+    got = ids.t.long()
+    close(p.gather(-1, got), want_w, 1e-5, 1e-7, "topk_softmax ids' probabilities")
+    assert all(len(set(row.tolist())) == 8 for row in got), "topk_softmax ids repeat"
+    picked = p.gather(-1, got)
+    tied = picked[:, 1:] == picked[:, :-1]
+    assert bool((got[:, 1:] > got[:, :-1])[tied].all()), "topk_softmax: ties not lower expert first"
 
     # Residual add + RMSNorm + FP8, per token and per group of 128, aligned and odd rows: the residual bit for bit
     # against the unfused add, q against quantizing the unfused norm's output (one unit of y's last place may
@@ -136,6 +149,18 @@ with driver.use(host):
     steps = (q.t.float() - want_q.float()).abs() > 1e-6 * want_q.float().abs() + 1e-30
     assert steps.float().mean() < 0.01, f"silu_and_mul_quant_fp8: {int(steps.sum())} values differ"
     checked.append("silu_and_mul_quant_fp8")
+    # Rotary, gpt-j style, fp16 with an fp16 cache: the vector path and the staged form (heads of 66 one element in).
+    for head_size, offset in ((128, 0), (66, 1)):
+        qb = torch.randn(3, 4 * head_size + offset, dtype=torch.float16)
+        kb = torch.randn(3, 2 * head_size + offset, dtype=torch.float16)
+        cache = torch.randn(16, head_size, dtype=torch.float16)
+        positions = torch.randint(0, 16, (3,), dtype=i64)
+        q, k = qb[:, offset:], kb[:, offset:]
+        want_q, want_k = q.clone(), k.clone()
+        rotary_embedding(fake(positions), fake(q), fake(k), fake(cache), is_neox=False, head_size=head_size)
+        refs.rotary_embedding(positions, want_q, want_k, cache, head_size, False)
+        close(q, want_q, 2e-3, 2e-3, f"rotary gpt-j {head_size} +{offset} q")
+        close(k, want_k, 2e-3, 2e-3, f"rotary gpt-j {head_size} +{offset} k")
     # Rotary fused with the KV store: 8 + 2 + 2 heads of 64 of one qkv tensor, a cache in k's dtype, one padding slot.
     qkv = torch.randn(5, 12 * 64, dtype=bf16)
     q, k, v = qkv[:, :512].view(5, 8, 64), qkv[:, 512:640].view(5, 2, 64), qkv[:, 640:].view(5, 2, 64)
@@ -151,6 +176,19 @@ with driver.use(host):
                                    fake(slots))
     close(q, want_q, 1e-2, 1e-2, "rotary + kv q")
     assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc), "rotary + kv caches"
+    # The same into an fp8 cache with per-tensor scales: the rotated k rounded to bf16, then divided and saturated.
+    q, k, v = qkv[:, :512].view(5, 8, 64), qkv[:, 512:640].view(5, 2, 64), qkv[:, 640:].view(5, 2, 64)
+    k_scale, v_scale = torch.tensor([0.5]), torch.tensor([2.0])
+    kc8 = torch.zeros(16, 2, 64, dtype=torch.float8_e4m3fn)
+    vc8 = torch.zeros(16, 2, 64, dtype=torch.float8_e4m3fn)
+    want_q, want_k = q.clone(), k.clone()
+    want_kc8, want_vc8 = kc8.clone(), vc8.clone()
+    refs.rotary_embedding(positions, want_q.view(5, -1), want_k.view(5, -1), cache, 64, True)
+    refs.store_kv_cache(want_k[keep], v[keep], want_kc8, want_vc8, slots[keep], k_scale, v_scale)
+    rotary_embedding_with_kv_cache(fake(positions), fake(q), fake(k), fake(v), fake(cache), fake(kc8), fake(vc8),
+                                   fake(slots), k_scale=fake(k_scale), v_scale=fake(v_scale))
+    same_fp8(kc8, want_kc8, "rotary + kv fp8 k cache")
+    same_fp8(vc8, want_vc8, "rotary + kv fp8 v cache")
     # Per-head RMSNorm fused with rotary, in place on 2-D views of one qkv tensor.
     qkv = torch.randn(4, (16 + 2 * 4) * 128, dtype=bf16)
     q, k = qkv[:, : 16 * 128], qkv[:, 16 * 128: 20 * 128]
