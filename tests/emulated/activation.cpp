@@ -4,19 +4,11 @@
 // float64 reference, and every value of out past the rows untouched. The cases come from
 // tests/test_emulated_kernels.py (activation_cases.inc).
 #include "cuda_host.h"
+#include "checks.h"
 #include "activation.cuh"
 
 #include <cstring>
 #include <random>
-
-template <typename T>
-T from_f(float x) { return cujit::Convert<T>::from_float(x); }
-template <typename T>
-float to_f(T x) { return cujit::Convert<T>::to_float(x); }
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
-template <typename T>
-double tolerance() { return sizeof(T) == 4 ? 1e-5 : (std::is_same_v<T, fp16_t> ? 2e-3 : 1e-2); }
 
 /// kind: 0 silu, 1 gelu (erf), 2 gelu (tanh).
 double reference(int kind, double a, double b) {

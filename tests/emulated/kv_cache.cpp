@@ -1,18 +1,12 @@
 // Host emulation check of store_kv_cache_kernel: every path (aligned vectors, cujit/rows.cuh rows, element-wise fp8)
 // against a direct copy, with rows that start anywhere and slots that skip tokens.
 #include "cuda_host.h"
+#include "checks.h"
 #include "kv_cache.cuh"
 
 #include <algorithm>
 #include <cstring>
 #include <random>
-
-template <typename T>
-T from_f(float x) { return cujit::Convert<T>::from_float(x); }
-template <typename T>
-float to_f(T x) { return cujit::Convert<T>::to_float(x); }
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
 
 /// (vec, group) as cujit/store_kv_cache.py's launch_plan picks them.
 void plan(int row, int itemsize, int& vec, int& group) {

@@ -4,21 +4,12 @@
 // for bit; every value outside the rows untouched. The cases come from tests/test_emulated_kernels.py, which asks
 // the rule for each shape's configuration and writes them to rms_norm_cases.inc.
 #include "cuda_host.h"
+#include "checks.h"
 
 #include "rms_norm.cuh"
 
 #include <cstring>
 #include <random>
-
-template <typename T>
-T from_f(float x) { return cujit::Convert<T>::from_float(x); }
-template <typename T>
-float to_f(T x) { return cujit::Convert<T>::to_float(x); }
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
-
-template <typename T>
-double tolerance() { return sizeof(T) == 4 ? 1e-5 : (std::is_same_v<T, fp16_t> ? 2e-3 : 1e-2); }
 
 template <typename T, bool kGemma, int kPath, int kBlock, int kRowThreads, int kVecs, int kRows, bool kFused>
 int run(int hidden, int tokens, int x_off, int w_off, int x_stride, std::mt19937& rng) {

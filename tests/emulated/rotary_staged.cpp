@@ -1,16 +1,10 @@
 // Host emulation check of rotary_embedding_kernel's staged form against a direct per-pair rotation.
 #include "cuda_host.h"
+#include "checks.h"
 #include "rotary.cuh"
 
 #include <cstring>
 #include <random>
-
-template <typename T>
-T from_f(float x) { return cujit::Convert<T>::from_float(x); }
-template <typename T>
-float to_f(T x) { return cujit::Convert<T>::to_float(x); }
-template <typename T>
-bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
 
 /// tokens, q and k heads, head size D, rotary dim R, q's and k's offsets (values past a 16-byte boundary), heads per
 /// block, style.
@@ -70,7 +64,6 @@ int run(const Case& c, std::mt19937& rng) {
   check(kbuf, k0, c.k_off, KS, c.kh, "k");
   return bad;
 }
-
 
 int main() {
   std::mt19937 rng(1234);

@@ -3,6 +3,7 @@
 // 0 to three vectors and past, odd lengths, for 1-, 2-, 4- and 8-byte dtypes; bit for bit, and every byte outside
 // the rows untouched.
 #include "cuda_host.h"
+#include "checks.h"
 
 #include <atomic>
 #include <cstring>
@@ -37,9 +38,6 @@ template <typename T>
 T small(std::mt19937& rng) { return rows_test::Arith<T>::of(static_cast<int64_t>(rng() % 9) - 4); }
 
 template <typename T>
-bool same(const T& a, const T& b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
-
-template <typename T>
 int check_map(const Rows<T>& rows, unsigned group, int inputs, std::mt19937& rng) {
   using A = rows_test::Arith<T>;
   std::vector<T> a(rows.size), b(rows.size), y(rows.size);
@@ -60,7 +58,7 @@ int check_map(const Rows<T>& rows, unsigned group, int inputs, std::mt19937& rng
   });
   int bad = 0;
   for (size_t i = 0; i < y.size(); ++i)
-    if (!same(y[i], want[i]) && bad++ < 3) std::printf("  map%d y[%zu] differs\n", inputs, i);
+    if (!same_bits(y[i], want[i]) && bad++ < 3) std::printf("  map%d y[%zu] differs\n", inputs, i);
   return bad;
 }
 
@@ -79,7 +77,7 @@ int check_write_read(const Rows<T>& rows, unsigned group, std::mt19937& rng) {
   emu_launch(dim3(blocks), dim3(kBlock), [&] { rows_write<T>(y.data(), rows.table.data(), count, group); });
   int bad = 0;
   for (size_t i = 0; i < y.size(); ++i)
-    if (!same(y[i], want[i]) && bad++ < 3) std::printf("  write y[%zu] differs\n", i);
+    if (!same_bits(y[i], want[i]) && bad++ < 3) std::printf("  write y[%zu] differs\n", i);
   // row_read over a: every element once, summed as (i + 1) * a[i].
   std::vector<T> a(rows.size);
   for (auto& v : a) v = small<T>(rng);

@@ -1,15 +1,11 @@
 // Host emulation check of topk_softmax_kernel against a double-precision reference.
 #include "cuda_host.h"
+#include "checks.h"
 #include "topk_softmax.cuh"
 
 #include <algorithm>
 #include <numeric>
 #include <random>
-
-template <typename T>
-T from_f(float x) { return cujit::Convert<T>::from_float(x); }
-template <typename T>
-float to_f(T x) { return cujit::Convert<T>::to_float(x); }
 
 /// The experts' config, as cujit/topk_softmax.py picks it.
 void config(int experts, int& lanes, int& per_lane) {
