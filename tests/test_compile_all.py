@@ -157,3 +157,11 @@ def test_device_index_errors() -> None:
     assert device_index(3) == 3 and device_index("cuda:2") == 2
     with pytest.raises(ValueError, match=r"device: expected a CUDA device .* got 'cpu'"):
         device_index("cpu")
+
+
+def test_topk_softmax_compiles_before_sm80() -> None:
+    """Before sm_80 the router's warp reductions are shuffle trees instead of redux.sync: that path compiles too."""
+    from cujit.topk_softmax import topk_softmax
+
+    for module in topk_softmax.op.precompile_modules():
+        assert module.compile("sm_75").cubin[:4] == b"\x7fELF"

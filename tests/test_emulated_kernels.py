@@ -95,8 +95,12 @@ def _include_dirs() -> list[Path]:
     return [HERE, cuda, cccl, toolchain.cujit_include_dir(), toolchain.kernels_dir()]
 
 
-@pytest.mark.parametrize("program", PROGRAMS)
-def test_kernel_on_the_host(program: str, tmp_path: Path) -> None:
+#: Programs built a second time with these flags: topk_softmax's reductions without redux.sync (before sm_80).
+VARIANTS = [(p, ()) for p in PROGRAMS] + [("topk_softmax.cpp", ("-DCUJIT_EMULATE_PRE_SM80",))]
+
+
+@pytest.mark.parametrize(("program", "flags"), VARIANTS, ids=[p + "".join(f) for p, f in VARIANTS])
+def test_kernel_on_the_host(program: str, flags: tuple[str, ...], tmp_path: Path) -> None:
     compiler = shutil.which("g++")
     if compiler is None:
         pytest.skip("g++ is not installed")
@@ -105,7 +109,7 @@ def test_kernel_on_the_host(program: str, tmp_path: Path) -> None:
     if program in GENERATED:
         name, make = GENERATED[program]
         (tmp_path / name).write_text(make())
-    build = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-include", "cuda_host.h", *includes,
+    build = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", *flags, "-include", "cuda_host.h", *includes,
                             str(HERE / program), "-o", str(binary)], capture_output=True, text=True, timeout=300,
                            check=False)
     assert build.returncode == 0, build.stderr[-4000:]

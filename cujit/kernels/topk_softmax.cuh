@@ -10,15 +10,17 @@
 ///
 /// Layout: kRowLanes lanes of one warp own a row (8, 16 or 32: several rows per warp for few experts), lane l
 /// holding experts l, l + kRowLanes, ... (kPerLane of them, in registers; consecutive lanes read consecutive
-/// logits). The max and the sum are shuffle reductions over the row's lanes; then k rounds, each a shuffle
-/// reduction of (probability, expert) pairs that every lane of the row sees, after which the owner of the winner
-/// drops it. Lane r of the row writes the result of round r (k is at most 8, and kRowLanes at least 8).
+/// logits). Then k rounds; in each, every lane of the row learns the round's winner, and its owner drops it.
 ///
-/// A pair travels as one 64-bit key whose unsigned order is the rank order (rank_key), so a step of a round is a
-/// 64-bit max. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
-/// SM's issue slots, so the instructions per round set the time at 1 token and at 4097 alike. Comparing (value,
-/// expert, NaN) pairs field by field, a row of 256 experts with k = 8 took 16,935 cycles at 6.8 cycles per issued
-/// instruction, about 2,500 instructions (H100, Nsight Compute; 6.8 us a call at 1 token, 15.8 us at 4097).
+/// A probability ranks by a 32-bit rank word (rank_word: its bits plus one, NaN's word the largest, 0 for an expert
+/// taken or past the row), so a round is two unsigned reductions over the row's lanes: the largest word, then the
+/// lowest expert holding it (equal probabilities: the lower expert first). From sm_80 each is one redux.sync
+/// (cujit::warp_umax / warp_umin), and the row's max of the softmax is one more, through an order-preserving map of
+/// the floats. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
+/// SM's issue slots, so the instructions and the dependent steps of a round set the time at 1 token and at 4097
+/// alike. Rounds that compared (value, expert, NaN) pairs field by field through five shuffle steps took, for a
+/// row of 256 experts with k = 8, 16,935 cycles at 6.8 cycles per issued instruction, about 2,500 instructions
+/// (H100, Nsight Compute; 6.8 us a call at 1 token, 15.8 us at 4097).
 #ifndef CUJIT_KERNELS_TOPK_SOFTMAX_CUH_
 #define CUJIT_KERNELS_TOPK_SOFTMAX_CUH_
 
@@ -32,41 +34,15 @@ namespace topk_softmax_detail {
 /// The most experts a row may take (k) at most: one lane of the row writes each.
 constexpr int kMaxTopk = 8;
 
-/// The rank key of probability p (>= 0 or NaN) of `expert`: p's bits plus one in the high word (a non-negative
-/// float's bits order as its value; NaN gets the largest word, above every number, as torch.topk ranks it), the
-/// expert's complement in the low word (equal probabilities: the lower expert first). Key 0 ranks below every
+/// The rank word of probability p (>= 0 or NaN): p's bits plus one (a non-negative float's bits order as its
+/// value); NaN gets the largest word, above every number, as torch.topk ranks it. Word 0 ranks below every
 /// probability: an expert past the row, or one already taken.
-CUJIT_DEVICE uint64_t rank_key(float p, int expert) {
-  const uint32_t high = p != p ? 0xffffffffu : __float_as_uint(fabsf(p)) + 1u;
-  return (static_cast<uint64_t>(high) << 32) | static_cast<uint32_t>(~expert);
+CUJIT_DEVICE uint32_t rank_word(float p) { return p != p ? 0xffffffffu : __float_as_uint(fabsf(p)) + 1u; }
+
+/// The probability of a rank word (NaN for NaN's word).
+CUJIT_DEVICE float word_value(uint32_t word) {
+  return word == 0xffffffffu ? __int_as_float(0x7fffffff) : __uint_as_float(word - 1u);
 }
-
-/// The probability of a key (NaN for NaN's key).
-CUJIT_DEVICE float key_value(uint64_t key) {
-  const uint32_t high = static_cast<uint32_t>(key >> 32);
-  return high == 0xffffffffu ? __int_as_float(0x7fffffff) : __uint_as_float(high - 1u);
-}
-
-/// The expert of a key.
-CUJIT_DEVICE int key_expert(uint64_t key) { return static_cast<int>(~static_cast<uint32_t>(key)); }
-
-CUJIT_DEVICE uint64_t max_key(uint64_t a, uint64_t b) { return a > b ? a : b; }
-
-/// Reduce over the kRowLanes lanes of a row (an aligned group of lanes within one warp).
-template <int kRowLanes, typename Op>
-CUJIT_DEVICE float row_reduce(float value, Op op) {
-#pragma unroll
-  for (int offset = kRowLanes / 2; offset > 0; offset /= 2) {
-    value = op(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  }
-  return value;
-}
-
-/// max that ignores NaN unless both are NaN (fmaxf): the row's NaN then reaches every probability through the
-/// sum, not the max.
-struct MaxNumber {
-  CUJIT_DEVICE float operator()(float a, float b) const { return fmaxf(a, b); }
-};
 
 }  // namespace topk_softmax_detail
 
@@ -83,7 +59,7 @@ __global__ void __launch_bounds__(kBlock)
   cujit::pdl_wait();  // the logits come from the previous kernel
   const int lane = threadIdx.x % kRowLanes;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * (kBlock / kRowLanes) + threadIdx.x / kRowLanes;
-  const bool live = r < rows;  // rows past the end still take part in the shuffles of their warp
+  const bool live = r < rows;  // rows past the end still take part in their warp's reductions
   const T* in = logits + (live ? r : 0) * stride;
   float p[kPerLane];
 #pragma unroll
@@ -95,44 +71,55 @@ __global__ void __launch_bounds__(kBlock)
   float top = -__int_as_float(0x7f800000);
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) top = fmaxf(top, p[j]);
-  top = row_reduce<kRowLanes>(top, MaxNumber());
+  // The row's max as one unsigned reduction. A NaN that fmaxf skipped, or one that the map ranks first, makes
+  // every probability of the row NaN all the same (through the sum, or through x - top).
+  top = __uint_as_float(cujit::float_of_order_key(
+      cujit::warp_umax<kRowLanes>(cujit::float_order_key(__float_as_uint(top)))));
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     p[j] = j * kRowLanes + lane < experts ? expf(p[j] - top) : 0.0f;
     sum += p[j];
   }
-  sum = row_reduce<kRowLanes>(sum, cujit::Sum());
+  sum = cujit::warp_reduce<kRowLanes>(sum, cujit::Sum());
 
-  // Experts past the row, and experts once taken, hold key 0.
-  uint64_t keys[kPerLane];
+  // Experts past the row, and experts once taken, hold word 0.
+  uint32_t words[kPerLane];
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    const int e = j * kRowLanes + lane;
-    keys[j] = e < experts ? rank_key(p[j] / sum, e) : 0;
+    words[j] = j * kRowLanes + lane < experts ? rank_word(p[j] / sum) : 0u;
   }
-  uint64_t mine = 0;    // the key of round `lane`
-  float chosen = 0.0f;  // the sum of the chosen weights, in round order
+  uint32_t mine = 0;         // the word of round `lane`
+  uint32_t mine_expert = 0;  // and its expert
+  float chosen = 0.0f;       // the sum of the chosen weights, in round order
+  constexpr uint32_t kNone = 0xffffffffu;  // no expert of this lane holds the round's word
 #pragma unroll 1
   for (int round = 0; round < k; ++round) {
-    uint64_t best = keys[0];
+    uint32_t best = words[0];
 #pragma unroll
-    for (int j = 1; j < kPerLane; ++j) best = max_key(best, keys[j]);
+    for (int j = 1; j < kPerLane; ++j) best = max(best, words[j]);
+    best = cujit::warp_umax<kRowLanes>(best);
+    // This lane's lowest expert holding the round's word (its experts rise with j), then the row's lowest.
+    uint32_t expert = kNone;
 #pragma unroll
-    for (int offset = kRowLanes / 2; offset > 0; offset /= 2) {
-      best = max_key(best, __shfl_xor_sync(0xffffffffu, best, offset));
+    for (int j = kPerLane - 1; j >= 0; --j) {
+      if (words[j] == best) expert = static_cast<uint32_t>(j * kRowLanes + lane);
     }
-    if (lane == round) mine = best;
-    chosen += key_value(best);
+    expert = cujit::warp_umin<kRowLanes>(expert);
+    if (lane == round) {
+      mine = best;
+      mine_expert = expert;
+    }
+    chosen += word_value(best);
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
-      if (keys[j] == best) keys[j] = 0;
+      if (static_cast<uint32_t>(j * kRowLanes + lane) == expert) words[j] = 0u;
     }
   }
   if (live && lane < k) {
-    const float weight = key_value(mine);
+    const float weight = word_value(mine);
     weights[r * k + lane] = renormalize ? weight / chosen : weight;
-    ids[r * k + lane] = key_expert(mine);
+    ids[r * k + lane] = static_cast<int32_t>(mine_expert);
   }
 }
 

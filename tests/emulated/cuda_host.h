@@ -32,6 +32,10 @@
 
 #define __CUDACC__ 1
 #define CUJIT_HOST_EMULATION 1
+// The device code takes its sm_80 paths (redux.sync) unless a program asks for the older ones.
+#ifndef CUJIT_EMULATE_PRE_SM80
+#define CUJIT_EMULATE_REDUX 1
+#endif
 // A __shared__ array declared in a device function is one per block: static here, since blocks run one at a time.
 #undef __shared__
 #define __shared__ static
@@ -91,6 +95,29 @@ T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
     const unsigned src = lane + delta;
     return src / width == lane / width ? src : lane;
   });
+}
+/// redux.sync: every lane publishes `v`, then reduces the values of the lanes in its mask (sm_80 and later).
+template <typename Op>
+unsigned emu_reduce(unsigned mask, unsigned v, Op op) {
+  const unsigned lane = emu_lane();
+  if (!(mask >> lane & 1u)) {
+    std::fprintf(stderr, "redux.sync: lane %u is not in its own mask %08x\n", lane, mask);
+    std::abort();
+  }
+  emu_warp->slot[lane] = v;
+  emu_warp->bar.arrive_and_wait();
+  unsigned out = v;
+  for (unsigned other = 0; other < 32; ++other) {
+    if (mask >> other & 1u) out = op(out, static_cast<unsigned>(emu_warp->slot[other]));
+  }
+  emu_warp->bar.arrive_and_wait();
+  return out;
+}
+inline unsigned __reduce_max_sync(unsigned mask, unsigned v) {
+  return emu_reduce(mask, v, [](unsigned a, unsigned b) { return a > b ? a : b; });
+}
+inline unsigned __reduce_min_sync(unsigned mask, unsigned v) {
+  return emu_reduce(mask, v, [](unsigned a, unsigned b) { return a < b ? a : b; });
 }
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 [[noreturn]] inline void __trap() { std::fprintf(stderr, "trap\n"); std::abort(); }

@@ -1,5 +1,5 @@
 /// @file cujit/reduce.cuh
-/// @brief Warp and block reductions built on register shuffles.
+/// @brief Warp and block reductions: register shuffles, and redux.sync for unsigned max and min.
 #ifndef CUJIT_REDUCE_CUH_
 #define CUJIT_REDUCE_CUH_
 
@@ -27,6 +27,17 @@ struct Min {
   CUJIT_HOST_DEVICE T operator()(T a, T b) const { return a < b ? a : b; }
 };
 
+/// An unsigned key whose order is the order of the float x: a non-negative x gets its bits with the sign bit set,
+/// a negative one its bits inverted. +0 ranks above -0; a NaN with the sign bit clear ranks above +inf, one with it
+/// set below -inf. float_of_order_key inverts it.
+CUJIT_HOST_DEVICE unsigned float_order_key(unsigned float_bits) {
+  return float_bits ^ ((float_bits >> 31) ? 0xffffffffu : 0x80000000u);
+}
+
+CUJIT_HOST_DEVICE unsigned float_of_order_key(unsigned key) {
+  return key ^ ((key >> 31) ? 0x80000000u : 0xffffffffu);
+}
+
 #if defined(__CUDACC__)
 /// Reduce `value` over the 32 lanes of a full warp; every lane gets the result. With kLanes (a power of two up to
 /// 32, e.g. `warp_reduce<8>(v, Max())`), over each aligned group of kLanes lanes instead, every lane getting its
@@ -45,6 +56,40 @@ CUJIT_DEVICE T warp_reduce(T value, Op op = Op()) {
 template <typename T>
 CUJIT_DEVICE T warp_sum(T value) {
   return warp_reduce(value, Sum());
+}
+
+/// The mask of this lane's aligned group of kLanes lanes (a power of two up to 32).
+template <int kLanes>
+CUJIT_DEVICE unsigned lane_group_mask() {
+  static_assert(kLanes > 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two <= 32");
+  if constexpr (kLanes == kWarpSize) {
+    return 0xffffffffu;
+  } else {
+    const unsigned first = (threadIdx.x % kWarpSize) & ~static_cast<unsigned>(kLanes - 1);
+    return ((1u << kLanes) - 1u) << first;
+  }
+}
+
+/// The largest (warp_umax) or smallest (warp_umin) unsigned 32-bit value over each aligned group of kLanes lanes;
+/// every lane gets its group's result, and the whole warp must call it. From sm_80 on this is one redux.sync per
+/// call (a single instruction where the shuffle tree takes log2(kLanes) dependent exchanges); before, the tree.
+/// Signed or float values reduce through an order-preserving map to unsigned (see float_order_key).
+template <int kLanes = kWarpSize>
+CUJIT_DEVICE unsigned warp_umax(unsigned value) {
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CUJIT_EMULATE_REDUX)
+  return __reduce_max_sync(lane_group_mask<kLanes>(), value);
+#else
+  return warp_reduce<kLanes>(value, Max());
+#endif
+}
+
+template <int kLanes = kWarpSize>
+CUJIT_DEVICE unsigned warp_umin(unsigned value) {
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CUJIT_EMULATE_REDUX)
+  return __reduce_min_sync(lane_group_mask<kLanes>(), value);
+#else
+  return warp_reduce<kLanes>(value, Min());
+#endif
 }
 
 /// Reduce `value` over the whole block (blockDim.x a multiple of 32, at most 1024 threads); every thread gets the
