@@ -22,7 +22,14 @@ import functools
 
 import cujit
 
-__all__ = ["launch_plan", "store_kv_cache"]
+__all__ = ["ONE_TOKEN_BLOCKS", "launch_plan", "store_kv_cache"]
+
+
+#: Up to this many tokens a block takes one token (a block of `group` threads); beyond, 256 // group tokens. A few
+#: tokens in blocks of 256 threads would leave most SMs idle while a few move every byte: 16 tokens of 8 heads of
+#: 128 (bf16) are four blocks that each read and write 16 KB, where blocks of one token spread the same bytes over
+#: sixteen SMs. Up to 512 tokens that is at most 512 blocks, all resident at once (an H100 SM holds 32 blocks).
+ONE_TOKEN_BLOCKS = 512
 
 
 @functools.lru_cache(maxsize=1024)
@@ -32,7 +39,7 @@ def launch_plan(row: int, itemsize: int) -> tuple[int, int]:
     vec: values per thread chunk, the widest power of two up to 16 bytes that divides the row (every chunk one
     aligned vector). group: threads per token, a power of two from 32 to 256, the smallest that covers the row with
     two chunks of k and two of v per thread (the kernel's batch), so that each thread has four 16-byte loads in
-    flight and a 256-thread block holds 256 / group tokens.
+    flight and a 256-thread block holds 256 / group tokens (one token a block up to ONE_TOKEN_BLOCKS tokens).
     """
     vec = 16 // itemsize
     while vec > 1 and row % vec:
@@ -66,7 +73,7 @@ store_kv_cache = cujit.op(
         "v_scale": scale,
     },
     values={"row": "H * D", "num_slots": "prod(S)", "plan": (launch_plan, "max(row, 1)", "dtype.itemsize"),
-            "vec": "plan[0]", "group": "plan[1]"},
+            "vec": "plan[0]", "group": "plan[1]", "block": f"group if T <= {ONE_TOKEN_BLOCKS} else 256"},
     checks=[
         ("cache_dtype == 'float8_e4m3fn' or cache_dtype == dtype",
          "k_cache and v_cache: expected the dtype of k and v, or float8_e4m3fn"),
@@ -76,8 +83,8 @@ store_kv_cache = cujit.op(
          "k_scale and v_scale: expected none for a cache that is not fp8"),
         ("T < 2**31 and row < 2**31", "k and v: expected fewer than 2**31 tokens and values per token"),
     ],
-    grid="cdiv(T, 256 // group)",
-    block=256,
+    grid="cdiv(T, block // group)",
+    block="block",
     args=("k", "v", "k_cache", "v_cache", "slot_mapping", "k_scale", "v_scale", "KS", "VS", "row", "num_slots", "T"),
     precompile=[
         {"dtype": d, "cache_dtype": c, "slot_dtype": "int64", "vec": 8, "group": 64}

@@ -190,7 +190,7 @@ with stub_backend() as stub:
     from cujit.per_token_quant_fp8 import per_token_quant_fp8
     from cujit.rotary_embedding import rotary_embedding, rows_for
     from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
-    from cujit.store_kv_cache import store_kv_cache
+    from cujit.store_kv_cache import ONE_TOKEN_BLOCKS, store_kv_cache
 
     allocated = []
 
@@ -276,9 +276,16 @@ with stub_backend() as stub:
     kc, vc = fake(torch.empty(4, 16, 2, 64, dtype=f16)), fake(torch.empty(4, 16, 2, 64, dtype=f16))
     slots = fake(torch.arange(5))
     [(grid, block, values)], _ = launches(store_kv_cache, kernels, k, v, kc, vc, slots)
-    assert grid == (1, 1, 1) and block == (256, 1, 1), (grid, block)
+    assert grid == (5, 1, 1) and block == (32, 1, 1), (grid, block)  # few tokens: a block of one token each
     assert values == [k.data_ptr(), v.data_ptr(), kc.data_ptr(), vc.data_ptr(), slots.data_ptr(), 0, 0, 256, 256,
                       128, 64, 5], values
+    # Past ONE_TOKEN_BLOCKS tokens, blocks of 256 threads: 8 tokens each.
+    many = ONE_TOKEN_BLOCKS + 3
+    kv_many = torch.randn(many, 2, 2, 64, dtype=f16)
+    caches = [fake(torch.empty(many, 2, 64, dtype=f16)) for _ in range(2)]
+    [(grid, block, values)], _ = launches(store_kv_cache, kernels, fake(kv_many[:, 0]), fake(kv_many[:, 1]),
+                                          *caches, fake(torch.arange(many)))
+    assert grid == (-(-many // 8), 1, 1) and block == (256, 1, 1), (grid, block)
 
     # per_token_quant_fp8: fp16 [3, 4096] with a scale bound; q and scales allocated.
     kernels = prepare(per_token_quant_fp8, dict(dtype="float16", threads=512, vecs=1, row_path=False))

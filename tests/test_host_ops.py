@@ -31,7 +31,7 @@ from tests.stub_cuda import FakeCudaTensor
 torch.manual_seed(0)
 bf16, f32, i64 = torch.bfloat16, torch.float32, torch.int64
 host = HostBackend(sources=["fp8_quant.cuh", "fused_quant.cuh", "rotary_kv_cache.cuh", "qk_norm.cuh",
-                            "qk_norm_rotary.cuh", "topk_softmax.cuh"],
+                            "qk_norm_rotary.cuh", "topk_softmax.cuh", "kv_cache.cuh"],
                    build_dir=Path(sys.argv[1]))
 checked = []
 
@@ -46,10 +46,11 @@ with driver.use(host):
     from cujit.silu_and_mul_quant_fp8 import silu_and_mul_quant_fp8
     from cujit.rotary_embedding_with_kv_cache import rotary_embedding_with_kv_cache
     from cujit.qk_norm_rotary import qk_norm_rotary
+    from cujit.store_kv_cache import store_kv_cache
 
     for fn in (per_token_group_quant_fp8, per_token_quant_fp8, per_tensor_quant_fp8, rotary_embedding, qk_rms_norm,
                topk_softmax, fused_add_rms_norm_quant_fp8, silu_and_mul_quant_fp8, rotary_embedding_with_kv_cache,
-               qk_norm_rotary):
+               qk_norm_rotary, store_kv_cache):
         bind_host(fn, host)
 
     def fake(t):
@@ -161,6 +162,32 @@ with driver.use(host):
         refs.rotary_embedding(positions, want_q, want_k, cache, head_size, False)
         close(q, want_q, 2e-3, 2e-3, f"rotary gpt-j {head_size} +{offset} q")
         close(k, want_k, 2e-3, 2e-3, f"rotary gpt-j {head_size} +{offset} k")
+    # The KV store alone: a few tokens (a block a token) and more than ONE_TOKEN_BLOCKS (several tokens a block),
+    # rows of whole vectors and odd rows one element into their buffer (rows.cuh), padding slots, an fp8 cache.
+    for tokens, heads, head_size, offset in ((7, 2, 64, 0), (600, 2, 64, 0), (9, 3, 33, 1), (530, 1, 33, 1)):
+        row = heads * head_size
+        kb, vb = torch.randn(tokens, row + offset, dtype=bf16), torch.randn(tokens, row + offset, dtype=bf16)
+        k, v = kb[:, offset:].view(tokens, heads, head_size), vb[:, offset:].view(tokens, heads, head_size)
+        slots = torch.randperm(2 * tokens)[:tokens]
+        slots[::5] = -1
+        keep = slots >= 0
+        for cache_dtype in (bf16, torch.float8_e4m3fn):
+            kc = torch.zeros(2 * tokens, heads, head_size, dtype=cache_dtype)
+            vc = torch.zeros(2 * tokens, heads, head_size, dtype=cache_dtype)
+            want_kc, want_vc = kc.clone(), vc.clone()
+            what = f"store_kv_cache {tokens} x {heads} x {head_size} +{offset} {cache_dtype}"
+            if cache_dtype == bf16:
+                refs.store_kv_cache(k[keep], v[keep], want_kc, want_vc, slots[keep])
+                store_kv_cache(fake(k), fake(v), fake(kc), fake(vc), fake(slots))
+                assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc), what
+                checked.append(what)
+            else:
+                scales = torch.tensor([0.5]), torch.tensor([2.0])
+                refs.store_kv_cache(k[keep], v[keep], want_kc, want_vc, slots[keep], *scales)
+                store_kv_cache(fake(k), fake(v), fake(kc), fake(vc), fake(slots), k_scale=fake(scales[0]),
+                               v_scale=fake(scales[1]))
+                same_fp8(kc, want_kc, what + " k")
+                same_fp8(vc, want_vc, what + " v")
     # Rotary fused with the KV store: 8 + 2 + 2 heads of 64 of one qkv tensor, a cache in k's dtype, one padding slot.
     qkv = torch.randn(5, 12 * 64, dtype=bf16)
     q, k, v = qkv[:, :512].view(5, 8, 64), qkv[:, 512:640].view(5, 2, 64), qkv[:, 640:].view(5, 2, 64)

@@ -61,7 +61,7 @@ def slots_for(tokens: int, num_slots: int, skip_every: int = 0, dtype: torch.dty
     return slots
 
 
-@pytest.mark.parametrize("tokens", [0, 1, 7, 4097])
+@pytest.mark.parametrize("tokens", [0, 1, 7, 512, 513, 4097])  # 512 | 513: either side of ONE_TOKEN_BLOCKS
 @pytest.mark.parametrize(("kv_heads", "head_size"), [(8, 128), (1, 64), (2, 256), (4, 80), (3, 5)])
 @pytest.mark.parametrize("paged", [False, True], ids=["flat", "paged"])
 def test_matches_reference(tokens: int, kv_heads: int, head_size: int, paged: bool) -> None:
