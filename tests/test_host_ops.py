@@ -203,6 +203,19 @@ with driver.use(host):
                                    fake(slots))
     close(q, want_q, 1e-2, 1e-2, "rotary + kv q")
     assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc), "rotary + kv caches"
+    # The same from q, k and v one element into their rows: no vector width fits, the element-wise path.
+    qkv_off = torch.randn(5, 12 * 64 + 1, dtype=bf16)
+    q, k, v = (qkv_off[:, 1 + a * 64:1 + b * 64].view(5, b - a, 64) for a, b in ((0, 8), (8, 10), (10, 12)))
+    kc, vc = torch.zeros(16, 2, 64, dtype=bf16), torch.zeros(16, 2, 64, dtype=bf16)
+    want_q, want_k, want_kc, want_vc = q.clone(), k.clone(), kc.clone(), vc.clone()
+    refs.rotary_embedding(positions, want_q.reshape(5, -1), want_k.reshape(5, -1), cache, 64, True)
+    refs.store_kv_cache(want_k[keep], v[keep], want_kc, want_vc, slots[keep])
+    k_before = k.clone()
+    rotary_embedding_with_kv_cache(fake(positions), fake(q), fake(k), fake(v), fake(cache), fake(kc), fake(vc),
+                                   fake(slots))
+    close(q, want_q, 1e-2, 1e-2, "rotary + kv q, one element in")
+    assert torch.equal(kc, want_kc) and torch.equal(vc, want_vc), "rotary + kv caches, one element in"
+    assert torch.equal(k, k_before), "rotary + kv leaves k as it was"
     # The same into an fp8 cache with per-tensor scales: the rotated k rounded to bf16, then divided and saturated.
     q, k, v = qkv[:, :512].view(5, 8, 64), qkv[:, 512:640].view(5, 2, 64), qkv[:, 640:].view(5, 2, 64)
     k_scale, v_scale = torch.tensor([0.5]), torch.tensor([2.0])

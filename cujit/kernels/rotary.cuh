@@ -13,9 +13,11 @@
 /// Work split: block (chunks, rows) per token (grid.x) and group of heads (grid.y). threadIdx.x owns one chunk
 /// of kVec values (a 16-byte vector when the dims allow; for neox kVec values of each half) at the same offset in
 /// every head, so it loads its cos/sin values once per token and reuses them for all the heads it visits;
-/// threadIdx.y walks the heads of q then k round-robin. Nothing waits on the position before the first loads of
-/// q and k are issued: the position only feeds the cos/sin address, which is loaded after them. Pointers and
-/// strides that do not allow the vector width take an element-wise path.
+/// threadIdx.y walks the heads of q then k round-robin. A thread's cos/sin loads go out at the start of its walk
+/// with its first heads' loads right behind them, so a token costs the position's round trip, then one for the
+/// angles and the heads together (in the SASS the compiler waits for the position first: it is the same for the
+/// whole block and goes to uniform registers). Pointers and strides that do not allow the vector width take an
+/// element-wise path.
 ///
 /// Staged form (kStaged, chosen by the host where that vector width is under 8 bytes or the pointers and strides do
 /// not allow it: odd head sizes, rows that start mid-vector): a block of 256 threads copies its heads of q and of k,
@@ -29,8 +31,7 @@
 /// traps at its end, after one thread prints the position. The launch fails as torch's indexing asserts make it
 /// fail (cujit.device_check() or the next synchronising call raises) and the CUDA context is unusable afterwards,
 /// so the values written for that token are never observed; nothing outside q, k and the cache is accessed. The
-/// check costs one compare and a select, and nothing waits on it: the position is needed only for the cos/sin
-/// address, so the first loads of q and k are issued before it arrives.
+/// check costs one compare and a select.
 #ifndef CUJIT_KERNELS_ROTARY_CUH_
 #define CUJIT_KERNELS_ROTARY_CUH_
 
@@ -116,27 +117,17 @@ CUJIT_DEVICE void position_error(int64_t pos, uint64_t token, uint64_t max_posit
   if (threadIdx.x == 0 && threadIdx.y == 0) position_fault(pos, token, max_position);
 }
 
-/// The cos and sin values of one chunk of one token, read once and reused for every head. They are read after
-/// the first heads' loads are issued (see rotate_heads), so that the position load does not delay those.
+/// The cos and sin values of one chunk of one token, read once and reused for every head. They are loaded when
+/// made, at the top of a chunk's walk, so that their loads and the first heads' loads are in flight together
+/// (a load made on first use, behind a branch, went out only after the first heads had arrived).
 template <typename C, int kPairs>
 struct Angles {
   float cos[kPairs];
   float sin[kPairs];
-  const C* row;     // cos row of the token (in range)
-  uint32_t half;    // offset of the sin values in the row
-  uint32_t offset;  // offset of this chunk's values
-  bool vector;
-  bool loaded = false;
 
-  CUJIT_DEVICE Angles(const C* row_, uint32_t half_, uint32_t offset_, bool vector_)
-      : row(row_), half(half_), offset(offset_), vector(vector_) {}
-
-  CUJIT_DEVICE void ensure() {
-    if (!loaded) {
-      vec_io::load_float<C, kPairs>(row + offset, vector, cos);
-      vec_io::load_float<C, kPairs>(row + half + offset, vector, sin);
-      loaded = true;
-    }
+  CUJIT_DEVICE Angles(const C* row, uint32_t half, uint32_t offset, bool vector) {
+    vec_io::load_float<C, kPairs>(row + offset, vector, cos);
+    vec_io::load_float<C, kPairs>(row + half + offset, vector, sin);
   }
 };
 
@@ -153,7 +144,7 @@ CUJIT_DEVICE uint32_t first_head(uint32_t begin) {
 /// kElementBatch, all loads of a step issued first.
 template <bool kVector, typename T, typename OutT, typename C, bool kNeox, int kVec>
 CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first, uint32_t end, uint32_t head_size,
-                               uint32_t first, uint32_t second, Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
+                               uint32_t first, uint32_t second, const Angles<C, Chunk<T, kNeox, kVec>::kPairs>& angles,
                                float scale, bool write) {
   using Ch = Chunk<T, kNeox, kVec>;
   constexpr int kSteps = kVector ? kBatch<kNeox> : kElementBatch;
@@ -166,7 +157,6 @@ CUJIT_DEVICE void rotate_heads(const T* src_row, OutT* dst_row, uint32_t h_first
       if (h < end) heads[b].load(src_row + static_cast<uint64_t>(h) * head_size, first, second, kVector);
     }
     if (!write) break;
-    angles.ensure();
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t h = h0 + b * blockDim.y;

@@ -162,9 +162,12 @@ __global__ void __launch_bounds__(256) rotary_embedding_with_kv_cache_kernel(
                                                                         v_cache + dst, angle_row, q_heads, kv_heads,
                                                                         begin, end, vector_cs, ks, vs, write_kv);
   } else {
-    fused_token<false, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kVec>(q_row, k_row, v_row, k_cache + dst,
-                                                                         v_cache + dst, angle_row, q_heads, kv_heads,
-                                                                         begin, end, false, ks, vs, write_kv);
+    // One value (neox: one of each half) or one gpt-j pair a chunk, as rotary.cuh's element path: chunks of kVec
+    // values loaded one by one, kElementBatch heads a step, held 128 values a thread and made the whole kernel
+    // take 202 registers (one block of 256 threads an SM), the vector path included.
+    fused_token<false, T, C, CacheT, kNeox, kHeadSize, kRotaryDim, kNeox ? 1 : 2>(
+        q_row, k_row, v_row, k_cache + dst, v_cache + dst, angle_row, q_heads, kv_heads, begin, end, false, ks, vs,
+        write_kv);
   }
   if (!pos_ok) rotary_detail::position_error(pos, token, max_position);
   if (!slot_ok) kv_cache_detail::slot_error(slot, token, num_slots, threadIdx.x + threadIdx.y);
