@@ -18,7 +18,8 @@
 /// chunks of kVec values (16 bytes of the source when alignment allows), kBatch chunks of k and of v per step
 /// (kElementBatch single values on the element-wise path), with every load of a step issued before its stores.
 /// The loads do not wait for the slot (only the stores use it), so the slot's load latency overlaps the first data
-/// loads.
+/// loads: the slot is first tested after the first step's loads (store_rows). Tested at the top, as the source
+/// once did, the compiler made every thread wait for the slot before any other load (two round trips a token).
 ///
 /// Rows that are not whole aligned 16-byte vectors (odd widths, views that start mid-vector, slots whose rows start
 /// mid-vector) into a cache of k's dtype go through cujit/rows.cuh instead: 16-byte stores at the cache row's
@@ -59,16 +60,13 @@ CUJIT_DEVICE void slot_error(int64_t slot, uint64_t token, uint64_t num_slots, u
   }
 }
 
-/// One token's rows: kBatch chunks of k and of v per step on the vector path, kElementBatch single values on the
-/// element-wise path, every load of a step issued before its stores.
-template <bool kVector, typename T, typename CacheT, int kVec, int kGroup>
-CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, CacheT* vc_row, uint32_t chunks,
-                             uint32_t lane, float ks, float vs, bool write) {
-  constexpr int kSteps = kVector ? kBatch : kElementBatch;
-#pragma unroll 1
-  for (uint32_t c0 = lane; c0 < chunks; c0 += kSteps * kGroup) {
-    T kx[kSteps][kVec];
-    T vx[kSteps][kVec];
+/// One step of a token's rows: kSteps chunks of k and of v from chunk c0 on, kGroup chunks apart.
+template <bool kVector, typename T, int kVec, int kGroup, int kSteps>
+struct Step {
+  T kx[kSteps][kVec];
+  T vx[kSteps][kVec];
+
+  CUJIT_DEVICE void load(const T* k_row, const T* v_row, uint32_t c0, uint32_t chunks) {
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t c = c0 + b * kGroup;
@@ -77,7 +75,10 @@ CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, Cac
         vec_io::load<T, kVec>(v_row + c * kVec, kVector, vx[b]);
       }
     }
-    if (!write) break;  // a skipped token: its first loads only overlapped the slot's latency
+  }
+
+  template <typename CacheT>
+  CUJIT_DEVICE void store(CacheT* kc_row, CacheT* vc_row, uint32_t c0, uint32_t chunks, float ks, float vs) const {
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t c = c0 + b * kGroup;
@@ -87,6 +88,33 @@ CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* kc_row, Cac
       }
     }
   }
+};
+
+/// One token's rows: kBatch chunks of k and of v per step on the vector path, kElementBatch single values on the
+/// element-wise path, every load of a step issued before its stores. The slot is first looked at after the first
+/// step's loads (its row, and whether the token writes at all), so that those loads go out before the slot's own
+/// load returns: with the slot tested first, the compiler made every thread wait for it before any other load.
+/// Returns whether the token writes (a slot in [0, num_slots)).
+template <bool kVector, typename T, typename CacheT, typename S, int kVec, int kGroup>
+CUJIT_DEVICE bool store_rows(const T* k_row, const T* v_row, CacheT* k_cache, CacheT* v_cache, S slot,
+                             uint64_t num_slots, uint32_t row, uint32_t chunks, uint32_t lane, float ks, float vs) {
+  constexpr int kSteps = kVector ? kBatch : kElementBatch;
+  using St = Step<kVector, T, kVec, kGroup, kSteps>;
+  St first;
+  first.load(k_row, v_row, lane, chunks);
+  const bool write = slot >= 0 && static_cast<uint64_t>(slot) < num_slots;
+  if (!write) return false;  // a skipped token: its first loads only overlapped the slot's latency
+  const uint64_t dst = static_cast<uint64_t>(slot) * row;
+  CacheT* const kc_row = k_cache + dst;
+  CacheT* const vc_row = v_cache + dst;
+  first.store(kc_row, vc_row, lane, chunks, ks, vs);
+#pragma unroll 1
+  for (uint32_t c0 = lane + kSteps * kGroup; c0 < chunks; c0 += kSteps * kGroup) {
+    St step;
+    step.load(k_row, v_row, c0, chunks);
+    step.store(kc_row, vc_row, c0, chunks, ks, vs);
+  }
+  return true;
 }
 
 }  // namespace kv_cache_detail
@@ -102,8 +130,7 @@ __global__ void __launch_bounds__(256) store_kv_cache_kernel(
   const uint32_t lane = threadIdx.x % kGroup;
   const uint64_t token = static_cast<uint64_t>(blockIdx.x) * (blockDim.x / kGroup) + threadIdx.x / kGroup;
   if (token >= tokens) return;
-  const int64_t slot = static_cast<int64_t>(slot_mapping[token]);
-  const bool write = slot >= 0 && static_cast<uint64_t>(slot) < num_slots;
+  const S slot = slot_mapping[token];
   const bool vector = cujit::is_aligned(k, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(v, vec_io::access_bytes<T, kVec>()) &&
                       cujit::is_aligned(k_cache, vec_io::access_bytes<CacheT, kVec>()) &&
@@ -111,27 +138,30 @@ __global__ void __launch_bounds__(256) store_kv_cache_kernel(
                       v_stride % kVec == 0 && row % kVec == 0;
   const T* const k_row = k + token * k_stride;
   const T* const v_row = v + token * v_stride;
-  const uint64_t dst = (write ? static_cast<uint64_t>(slot) : 0) * row;
   // Issued now, waited for at the first fp8 store.
   const float ks = vec_io::is_fp8<CacheT> ? *k_scale : 1.0f;
   const float vs = vec_io::is_fp8<CacheT> ? *v_scale : 1.0f;
   // A cache of k's dtype takes rows.cuh unless its chunks are whole 16-byte vectors at aligned addresses.
   constexpr bool kRows = kSame<T, CacheT> && kVec * sizeof(T) < 16;
   if (vector && !kRows) {
-    store_rows<true, T, CacheT, kVec, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row / kVec, lane, ks, vs,
-                                              write);
+    store_rows<true, T, CacheT, S, kVec, kGroup>(k_row, v_row, k_cache, v_cache, slot, num_slots, row, row / kVec,
+                                                 lane, ks, vs);
   } else if constexpr (kSame<T, CacheT>) {
-    if (write) {  // rows.cuh
+    if (slot >= 0 && static_cast<uint64_t>(slot) < num_slots) {  // rows.cuh
       // Two vectors of a row a thread in flight: 4097 values of bf16 are 512 vectors, two rounds of 256 threads.
+      const uint64_t dst = static_cast<uint64_t>(slot) * row;
       const cujit::Threads threads{lane, kGroup};
       const auto same = [](T x) { return x; };
       cujit::row_map<2>(k_cache + dst, row, threads, same, k_row);
       cujit::row_map<2>(v_cache + dst, row, threads, same, v_row);
     }
   } else {
-    store_rows<false, T, CacheT, 1, kGroup>(k_row, v_row, k_cache + dst, v_cache + dst, row, lane, ks, vs, write);
+    store_rows<false, T, CacheT, S, 1, kGroup>(k_row, v_row, k_cache, v_cache, slot, num_slots, row, row, lane, ks,
+                                               vs);
   }
-  if (slot >= 0 && !write) slot_error(slot, token, num_slots, lane);
+  if (slot >= 0 && static_cast<uint64_t>(slot) >= num_slots) {
+    slot_error(static_cast<int64_t>(slot), token, num_slots, lane);
+  }
 }
 
 #endif  // CUJIT_KERNELS_KV_CACHE_CUH_
