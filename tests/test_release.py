@@ -374,3 +374,34 @@ def test_the_process_map_names_each_nvrtc_once_with_spaces_kept() -> None:
                                                  "/usr/lib/libnvrtc.so.12.9.86 (deleted)"]
     assert release.nvrtc_paths_in_maps("") == []
     assert release.nvrtc_paths_in_maps("7f00-7f01 r--p 0 08:01 1 /lib/libnvrtc.so.13") == ["/lib/libnvrtc.so.13"]
+
+
+KEY_CHILD = textwrap.dedent("""\
+    import json, sys
+    from pathlib import Path
+    from cujit._runtime import cache, release, toolchain
+    from cujit.add_constant import add_constant
+    sources = add_constant.op.module(constant=3).sources
+    known = release.chosen().version is not None
+    key = cache.cache_key(sources, "sm_90")
+    mapped = "libnvrtc" in Path("/proc/self/maps").read_text()
+    loaded = toolchain.load_nvrtc()
+    toolchain.nvrtc_version.cache_clear()
+    print(json.dumps({"known": known, "mapped": mapped, "same": key == cache.cache_key(sources, "sm_90"),
+                      "torch": "torch" in sys.modules, "loaded": list(loaded)}))
+""")
+
+
+def test_a_cache_key_does_not_load_nvrtc() -> None:
+    """A warm start is all cache hits: its keys name NVRTC's release from the chosen library's files, and the
+    library (about 100 MB) is not mapped until a compile needs it. The key is the same once it is loaded."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("no /proc/self/maps on this platform")
+    out = subprocess.run([sys.executable, "-c", KEY_CHILD], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not result["torch"], "the child must not import torch (its CUDA build loads NVRTC at import)"
+    if not result["known"]:
+        pytest.skip("the chosen libnvrtc's files do not name its release: the key loads it to ask")
+    assert not result["mapped"], "computing a cache key loaded libnvrtc"
+    assert result["same"], "the key changed once NVRTC was loaded"

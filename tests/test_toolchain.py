@@ -173,7 +173,7 @@ def test_without_an_exact_match_the_folder_beside_nvrtc_counts(
 
 
 def test_the_loaded_nvrtc_is_found_in_this_process() -> None:
-    toolchain.nvrtc_version()  # loads it
+    toolchain.load_nvrtc()
     folders = [folder for folder, _ in toolchain._beside_loaded_nvrtc()]
     if not Path("/proc/self/maps").exists():
         assert folders == []

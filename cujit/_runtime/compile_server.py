@@ -315,7 +315,7 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
             return  # another server of this identity is running or starting
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a server that died: the lock says none runs
-        toolchain.nvrtc_version()  # load NVRTC before accepting
+        toolchain.load_nvrtc()  # before accepting
         with tempfile.TemporaryDirectory(prefix="cujit-server-pch-") as pch_dir:
             old_umask = os.umask(0o077)
             try:

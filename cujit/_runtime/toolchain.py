@@ -38,6 +38,7 @@ __all__ = [
     "cupy_headers_mismatch",
     "header_version",
     "kernels_dir",
+    "load_nvrtc",
     "nvrtc",
     "nvrtc_environment",
     "nvrtc_version",
@@ -100,7 +101,7 @@ def compiling_nvrtc() -> Any:
 def _version_of_chosen_library() -> tuple[int, int]:
     """``nvrtcVersion`` of the library the rule picks, loaded with ctypes.
 
-    No CuPy import (0.1-0.2 s) on a cache hit, which needs the version for its key but never compiles.
+    No CuPy import (0.1-0.2 s): a worker or server loads the library ahead of its first compile this way.
     """
     library = release.preload_chosen()
     handle = ctypes.CDLL(str(library.path))
@@ -111,18 +112,17 @@ def _version_of_chosen_library() -> tuple[int, int]:
     return major.value, minor.value
 
 
-@functools.cache
-def nvrtc_version() -> tuple[int, int]:
-    """NVRTC's (major, minor) version; loading the library is the first thing that can fail.
+def load_nvrtc() -> tuple[int, int]:
+    """Load the libnvrtc that compiles in this process now and return its (major, minor) version.
 
-    CuPy's binding answers where it is imported already (its library is the one then); otherwise the library the
-    rule picks answers, loaded with ctypes, and the binding takes that same library when a compile needs it.
+    CuPy's binding's library where the binding is imported, else the library the rule picks, loaded with ctypes.
+    Raises ``CujitError`` where it cannot be loaded.
     """
     try:
         if "cupy_backends.cuda.libs.nvrtc" in sys.modules:
             major, minor = nvrtc().getVersion()
-        else:
-            major, minor = _version_of_chosen_library()
+            return int(major), int(minor)
+        return _version_of_chosen_library()
     except CujitError:
         raise
     except Exception as exc:  # CuPy raises several types when libnvrtc is missing
@@ -132,6 +132,22 @@ def nvrtc_version() -> tuple[int, int]:
             "'cuda-toolkit[nvrtc,cudart]==13.*' for cupy-cuda13x) "
             f"or point CUDA_PATH at a CUDA toolkit; the loader said: {exc}"
         ) from exc
+
+
+@functools.cache
+def nvrtc_version() -> tuple[int, int]:
+    """NVRTC's (major, minor) version: the release that compiles in this process, which the cache keys name.
+
+    Where CuPy's binding is imported, its library answers. Otherwise the release comes from the chosen library's
+    files (``libnvrtc-builtins.so.X.Y`` beside it) without loading it, so that a warm start, all cache hits, never
+    maps the library (about 100 MB); only where the files do not say is it loaded to ask. Before any compile,
+    :func:`compiling_nvrtc` checks that the library the binding loaded is this release.
+    """
+    if "cupy_backends.cuda.libs.nvrtc" in sys.modules:
+        major, minor = load_nvrtc()
+    else:
+        known = release.chosen().version
+        major, minor = known if known is not None else load_nvrtc()
     named = release.chosen()
     if named.origin == release.PINNED and named.version is not None and named.version[0] != int(major):
         raise CujitError(
@@ -155,8 +171,8 @@ def nvrtc_environment() -> dict[str, str]:
 
 @functools.cache
 def nvrtc_library() -> Path | None:
-    """The file of the libnvrtc in use (after :func:`nvrtc` loaded it), or None where the process map is unreadable."""
-    version = nvrtc_version()
+    """The file of the libnvrtc in use (loaded first), or None where the process map is unreadable."""
+    version = load_nvrtc()
     for library in release.loaded_nvrtc():
         if library.version is None or library.version[0] == version[0]:
             return library.path

@@ -26,7 +26,7 @@ __all__ = ["compile_one", "preload"]
 def preload() -> None:
     """Load NVRTC now; a failure is left to the compile that needs it, which reports it the same way."""
     try:
-        toolchain.nvrtc_version()
+        toolchain.load_nvrtc()
     except CujitError:
         pass
 
