@@ -94,16 +94,16 @@ struct Step {
 /// element-wise path, every load of a step issued before its stores. The slot is first looked at after the first
 /// step's loads (its row, and whether the token writes at all), so that those loads go out before the slot's own
 /// load returns: with the slot tested first, the compiler made every thread wait for it before any other load.
-/// Returns whether the token writes (a slot in [0, num_slots)).
+/// A token writes where its slot is in [0, num_slots).
 template <bool kVector, typename T, typename CacheT, typename S, int kVec, int kGroup>
-CUJIT_DEVICE bool store_rows(const T* k_row, const T* v_row, CacheT* k_cache, CacheT* v_cache, S slot,
+CUJIT_DEVICE void store_rows(const T* k_row, const T* v_row, CacheT* k_cache, CacheT* v_cache, S slot,
                              uint64_t num_slots, uint32_t row, uint32_t chunks, uint32_t lane, float ks, float vs) {
   constexpr int kSteps = kVector ? kBatch : kElementBatch;
   using St = Step<kVector, T, kVec, kGroup, kSteps>;
   St first;
   first.load(k_row, v_row, lane, chunks);
   const bool write = slot >= 0 && static_cast<uint64_t>(slot) < num_slots;
-  if (!write) return false;  // a skipped token: its first loads only overlapped the slot's latency
+  if (!write) return;  // a skipped token: its first loads only overlapped the slot's latency
   const uint64_t dst = static_cast<uint64_t>(slot) * row;
   CacheT* const kc_row = k_cache + dst;
   CacheT* const vc_row = v_cache + dst;
@@ -114,7 +114,6 @@ CUJIT_DEVICE bool store_rows(const T* k_row, const T* v_row, CacheT* k_cache, Ca
     step.load(k_row, v_row, c0, chunks);
     step.store(kc_row, vc_row, c0, chunks, ks, vs);
   }
-  return true;
 }
 
 }  // namespace kv_cache_detail
