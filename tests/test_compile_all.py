@@ -159,9 +159,12 @@ def test_device_index_errors() -> None:
         device_index("cpu")
 
 
-def test_topk_softmax_compiles_before_sm80() -> None:
-    """Before sm_80 the router's warp reductions are shuffle trees instead of redux.sync: that path compiles too."""
+def test_unsigned_reductions_compile_before_sm80() -> None:
+    """Before sm_80 an unsigned warp max or min is a shuffle tree instead of redux.sync (cujit/reduce.cuh): the
+    router's rounds and the FP8 group scales compile that way too."""
+    from cujit.per_token_group_quant_fp8 import per_token_group_quant_fp8
     from cujit.topk_softmax import topk_softmax
 
-    for module in topk_softmax.op.precompile_modules():
-        assert module.compile("sm_75").cubin[:4] == b"\x7fELF"
+    for fn in (topk_softmax, per_token_group_quant_fp8):
+        for module in fn.op.precompile_modules():
+            assert module.compile("sm_75").cubin[:4] == b"\x7fELF"

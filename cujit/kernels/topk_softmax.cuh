@@ -14,9 +14,9 @@
 ///
 /// A probability ranks by a 32-bit rank word (rank_word: its bits plus one, NaN's word the largest, 0 for an expert
 /// taken or past the row), so a round is two unsigned reductions over the row's lanes: the largest word, then the
-/// lowest expert holding it (equal probabilities: the lower expert first). From sm_80 each is one redux.sync
-/// (cujit::warp_umax / warp_umin), and the row's max of the softmax is one more, through an order-preserving map of
-/// the floats. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
+/// lowest expert holding it (equal probabilities: the lower expert first). From sm_80, for rows of a whole warp
+/// (more than 16 experts), each is one redux.sync (cujit::warp_umax / warp_umin), and the row's max of the softmax
+/// is one more, through an order-preserving map of the floats; rows of 8 or 16 lanes reduce by shuffles. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
 /// SM's issue slots, so the instructions and the dependent steps of a round set the time at 1 token and at 4097
 /// alike. Rounds that compared (value, expert, NaN) pairs field by field through five shuffle steps took, for a
 /// row of 256 experts with k = 8, 16,935 cycles at 6.8 cycles per issued instruction, about 2,500 instructions

@@ -39,17 +39,48 @@ CUJIT_HOST_DEVICE unsigned float_of_order_key(unsigned key) {
 }
 
 #if defined(__CUDACC__)
-/// Reduce `value` over the 32 lanes of a full warp; every lane gets the result. With kLanes (a power of two up to
-/// 32, e.g. `warp_reduce<8>(v, Max())`), over each aligned group of kLanes lanes instead, every lane getting its
-/// group's result; the whole warp must still call it.
-template <int kLanes = kWarpSize, typename T, typename Op = Sum>
-CUJIT_DEVICE T warp_reduce(T value, Op op = Op()) {
-  static_assert(kLanes > 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two <= 32");
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CUJIT_EMULATE_REDUX)
+#define CUJIT_REDUX 1  // redux.sync: a warp's unsigned 32-bit max, min, sum and bit ops in one instruction
+#endif
+
+namespace reduce_detail {
+template <typename A, typename B>
+constexpr bool kSame = false;
+template <typename A>
+constexpr bool kSame<A, A> = true;
+
+/// The butterfly: log2(kLanes) dependent exchanges, every lane ending with its group's result.
+template <int kLanes, typename T, typename Op>
+CUJIT_DEVICE T shuffle_reduce(T value, Op op) {
 #pragma unroll
   for (int offset = kLanes / 2; offset > 0; offset /= 2) {
     value = op(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
   return value;
+}
+}  // namespace reduce_detail
+
+/// Reduce `value` over the 32 lanes of a full warp; every lane gets the result. With kLanes (a power of two up to
+/// 32, e.g. `warp_reduce<8>(v, Max())`), over each aligned group of kLanes lanes instead, every lane getting its
+/// group's result; the whole warp must still call it. Over a full warp, an unsigned 32-bit Max or Min is one
+/// redux.sync from sm_80 on (a maximum of float bits, as the FP8 scales take it, included), where the butterfly
+/// takes five dependent exchanges. Over part of a warp the butterfly stays: redux.sync would need the group's mask
+/// from the lane id, and the SASS then spends on the mask and a warp sync what it saves on the exchanges.
+template <int kLanes = kWarpSize, typename T, typename Op = Sum>
+CUJIT_DEVICE T warp_reduce(T value, Op op = Op()) {
+  static_assert(kLanes > 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two <= 32");
+#if defined(CUJIT_REDUX)
+  constexpr bool kWhole = kLanes == kWarpSize && reduce_detail::kSame<T, unsigned>;
+  if constexpr (kWhole && reduce_detail::kSame<Op, Max>) {
+    return __reduce_max_sync(0xffffffffu, value);
+  } else if constexpr (kWhole && reduce_detail::kSame<Op, Min>) {
+    return __reduce_min_sync(0xffffffffu, value);
+  } else {
+    return reduce_detail::shuffle_reduce<kLanes>(value, op);
+  }
+#else
+  return reduce_detail::shuffle_reduce<kLanes>(value, op);
+#endif
 }
 
 /// Sum over a full warp.
@@ -58,38 +89,17 @@ CUJIT_DEVICE T warp_sum(T value) {
   return warp_reduce(value, Sum());
 }
 
-/// The mask of this lane's aligned group of kLanes lanes (a power of two up to 32).
-template <int kLanes>
-CUJIT_DEVICE unsigned lane_group_mask() {
-  static_assert(kLanes > 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0, "kLanes: a power of two <= 32");
-  if constexpr (kLanes == kWarpSize) {
-    return 0xffffffffu;
-  } else {
-    const unsigned first = (threadIdx.x % kWarpSize) & ~static_cast<unsigned>(kLanes - 1);
-    return ((1u << kLanes) - 1u) << first;
-  }
-}
-
-/// The largest (warp_umax) or smallest (warp_umin) unsigned 32-bit value over each aligned group of kLanes lanes;
-/// every lane gets its group's result, and the whole warp must call it. From sm_80 on this is one redux.sync per
-/// call (a single instruction where the shuffle tree takes log2(kLanes) dependent exchanges); before, the tree.
-/// Signed or float values reduce through an order-preserving map to unsigned (see float_order_key).
+/// The largest (warp_umax) or smallest (warp_umin) unsigned 32-bit value over each aligned group of kLanes lanes
+/// (warp_reduce with Max or Min: one redux.sync over a full warp from sm_80 on). Signed or float values reduce
+/// through an order-preserving map to unsigned (see float_order_key).
 template <int kLanes = kWarpSize>
 CUJIT_DEVICE unsigned warp_umax(unsigned value) {
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CUJIT_EMULATE_REDUX)
-  return __reduce_max_sync(lane_group_mask<kLanes>(), value);
-#else
   return warp_reduce<kLanes>(value, Max());
-#endif
 }
 
 template <int kLanes = kWarpSize>
 CUJIT_DEVICE unsigned warp_umin(unsigned value) {
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CUJIT_EMULATE_REDUX)
-  return __reduce_min_sync(lane_group_mask<kLanes>(), value);
-#else
   return warp_reduce<kLanes>(value, Min());
-#endif
 }
 
 /// Reduce `value` over the whole block (blockDim.x a multiple of 32, at most 1024 threads); every thread gets the
