@@ -72,6 +72,15 @@ with driver.use(host):
         want_q, want_s = refs.per_token_group_quant_fp8(x, 128)
         same_fp8(q.t, want_q, f"per_token_group_quant_fp8 {hidden} +{offset} q")
         assert torch.equal(s.t, want_s), "per_token_group_quant_fp8 scales"
+    # The row path at other phases: fp32 one element in (4 values a run), and fp16 rows 259 values apart (each row
+    # at another offset from a 16-byte boundary), groups of 64.
+    for dtype, hidden, width, offset, group in ((torch.float32, 512, 513, 1, 128), (torch.float16, 256, 259, 0, 64)):
+        base = torch.randn(6, width, dtype=dtype) * 3
+        x = base[:, offset:offset + hidden]
+        q, s = per_token_group_quant_fp8(fake(x), group)
+        want_q, want_s = refs.per_token_group_quant_fp8(x, group)
+        same_fp8(q.t, want_q, f"per_token_group_quant_fp8 {dtype} {hidden} in rows of {width} +{offset}")
+        assert torch.equal(s.t, want_s), f"per_token_group_quant_fp8 {dtype} scales"
     # Column-major scales, fp16 input, groups of 64.
     x = torch.randn(7, 512, dtype=torch.float16) * 5
     q, s = per_token_group_quant_fp8(fake(x), 64, column_major_scales=True)

@@ -39,8 +39,8 @@
 ///   the host computes (no integer division). The scale of (row, group) goes to
 ///   scales[row * scale_row_stride + group * scale_group_stride] (row- or column-major). A group is whole vectors
 ///   (hidden is a multiple of the group size, 16 or more), but it starts mid-vector when x's pointer or row stride
-///   does: on the row path each group is split at x's boundaries in the same geometry, the lane of the group's last
-///   vector holding its head and tail instead (quantize_groups_split).
+///   does: on the row path each lane still takes a run of 16 bytes of x at q's word boundaries, read as a
+///   funnel-shifted pair of aligned vectors (quantize_groups_split).
 /// - per tensor: the values in flat order, kThreads * kVecs vectors per block. A static scale is one kernel. A
 ///   dynamic scale needs the max of the whole tensor first: a first kernel of at most kMaxPartials blocks, each a
 ///   strided set of tiles so that the tensor is read front to back over time, writing one max per block, then the
@@ -431,51 +431,46 @@ CUJIT_DEVICE void quantize_groups(const T* x, uint8_t* q, float* scales, int64_t
   }
 }
 
-/// Groups [first, last) on the row path (x's pointer or row stride, or q, not aligned to vectors), in the vector
-/// path's geometry (kLanes threads of a warp per group, kSteps groups per thread with all loads first), each group
-/// split at x's 16-byte boundaries (a group is whole vectors, so every group of a row starts `head` values before
-/// a boundary): lane l holds body vectors l, l + kLanes, ... of its group; the last vector index has no body
-/// vector when head > 0, and its lane holds the group's head and tail there (head and kVec - head values: one
-/// vector's worth). q's bytes of the body vectors go out through store_realigned, the head's and the tail's one
-/// by one.
+/// Groups [first, last) on the row path (x's pointer or row stride not aligned to vectors, or q not aligned to its
+/// threads' stores), in the vector path's geometry: kLanes threads of a warp per group, lane l holding the group's
+/// values [l * kVec, (l + 1) * kVec) (and kLanes * kVec further on, kPer runs in all), kSteps groups per thread with
+/// all loads first. The runs line up with q's words (group g's bytes start at g * kGroup), not with x's vectors:
+/// x is read at them through cujit::RowReader over the whole row, two aligned 16-byte loads and a funnel shift
+/// where x is out of phase (element loads only at the row's first and last run, where a covering vector would
+/// reach outside the row), and q is written with one store a lane (store_realigned: aligned words also where q is
+/// not aligned). Every lane holds a whole run, so no lane stores byte by byte.
 template <int kGroup, int kThreads, int kSteps, bool kRecip, typename T>
 CUJIT_DEVICE void quantize_groups_split(const T* x, uint8_t* q, float* scales, int64_t x_stride, uint32_t group_row,
                                         uint32_t magic, uint32_t shift, uint32_t first, uint32_t last,
                                         int64_t scale_row_stride, int64_t scale_group_stride) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kLanes = kGroup / kVec < 32 ? kGroup / kVec : 32;
-  constexpr int kPer = kGroup / kVec / kLanes;  // vectors per lane
+  constexpr int kPer = kGroup / kVec / kLanes;  // runs per lane
   constexpr int kSlots = kThreads / kLanes;      // groups the block works on per step
-  static_assert(kGroup % (kVec * kLanes) == 0 && 32 % kLanes == 0, "a group is whole vectors of its lanes");
+  static_assert(kGroup % (kVec * kLanes) == 0 && 32 % kLanes == 0, "a group is whole runs of its lanes");
+  using Bits = typename QBits<kVec>::type;
   const uint32_t lane = threadIdx.x % kLanes;
   const uint32_t slot = threadIdx.x / kLanes;
+  // Runs at multiples of kVec from each row's start: the split of an aligned row (no head), which is where q's
+  // words fall; x is read at those runs whatever its own alignment.
+  const cujit::RowSplit<T> runs(static_cast<const T*>(nullptr), static_cast<uint64_t>(group_row) * kGroup);
 #pragma unroll 1
   for (uint32_t g0 = first; g0 < last; g0 += kSteps * kSlots) {
     T v[kSteps][kPer][kVec];
     uint32_t rows[kSteps];
-    uint32_t heads[kSteps];
 #pragma unroll
     for (int b = 0; b < kSteps; ++b) {
       const uint32_t g = g0 + b * kSlots + slot;
       rows[b] = 0;
-      heads[b] = 0;
       if (g < last) {
         rows[b] = row_of(g, group_row, magic, shift);
         const uint32_t col = g - rows[b] * group_row;
-        const T* src = x + static_cast<int64_t>(rows[b]) * x_stride + static_cast<uint64_t>(col) * kGroup;
-        const cujit::RowSplit<T> split(src, kGroup);
-        heads[b] = static_cast<uint32_t>(split.head);
+        const cujit::RowReader<T> reader(x + static_cast<int64_t>(rows[b]) * x_stride, runs);
 #pragma unroll
         for (int k = 0; k < kPer; ++k) {
-          const uint32_t at = lane + k * kLanes;
-          if (at < split.vectors) {
-            vec_io::load<T, kVec>(src + split.vector_start(at), true, v[b][k]);
-          } else {  // the head, then the tail
+          const auto w = reader.vector(static_cast<uint64_t>(col) * kGroup + (lane + k * kLanes) * kVec);
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) {
-              v[b][k][e] = src[e < heads[b] ? e : split.tail_start() + (e - heads[b])];
-            }
-          }
+          for (int e = 0; e < kVec; ++e) v[b][k][e] = w[e];
         }
       }
     }
@@ -498,21 +493,10 @@ CUJIT_DEVICE void quantize_groups_split(const T* x, uint8_t* q, float* scales, i
         scales[rows[b] * scale_row_stride + (g - rows[b] * group_row) * scale_group_stride] = scale;
       }
       uint8_t* group_q = q + static_cast<uint64_t>(g) * kGroup;  // q is contiguous: group g starts at g * kGroup
-      const uint32_t vectors = (kGroup - heads[b]) / kVec;
 #pragma unroll
       for (int k = 0; k < kPer; ++k) {
-        const uint32_t at = lane + k * kLanes;
-        const bool body = live && at < vectors;
-        using Bits = typename QBits<kVec>::type;
-        store_realigned(body ? group_q + heads[b] + at * kVec : nullptr,
-                        body ? quantized_bits<kRecip>(v[b][k], scale) : Bits{0});
-        if (live && !body) {
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) {
-            const uint32_t i = e < heads[b] ? e : kGroup - kVec + e;  // the tail: the group's last kVec - head
-            quantize<kRecip>(group_q + i, false, {v[b][k][e]}, scale);
-          }
-        }
+        store_realigned(live ? group_q + (lane + k * kLanes) * kVec : nullptr,
+                        live ? quantized_bits<kRecip>(v[b][k], scale) : Bits{0});
       }
     }
   }
