@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The measurements that the newest predictions of docs/performance.md wait for (the sections written "before any
-# run"), in one call of at most ten minutes on a GPU machine, each under its own time limit.
+# run"), in one call of at most ten minutes on a GPU machine (530 s of steps, each under its own time limit, and
+# room for installing the project first).
 #
 #   bash .ci/gpu/pending.sh OUT_DIR
 #
@@ -23,26 +24,26 @@ python3 -c "import xdist" 2>/dev/null && workers="-n 8"
 
 echo "== 1. GPU tests of the changed kernels"
 # shellcheck disable=SC2086  # $workers is empty or two words
-timeout 200 python3 -m pytest -q -x $workers tests/test_topk_softmax_gpu.py tests/test_rotary_gpu.py \
+timeout 180 python3 -m pytest -q -x $workers tests/test_topk_softmax_gpu.py tests/test_rotary_gpu.py \
     tests/test_fused_rope_kv_gpu.py tests/test_kv_cache_gpu.py tests/test_rows_gpu.py tests/test_norms_paths_gpu.py \
     tests/test_activations_gpu.py tests/test_fp8_quant_gpu.py > "$out/tests.log" 2>&1
 tail -3 "$out/tests.log"
 
 echo "== 2. serving rows (python -m cujit bench --ops ... --quick --tokens 1,16,4097)"
-timeout 170 python3 -m cujit bench --ops topk_softmax rotary_embedding store_kv_cache rotary_embedding_with_kv_cache \
-    --quick --tokens 1,16,4097 --time-limit 140 --out "$out/ops" > "$out/ops.log" 2>&1
+timeout 150 python3 -m cujit bench --ops topk_softmax rotary_embedding store_kv_cache rotary_embedding_with_kv_cache \
+    --quick --tokens 1,16,4097 --time-limit 120 --out "$out/ops" > "$out/ops.log" 2>&1
 tail -40 "$out/ops.log"
 
 echo "== 3. odd widths (benchmarks/odd_widths.py --quick)"
-timeout 110 python3 benchmarks/odd_widths.py --quick --ops affine rms_norm fused_add_rms_norm rotary_embedding \
+timeout 100 python3 benchmarks/odd_widths.py --quick --ops affine rms_norm fused_add_rms_norm rotary_embedding \
     store_kv_cache > "$out/odd_widths.txt" 2> "$out/odd_widths.err"
 cat "$out/odd_widths.txt"
 
 echo "== 4. fused_add_rms_norm's pick at 8192 one element in (benchmarks/tune_norms.py)"
-timeout 60 python3 benchmarks/tune_norms.py --ops fused_add_rms_norm --shapes 4096x8192+1,4097x5121+1 \
+timeout 50 python3 benchmarks/tune_norms.py --ops fused_add_rms_norm --shapes 4096x8192+1,4097x5121+1 \
     > "$out/tune_norms.txt" 2>&1
 tail -20 "$out/tune_norms.txt"
 
 echo "== 5. warm start (python -m cujit bench --only startup)"
-timeout 60 python3 -m cujit bench --only startup > "$out/startup.txt" 2>&1
+timeout 50 python3 -m cujit bench --only startup > "$out/startup.txt" 2>&1
 tail -40 "$out/startup.txt"
