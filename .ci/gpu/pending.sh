@@ -6,10 +6,11 @@
 #   bash .ci/gpu/pending.sh OUT_DIR
 #
 # 1. The GPU tests of every kernel changed since the last GPU run (router, rotary and the fused rope + KV store,
-#    KV-cache store, rows.cuh and the norms' paths, activations, FP8).
+#    KV-cache store, rows.cuh and the norms' paths, activations, FP8 and the fused FP8 ops).
 # 2. The serving rows those changes predict: topk_softmax, rotary, the KV-cache store and the fused rope + KV store
 #    at 1, 16 and 4097 tokens.
-# 3. The odd widths of rotary, the KV-cache store, rms_norm, fused add + RMSNorm and the guide's example.
+# 3. The odd widths of rotary, the KV-cache store, rms_norm, fused add + RMSNorm, per-group FP8 and the guide's
+#    example.
 # 4. fused_add_rms_norm's FUSED_FILL pick at 8192 one element in (and 5121).
 # 5. The warm start of a cached op in a new process, with its profile.
 #
@@ -26,7 +27,7 @@ echo "== 1. GPU tests of the changed kernels"
 # shellcheck disable=SC2086  # $workers is empty or two words
 timeout 180 python3 -m pytest -q -x $workers tests/test_topk_softmax_gpu.py tests/test_rotary_gpu.py \
     tests/test_fused_rope_kv_gpu.py tests/test_kv_cache_gpu.py tests/test_rows_gpu.py tests/test_norms_paths_gpu.py \
-    tests/test_activations_gpu.py tests/test_fp8_quant_gpu.py > "$out/tests.log" 2>&1
+    tests/test_activations_gpu.py tests/test_fp8_quant_gpu.py tests/test_fused_quant_gpu.py > "$out/tests.log" 2>&1
 tail -3 "$out/tests.log"
 
 echo "== 2. serving rows (python -m cujit bench --ops ... --quick --tokens 1,16,4097)"
@@ -36,7 +37,7 @@ tail -40 "$out/ops.log"
 
 echo "== 3. odd widths (benchmarks/odd_widths.py --quick)"
 timeout 100 python3 benchmarks/odd_widths.py --quick --ops affine rms_norm fused_add_rms_norm rotary_embedding \
-    store_kv_cache > "$out/odd_widths.txt" 2> "$out/odd_widths.err"
+    store_kv_cache per_token_group_quant_fp8 > "$out/odd_widths.txt" 2> "$out/odd_widths.err"
 cat "$out/odd_widths.txt"
 
 echo "== 4. fused_add_rms_norm's pick at 8192 one element in (benchmarks/tune_norms.py)"
