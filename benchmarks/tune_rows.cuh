@@ -6,7 +6,8 @@
 /// following it).
 ///
 /// Registers (sm_90, NVRTC 13.0, bf16; none spill): row_map<2> 80 (3 blocks of 256 per SM), row_map<1> 47 (5),
-/// row_map<2> bounded to 4 blocks 64, row_map<1> bounded to 6 blocks 40; edges first at 1 vector 64, bounded 40.
+/// row_map<2> bounded to 4 blocks 64, row_map<1> bounded to 6 blocks 40; edges first at 1 vector 64, bounded 40;
+/// Liger's form at 8 values of each input a thread 54, at 16 values 99.
 #include <cujit/base.cuh>
 #include <cujit/rows.cuh>
 #include <cujit/types.cuh>
@@ -81,4 +82,33 @@ template <bool kEdgesFirst, int kUnroll, int kBlocks, typename T>
 __global__ void __launch_bounds__(256, kBlocks)
     affine_bounded(T* y, const T* x, const T* a, const T* b, uint64_t cols, uint64_t x_stride, uint64_t y_stride) {
   tune_rows::affine_row<kEdgesFirst, kUnroll>(y, x, a, b, cols, x_stride, y_stride);
+}
+
+/// Liger's form, for comparison: every value loaded alone (a warp's loads of one input are one coalesced run),
+/// kPer values of each input a thread loaded before any is used; no vectors and no split, so the row's alignment
+/// does not matter. Against row_map it trades 16-byte accesses for more bytes in flight per thread.
+template <int kPer, typename T>
+__global__ void __launch_bounds__(256)
+    affine_elements(T* y, const T* x, const T* a, const T* b, uint64_t cols, uint64_t x_stride, uint64_t y_stride) {
+  T* yr = y + blockIdx.x * y_stride;
+  const T* xr = x + blockIdx.x * x_stride;
+  const tune_rows::Affine<T> f;
+#pragma unroll 1
+  for (uint64_t c0 = threadIdx.x; c0 < cols; c0 += kPer * blockDim.x) {
+    T xv[kPer], av[kPer], bv[kPer];
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const uint64_t c = c0 + k * blockDim.x;
+      if (c < cols) {
+        xv[k] = xr[c];
+        av[k] = a[c];
+        bv[k] = b[c];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const uint64_t c = c0 + k * blockDim.x;
+      if (c < cols) yr[c] = f(xv[k], av[k], bv[k]);
+    }
+  }
 }

@@ -4,7 +4,8 @@ The guide's y = x * a + b over rows of bf16 (a and b per column), one block of 2
 widths 4097, 8192 (aligned), 2881, and 4096 with x starting one element into each row. Candidates: cujit::row_map
 at 2 and 1 vectors a thread in flight, each free or with launch bounds that cap its registers (more blocks per SM),
 and row_map with the edges loaded first; the usual form (vectors only when every row is aligned,
-benchmarks/odd_widths.cuh) for reference. Every candidate's output is checked against torch first; a wrong one is
+benchmarks/odd_widths.cuh) and Liger's form (every value loaded alone, 8 or 16 of each input a thread in flight)
+for reference. Every candidate's output is checked against torch first; a wrong one is
 reported and not timed. Each cell: median device time of one call after an L2 flush, and ``copy_`` of the same
 bytes over it (1.00x: the speed of a copy). The register count of each candidate is in tune_rows.cuh.
 
@@ -37,6 +38,8 @@ def candidates(alias: str) -> dict[str, str]:
         "row_map<1>, 6 blocks": f"affine_bounded<false, 1, 6, {alias}>",
         "edges first<1>": f"affine_free<true, 1, {alias}>",
         "edges first<1>, 6 blocks": f"affine_bounded<true, 1, 6, {alias}>",
+        "elements<8>": f"affine_elements<8, {alias}>",
+        "elements<16>": f"affine_elements<16, {alias}>",
     }
 
 

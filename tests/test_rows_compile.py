@@ -70,7 +70,7 @@ def test_the_benchmark_kernels_compile() -> None:
 
 
 def test_the_row_map_candidates_compile() -> None:
-    """benchmarks/tune_rows.py's candidates (row_map forms, launch bounds, edges first), bf16 and fp32."""
+    """benchmarks/tune_rows.py's candidates (row_map forms, launch bounds, edges first, Liger's form), bf16 and fp32."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     try:
         import tune_rows
@@ -79,4 +79,4 @@ def test_the_row_map_candidates_compile() -> None:
     torch = pytest.importorskip("torch")
     for dtype in (torch.bfloat16, torch.float32):
         jit, names = tune_rows.module(dtype)
-        assert len(names) == 7 and jit.compile("sm_90").cubin[:4] == b"\x7fELF"
+        assert len(names) == 9 and jit.compile("sm_90").cubin[:4] == b"\x7fELF"

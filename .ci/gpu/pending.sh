@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements that the newest predictions of docs/performance.md wait for (the sections written "before any
-# run"), in one call of at most ten minutes on a GPU machine (530 s of steps, each under its own time limit, and
+# run"), in one call of at most ten minutes on a GPU machine (550 s of steps, each under its own time limit, and
 # room for installing the project first).
 #
 #   bash .ci/gpu/pending.sh OUT_DIR
@@ -10,7 +10,7 @@
 # 2. The serving rows those changes predict: topk_softmax, rotary, the KV-cache store and the fused rope + KV store
 #    at 1, 16 and 4097 tokens.
 # 3. The odd widths of rotary, the KV-cache store, rms_norm, fused add + RMSNorm, per-group FP8 and the guide's
-#    example.
+#    example; then row_map against Liger's form (every value loaded alone, many in flight).
 # 4. fused_add_rms_norm's FUSED_FILL pick at 8192 one element in (and 5121).
 # 5. The warm start of a cached op in a new process, with its profile.
 #
@@ -40,11 +40,15 @@ timeout 100 python3 benchmarks/odd_widths.py --quick --ops affine rms_norm fused
     store_kv_cache per_token_group_quant_fp8 > "$out/odd_widths.txt" 2> "$out/odd_widths.err"
 cat "$out/odd_widths.txt"
 
+echo "== 3b. row_map against Liger's form (benchmarks/tune_rows.py)"
+timeout 40 python3 benchmarks/tune_rows.py --rounds 3 > "$out/tune_rows.txt" 2>&1
+tail -8 "$out/tune_rows.txt"
+
 echo "== 4. fused_add_rms_norm's pick at 8192 one element in (benchmarks/tune_norms.py)"
-timeout 50 python3 benchmarks/tune_norms.py --ops fused_add_rms_norm --shapes 4096x8192+1,4097x5121+1 \
+timeout 40 python3 benchmarks/tune_norms.py --ops fused_add_rms_norm --shapes 4096x8192+1,4097x5121+1 \
     > "$out/tune_norms.txt" 2>&1
 tail -20 "$out/tune_norms.txt"
 
 echo "== 5. warm start (python -m cujit bench --only startup)"
-timeout 50 python3 -m cujit bench --only startup > "$out/startup.txt" 2>&1
+timeout 40 python3 -m cujit bench --only startup > "$out/startup.txt" 2>&1
 tail -40 "$out/startup.txt"
