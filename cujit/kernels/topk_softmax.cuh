@@ -15,8 +15,9 @@
 /// A probability ranks by a 32-bit rank word (rank_word: its bits plus one, NaN's word the largest, 0 for an expert
 /// taken or past the row), so a round is two unsigned reductions over the row's lanes: the largest word, then the
 /// lowest expert holding it (equal probabilities: the lower expert first). From sm_80, for rows of a whole warp
-/// (more than 16 experts), each is one redux.sync (cujit::warp_umax / warp_umin), and the row's max of the softmax
-/// is one more, through an order-preserving map of the floats; rows of 8 or 16 lanes reduce by shuffles. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
+/// (more than 16 experts), each is one redux.sync (cujit::warp_reduce of an unsigned Max or Min), and the row's max
+/// of the softmax is one more, through an order-preserving map of the floats; rows of 8 or 16 lanes reduce by
+/// shuffles. A row is one warp's serial chain of k rounds, and at many tokens the warps' instructions share the
 /// SM's issue slots, so the instructions and the dependent steps of a round set the time at 1 token and at 4097
 /// alike. Rounds that compared (value, expert, NaN) pairs field by field through five shuffle steps took, for a
 /// row of 256 experts with k = 8, 16,935 cycles at 6.8 cycles per issued instruction, about 2,500 instructions
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kBlock)
   // The row's max as one unsigned reduction. A NaN that fmaxf skipped, or one that the map ranks first, makes
   // every probability of the row NaN all the same (through the sum, or through x - top).
   top = __uint_as_float(cujit::float_of_order_key(
-      cujit::warp_umax<kRowLanes>(cujit::float_order_key(__float_as_uint(top)))));
+      cujit::warp_reduce<kRowLanes>(cujit::float_order_key(__float_as_uint(top)), cujit::Max())));
   float sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
@@ -98,14 +99,14 @@ __global__ void __launch_bounds__(kBlock)
     uint32_t best = words[0];
 #pragma unroll
     for (int j = 1; j < kPerLane; ++j) best = max(best, words[j]);
-    best = cujit::warp_umax<kRowLanes>(best);
+    best = cujit::warp_reduce<kRowLanes>(best, cujit::Max());
     // This lane's lowest expert holding the round's word (its experts rise with j), then the row's lowest.
     uint32_t expert = kNone;
 #pragma unroll
     for (int j = kPerLane - 1; j >= 0; --j) {
       if (words[j] == best) expert = static_cast<uint32_t>(j * kRowLanes + lane);
     }
-    expert = cujit::warp_umin<kRowLanes>(expert);
+    expert = cujit::warp_reduce<kRowLanes>(expert, cujit::Min());
     if (lane == round) {
       mine = best;
       mine_expert = expert;

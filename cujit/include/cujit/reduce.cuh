@@ -89,19 +89,6 @@ CUJIT_DEVICE T warp_sum(T value) {
   return warp_reduce(value, Sum());
 }
 
-/// The largest (warp_umax) or smallest (warp_umin) unsigned 32-bit value over each aligned group of kLanes lanes
-/// (warp_reduce with Max or Min: one redux.sync over a full warp from sm_80 on). Signed or float values reduce
-/// through an order-preserving map to unsigned (see float_order_key).
-template <int kLanes = kWarpSize>
-CUJIT_DEVICE unsigned warp_umax(unsigned value) {
-  return warp_reduce<kLanes>(value, Max());
-}
-
-template <int kLanes = kWarpSize>
-CUJIT_DEVICE unsigned warp_umin(unsigned value) {
-  return warp_reduce<kLanes>(value, Min());
-}
-
 /// Reduce `value` over the whole block (blockDim.x a multiple of 32, at most 1024 threads); every thread gets the
 /// result. Uses 32 values of shared memory and two barriers; call it from every thread of the block.
 template <typename T, typename Op = Sum>
