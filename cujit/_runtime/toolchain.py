@@ -143,12 +143,11 @@ def nvrtc_version() -> tuple[int, int]:
     maps the library (about 100 MB); only where the files do not say is it loaded to ask. Before any compile,
     :func:`compiling_nvrtc` checks that the library the binding loaded is this release.
     """
-    if "cupy_backends.cuda.libs.nvrtc" in sys.modules:
+    named = release.chosen()
+    if "cupy_backends.cuda.libs.nvrtc" in sys.modules or named.version is None:
         major, minor = load_nvrtc()
     else:
-        known = release.chosen().version
-        major, minor = known if known is not None else load_nvrtc()
-    named = release.chosen()
+        major, minor = named.version
     if named.origin == release.PINNED and named.version is not None and named.version[0] != int(major):
         raise CujitError(
             f"CUJIT_NVRTC names {named.describe()}, but CuPy's binding had loaded NVRTC {major}.{minor} already. "
